@@ -1,0 +1,202 @@
+//! An encrypted control channel: Noise XK over length-prefixed frames over any async stream.
+//!
+//! [`client_handshake`] and [`server_handshake`] run the three handshake messages (see
+//! [`crate::noise`]); the registration rides in message 3. After that every frame is one
+//! Noise transport message carrying one encoded control message. `recv` is cancel-safe, so a
+//! driver can `select!` on it.
+
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::codec::Framed;
+
+use crate::frame::{FrameCodec, FrameError};
+use crate::identity::{Keypair, PeerId};
+use crate::message::{DecodeError, Register};
+use crate::noise::{Handshake, NoiseError, Transport};
+
+/// Size of XK message 1 (ephemeral key + empty encrypted payload); anything else is refused
+/// before any Diffie-Hellman work.
+pub const XK_MESSAGE1_LEN: usize = 48;
+
+/// Why a control channel failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChannelError {
+    #[error("framing: {0}")]
+    Frame(#[from] FrameError),
+    #[error("noise: {0}")]
+    Noise(#[from] NoiseError),
+    #[error("malformed message: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("handshake message {index} has {len} bytes, expected {expected}")]
+    HandshakeLength {
+        index: u8,
+        len: usize,
+        expected: usize,
+    },
+    #[error("connection closed by the other side")]
+    Closed,
+}
+
+/// A Noise-encrypted, framed channel.
+#[derive(Debug)]
+pub struct Channel<S> {
+    framed: Framed<S, FrameCodec>,
+    transport: Transport,
+    buf: Vec<u8>,
+}
+
+async fn next_frame<S: AsyncRead + AsyncWrite + Unpin>(
+    framed: &mut Framed<S, FrameCodec>,
+) -> Result<bytes::Bytes, ChannelError> {
+    match framed.next().await {
+        Some(frame) => Ok(frame?),
+        None => Err(ChannelError::Closed),
+    }
+}
+
+/// Runs the client side of the control handshake, registering with `register`.
+pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    local: &Keypair,
+    server: &PeerId,
+    register: &Register,
+) -> Result<Channel<S>, ChannelError> {
+    let mut framed = Framed::new(stream, FrameCodec::control());
+    let mut hs = Handshake::control_client(local, server)?;
+    framed.send(hs.write(&[])?).await?;
+    let m2 = next_frame(&mut framed).await?;
+    hs.read(&m2)?;
+    framed.send(hs.write(&register.encode())?).await?;
+    Ok(Channel {
+        framed,
+        transport: hs.into_transport()?,
+        buf: Vec::new(),
+    })
+}
+
+/// What the server learns from a completed handshake.
+#[derive(Debug)]
+pub struct Accepted<S> {
+    pub channel: Channel<S>,
+    pub peer: PeerId,
+    pub register: Register,
+    /// Time from sending message 2 to receiving message 3: one round trip, the first RTT sample.
+    pub rtt: Duration,
+}
+
+/// Runs the server side of the control handshake.
+pub async fn server_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    local: &Keypair,
+) -> Result<Accepted<S>, ChannelError> {
+    let mut framed = Framed::new(stream, FrameCodec::control());
+    let mut hs = Handshake::control_server(local)?;
+    let m1 = next_frame(&mut framed).await?;
+    if m1.len() != XK_MESSAGE1_LEN {
+        return Err(ChannelError::HandshakeLength {
+            index: 1,
+            len: m1.len(),
+            expected: XK_MESSAGE1_LEN,
+        });
+    }
+    hs.read(&m1)?;
+    framed.send(hs.write(&[])?).await?;
+    let sent = Instant::now();
+    let m3 = next_frame(&mut framed).await?;
+    let rtt = sent.elapsed();
+    let payload = hs.read(&m3)?;
+    let register = Register::decode(&payload)?;
+    let transport = hs.into_transport()?;
+    Ok(Accepted {
+        peer: transport.remote(),
+        channel: Channel {
+            framed,
+            transport,
+            buf: Vec::new(),
+        },
+        register,
+        rtt,
+    })
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
+    /// Encrypts and sends one message.
+    pub async fn send(&mut self, plaintext: &[u8]) -> Result<(), ChannelError> {
+        self.buf.clear();
+        self.transport.encrypt(plaintext, &mut self.buf)?;
+        self.framed.send(&self.buf[..]).await?;
+        Ok(())
+    }
+
+    /// Receives and decrypts one message. Cancel-safe: a frame is either wholly consumed or not.
+    pub async fn recv(&mut self) -> Result<Vec<u8>, ChannelError> {
+        let frame = next_frame(&mut self.framed).await?;
+        let mut out = Vec::with_capacity(frame.len());
+        self.transport.decrypt(&frame, &mut out)?;
+        Ok(out)
+    }
+
+    /// The authenticated identity of the other side.
+    pub fn remote(&self) -> PeerId {
+        self.transport.remote()
+    }
+
+    pub fn get_ref(&self) -> &S {
+        self.framed.get_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::PROTOCOL_VERSION;
+
+    #[tokio::test]
+    async fn handshake_over_duplex() {
+        let server = Keypair::generate().unwrap();
+        let client = Keypair::generate().unwrap();
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let reg = Register {
+            version: PROTOCOL_VERSION,
+            local_addrs: vec![],
+            accept_inbound: true,
+        };
+        let server_pub = server.public();
+        let client_task =
+            tokio::spawn(async move { client_handshake(a, &client, &server_pub, &reg).await });
+        let mut acc = server_handshake(b, &server).await.unwrap();
+        let mut c = client_task.await.unwrap().unwrap();
+        assert!(acc.register.accept_inbound);
+        c.send(b"hi").await.unwrap();
+        assert_eq!(acc.channel.recv().await.unwrap(), b"hi");
+        acc.channel.send(b"yo").await.unwrap();
+        assert_eq!(c.recv().await.unwrap(), b"yo");
+        assert_eq!(c.remote(), server.public());
+        assert_eq!(acc.peer, acc.channel.remote());
+    }
+
+    #[tokio::test]
+    async fn wrong_pinned_key_fails_on_server_side_too() {
+        let server = Keypair::generate().unwrap();
+        let client = Keypair::generate().unwrap();
+        let wrong = Keypair::generate().unwrap().public();
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let reg = Register {
+            version: PROTOCOL_VERSION,
+            local_addrs: vec![],
+            accept_inbound: false,
+        };
+        let client_task =
+            tokio::spawn(async move { client_handshake(a, &client, &wrong, &reg).await });
+        let res = server_handshake(b, &server).await;
+        assert!(matches!(
+            res,
+            Err(ChannelError::Noise(NoiseError::Crypto(_)))
+        ));
+        drop(res);
+        assert!(client_task.await.unwrap().is_err());
+    }
+}

@@ -1,0 +1,507 @@
+//! Domain types of the control protocol and their conversion to and from protobuf.
+//!
+//! This is the only module that touches `pb` types: everything past it works with the types
+//! below, whose invariants (32-byte identities, valid addresses, bounded lists, a known role)
+//! hold by construction. Message sequence on a control connection:
+//!
+//! ```text
+//! client                                   server
+//!   Noise XK 1, 2, 3 (+ Register)   ->
+//!                                   <-     Registered { observed }
+//!   Ping / Pong                     <->    Ping / Pong        (both directions, RTT samples)
+//!   Connect { peer }                ->
+//!                                   <-     Offer (to both peers) | Error
+//! ```
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use prost::Message;
+
+use crate::identity::PeerId;
+use crate::noise::Role;
+use crate::pb;
+
+/// Version of the control protocol carried in [`Register`].
+pub const PROTOCOL_VERSION: u32 = 1;
+/// At most this many local addresses per peer: a host with more interfaces than this is rare,
+/// and every address is a dial the other side makes.
+pub const MAX_LOCAL_ADDRS: usize = 16;
+/// Error details are for humans and logs; longer text is truncated when encoding and refused
+/// when decoding.
+pub const MAX_DETAIL_LEN: usize = 256;
+
+/// Why a control message could not be decoded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    #[error("not a valid protobuf message: {0}")]
+    Protobuf(#[from] prost::DecodeError),
+    #[error("message has no content")]
+    Empty,
+    #[error("missing field {0}")]
+    Missing(&'static str),
+    #[error("invalid socket address (ip of {ip_len} bytes, port {port})")]
+    Address { ip_len: usize, port: u32 },
+    #[error("invalid peer identity: {0}")]
+    Peer(#[from] crate::identity::KeyError),
+    #[error("invalid role {0}")]
+    Role(i32),
+    #[error("{field} has {len} entries, more than {max}")]
+    TooMany {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("{field} is {len} bytes, more than {max}")]
+    TooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+}
+
+/// Registration, sent in the third handshake message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Register {
+    pub version: u32,
+    pub local_addrs: Vec<SocketAddr>,
+    pub accept_inbound: bool,
+}
+
+/// Messages from a client after the handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientMsg {
+    Ping { nonce: u64 },
+    Pong { nonce: u64 },
+    Connect { request_id: u64, peer: PeerId },
+}
+
+/// The server's first message after the handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    pub observed: SocketAddr,
+    pub ping_interval: Duration,
+}
+
+/// Instructions for one side of a punch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offer {
+    pub session_id: u64,
+    /// The request this answers on the requesting side; 0 on the target side.
+    pub request_id: u64,
+    pub peer: PeerId,
+    pub peer_observed: SocketAddr,
+    pub peer_local: Vec<SocketAddr>,
+    pub role: Role,
+    pub dial_delay: Duration,
+}
+
+/// Typed reasons the server refuses something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    PeerOffline,
+    PeerRefuses,
+    RateLimited,
+    SelfConnect,
+    BadRequest,
+    ServerFull,
+    UnsupportedVersion,
+    TooManyConnections,
+    /// A code this version does not know (a newer server).
+    Unknown(i32),
+}
+
+/// An error reply from the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorReply {
+    pub request_id: u64,
+    pub code: ErrorCode,
+    pub detail: String,
+    pub retry_after: Option<Duration>,
+}
+
+/// Messages from the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerMsg {
+    Ping { nonce: u64 },
+    Pong { nonce: u64 },
+    Registered(Registered),
+    Offer(Offer),
+    Error(ErrorReply),
+}
+
+fn addr_to_pb(addr: &SocketAddr) -> pb::SocketAddr {
+    let ip = match addr.ip() {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    };
+    pb::SocketAddr {
+        ip,
+        port: u32::from(addr.port()),
+    }
+}
+
+fn addr_from_pb(addr: &pb::SocketAddr) -> Result<SocketAddr, DecodeError> {
+    let bad = || DecodeError::Address {
+        ip_len: addr.ip.len(),
+        port: addr.port,
+    };
+    let port = u16::try_from(addr.port).map_err(|_| bad())?;
+    let ip = match addr.ip.len() {
+        4 => IpAddr::V4(Ipv4Addr::from(
+            <[u8; 4]>::try_from(&addr.ip[..]).map_err(|_| bad())?,
+        )),
+        16 => IpAddr::V6(Ipv6Addr::from(
+            <[u8; 16]>::try_from(&addr.ip[..]).map_err(|_| bad())?,
+        )),
+        _ => return Err(bad()),
+    };
+    if port == 0 {
+        return Err(bad());
+    }
+    Ok(SocketAddr::new(ip, port))
+}
+
+fn addrs_from_pb(
+    field: &'static str,
+    addrs: &[pb::SocketAddr],
+) -> Result<Vec<SocketAddr>, DecodeError> {
+    if addrs.len() > MAX_LOCAL_ADDRS {
+        return Err(DecodeError::TooMany {
+            field,
+            len: addrs.len(),
+            max: MAX_LOCAL_ADDRS,
+        });
+    }
+    addrs.iter().map(addr_from_pb).collect()
+}
+
+fn role_to_pb(role: Role) -> pb::Role {
+    match role {
+        Role::Initiator => pb::Role::Initiator,
+        Role::Responder => pb::Role::Responder,
+    }
+}
+
+fn code_to_pb(code: ErrorCode) -> i32 {
+    use pb::ErrorCode as P;
+    (match code {
+        ErrorCode::PeerOffline => P::PeerOffline,
+        ErrorCode::PeerRefuses => P::PeerRefuses,
+        ErrorCode::RateLimited => P::RateLimited,
+        ErrorCode::SelfConnect => P::SelfConnect,
+        ErrorCode::BadRequest => P::BadRequest,
+        ErrorCode::ServerFull => P::ServerFull,
+        ErrorCode::UnsupportedVersion => P::UnsupportedVersion,
+        ErrorCode::TooManyConnections => P::TooManyConnections,
+        ErrorCode::Unknown(raw) => return raw,
+    }) as i32
+}
+
+fn code_from_pb(raw: i32) -> ErrorCode {
+    use pb::ErrorCode as P;
+    match P::try_from(raw) {
+        Ok(P::PeerOffline) => ErrorCode::PeerOffline,
+        Ok(P::PeerRefuses) => ErrorCode::PeerRefuses,
+        Ok(P::RateLimited) => ErrorCode::RateLimited,
+        Ok(P::SelfConnect) => ErrorCode::SelfConnect,
+        Ok(P::BadRequest) => ErrorCode::BadRequest,
+        Ok(P::ServerFull) => ErrorCode::ServerFull,
+        Ok(P::UnsupportedVersion) => ErrorCode::UnsupportedVersion,
+        Ok(P::TooManyConnections) => ErrorCode::TooManyConnections,
+        Ok(P::Unspecified) | Err(_) => ErrorCode::Unknown(raw),
+    }
+}
+
+fn millis(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+impl Register {
+    pub fn encode(&self) -> Vec<u8> {
+        pb::Register {
+            version: self.version,
+            local_addrs: self
+                .local_addrs
+                .iter()
+                .take(MAX_LOCAL_ADDRS)
+                .map(addr_to_pb)
+                .collect(),
+            accept_inbound: self.accept_inbound,
+        }
+        .encode_to_vec()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let m = pb::Register::decode(bytes)?;
+        Ok(Self {
+            version: m.version,
+            local_addrs: addrs_from_pb("local_addrs", &m.local_addrs)?,
+            accept_inbound: m.accept_inbound,
+        })
+    }
+}
+
+impl ClientMsg {
+    pub fn encode(&self) -> Vec<u8> {
+        use pb::client_message::Kind;
+        let kind = match self {
+            ClientMsg::Ping { nonce } => Kind::Ping(pb::Ping { nonce: *nonce }),
+            ClientMsg::Pong { nonce } => Kind::Pong(pb::Pong { nonce: *nonce }),
+            ClientMsg::Connect { request_id, peer } => Kind::Connect(pb::ConnectRequest {
+                request_id: *request_id,
+                peer: peer.as_bytes().to_vec(),
+            }),
+        };
+        pb::ClientMessage { kind: Some(kind) }.encode_to_vec()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        use pb::client_message::Kind;
+        let m = pb::ClientMessage::decode(bytes)?;
+        Ok(match m.kind.ok_or(DecodeError::Empty)? {
+            Kind::Ping(p) => ClientMsg::Ping { nonce: p.nonce },
+            Kind::Pong(p) => ClientMsg::Pong { nonce: p.nonce },
+            Kind::Connect(c) => ClientMsg::Connect {
+                request_id: c.request_id,
+                peer: PeerId::try_from(&c.peer[..])?,
+            },
+        })
+    }
+}
+
+impl ServerMsg {
+    pub fn encode(&self) -> Vec<u8> {
+        use pb::server_message::Kind;
+        let kind = match self {
+            ServerMsg::Ping { nonce } => Kind::Ping(pb::Ping { nonce: *nonce }),
+            ServerMsg::Pong { nonce } => Kind::Pong(pb::Pong { nonce: *nonce }),
+            ServerMsg::Registered(r) => Kind::Registered(pb::Registered {
+                observed: Some(addr_to_pb(&r.observed)),
+                ping_interval_ms: millis(r.ping_interval),
+            }),
+            ServerMsg::Offer(o) => Kind::Offer(pb::Offer {
+                session_id: o.session_id,
+                request_id: o.request_id,
+                peer: o.peer.as_bytes().to_vec(),
+                peer_observed: Some(addr_to_pb(&o.peer_observed)),
+                peer_local: o
+                    .peer_local
+                    .iter()
+                    .take(MAX_LOCAL_ADDRS)
+                    .map(addr_to_pb)
+                    .collect(),
+                role: role_to_pb(o.role) as i32,
+                dial_delay_ms: millis(o.dial_delay),
+            }),
+            ServerMsg::Error(e) => {
+                let mut detail = e.detail.clone();
+                if detail.len() > MAX_DETAIL_LEN {
+                    let mut cut = MAX_DETAIL_LEN;
+                    while !detail.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    detail.truncate(cut);
+                }
+                Kind::Error(pb::Error {
+                    request_id: e.request_id,
+                    code: code_to_pb(e.code),
+                    detail,
+                    retry_after_ms: e.retry_after.map(millis).unwrap_or(0),
+                })
+            }
+        };
+        pb::ServerMessage { kind: Some(kind) }.encode_to_vec()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        use pb::server_message::Kind;
+        let m = pb::ServerMessage::decode(bytes)?;
+        Ok(match m.kind.ok_or(DecodeError::Empty)? {
+            Kind::Ping(p) => ServerMsg::Ping { nonce: p.nonce },
+            Kind::Pong(p) => ServerMsg::Pong { nonce: p.nonce },
+            Kind::Registered(r) => ServerMsg::Registered(Registered {
+                observed: addr_from_pb(
+                    r.observed
+                        .as_ref()
+                        .ok_or(DecodeError::Missing("observed"))?,
+                )?,
+                ping_interval: Duration::from_millis(u64::from(r.ping_interval_ms)),
+            }),
+            Kind::Offer(o) => ServerMsg::Offer(Offer {
+                session_id: o.session_id,
+                request_id: o.request_id,
+                peer: PeerId::try_from(&o.peer[..])?,
+                peer_observed: addr_from_pb(
+                    o.peer_observed
+                        .as_ref()
+                        .ok_or(DecodeError::Missing("peer_observed"))?,
+                )?,
+                peer_local: addrs_from_pb("peer_local", &o.peer_local)?,
+                role: match pb::Role::try_from(o.role) {
+                    Ok(pb::Role::Initiator) => Role::Initiator,
+                    Ok(pb::Role::Responder) => Role::Responder,
+                    _ => return Err(DecodeError::Role(o.role)),
+                },
+                dial_delay: Duration::from_millis(u64::from(o.dial_delay_ms)),
+            }),
+            Kind::Error(e) => {
+                if e.detail.len() > MAX_DETAIL_LEN {
+                    return Err(DecodeError::TooLong {
+                        field: "detail",
+                        len: e.detail.len(),
+                        max: MAX_DETAIL_LEN,
+                    });
+                }
+                ServerMsg::Error(ErrorReply {
+                    request_id: e.request_id,
+                    code: code_from_pb(e.code),
+                    detail: e.detail,
+                    retry_after: (e.retry_after_ms > 0)
+                        .then(|| Duration::from_millis(u64::from(e.retry_after_ms))),
+                })
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(b: u8) -> PeerId {
+        PeerId::from_bytes([b; 32])
+    }
+
+    fn offer() -> Offer {
+        Offer {
+            session_id: 0x0102,
+            request_id: 9,
+            peer: peer(0xaa),
+            peer_observed: "203.0.113.7:4000".parse().unwrap(),
+            peer_local: vec![
+                "192.168.1.5:4000".parse().unwrap(),
+                "[2001:db8::1]:4000".parse().unwrap(),
+            ],
+            role: Role::Responder,
+            dial_delay: Duration::from_millis(250),
+        }
+    }
+
+    #[test]
+    fn server_messages_round_trip() {
+        let msgs = vec![
+            ServerMsg::Ping { nonce: u64::MAX },
+            ServerMsg::Pong { nonce: 0 },
+            ServerMsg::Registered(Registered {
+                observed: "198.51.100.1:65535".parse().unwrap(),
+                ping_interval: Duration::from_secs(5),
+            }),
+            ServerMsg::Offer(offer()),
+            ServerMsg::Error(ErrorReply {
+                request_id: 3,
+                code: ErrorCode::RateLimited,
+                detail: "slow down".into(),
+                retry_after: Some(Duration::from_millis(1500)),
+            }),
+            ServerMsg::Error(ErrorReply {
+                request_id: 0,
+                code: ErrorCode::Unknown(99),
+                detail: String::new(),
+                retry_after: None,
+            }),
+        ];
+        for m in msgs {
+            assert_eq!(ServerMsg::decode(&m.encode()).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn client_messages_round_trip() {
+        for m in [
+            ClientMsg::Ping { nonce: 1 },
+            ClientMsg::Pong { nonce: 2 },
+            ClientMsg::Connect {
+                request_id: 77,
+                peer: peer(3),
+            },
+        ] {
+            assert_eq!(ClientMsg::decode(&m.encode()).unwrap(), m);
+        }
+        let reg = Register {
+            version: PROTOCOL_VERSION,
+            local_addrs: vec!["10.0.0.2:1234".parse().unwrap()],
+            accept_inbound: true,
+        };
+        assert_eq!(Register::decode(&reg.encode()).unwrap(), reg);
+    }
+
+    #[test]
+    fn exact_bytes_snapshots() {
+        assert_eq!(
+            ClientMsg::Ping { nonce: 300 }.encode(),
+            [0x0a, 0x03, 0x08, 0xac, 0x02]
+        );
+        let connect = ClientMsg::Connect {
+            request_id: 1,
+            peer: peer(0x11),
+        }
+        .encode();
+        let mut expected = vec![0x1a, 36, 0x08, 0x01, 0x12, 32];
+        expected.extend_from_slice(&[0x11; 32]);
+        assert_eq!(connect, expected);
+        let reg = Register {
+            version: 1,
+            local_addrs: vec!["10.0.0.2:80".parse().unwrap()],
+            accept_inbound: true,
+        }
+        .encode();
+        assert_eq!(
+            reg,
+            [0x08, 0x01, 0x12, 0x08, 0x0a, 0x04, 10, 0, 0, 2, 0x10, 80, 0x18, 0x01]
+        );
+    }
+
+    #[test]
+    fn rejects_invalid_content() {
+        assert!(matches!(ClientMsg::decode(&[]), Err(DecodeError::Empty)));
+        assert!(ClientMsg::decode(&[0xff, 0xff, 0xff]).is_err());
+        // Connect with a 3-byte peer id.
+        let bad_peer = [0x1a, 0x05, 0x12, 0x03, 1, 2, 3];
+        assert!(matches!(
+            ClientMsg::decode(&bad_peer),
+            Err(DecodeError::Peer(_))
+        ));
+        // Register with a 5-byte ip.
+        let bad_ip = [0x12, 0x09, 0x0a, 0x05, 1, 2, 3, 4, 5, 0x10, 80];
+        assert!(matches!(
+            Register::decode(&bad_ip),
+            Err(DecodeError::Address { ip_len: 5, .. })
+        ));
+        // Too many local addresses.
+        let many = Register {
+            version: 1,
+            local_addrs: vec![],
+            accept_inbound: false,
+        };
+        let mut pbm = pb::Register::decode(&many.encode()[..]).unwrap();
+        pbm.local_addrs = vec![addr_to_pb(&"10.0.0.1:1".parse().unwrap()); MAX_LOCAL_ADDRS + 1];
+        assert!(matches!(
+            Register::decode(&pbm.encode_to_vec()),
+            Err(DecodeError::TooMany { .. })
+        ));
+        // An offer with an unspecified role.
+        let mut o = pb::ServerMessage::decode(&ServerMsg::Offer(offer()).encode()[..]).unwrap();
+        if let Some(pb::server_message::Kind::Offer(ref mut inner)) = o.kind {
+            inner.role = 0;
+        }
+        assert!(matches!(
+            ServerMsg::decode(&o.encode_to_vec()),
+            Err(DecodeError::Role(0))
+        ));
+    }
+}
