@@ -1,1 +1,21 @@
-//! placeholder
+//! The punch rendezvous server.
+//!
+//! Peers keep a Noise-encrypted control connection to this server. It records the address it
+//! *observes* for each (the NAT's public mapping of the peer's punch port), measures each
+//! peer's RTT with pings, and when peer A asks for peer B sends both a matching [offer]
+//! with a dial moment chosen so that both SYNs leave at once (TCP simultaneous open).
+//!
+//! - [`config`]: limits and timeouts with safe defaults.
+//! - [`registry`]: the pure registry and coordinator (no I/O, no clock).
+//! - [`limiter`]: token buckets fed timestamps.
+//! - [`server`]: the tokio accept loop and per-connection drivers.
+//!
+//! [offer]: punch_proto::message::Offer
+
+pub mod config;
+pub mod limiter;
+pub mod registry;
+pub mod server;
+
+pub use config::Config;
+pub use server::{Server, ServerStats};

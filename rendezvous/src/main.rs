@@ -1,1 +1,99 @@
-fn main() {}
+//! `rendezvous`: the punch rendezvous server binary. Parses flags, sets up logging, loads or
+//! creates the server key, and runs [`punch_rendezvous::Server`] until SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use punch_rendezvous::{config, Config, Server};
+
+/// Rendezvous server for punch: registers peers and schedules TCP hole punches between them.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Address to listen on (all interfaces by default).
+    #[arg(long, default_value = config::DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// The server's secret key: created on first start (mode 0600) and reused after, so the
+    /// identity clients pin survives restarts.
+    #[arg(long, default_value = "rendezvous.key")]
+    key_file: PathBuf,
+    /// Maximum registered peers.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_PEERS)]
+    max_peers: usize,
+    /// Maximum simultaneous connections from one IP address.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_CONNECTIONS_PER_IP)]
+    max_connections_per_ip: usize,
+    /// Punch requests each identity may make per minute.
+    #[arg(long, default_value_t = config::DEFAULT_PUNCH_REQUESTS_PER_MINUTE)]
+    punch_requests_per_minute: u32,
+    /// Seconds a client has to finish the Noise handshake.
+    #[arg(long, default_value_t = config::DEFAULT_HANDSHAKE_TIMEOUT.as_secs())]
+    handshake_timeout_secs: u64,
+    /// Seconds between pings to each client (keeps NAT mappings and RTT estimates fresh).
+    #[arg(long, default_value_t = config::DEFAULT_PING_INTERVAL.as_secs())]
+    ping_interval_secs: u64,
+    /// Seconds of silence after which a client is dropped.
+    #[arg(long, default_value_t = config::DEFAULT_IDLE_TIMEOUT.as_secs())]
+    idle_timeout_secs: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_log::LogTracer::init().ok();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let (keypair, created) = punch_proto::Keypair::load_or_generate(&args.key_file)
+        .with_context(|| format!("loading key file {}", args.key_file.display()))?;
+    if created {
+        tracing::info!(path = %args.key_file.display(), "created a new server key");
+    }
+    let mut config = Config::new(args.listen, keypair);
+    config.max_peers = args.max_peers;
+    config.max_connections_per_ip = args.max_connections_per_ip;
+    config.punch_requests_per_minute = args.punch_requests_per_minute;
+    config.handshake_timeout = Duration::from_secs(args.handshake_timeout_secs.max(1));
+    config.ping_interval = Duration::from_secs(args.ping_interval_secs.max(1));
+    config.idle_timeout = Duration::from_secs(args.idle_timeout_secs.max(2));
+
+    let server = Server::spawn(config)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let addr = server.local_addr();
+    println!("rendezvous listening on {addr}");
+    println!("identity {}", server.identity());
+    if addr.ip().is_unspecified() {
+        println!(
+            "clients: --rendezvous <this host's public address>:{} --rendezvous-key {}",
+            addr.port(),
+            server.identity()
+        );
+    } else {
+        println!(
+            "clients: --rendezvous {addr} --rendezvous-key {}",
+            server.identity()
+        );
+    }
+
+    shutdown_signal().await?;
+    tracing::info!("signal received, shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

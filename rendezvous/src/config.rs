@@ -1,0 +1,87 @@
+//! Server configuration: every limit and timeout, with safe defaults and the attack each answers.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use punch_proto::Keypair;
+
+/// Where the server listens by default: all interfaces, a fixed port operators can open.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:7717";
+/// Registered peers at most. Each costs well under 1 KiB of state; 10,000 bounds memory to a
+/// few MiB against an identity flood (identities are free to make).
+pub const DEFAULT_MAX_PEERS: usize = 10_000;
+/// Handshakes in progress at most: bounds the memory and tasks that half-open connections
+/// (slowloris, SYN-then-nothing) can pin before the handshake timeout frees them.
+pub const DEFAULT_MAX_HANDSHAKES: usize = 512;
+/// Open connections per source IP. Generous because a carrier-grade NAT puts many honest
+/// peers behind one address; low enough that one host cannot take all handshake slots.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 32;
+/// A client must finish the Noise handshake within this. The handshake is 1.5 round trips,
+/// under a second on any real path; 5 s tolerates a slow mobile link and stops slowloris.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the server pings each client: keeps NAT mappings of the control connection (and
+/// so of the punch port) alive, and keeps the RTT estimate that schedules dials fresh.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(5);
+/// A client silent for this long (no pong, no message) is dropped: three missed pings.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Punch requests each identity may make per minute: a node keeping a few peers connected
+/// re-punches rarely; more than this is a scan or a bug, and each request makes the target dial.
+pub const DEFAULT_PUNCH_REQUESTS_PER_MINUTE: u32 = 20;
+/// Offers one peer may receive per minute, from all requesters together: stops many
+/// identities from making one victim dial without pause.
+pub const DEFAULT_OFFERS_PER_TARGET_PER_MINUTE: u32 = 60;
+/// Extra time added to the later side's one-way delay before both dial: absorbs jitter and the
+/// time a client needs to bind its sockets. 50 ms is a few scheduler slices plus typical jitter.
+pub const DEFAULT_DIAL_MARGIN: Duration = Duration::from_millis(50);
+/// Outbound messages queued per connection. Control traffic is tiny; a client that lets this
+/// many pile up is not reading and is dropped rather than buffered without bound.
+pub const DEFAULT_OUTBOUND_QUEUE: usize = 64;
+
+/// Configuration of a rendezvous [`crate::Server`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on; port 0 picks a free port (tests).
+    pub listen: SocketAddr,
+    /// The server's static key: its identity, pinned by clients.
+    pub keypair: Keypair,
+    /// Why: bounds registry memory against identity floods.
+    pub max_peers: usize,
+    /// Why: bounds half-open handshakes (slowloris, connection floods).
+    pub max_handshakes: usize,
+    /// Why: one address cannot take every slot; CGNAT users still fit.
+    pub max_connections_per_ip: usize,
+    /// Why: a connection that does not authenticate in time is closed (slowloris).
+    pub handshake_timeout: Duration,
+    /// Why: keeps NAT mappings and RTT estimates fresh.
+    pub ping_interval: Duration,
+    /// Why: frees the slot of a vanished client.
+    pub idle_timeout: Duration,
+    /// Why: a punch request makes another peer dial; limits scans and request floods.
+    pub punch_requests_per_minute: u32,
+    /// Why: limits how often anyone can make one victim dial.
+    pub offers_per_target_per_minute: u32,
+    /// Why: jitter allowance so both SYNs leave together even if an estimate is a bit off.
+    pub dial_margin: Duration,
+    /// Why: a client that does not read its messages is dropped, not buffered for.
+    pub outbound_queue: usize,
+}
+
+impl Config {
+    /// Defaults for everything but the key and listen address.
+    pub fn new(listen: SocketAddr, keypair: Keypair) -> Self {
+        Self {
+            listen,
+            keypair,
+            max_peers: DEFAULT_MAX_PEERS,
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            ping_interval: DEFAULT_PING_INTERVAL,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            punch_requests_per_minute: DEFAULT_PUNCH_REQUESTS_PER_MINUTE,
+            offers_per_target_per_minute: DEFAULT_OFFERS_PER_TARGET_PER_MINUTE,
+            dial_margin: DEFAULT_DIAL_MARGIN,
+            outbound_queue: DEFAULT_OUTBOUND_QUEUE,
+        }
+    }
+}

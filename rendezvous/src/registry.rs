@@ -1,0 +1,506 @@
+//! The registry and punch coordinator: a pure state machine fed `(now, event)`.
+//!
+//! It knows who is registered (identity, observed address, local addresses, RTT, whether it
+//! accepts punches) and turns a punch request into two matching offers, or a typed error for
+//! the requester. No sockets and no clock here: the server's connection drivers call in with
+//! `now` and carry out the returned [`Action`]s in order.
+//!
+//! Dial scheduling: the server sends both offers at the same instant `now`. Offer X reaches its
+//! peer after that peer's one-way delay `owd_x` (estimated as SRTT / 2). Both should dial at
+//! server time `T = now + max(owd_a, owd_b) + margin`, so peer X waits `T - now - owd_x` after
+//! receiving its offer. Both SYNs then leave at the same moment, whatever the two path lengths.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use punch_proto::message::{ErrorCode, ErrorReply, Offer, Register, ServerMsg, PROTOCOL_VERSION};
+use punch_proto::{PeerId, Role};
+
+use crate::limiter::TokenBucket;
+
+/// Identifies one control connection (a registration of an identity may move between them).
+pub type ConnId = u64;
+
+/// What the driver must do, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send a message on a connection.
+    Send { conn: ConnId, msg: ServerMsg },
+    /// Close a connection (replaced by a newer registration of the same identity).
+    Close { conn: ConnId, reason: &'static str },
+}
+
+/// Limits the registry enforces.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_peers: usize,
+    pub punch_requests_per_minute: u32,
+    pub offers_per_target_per_minute: u32,
+    pub dial_margin: Duration,
+}
+
+/// Counters, exported by the binary.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub registrations: u64,
+    pub replaced: u64,
+    pub offers: u64,
+    pub refused: u64,
+}
+
+#[derive(Debug)]
+struct Peer {
+    conn: ConnId,
+    observed: SocketAddr,
+    local: Vec<SocketAddr>,
+    accept_inbound: bool,
+    srtt: Duration,
+}
+
+/// Registered peers and the punch coordinator.
+#[derive(Debug)]
+pub struct Registry {
+    limits: Limits,
+    peers: HashMap<PeerId, Peer>,
+    request_buckets: HashMap<PeerId, TokenBucket>,
+    offer_buckets: HashMap<PeerId, TokenBucket>,
+    next_session: u64,
+    stats: Stats,
+}
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+impl Registry {
+    /// `session_seed` starts the session-id sequence; the server seeds it randomly so ids from
+    /// before a restart do not repeat (a stale punched stream then fails the Noise prologue).
+    pub fn new(limits: Limits, session_seed: u64) -> Self {
+        Self {
+            limits,
+            peers: HashMap::new(),
+            request_buckets: HashMap::new(),
+            offer_buckets: HashMap::new(),
+            next_session: session_seed | 1,
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Whether `peer` is registered on `conn`.
+    pub fn is_registered(&self, peer: &PeerId, conn: ConnId) -> bool {
+        self.peers.get(peer).is_some_and(|p| p.conn == conn)
+    }
+
+    /// Registers `peer` on `conn`, seen from `observed`, replacing an older registration of the
+    /// same identity (whose connection is closed). Returns the registration error to send, if any.
+    pub fn register(
+        &mut self,
+        conn: ConnId,
+        peer: PeerId,
+        observed: SocketAddr,
+        register: &Register,
+        rtt: Duration,
+    ) -> Result<Vec<Action>, ErrorCode> {
+        if register.version != PROTOCOL_VERSION {
+            return Err(ErrorCode::UnsupportedVersion);
+        }
+        let mut actions = Vec::new();
+        if let Some(old) = self.peers.get(&peer) {
+            actions.push(Action::Close {
+                conn: old.conn,
+                reason: "replaced by a newer registration of the same identity",
+            });
+            self.stats.replaced += 1;
+        } else if self.peers.len() >= self.limits.max_peers {
+            return Err(ErrorCode::ServerFull);
+        }
+        let local = register
+            .local_addrs
+            .iter()
+            .copied()
+            .filter(|a| is_dialable_local(a, &observed))
+            .collect();
+        self.peers.insert(
+            peer,
+            Peer {
+                conn,
+                observed,
+                local,
+                accept_inbound: register.accept_inbound,
+                srtt: rtt,
+            },
+        );
+        self.stats.registrations += 1;
+        Ok(actions)
+    }
+
+    /// Forgets `peer` if it is still registered on `conn` (a replaced registration is not touched).
+    pub fn unregister(&mut self, peer: &PeerId, conn: ConnId) {
+        if self.is_registered(peer, conn) {
+            self.peers.remove(peer);
+        }
+    }
+
+    /// Feeds an RTT sample (smoothed as TCP does: srtt += (sample - srtt) / 8).
+    pub fn rtt_sample(&mut self, peer: &PeerId, conn: ConnId, sample: Duration) {
+        if let Some(p) = self.peers.get_mut(peer).filter(|p| p.conn == conn) {
+            let srtt = p.srtt.as_secs_f64();
+            p.srtt = Duration::from_secs_f64(srtt + (sample.as_secs_f64() - srtt) / 8.0);
+        }
+    }
+
+    /// The smoothed RTT of a registered peer.
+    pub fn srtt(&self, peer: &PeerId) -> Option<Duration> {
+        self.peers.get(peer).map(|p| p.srtt)
+    }
+
+    /// Handles a punch request from `from` (registered on `conn`) to `target`.
+    pub fn connect(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        from: PeerId,
+        request_id: u64,
+        target: PeerId,
+    ) -> Vec<Action> {
+        match self.try_connect(now, from, request_id, target) {
+            Ok(actions) => actions,
+            Err((code, detail, retry_after)) => {
+                self.stats.refused += 1;
+                vec![Action::Send {
+                    conn,
+                    msg: ServerMsg::Error(ErrorReply {
+                        request_id,
+                        code,
+                        detail,
+                        retry_after,
+                    }),
+                }]
+            }
+        }
+    }
+
+    fn try_connect(
+        &mut self,
+        now: Instant,
+        from: PeerId,
+        request_id: u64,
+        target: PeerId,
+    ) -> Result<Vec<Action>, (ErrorCode, String, Option<Duration>)> {
+        let limits = &self.limits;
+        self.request_buckets
+            .entry(from)
+            .or_insert_with(|| TokenBucket::new(limits.punch_requests_per_minute, MINUTE, now))
+            .try_take(now)
+            .map_err(|wait| {
+                (
+                    ErrorCode::RateLimited,
+                    format!(
+                        "more than {} punch requests per minute",
+                        limits.punch_requests_per_minute
+                    ),
+                    Some(wait),
+                )
+            })?;
+        if from == target {
+            return Err((
+                ErrorCode::SelfConnect,
+                "cannot punch to yourself".into(),
+                None,
+            ));
+        }
+        let a = self.peers.get(&from).ok_or((
+            ErrorCode::BadRequest,
+            "requester is not registered".into(),
+            None,
+        ))?;
+        let b = self.peers.get(&target).ok_or_else(|| {
+            (
+                ErrorCode::PeerOffline,
+                format!("peer {} is not registered", target.short()),
+                None,
+            )
+        })?;
+        if !b.accept_inbound {
+            return Err((
+                ErrorCode::PeerRefuses,
+                format!("peer {} does not accept inbound punches", target.short()),
+                None,
+            ));
+        }
+        self.offer_buckets
+            .entry(target)
+            .or_insert_with(|| TokenBucket::new(limits.offers_per_target_per_minute, MINUTE, now))
+            .try_take(now)
+            .map_err(|wait| {
+                (
+                    ErrorCode::RateLimited,
+                    format!("peer {} receives too many punch requests", target.short()),
+                    Some(wait),
+                )
+            })?;
+
+        let (owd_a, owd_b) = (a.srtt / 2, b.srtt / 2);
+        let at = owd_a.max(owd_b) + limits.dial_margin;
+        let session_id = self.next_session;
+        self.next_session = self.next_session.wrapping_add(2);
+        self.stats.offers += 1;
+        Ok(vec![
+            Action::Send {
+                conn: a.conn,
+                msg: ServerMsg::Offer(Offer {
+                    session_id,
+                    request_id,
+                    peer: target,
+                    peer_observed: b.observed,
+                    peer_local: b.local.clone(),
+                    role: Role::Initiator,
+                    dial_delay: at - owd_a,
+                }),
+            },
+            Action::Send {
+                conn: b.conn,
+                msg: ServerMsg::Offer(Offer {
+                    session_id,
+                    request_id: 0,
+                    peer: from,
+                    peer_observed: a.observed,
+                    peer_local: a.local.clone(),
+                    role: Role::Responder,
+                    dial_delay: at - owd_b,
+                }),
+            },
+        ])
+    }
+
+    /// Forgets rate-limit state of identities that are idle (full bucket) and gone, so the
+    /// maps stay bounded by the live peers plus those limited in the last minute.
+    pub fn prune(&mut self, now: Instant) {
+        let peers = &self.peers;
+        self.request_buckets
+            .retain(|id, b| peers.contains_key(id) || !b.is_full(now));
+        self.offer_buckets
+            .retain(|id, b| peers.contains_key(id) || !b.is_full(now));
+    }
+}
+
+/// Which claimed local addresses the server passes on. A claimed address is not verified, so
+/// passing any address would let a peer make others dial third parties (reflection). Only
+/// private-network addresses (RFC 1918, RFC 6598 shared space, IPv6 ULA) are passed; loopback
+/// only when the peer itself came from loopback (tests on one machine).
+pub fn is_dialable_local(addr: &SocketAddr, observed: &SocketAddr) -> bool {
+    if addr.port() == 0 {
+        return false;
+    }
+    match addr.ip() {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_private()
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+                || (v4.is_loopback() && observed.ip().is_loopback())
+        }
+        IpAddr::V6(v6) => {
+            (v6.segments()[0] & 0xfe00) == 0xfc00
+                || (v6.is_loopback() && observed.ip().is_loopback())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use punch_proto::message::MAX_LOCAL_ADDRS;
+
+    fn limits() -> Limits {
+        Limits {
+            max_peers: 3,
+            punch_requests_per_minute: 2,
+            offers_per_target_per_minute: 3,
+            dial_margin: Duration::from_millis(50),
+        }
+    }
+
+    fn id(b: u8) -> PeerId {
+        PeerId::from_bytes([b; 32])
+    }
+
+    fn reg(accept: bool) -> Register {
+        Register {
+            version: PROTOCOL_VERSION,
+            local_addrs: vec![
+                "192.168.1.10:4000".parse().unwrap(),
+                "198.51.100.9:22".parse().unwrap(),
+            ],
+            accept_inbound: accept,
+        }
+    }
+
+    fn error_code(actions: &[Action]) -> Option<ErrorCode> {
+        match actions {
+            [Action::Send {
+                msg: ServerMsg::Error(e),
+                ..
+            }] => Some(e.code),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn offers_are_consistent_and_synchronized() {
+        let mut r = Registry::new(limits(), 10);
+        let a_obs: SocketAddr = "203.0.113.1:1000".parse().unwrap();
+        let b_obs: SocketAddr = "203.0.113.2:2000".parse().unwrap();
+        r.register(1, id(1), a_obs, &reg(true), Duration::from_millis(20))
+            .unwrap();
+        r.register(2, id(2), b_obs, &reg(true), Duration::from_millis(200))
+            .unwrap();
+        let now = Instant::now();
+        let actions = r.connect(now, 1, id(1), 42, id(2));
+        let [Action::Send {
+            conn: 1,
+            msg: ServerMsg::Offer(oa),
+        }, Action::Send {
+            conn: 2,
+            msg: ServerMsg::Offer(ob),
+        }] = &actions[..]
+        else {
+            panic!("expected two offers, got {actions:?}");
+        };
+        assert_eq!(oa.session_id, ob.session_id);
+        assert_eq!((oa.request_id, ob.request_id), (42, 0));
+        assert_eq!((oa.peer, ob.peer), (id(2), id(1)));
+        assert_eq!((oa.peer_observed, ob.peer_observed), (b_obs, a_obs));
+        assert_eq!((oa.role, ob.role), (Role::Initiator, Role::Responder));
+        // The public third-party address claimed as "local" is not passed on.
+        assert_eq!(ob.peer_local, vec!["192.168.1.10:4000".parse().unwrap()]);
+        // Both dial at the same server time: receive time (owd) + delay is equal.
+        assert_eq!(
+            Duration::from_millis(10) + oa.dial_delay,
+            Duration::from_millis(100) + ob.dial_delay
+        );
+        assert_eq!(ob.dial_delay, Duration::from_millis(50));
+    }
+
+    #[test]
+    fn typed_errors() {
+        let mut r = Registry::new(limits(), 10);
+        let now = Instant::now();
+        let obs: SocketAddr = "203.0.113.1:1000".parse().unwrap();
+        r.register(1, id(1), obs, &reg(true), Duration::ZERO)
+            .unwrap();
+        r.register(2, id(2), obs, &reg(false), Duration::ZERO)
+            .unwrap();
+        assert_eq!(
+            error_code(&r.connect(now, 1, id(1), 1, id(9))),
+            Some(ErrorCode::PeerOffline)
+        );
+        assert_eq!(
+            error_code(&r.connect(now, 1, id(1), 2, id(2))),
+            Some(ErrorCode::PeerRefuses)
+        );
+        assert_eq!(
+            error_code(&r.connect(now, 1, id(1), 3, id(1))),
+            Some(ErrorCode::RateLimited)
+        );
+        assert_eq!(
+            error_code(&r.connect(now + MINUTE, 2, id(2), 1, id(2))),
+            Some(ErrorCode::SelfConnect)
+        );
+        assert_eq!(r.stats().refused, 4);
+    }
+
+    #[test]
+    fn offers_per_target_are_limited() {
+        let mut r = Registry::new(limits(), 10);
+        let now = Instant::now();
+        let obs: SocketAddr = "203.0.113.1:1000".parse().unwrap();
+        for i in 1..=3 {
+            r.register(u64::from(i), id(i), obs, &reg(true), Duration::ZERO)
+                .unwrap();
+        }
+        // Peers 1 and 3 each ask twice for peer 2: the fourth offer exceeds 3 per minute.
+        assert_eq!(r.connect(now, 1, id(1), 1, id(2)).len(), 2);
+        assert_eq!(r.connect(now, 1, id(1), 2, id(2)).len(), 2);
+        assert_eq!(r.connect(now, 3, id(3), 3, id(2)).len(), 2);
+        assert_eq!(
+            error_code(&r.connect(now, 3, id(3), 4, id(2))),
+            Some(ErrorCode::RateLimited)
+        );
+    }
+
+    #[test]
+    fn replacement_and_capacity() {
+        let mut r = Registry::new(limits(), 10);
+        let obs: SocketAddr = "203.0.113.1:1000".parse().unwrap();
+        for i in 1..=3 {
+            r.register(u64::from(i), id(i), obs, &reg(true), Duration::ZERO)
+                .unwrap();
+        }
+        assert_eq!(
+            r.register(4, id(4), obs, &reg(true), Duration::ZERO),
+            Err(ErrorCode::ServerFull)
+        );
+        // Same identity on a new connection: replaces cleanly even when full.
+        let actions = r
+            .register(5, id(1), obs, &reg(true), Duration::ZERO)
+            .unwrap();
+        assert!(matches!(actions[..], [Action::Close { conn: 1, .. }]));
+        // The old connection going away does not remove the new registration.
+        r.unregister(&id(1), 1);
+        assert!(r.is_registered(&id(1), 5));
+        r.unregister(&id(1), 5);
+        assert!(!r.is_registered(&id(1), 5));
+        assert_eq!(r.len(), 2);
+        let mut bad = reg(true);
+        bad.version = 99;
+        assert_eq!(
+            r.register(6, id(6), obs, &bad, Duration::ZERO),
+            Err(ErrorCode::UnsupportedVersion)
+        );
+    }
+
+    #[test]
+    fn rtt_smoothing_and_prune() {
+        let mut r = Registry::new(limits(), 10);
+        let obs: SocketAddr = "203.0.113.1:1000".parse().unwrap();
+        r.register(1, id(1), obs, &reg(true), Duration::from_millis(80))
+            .unwrap();
+        r.rtt_sample(&id(1), 1, Duration::from_millis(160));
+        assert_eq!(r.srtt(&id(1)), Some(Duration::from_millis(90)));
+        r.rtt_sample(&id(1), 99, Duration::from_secs(10));
+        assert_eq!(r.srtt(&id(1)), Some(Duration::from_millis(90)));
+        let now = Instant::now();
+        r.connect(now, 1, id(1), 1, id(7));
+        r.unregister(&id(1), 1);
+        r.prune(now);
+        assert_eq!(r.request_buckets.len(), 1, "recently limited: kept");
+        r.prune(now + MINUTE * 2);
+        assert!(r.request_buckets.is_empty());
+    }
+
+    #[test]
+    fn local_address_filter() {
+        let public: SocketAddr = "203.0.113.1:1000".parse().unwrap();
+        let lo: SocketAddr = "127.0.0.1:1000".parse().unwrap();
+        let ok = |a: &str, o: &SocketAddr| is_dialable_local(&a.parse().unwrap(), o);
+        assert!(ok("10.1.2.3:5", &public));
+        assert!(ok("100.64.0.1:5", &public));
+        assert!(ok("[fd00::1]:5", &public));
+        assert!(!ok("127.0.0.1:5", &public));
+        assert!(ok("127.0.0.1:5", &lo));
+        assert!(!ok("8.8.8.8:53", &public));
+        assert!(!ok("10.1.2.3:0", &public));
+        assert!(MAX_LOCAL_ADDRS >= 2);
+    }
+}

@@ -1,0 +1,460 @@
+//! The rendezvous server: accept loop, one driver task per control connection.
+//!
+//! Per connection: per-IP limit and a handshake slot are taken at accept; the Noise XK
+//! handshake must finish within the handshake timeout; then the peer is registered with the
+//! address the server *observed* and the driver loops over (outbound messages queued by the
+//! registry, inbound client messages, ping timer, idle deadline) until either side ends it.
+//! Every way a connection ends is logged once, with the reason, in the connection's span.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use punch_proto::channel::{server_handshake, Channel};
+use punch_proto::message::{ClientMsg, ErrorReply, Registered, ServerMsg};
+use punch_proto::PeerId;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::config::Config;
+use crate::registry::{Action, ConnId, Limits, Registry};
+
+/// A write to a client that takes longer than this means the client is not reading: drop it.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long shutdown waits for connection tasks to say goodbye before aborting them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// How often idle rate-limit state is pruned.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(30);
+/// Pause after an accept error (e.g. out of file descriptors) so the loop does not spin.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+
+#[derive(Debug)]
+enum Outbound {
+    Msg(ServerMsg),
+    Close(&'static str),
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    accepted: AtomicU64,
+    rejected_ip_limit: AtomicU64,
+    rejected_busy: AtomicU64,
+    handshake_failed: AtomicU64,
+    protocol_errors: AtomicU64,
+    active: AtomicU64,
+}
+
+/// A snapshot of the server's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    pub registered: usize,
+    pub active_connections: u64,
+    pub accepted: u64,
+    pub rejected_ip_limit: u64,
+    pub rejected_busy: u64,
+    pub handshake_failed: u64,
+    pub protocol_errors: u64,
+    pub offers: u64,
+    pub refused: u64,
+    pub replaced: u64,
+}
+
+#[derive(Debug)]
+struct State {
+    registry: Registry,
+    conns: HashMap<ConnId, mpsc::Sender<Outbound>>,
+    per_ip: HashMap<IpAddr, usize>,
+    next_conn: ConnId,
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: Config,
+    state: Mutex<State>,
+    handshakes: Arc<Semaphore>,
+    counters: Counters,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock is a bug; the state is still consistent enough to serve.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Carries out registry actions. A connection whose queue is full is not reading: its
+    /// sender is dropped, which ends its driver.
+    fn dispatch(state: &mut State, actions: Vec<Action>) {
+        for action in actions {
+            let (conn, out) = match action {
+                Action::Send { conn, msg } => (conn, Outbound::Msg(msg)),
+                Action::Close { conn, reason } => (conn, Outbound::Close(reason)),
+            };
+            if let Some(tx) = state.conns.get(&conn) {
+                if tx.try_send(out).is_err() {
+                    warn!(conn, "client queue full or gone; dropping the connection");
+                    state.conns.remove(&conn);
+                }
+            }
+        }
+    }
+}
+
+/// Releases a per-IP connection slot on drop.
+#[derive(Debug)]
+struct IpSlot {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        if let Some(n) = state.per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                state.per_ip.remove(&self.ip);
+            }
+        }
+        self.shared.counters.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A running rendezvous server. Dropping it shuts the server down.
+#[derive(Debug)]
+pub struct Server {
+    local_addr: SocketAddr,
+    identity: PeerId,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds `config.listen` and serves in a background task.
+    pub async fn spawn(config: Config) -> io::Result<Server> {
+        let listener = TcpListener::bind(config.listen).await?;
+        let local_addr = listener.local_addr()?;
+        let identity = config.keypair.public();
+        let shutdown = CancellationToken::new();
+        let shared = new_shared(config);
+        let task = tokio::spawn(run(listener, shared.clone(), shutdown.clone()));
+        Ok(Server {
+            local_addr,
+            identity,
+            shared,
+            shutdown,
+            task: Some(task),
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The server's identity, which clients pin.
+    pub fn identity(&self) -> PeerId {
+        self.identity
+    }
+
+    pub fn stats(&self) -> ServerStats {
+        let state = self.shared.lock();
+        let c = &self.shared.counters;
+        let r = state.registry.stats();
+        ServerStats {
+            registered: state.registry.len(),
+            active_connections: c.active.load(Ordering::Relaxed),
+            accepted: c.accepted.load(Ordering::Relaxed),
+            rejected_ip_limit: c.rejected_ip_limit.load(Ordering::Relaxed),
+            rejected_busy: c.rejected_busy.load(Ordering::Relaxed),
+            handshake_failed: c.handshake_failed.load(Ordering::Relaxed),
+            protocol_errors: c.protocol_errors.load(Ordering::Relaxed),
+            offers: r.offers,
+            refused: r.refused,
+            replaced: r.replaced,
+        }
+    }
+
+    /// Stops accepting, closes every connection and waits for the tasks to end.
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn new_shared(config: Config) -> Arc<Shared> {
+    let limits = Limits {
+        max_peers: config.max_peers,
+        punch_requests_per_minute: config.punch_requests_per_minute,
+        offers_per_target_per_minute: config.offers_per_target_per_minute,
+        dial_margin: config.dial_margin,
+    };
+    Arc::new(Shared {
+        handshakes: Arc::new(Semaphore::new(config.max_handshakes)),
+        state: Mutex::new(State {
+            registry: Registry::new(limits, rand::random()),
+            conns: HashMap::new(),
+            per_ip: HashMap::new(),
+            next_conn: 1,
+        }),
+        counters: Counters::default(),
+        config,
+    })
+}
+
+async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut tasks = JoinSet::new();
+    let mut prune = tokio::time::interval(PRUNE_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            res = listener.accept() => {
+                let (stream, addr) = match res {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                        continue;
+                    }
+                };
+                if let Some((slot, permit)) = admit(&shared, addr) {
+                    let span = info_span!("conn", %addr, peer = tracing::field::Empty);
+                    let token = shutdown.child_token();
+                    tasks.spawn(
+                        handle_conn(stream, addr, shared.clone(), slot, permit, token)
+                            .instrument(span),
+                    );
+                }
+            }
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            _ = prune.tick() => shared.lock().registry.prune(Instant::now()),
+        }
+    }
+    info!(connections = tasks.len(), "shutting down");
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+        tasks.abort_all();
+    }
+}
+
+/// Takes a per-IP slot and a handshake slot, or refuses the connection (it is dropped, which
+/// closes it: nothing is sent before the client proves it knows the server key).
+fn admit(shared: &Arc<Shared>, addr: SocketAddr) -> Option<(IpSlot, OwnedSemaphorePermit)> {
+    shared.counters.accepted.fetch_add(1, Ordering::Relaxed);
+    {
+        let mut state = shared.lock();
+        let n = state.per_ip.entry(addr.ip()).or_insert(0);
+        if *n >= shared.config.max_connections_per_ip {
+            drop(state);
+            shared
+                .counters
+                .rejected_ip_limit
+                .fetch_add(1, Ordering::Relaxed);
+            info!(%addr, "refused: too many connections from this address");
+            return None;
+        }
+        *n += 1;
+    }
+    shared.counters.active.fetch_add(1, Ordering::Relaxed);
+    let slot = IpSlot {
+        shared: shared.clone(),
+        ip: addr.ip(),
+    };
+    match shared.handshakes.clone().try_acquire_owned() {
+        Ok(permit) => Some((slot, permit)),
+        Err(_) => {
+            shared
+                .counters
+                .rejected_busy
+                .fetch_add(1, Ordering::Relaxed);
+            warn!(%addr, "refused: all handshake slots are taken");
+            None
+        }
+    }
+}
+
+async fn handle_conn(
+    stream: TcpStream,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    _slot: IpSlot,
+    permit: OwnedSemaphorePermit,
+    shutdown: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let config = &shared.config;
+    let handshake = server_handshake(stream, &config.keypair);
+    let accepted = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        res = tokio::time::timeout(config.handshake_timeout, handshake) => match res {
+            Err(_) => {
+                shared.counters.handshake_failed.fetch_add(1, Ordering::Relaxed);
+                info!(timeout = ?config.handshake_timeout, "closed: handshake timed out");
+                return;
+            }
+            Ok(Err(e)) => {
+                shared.counters.handshake_failed.fetch_add(1, Ordering::Relaxed);
+                info!(error = %e, "closed: handshake failed");
+                return;
+            }
+            Ok(Ok(accepted)) => accepted,
+        },
+    };
+    drop(permit);
+    let peer = accepted.peer;
+    tracing::Span::current().record("peer", peer.short().as_str());
+    let mut channel = accepted.channel;
+
+    let (tx, rx) = mpsc::channel(config.outbound_queue);
+    let registered = {
+        let mut state = shared.lock();
+        let conn = state.next_conn;
+        state.next_conn += 1;
+        match state
+            .registry
+            .register(conn, peer, addr, &accepted.register, accepted.rtt)
+        {
+            Ok(actions) => {
+                state.conns.insert(conn, tx);
+                Shared::dispatch(&mut state, actions);
+                Ok(conn)
+            }
+            Err(code) => Err(code),
+        }
+    };
+    let conn = match registered {
+        Ok(conn) => conn,
+        Err(code) => {
+            let reply = ServerMsg::Error(ErrorReply {
+                request_id: 0,
+                code,
+                detail: format!("registration refused: {code:?}"),
+                retry_after: None,
+            });
+            let _ = tokio::time::timeout(WRITE_TIMEOUT, channel.send(&reply.encode())).await;
+            info!(?code, "closed: registration refused");
+            return;
+        }
+    };
+    info!(
+        local_addrs = accepted.register.local_addrs.len(),
+        accept_inbound = accepted.register.accept_inbound,
+        rtt_ms = accepted.rtt.as_millis() as u64,
+        "registered"
+    );
+    let reason = drive(&mut channel, &shared, peer, addr, conn, rx, &shutdown).await;
+    {
+        let mut state = shared.lock();
+        state.registry.unregister(&peer, conn);
+        state.conns.remove(&conn);
+    }
+    match reason {
+        Ok(reason) => info!(reason, "closed"),
+        Err(reason) => {
+            shared
+                .counters
+                .protocol_errors
+                .fetch_add(1, Ordering::Relaxed);
+            warn!(%reason, "closed: protocol error");
+        }
+    }
+}
+
+/// Sends one message, bounded by [`WRITE_TIMEOUT`].
+async fn send(channel: &mut Channel<TcpStream>, msg: ServerMsg) -> Result<(), String> {
+    match tokio::time::timeout(WRITE_TIMEOUT, channel.send(&msg.encode())).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("write failed: {e}")),
+        Err(_) => Err("write timed out: client is not reading".to_string()),
+    }
+}
+
+/// The registered connection's loop. Returns why it ended: `Ok` for orderly reasons, `Err` for
+/// a peer that broke the protocol.
+async fn drive(
+    channel: &mut Channel<TcpStream>,
+    shared: &Shared,
+    peer: PeerId,
+    observed: SocketAddr,
+    conn: ConnId,
+    mut rx: mpsc::Receiver<Outbound>,
+    shutdown: &CancellationToken,
+) -> Result<&'static str, String> {
+    let config = &shared.config;
+    send(
+        channel,
+        ServerMsg::Registered(Registered {
+            observed,
+            ping_interval: config.ping_interval,
+        }),
+    )
+    .await?;
+
+    let start = tokio::time::Instant::now();
+    let mut ping = tokio::time::interval_at(start + config.ping_interval, config.ping_interval);
+    let mut last_heard = start;
+    let mut outstanding: Option<(u64, Instant)> = None;
+    loop {
+        let idle_deadline = last_heard + config.idle_timeout;
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok("server shutting down"),
+            _ = tokio::time::sleep_until(idle_deadline) => return Ok("idle timeout"),
+            out = rx.recv() => match out {
+                Some(Outbound::Msg(msg)) => {
+                    if let ServerMsg::Offer(o) = &msg {
+                        info!(session = o.session_id, peer = %o.peer.short(), role = ?o.role,
+                              dial_delay_ms = o.dial_delay.as_millis() as u64, "offer");
+                    }
+                    send(channel, msg).await?;
+                }
+                Some(Outbound::Close(reason)) => return Ok(reason),
+                None => return Ok("dropped: not reading its messages"),
+            },
+            _ = ping.tick() => {
+                let nonce = rand::random();
+                outstanding = Some((nonce, Instant::now()));
+                send(channel, ServerMsg::Ping { nonce }).await?;
+            }
+            frame = channel.recv() => {
+                let bytes = match frame {
+                    Ok(bytes) => bytes,
+                    Err(punch_proto::channel::ChannelError::Closed) => return Ok("client disconnected"),
+                    Err(e) => return Err(e.to_string()),
+                };
+                last_heard = tokio::time::Instant::now();
+                match ClientMsg::decode(&bytes).map_err(|e| format!("malformed message: {e}"))? {
+                    ClientMsg::Ping { nonce } => send(channel, ServerMsg::Pong { nonce }).await?,
+                    ClientMsg::Pong { nonce } => {
+                        if let Some((expected, sent)) = outstanding {
+                            if expected == nonce {
+                                outstanding = None;
+                                shared.lock().registry.rtt_sample(&peer, conn, sent.elapsed());
+                            }
+                        }
+                    }
+                    ClientMsg::Connect { request_id, peer: target } => {
+                        debug!(request_id, target = %target.short(), "punch request");
+                        let mut state = shared.lock();
+                        let actions = state.registry.connect(Instant::now(), conn, peer, request_id, target);
+                        Shared::dispatch(&mut state, actions);
+                    }
+                    other => return Err(format!("unexpected message {other:?}")),
+                }
+            }
+        }
+    }
+}
