@@ -1,1 +1,280 @@
-fn main() {}
+//! `punch`: the operator's tool. Key management, staying registered and forwarding punched
+//! streams to a local service (`listen`), and punching to a peer (`connect`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use punch::{Client, Config, Session};
+use punch_proto::{Keypair, PeerId};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+/// TCP hole punching between peers behind NATs.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a new identity (secret key file, mode 0600) and print its public id.
+    Keygen {
+        #[arg(long)]
+        key_file: PathBuf,
+    },
+    /// Print the public id of a key file.
+    Id {
+        #[arg(long)]
+        key_file: PathBuf,
+    },
+    /// Stay registered, accept punched sessions, forward each stream to a local TCP service.
+    Listen {
+        #[command(flatten)]
+        common: Common,
+        /// Service that punched streams are forwarded to, e.g. 127.0.0.1:16111.
+        #[arg(long, value_name = "HOST:PORT")]
+        forward: String,
+    },
+    /// Punch to a peer. With --local, expose a local TCP listener whose connections become
+    /// streams to the peer's forwarded service; without it, pipe stdin/stdout over one stream.
+    Connect {
+        /// The peer's id (as printed by `punch id`).
+        peer: PeerId,
+        #[command(flatten)]
+        common: Common,
+        /// Local listener address, e.g. 127.0.0.1:9000.
+        #[arg(long, value_name = "HOST:PORT")]
+        local: Option<SocketAddr>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct Common {
+    /// Rendezvous server address.
+    #[arg(long, value_name = "HOST:PORT")]
+    rendezvous: String,
+    /// Rendezvous server identity, as it prints on start.
+    #[arg(long, value_name = "KEY")]
+    rendezvous_key: PeerId,
+    /// Our identity's secret key file (created on first use).
+    #[arg(long)]
+    key_file: PathBuf,
+    /// Local address of the punch port (default: any interface, port chosen by the OS).
+    #[arg(long, value_name = "HOST:PORT")]
+    bind: Option<SocketAddr>,
+    /// Seconds to wait for the first registration with the rendezvous.
+    #[arg(long, default_value_t = 10)]
+    register_timeout_secs: u64,
+}
+
+fn init_tracing() {
+    tracing_log::LogTracer::init().ok();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,punch=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("punch: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Keygen { key_file } => {
+            let kp = Keypair::generate()?;
+            kp.save(&key_file)
+                .with_context(|| format!("writing {}", key_file.display()))?;
+            println!("{}", kp.public());
+            Ok(())
+        }
+        Command::Id { key_file } => {
+            let kp = Keypair::load(&key_file)?;
+            println!("{}", kp.public());
+            Ok(())
+        }
+        Command::Listen { common, forward } => listen(common, forward).await,
+        Command::Connect {
+            peer,
+            common,
+            local,
+        } => connect(peer, common, local).await,
+    }
+}
+
+async fn start(common: &Common, accept_inbound: bool) -> anyhow::Result<(Client, punch::Incoming)> {
+    let (keypair, created) = Keypair::load_or_generate(&common.key_file)
+        .with_context(|| format!("key file {}", common.key_file.display()))?;
+    if created {
+        eprintln!(
+            "punch: created identity {} in {}",
+            keypair.public(),
+            common.key_file.display()
+        );
+    }
+    let rendezvous = tokio::net::lookup_host(&common.rendezvous)
+        .await
+        .with_context(|| format!("resolving {}", common.rendezvous))?
+        .next()
+        .with_context(|| format!("{} has no address", common.rendezvous))?;
+    let mut config = Config::new(rendezvous, common.rendezvous_key, keypair);
+    config.accept_inbound = accept_inbound;
+    if let Some(bind) = common.bind {
+        config.bind = bind;
+    }
+    let (client, incoming) = Client::start(config).await?;
+    let observed = client
+        .wait_registered(Duration::from_secs(common.register_timeout_secs))
+        .await?;
+    eprintln!(
+        "punch: registered as {} (observed {observed}, local port {})",
+        client.id(),
+        client.local_addr().port()
+    );
+    Ok((client, incoming))
+}
+
+fn describe(session: &Session) -> String {
+    let i = session.info();
+    format!(
+        "{} ({}, remote {}, {} ms)",
+        i.peer,
+        i.path,
+        i.remote,
+        i.elapsed.as_millis()
+    )
+}
+
+async fn listen(common: Common, forward: String) -> anyhow::Result<()> {
+    let target = tokio::net::lookup_host(&forward)
+        .await
+        .with_context(|| format!("resolving --forward {forward}"))?
+        .next()
+        .with_context(|| format!("--forward {forward} has no address"))?;
+    let (client, mut incoming) = start(&common, true).await?;
+    println!("listening as {} forwarding to {target}", client.id());
+    loop {
+        tokio::select! {
+            _ = shutdown_signal() => {
+                eprintln!("punch: shutting down");
+                return Ok(());
+            }
+            session = incoming.next() => {
+                let Some(mut session) = session else { bail!("client stopped") };
+                eprintln!("punch: session from {}", describe(&session));
+                tokio::spawn(async move {
+                    while let Some(stream) = session.accept_stream().await {
+                        tokio::spawn(async move {
+                            if let Err(e) = punch::forward::to_service(stream, target).await {
+                                warn!(%target, error = %e, "forwarding failed");
+                            }
+                        });
+                    }
+                    info!(peer = %session.info().peer.short(), "session ended");
+                });
+            }
+        }
+    }
+}
+
+async fn connect(peer: PeerId, common: Common, local: Option<SocketAddr>) -> anyhow::Result<()> {
+    let (client, _incoming) = start(&common, false).await?;
+    let session = client
+        .connect(peer)
+        .await
+        .with_context(|| format!("punching to {}", peer.short()))?;
+    eprintln!("punch: connected to {}", describe(&session));
+    match local {
+        Some(addr) => expose(session, addr).await,
+        None => pipe(session).await,
+    }
+}
+
+async fn expose(session: Session, addr: SocketAddr) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding --local {addr}"))?;
+    println!("local {}", listener.local_addr()?);
+    let opener = session.opener();
+    loop {
+        tokio::select! {
+            _ = shutdown_signal() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                if session.is_closed() {
+                    bail!("session to {} ended", session.info().peer.short());
+                }
+            }
+            res = listener.accept() => {
+                let (tcp, from) = res?;
+                let _ = tcp.set_nodelay(true);
+                let opener = opener.clone();
+                tokio::spawn(async move {
+                    match opener.open_stream().await {
+                        Ok(stream) => {
+                            if let Err(e) = punch::forward::splice(tcp, stream).await {
+                                info!(%from, error = %e, "local connection ended with an error");
+                            }
+                        }
+                        Err(e) => warn!(%from, error = %e, "could not open a stream"),
+                    }
+                });
+            }
+        }
+    }
+}
+
+async fn pipe(session: Session) -> anyhow::Result<()> {
+    let stream = session.open_stream().await?;
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let upload = async {
+        tokio::io::copy(&mut tokio::io::stdin(), &mut wr).await?;
+        wr.shutdown().await
+    };
+    let download = async {
+        let mut out = tokio::io::stdout();
+        tokio::io::copy(&mut rd, &mut out).await?;
+        out.flush().await
+    };
+    tokio::pin!(upload, download);
+    // The remote closing ends the pipe; our stdin ending only half-closes it.
+    let mut upload_done = false;
+    loop {
+        tokio::select! {
+            res = &mut download => return res.context("receiving"),
+            res = &mut upload, if !upload_done => {
+                res.context("sending")?;
+                upload_done = true;
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

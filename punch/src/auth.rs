@@ -1,0 +1,184 @@
+//! Authentication of a punched stream, and choosing one winner among several.
+//!
+//! A punch can yield several TCP streams between the same two peers (a simultaneous open, a
+//! SYN that reached a listener, a LAN address and a public one). Every stream runs:
+//!
+//! ```text
+//! both ends          PREAMBLE = "PNCH" | session id (u64 BE)     (12 bytes, in clear)
+//! initiator -> resp  Noise KK message 1  (framed: u16 length + bytes)
+//! resp -> initiator  Noise KK message 2
+//! initiator -> resp  transport message CONFIRM   (only on the stream it picks)
+//! ```
+//!
+//! Each end writes its preamble first on a stream it dialed, and reads the other's first on a
+//! stream its listener accepted (the preamble tells the listener which punch the stream
+//! belongs to). Roles come from the rendezvous, never from who dialed: TCP simultaneous open
+//! has no client. The KK prologue binds the session id, so a stream from another (stale)
+//! session or a stranger without the expected key fails. The initiator takes the first stream
+//! that authenticates and sends CONFIRM on it; the responder takes the stream on which CONFIRM
+//! arrives. All others are dropped.
+
+use std::net::SocketAddr;
+
+use bytes::BytesMut;
+use futures::{SinkExt, StreamExt};
+use punch_proto::frame::{FrameCodec, FrameError};
+use punch_proto::noise::{Handshake, NoiseError, Transport};
+use punch_proto::{Keypair, PeerId, Role};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::codec::{Framed, FramedParts};
+
+use crate::secure::SecureStream;
+
+/// Magic at the start of the preamble: a stream that does not start with it is not ours.
+pub const PREAMBLE_MAGIC: [u8; 4] = *b"PNCH";
+pub const PREAMBLE_LEN: usize = 12;
+/// Plaintext of the initiator's selection message.
+pub const CONFIRM: &[u8] = b"punch/selected";
+/// KK handshake messages are 48 and 48 bytes; anything above this is not a handshake.
+const MAX_HANDSHAKE_FRAME: usize = 256;
+
+/// Why a stream did not authenticate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("not a punch stream (bad preamble)")]
+    Preamble,
+    #[error("stream belongs to session {found}, expected {expected}")]
+    StaleSession { expected: u64, found: u64 },
+    #[error("peer failed authentication: {0}")]
+    Noise(#[from] NoiseError),
+    #[error("framing: {0}")]
+    Frame(#[from] FrameError),
+    #[error("stream closed during authentication")]
+    Closed,
+    #[error("peer did not confirm this stream")]
+    NotConfirmed,
+}
+
+impl AuthError {
+    /// Whether retrying the same address is pointless (a wrong key stays wrong).
+    pub fn is_final(&self) -> bool {
+        matches!(self, AuthError::Noise(_) | AuthError::StaleSession { .. })
+    }
+}
+
+pub fn preamble(session_id: u64) -> [u8; PREAMBLE_LEN] {
+    let mut p = [0u8; PREAMBLE_LEN];
+    p[..4].copy_from_slice(&PREAMBLE_MAGIC);
+    p[4..].copy_from_slice(&session_id.to_be_bytes());
+    p
+}
+
+/// Reads the other end's preamble and returns its session id.
+pub async fn read_preamble(stream: &mut TcpStream) -> Result<u64, AuthError> {
+    let mut p = [0u8; PREAMBLE_LEN];
+    stream.read_exact(&mut p).await?;
+    parse_preamble(&p)
+}
+
+pub fn parse_preamble(p: &[u8; PREAMBLE_LEN]) -> Result<u64, AuthError> {
+    if p[..4] != PREAMBLE_MAGIC {
+        return Err(AuthError::Preamble);
+    }
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&p[4..]);
+    Ok(u64::from_be_bytes(id))
+}
+
+/// A stream whose far end proved it holds the expected key.
+#[derive(Debug)]
+pub struct Authenticated {
+    framed: Framed<TcpStream, FrameCodec>,
+    transport: Transport,
+    pub remote: SocketAddr,
+}
+
+/// What one end knows about the punch it is authenticating.
+#[derive(Debug, Clone)]
+pub struct Expect {
+    pub role: Role,
+    pub keypair: Keypair,
+    pub peer: PeerId,
+    pub session_id: u64,
+}
+
+/// Runs preamble and Noise KK on `stream`. `preamble_read` is true for a stream our listener
+/// accepted (it has already read and routed the other end's preamble).
+pub async fn authenticate(
+    mut stream: TcpStream,
+    preamble_read: bool,
+    expect: &Expect,
+) -> Result<Authenticated, AuthError> {
+    let remote = stream.peer_addr()?;
+    stream.write_all(&preamble(expect.session_id)).await?;
+    if !preamble_read {
+        let found = read_preamble(&mut stream).await?;
+        if found != expect.session_id {
+            return Err(AuthError::StaleSession {
+                expected: expect.session_id,
+                found,
+            });
+        }
+    }
+    let mut framed = Framed::new(stream, FrameCodec::new(MAX_HANDSHAKE_FRAME));
+    let mut hs = Handshake::peer(
+        expect.role,
+        &expect.keypair,
+        &expect.peer,
+        expect.session_id,
+    )?;
+    match expect.role {
+        Role::Initiator => {
+            framed.send(hs.write(&[])?).await?;
+            let m2 = framed.next().await.ok_or(AuthError::Closed)??;
+            hs.read(&m2)?;
+        }
+        Role::Responder => {
+            let m1 = framed.next().await.ok_or(AuthError::Closed)??;
+            hs.read(&m1)?;
+            framed.send(hs.write(&[])?).await?;
+        }
+    }
+    Ok(Authenticated {
+        framed,
+        transport: hs.into_transport()?,
+        remote,
+    })
+}
+
+impl Authenticated {
+    /// Initiator: picks this stream by sending CONFIRM on it.
+    pub async fn confirm(&mut self) -> Result<(), AuthError> {
+        let mut msg = Vec::new();
+        self.transport.encrypt(CONFIRM, &mut msg)?;
+        self.framed.send(&msg[..]).await?;
+        Ok(())
+    }
+
+    /// Responder: waits until the initiator picks this stream.
+    pub async fn await_confirm(&mut self) -> Result<(), AuthError> {
+        // The confirm message is a full data frame away from the handshake limit.
+        *self.framed.codec_mut() = FrameCodec::new(punch_proto::frame::MAX_DATA_FRAME);
+        let frame = self.framed.next().await.ok_or(AuthError::Closed)??;
+        let mut plain = Vec::new();
+        self.transport.decrypt(&frame, &mut plain)?;
+        if plain != CONFIRM {
+            return Err(AuthError::NotConfirmed);
+        }
+        Ok(())
+    }
+
+    pub fn get_ref(&self) -> &TcpStream {
+        self.framed.get_ref()
+    }
+
+    /// The encrypted byte stream, keeping bytes already read past the handshake.
+    pub fn into_secure(self) -> SecureStream<TcpStream> {
+        let FramedParts { io, read_buf, .. } = self.framed.into_parts();
+        SecureStream::new(io, self.transport, BytesMut::from(&read_buf[..]))
+    }
+}

@@ -1,0 +1,84 @@
+//! Client configuration, with documented defaults.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use punch_proto::{Keypair, PeerId};
+
+/// How long after the agreed moment a punch keeps trying: covers the kernel's SYN retransmits
+/// at 1 s and 3 s and a few paced redials against RST-answering routers (DCUtR uses 10 s too).
+pub const DEFAULT_PUNCH_WINDOW: Duration = Duration::from_secs(10);
+/// Pause between redials of one candidate: a router that answered our early SYN with a RST
+/// gets a fresh SYN soon, but not back to back (which would just collect more RSTs).
+pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_millis(250);
+/// One dial waits this long: long enough for the kernel to retransmit the SYN once or twice
+/// (at 1 s and 3 s) through a hole the peer's SYN opened meanwhile.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(4);
+/// Preamble + KK handshake (+ confirmation) must finish in this time: 2 RTTs on any real path.
+pub const DEFAULT_AUTH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connect request waits for the rendezvous's offer or refusal.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bounds of the reconnect backoff to the rendezvous (doubling, with jitter): quick after a
+/// restart of the server, gentle when it is down for long.
+pub const DEFAULT_RECONNECT_MIN: Duration = Duration::from_millis(200);
+pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(10);
+/// Accepted streams whose preamble is still being read, at most: strangers cannot pin more.
+pub const DEFAULT_MAX_PENDING_INBOUND: usize = 64;
+
+/// Configuration of a punch [`crate::Client`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Rendezvous address.
+    pub rendezvous: SocketAddr,
+    /// Rendezvous identity (pinned: a server without this key fails the handshake).
+    pub rendezvous_key: PeerId,
+    /// Our identity.
+    pub keypair: Keypair,
+    /// Local address of the shared punch port (port 0: chosen by the OS, then kept across
+    /// reconnects so the NAT mapping stays the same).
+    pub bind: SocketAddr,
+    /// Whether other peers may punch to us.
+    pub accept_inbound: bool,
+    /// See [`DEFAULT_PUNCH_WINDOW`].
+    pub punch_window: Duration,
+    /// See [`DEFAULT_RETRY_INTERVAL`].
+    pub retry_interval: Duration,
+    /// See [`DEFAULT_CONNECT_TIMEOUT`].
+    pub connect_timeout: Duration,
+    /// See [`DEFAULT_AUTH_TIMEOUT`].
+    pub auth_timeout: Duration,
+    /// See [`DEFAULT_REQUEST_TIMEOUT`].
+    pub request_timeout: Duration,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    /// See [`DEFAULT_MAX_PENDING_INBOUND`].
+    pub max_pending_inbound: usize,
+    /// yamux per-stream window; see [`crate::session`].
+    pub stream_window: u32,
+}
+
+impl Config {
+    pub fn new(rendezvous: SocketAddr, rendezvous_key: PeerId, keypair: Keypair) -> Self {
+        let bind = if rendezvous.is_ipv6() {
+            "[::]:0"
+        } else {
+            "0.0.0.0:0"
+        };
+        Self {
+            rendezvous,
+            rendezvous_key,
+            keypair,
+            bind: bind.parse().expect("valid literal"),
+            accept_inbound: true,
+            punch_window: DEFAULT_PUNCH_WINDOW,
+            retry_interval: DEFAULT_RETRY_INTERVAL,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            auth_timeout: DEFAULT_AUTH_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            reconnect_min: DEFAULT_RECONNECT_MIN,
+            reconnect_max: DEFAULT_RECONNECT_MAX,
+            max_pending_inbound: DEFAULT_MAX_PENDING_INBOUND,
+            stream_window: crate::session::DEFAULT_STREAM_WINDOW,
+        }
+    }
+}
