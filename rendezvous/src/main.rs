@@ -43,12 +43,14 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_log::LogTracer::init().ok();
+    // `init` also routes the `log` crate (tokio-yamux logs through it) into tracing, via
+    // tracing-subscriber's default `tracing-log` feature.
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
     let (keypair, created) = punch_proto::Keypair::load_or_generate(&args.key_file)
