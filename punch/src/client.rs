@@ -84,6 +84,7 @@ pub struct Client {
     cmd: mpsc::Sender<Command>,
     status: watch::Receiver<Status>,
     local: SocketAddr,
+    rendezvous: SocketAddr,
     id: PeerId,
     _tasks: Arc<AbortOnDrop>,
 }
@@ -116,6 +117,7 @@ impl Client {
         let listener = socket::listen(config.bind)?;
         let local = listener.local_addr()?;
         let id = config.keypair.public();
+        let rendezvous = config.rendezvous;
         let routes: Routes = Arc::default();
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let (status_tx, status) = watch::channel(Status::Connecting);
@@ -144,6 +146,7 @@ impl Client {
                 cmd: cmd_tx,
                 status,
                 local,
+                rendezvous,
                 id,
                 _tasks: Arc::new(AbortOnDrop(vec![accept, driver])),
             },
@@ -178,7 +181,7 @@ impl Client {
             Ok(Ok(Status::Registered { observed, .. })) => Ok(observed),
             Ok(_) => Err(Error::Shutdown),
             Err(_) => Err(Error::RendezvousUnreachable {
-                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                addr: self.rendezvous,
                 reason: match self.status() {
                     Status::Disconnected { reason } => reason,
                     _ => format!("not registered after {timeout:?}"),
