@@ -4,13 +4,30 @@
 //! observed public address first, then its local addresses for peers on the same LAN), and
 //! redials a candidate [`Schedule::retry_interval`] after each failure, until the window
 //! closes. Routers either drop an early SYN (the kernel's own SYN retransmission, 1 s later,
-//! then passes the hole our SYN opened) or answer it with a RST (the dial fails at once and is
-//! repeated, paced across the window rather than back to back). The driver asks
+//! then passes the hole our SYN opened) or answer it with a RST. A RST also moves our own
+//! router's conntrack entry for the punch to CLOSE, and the peer's SYN arriving on a CLOSE entry
+//! is INVALID and dropped or reset in turn: the hole has to be reopened by our next SYN before
+//! the peer's arrives. So a refused dial is redialed at once, which paces itself at one round
+//! trip (the RST took that long to come back), up to [`FAST_REDIALS`] times per candidate; other
+//! failures, and refusals beyond that, wait [`Schedule::retry_interval`]. The driver asks
 //! [`Attempt::poll_dial`] for due dials, [`Attempt::poll_timeout`] for when to wake, and reports
 //! outcomes; authentication of connected streams is the driver's business.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+/// Refused dials of one candidate that are redialed at once (see the module doc). 32 round
+/// trips cover the peer's dial moment even with a few RTTs of clock or scheduling error.
+pub const FAST_REDIALS: u32 = 32;
+
+/// How a dial failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Actively refused (RST): redial at once while the fast budget lasts.
+    Refused,
+    /// Anything else (timeout, unreachable, address in use): wait the retry interval.
+    Other,
+}
 
 /// Timing of an attempt.
 #[derive(Debug, Clone, Copy)]
@@ -47,6 +64,7 @@ enum State {
 struct Candidate {
     tried: Tried,
     state: State,
+    refusals: u32,
 }
 
 /// One punch attempt.
@@ -69,6 +87,7 @@ impl Attempt {
                         last_error: None,
                     },
                     state: State::Waiting(schedule.start),
+                    refusals: 0,
                 });
             }
         }
@@ -117,13 +136,24 @@ impl Attempt {
         self.candidates.iter_mut().find(|c| c.tried.addr == addr)
     }
 
-    /// A dial failed (refused, reset, unreachable, timed out): redial after the retry interval.
-    pub fn on_dial_failed(&mut self, now: Instant, addr: SocketAddr, error: String) {
-        let retry = now + self.schedule.retry_interval;
+    /// A dial failed: redial at once if it was refused and the fast budget lasts, else after
+    /// the retry interval.
+    pub fn on_dial_failed(
+        &mut self,
+        now: Instant,
+        addr: SocketAddr,
+        failure: Failure,
+        error: String,
+    ) {
+        let paced = now + self.schedule.retry_interval;
         if let Some(c) = self.get(addr) {
             c.tried.last_error = Some(error);
             if c.state == State::Dialing {
-                c.state = State::Waiting(retry);
+                let fast = failure == Failure::Refused && c.refusals < FAST_REDIALS;
+                if failure == Failure::Refused {
+                    c.refusals += 1;
+                }
+                c.state = State::Waiting(if fast { now } else { paced });
             }
         }
     }
@@ -185,22 +215,32 @@ mod tests {
         assert_eq!(a.poll_dial(now), Some(addr("203.0.113.1:1")));
         assert_eq!(a.poll_dial(now), Some(addr("10.0.0.2:1")));
         assert_eq!(a.poll_dial(now), None, "duplicates removed, none due");
-        // The public address is refused (RST): redialed 300 ms later, not before.
-        a.on_dial_failed(now + ms(5), addr("203.0.113.1:1"), "refused".into());
+        // The public address times out: redialed 300 ms later, not before.
+        a.on_dial_failed(
+            now + ms(5),
+            addr("203.0.113.1:1"),
+            Failure::Other,
+            "timeout".into(),
+        );
         assert_eq!(a.poll_timeout(), now + ms(305));
         assert_eq!(a.poll_dial(now + ms(200)), None);
         assert_eq!(a.poll_dial(now + ms(305)), Some(addr("203.0.113.1:1")));
         // The LAN address connects but holds the wrong key: never dialed again.
         a.on_connected(addr("10.0.0.2:1"));
         a.on_auth_failed(now + ms(310), addr("10.0.0.2:1"), "bad key".into(), true);
-        a.on_dial_failed(now + ms(400), addr("203.0.113.1:1"), "refused".into());
+        a.on_dial_failed(
+            now + ms(400),
+            addr("203.0.113.1:1"),
+            Failure::Other,
+            "timeout".into(),
+        );
         let mut dial_times = Vec::new();
         for step in 0..32u64 {
             let t = now + ms(400 + step * 50);
             if let Some(x) = a.poll_dial(t) {
                 assert_eq!(x, addr("203.0.113.1:1"));
                 dial_times.push(t - now);
-                a.on_dial_failed(t, x, "refused".into());
+                a.on_dial_failed(t, x, Failure::Other, "timeout".into());
             }
         }
         assert_eq!(
@@ -212,5 +252,32 @@ mod tests {
         let tried = a.tried();
         assert_eq!(tried[0].dials, 3);
         assert_eq!(tried[1].last_error.as_deref(), Some("bad key"));
+    }
+
+    #[test]
+    fn refused_dials_are_redialed_at_once_then_paced() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let peer = addr("203.0.113.9:7");
+        let mut a = Attempt::new(
+            Schedule {
+                start: t0,
+                window: ms(10_000),
+                retry_interval: ms(250),
+            },
+            [peer],
+        );
+        let mut t = t0;
+        for i in 0..FAST_REDIALS {
+            assert_eq!(a.poll_dial(t), Some(peer), "fast redial {i}");
+            assert_eq!(a.poll_dial(t), None, "one dial in flight at a time");
+            t += ms(1);
+            a.on_dial_failed(t, peer, Failure::Refused, "refused".into());
+        }
+        assert_eq!(a.poll_dial(t), Some(peer));
+        a.on_dial_failed(t, peer, Failure::Refused, "refused".into());
+        assert_eq!(a.poll_dial(t), None, "budget used: paced now");
+        assert_eq!(a.poll_timeout(), t + ms(250));
+        assert_eq!(a.tried()[0].dials, FAST_REDIALS + 1);
     }
 }

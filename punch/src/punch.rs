@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use crate::attempt::{Attempt, Schedule};
+use crate::attempt::{Attempt, Failure, Schedule};
 use crate::auth::{authenticate, AuthError, Authenticated, Expect};
 use crate::config::Config;
 use crate::error::Error;
@@ -110,7 +110,11 @@ pub(crate) async fn run(
                     }
                     Err(e) => {
                         debug!(%addr, error = %e, "dial failed");
-                        attempt.on_dial_failed(Instant::now(), addr, e.to_string());
+                        let failure = match e.kind() {
+                            std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset => Failure::Refused,
+                            _ => Failure::Other,
+                        };
+                        attempt.on_dial_failed(Instant::now(), addr, failure, e.to_string());
                     }
                 }
             }
