@@ -1,0 +1,172 @@
+//! NAT-lab TCP probe, run inside lab namespaces (see `punch_tests::natlab`).
+//!
+//! - `natlab_tcp serve ADDR [--max-secs S]`: prints `listening <addr>`, then answers every
+//!   connection with `<peer addr>\n` (the address it sees), reads one line, closes.
+//! - `natlab_tcp connect ADDR [--bind ADDR] [--timeout-ms T] [--attempts N]
+//!   [--retry-gap-ms G]`: dials (from a fixed local address with SO_REUSEADDR/SO_REUSEPORT if
+//!   `--bind`), writes `hi <local addr>\n`, reads one line, and prints exactly one report line:
+//!   `connected <attempt> <connect ms> <local addr> <line read>`, `refused <ms>`,
+//!   `timeout <ms>` or `error <ms> <message>` (ms of the last attempt). Refused and timed-out
+//!   attempts are retried. Two clients dialing each other make a TCP simultaneous open.
+
+use socket2::{Domain, Protocol, Socket, Type};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// How long to wait for the one-line exchange once connected: generous against lab delays.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most connections a server answers, to bound it.
+const MAX_CONNS: usize = 1000;
+/// Longest line accepted.
+const MAX_LINE: u64 = 256;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("serve") => serve(&args[1..]),
+        Some("connect") => connect(&args[1..]),
+        _ => Err("usage: natlab_tcp serve|connect ADDR [options]".to_string()),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("natlab_tcp: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Opts {
+    addr: SocketAddr,
+    bind: Option<SocketAddr>,
+    timeout: Duration,
+    attempts: u32,
+    retry_gap: Duration,
+    max_secs: u64,
+}
+
+fn parse(args: &[String]) -> Result<Opts, String> {
+    let addr = args
+        .first()
+        .ok_or("missing ADDR")?
+        .parse()
+        .map_err(|e| format!("bad ADDR: {e}"))?;
+    let mut o = Opts {
+        addr,
+        bind: None,
+        timeout: Duration::from_secs(3),
+        attempts: 1,
+        retry_gap: Duration::from_millis(100),
+        max_secs: 60,
+    };
+    let mut it = args[1..].iter();
+    while let Some(flag) = it.next() {
+        let v = it.next().ok_or(format!("{flag} needs a value"))?;
+        let bad = |_| format!("bad value for {flag}: {v}");
+        match flag.as_str() {
+            "--bind" => o.bind = Some(v.parse().map_err(|_| format!("bad --bind {v}"))?),
+            "--timeout-ms" => o.timeout = Duration::from_millis(v.parse().map_err(bad)?),
+            "--attempts" => o.attempts = v.parse::<u32>().map_err(bad)?.clamp(1, 1000),
+            "--retry-gap-ms" => o.retry_gap = Duration::from_millis(v.parse().map_err(bad)?),
+            "--max-secs" => o.max_secs = v.parse().map_err(bad)?,
+            _ => return Err(format!("unknown option {flag}")),
+        }
+    }
+    Ok(o)
+}
+
+fn serve(args: &[String]) -> Result<ExitCode, String> {
+    let o = parse(args)?;
+    let listener = TcpListener::bind(o.addr).map_err(|e| format!("bind {}: {e}", o.addr))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    println!("listening {local}");
+    let _ = std::io::stdout().flush();
+    let max = Duration::from_secs(o.max_secs);
+    std::thread::spawn(move || {
+        std::thread::sleep(max);
+        std::process::exit(0);
+    });
+    for conn in listener.incoming().take(MAX_CONNS) {
+        let Ok(mut s) = conn else { continue };
+        std::thread::spawn(move || {
+            let peer = s.peer_addr().map(|p| p.to_string()).unwrap_or_default();
+            eprintln!("accepted {peer}");
+            let _ = s.set_read_timeout(Some(EXCHANGE_TIMEOUT));
+            let _ = s.write_all(format!("{peer}\n").as_bytes());
+            let _ = read_line(&s);
+        });
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_line(s: &TcpStream) -> std::io::Result<String> {
+    let mut line = String::new();
+    BufReader::new(s.take(MAX_LINE)).read_line(&mut line)?;
+    Ok(line.trim().to_string())
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1000.0)
+}
+
+fn connect(args: &[String]) -> Result<ExitCode, String> {
+    let o = parse(args)?;
+    let mut last = String::new();
+    for attempt in 1..=o.attempts {
+        if attempt > 1 {
+            std::thread::sleep(o.retry_gap);
+        }
+        let sock = Socket::new(
+            Domain::for_address(o.addr),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )
+        .map_err(|e| format!("socket: {e}"))?;
+        if let Some(b) = o.bind {
+            sock.set_reuse_address(true).map_err(|e| e.to_string())?;
+            sock.set_reuse_port(true).map_err(|e| e.to_string())?;
+            sock.bind(&b.into()).map_err(|e| format!("bind {b}: {e}"))?;
+        }
+        let start = Instant::now();
+        let res = sock.connect_timeout(&o.addr.into(), o.timeout);
+        let elapsed = start.elapsed();
+        match res {
+            Ok(()) => return exchange(sock, attempt, elapsed),
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+                last = format!("refused {}", ms(elapsed));
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) => {
+                last = format!("timeout {}", ms(elapsed));
+            }
+            Err(e) => last = format!("error {} connect: {e}", ms(elapsed)),
+        }
+        eprintln!("attempt {attempt}: {last}");
+    }
+    println!("{last}");
+    Ok(ExitCode::FAILURE)
+}
+
+fn exchange(sock: Socket, attempt: u32, elapsed: Duration) -> Result<ExitCode, String> {
+    let s: TcpStream = sock.into();
+    let local = s.local_addr().map_err(|e| e.to_string())?;
+    let result = s
+        .set_read_timeout(Some(EXCHANGE_TIMEOUT))
+        .and_then(|()| (&s).write_all(format!("hi {local}\n").as_bytes()))
+        .and_then(|()| read_line(&s));
+    match result {
+        Ok(line) if !line.is_empty() => {
+            println!("connected {attempt} {} {local} {line}", ms(elapsed));
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(_) => {
+            println!("error {} connected but no reply line", ms(elapsed));
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => {
+            println!("error {} connected but exchange failed: {e}", ms(elapsed));
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
