@@ -5,17 +5,34 @@
 # 2. Builds the workspace binaries: the end-to-end tests run the real `rendezvous` and `punch`.
 # 3. Runs every test of the workspace with cargo-nextest when installed (else cargo test).
 #    Tests that need network namespaces print a loud SKIPPED line when they lack the rights.
-# 4. fmt and clippy, as CI demands.
+# 4. Prints the NAT-lab matrix and writes it to tests/natlab/RESULTS.md.
+# 5. fmt and clippy, as CI demands.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
 cargo build --workspace --bins
+
+# NAT-lab cases write their outcomes here; natlab_report turns them into the matrix.
+export NATLAB_RESULTS="${NATLAB_RESULTS:-$PWD/target/natlab-results}"
+rm -rf "$NATLAB_RESULTS"
+
+status=0
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --workspace --no-fail-fast "$@"
+    cargo nextest run --workspace --no-fail-fast "$@" || status=$?
 else
     echo "test.sh: cargo-nextest not found, using cargo test"
-    cargo test --workspace --no-fail-fast "$@"
+    cargo test --workspace --no-fail-fast "$@" || status=$?
+fi
+
+if [ -d "$NATLAB_RESULTS" ]; then
+    cargo run -q -p punch-tests --bin natlab_report -- "$NATLAB_RESULTS" tests/natlab/RESULTS.md
+else
+    echo "test.sh: no NAT-lab results (the lab tests were skipped: see their SKIPPED lines)"
+fi
+if [ "$status" -ne 0 ]; then
+    echo "test.sh: TESTS FAILED (exit $status)"
+    exit "$status"
 fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings

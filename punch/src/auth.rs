@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! both ends          PREAMBLE = "PNCH" | session id (u64 BE)     (12 bytes, in clear)
-//! initiator -> resp  Noise KK message 1  (framed: u16 length + bytes)
+//! initiator -> resp  Noise KK message 1  (framed: u16 length + bytes; same write as PREAMBLE)
 //! resp -> initiator  Noise KK message 2
 //! initiator -> resp  transport message CONFIRM   (only on the stream it picks)
 //! ```
@@ -114,7 +114,21 @@ pub async fn authenticate(
     expect: &Expect,
 ) -> Result<Authenticated, AuthError> {
     let remote = stream.peer_addr()?;
-    stream.write_all(&preamble(expect.session_id)).await?;
+    let mut hs = Handshake::peer(
+        expect.role,
+        &expect.keypair,
+        &expect.peer,
+        expect.session_id,
+    )?;
+    // Our preamble, and for the initiator message 1 right behind it: one write, so the
+    // handshake costs no extra one-way trip waiting for the other preamble.
+    let mut first = preamble(expect.session_id).to_vec();
+    if expect.role == Role::Initiator {
+        let m1 = hs.write(&[])?;
+        first.extend_from_slice(&(m1.len() as u16).to_be_bytes());
+        first.extend_from_slice(&m1);
+    }
+    stream.write_all(&first).await?;
     if !preamble_read {
         let found = read_preamble(&mut stream).await?;
         if found != expect.session_id {
@@ -125,15 +139,8 @@ pub async fn authenticate(
         }
     }
     let mut framed = Framed::new(stream, FrameCodec::new(MAX_HANDSHAKE_FRAME));
-    let mut hs = Handshake::peer(
-        expect.role,
-        &expect.keypair,
-        &expect.peer,
-        expect.session_id,
-    )?;
     match expect.role {
         Role::Initiator => {
-            framed.send(hs.write(&[])?).await?;
             let m2 = framed.next().await.ok_or(AuthError::Closed)??;
             hs.read(&m2)?;
         }

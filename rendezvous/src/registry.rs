@@ -174,7 +174,7 @@ impl Registry {
         request_id: u64,
         target: PeerId,
     ) -> Vec<Action> {
-        match self.try_connect(now, from, request_id, target) {
+        match self.try_connect(now, conn, from, request_id, target) {
             Ok(actions) => actions,
             Err((code, detail, retry_after)) => {
                 self.stats.refused += 1;
@@ -194,10 +194,20 @@ impl Registry {
     fn try_connect(
         &mut self,
         now: Instant,
+        conn: ConnId,
         from: PeerId,
         request_id: u64,
         target: PeerId,
     ) -> Result<Vec<Action>, (ErrorCode, String, Option<Duration>)> {
+        // A connection replaced by a newer registration of the same identity may still send a
+        // request before it reads its Close: it must not act for the new connection.
+        if !self.is_registered(&from, conn) {
+            return Err((
+                ErrorCode::BadRequest,
+                "this connection's registration was replaced".into(),
+                None,
+            ));
+        }
         let limits = &self.limits;
         self.request_buckets
             .entry(from)
@@ -225,6 +235,7 @@ impl Registry {
             "requester is not registered".into(),
             None,
         ))?;
+        debug_assert_eq!(a.conn, conn);
         let b = self.peers.get(&target).ok_or_else(|| {
             (
                 ErrorCode::PeerOffline,
@@ -467,6 +478,24 @@ mod tests {
             r.register(6, id(6), obs, &bad, Duration::ZERO),
             Err(ErrorCode::UnsupportedVersion)
         );
+    }
+
+    #[test]
+    fn replaced_connection_cannot_request() {
+        let mut r = Registry::new(limits(), 10);
+        let obs: SocketAddr = "203.0.113.1:1000".parse().unwrap();
+        r.register(1, id(1), obs, &reg(true), Duration::ZERO)
+            .unwrap();
+        r.register(2, id(2), obs, &reg(true), Duration::ZERO)
+            .unwrap();
+        r.register(3, id(1), obs, &reg(true), Duration::ZERO)
+            .unwrap();
+        let actions = r.connect(Instant::now(), 1, id(1), 42, id(2));
+        assert_eq!(error_code(&actions), Some(ErrorCode::BadRequest));
+        assert!(matches!(actions[..], [Action::Send { conn: 1, .. }]));
+        // The new connection still has its full rate budget.
+        assert_eq!(r.connect(Instant::now(), 3, id(1), 43, id(2)).len(), 2);
+        assert_eq!(r.connect(Instant::now(), 3, id(1), 44, id(2)).len(), 2);
     }
 
     #[test]

@@ -299,7 +299,10 @@ async fn handle_conn(
     let config = &shared.config;
     let handshake = server_handshake(stream, &config.keypair);
     let accepted = tokio::select! {
-        _ = shutdown.cancelled() => return,
+        _ = shutdown.cancelled() => {
+            info!("closed: server shutting down during the handshake");
+            return;
+        }
         res = tokio::time::timeout(config.handshake_timeout, handshake) => match res {
             Err(_) => {
                 shared.counters.handshake_failed.fetch_add(1, Ordering::Relaxed);
@@ -449,7 +452,26 @@ async fn drive(
                     ClientMsg::Connect { request_id, peer: target } => {
                         debug!(request_id, target = %target.short(), "punch request");
                         let mut state = shared.lock();
-                        let actions = state.registry.connect(Instant::now(), conn, peer, request_id, target);
+                        let mut actions = state.registry.connect(Instant::now(), conn, peer, request_id, target);
+                        // Both offers or neither: if one side's queue is full (it is not reading),
+                        // the other must not dial alone. Nothing else can fill the queues while
+                        // the state lock is held.
+                        let fits = actions.iter().all(|a| match a {
+                            Action::Send { conn, .. } => state.conns.get(conn).is_some_and(|tx| tx.capacity() > 0),
+                            Action::Close { .. } => true,
+                        });
+                        if !fits {
+                            warn!(target = %target.short(), "offer not sent: a side's queue is full");
+                            actions = vec![Action::Send {
+                                conn,
+                                msg: ServerMsg::Error(ErrorReply {
+                                    request_id,
+                                    code: punch_proto::message::ErrorCode::PeerOffline,
+                                    detail: "peer is not reading its control connection".into(),
+                                    retry_after: None,
+                                }),
+                            }];
+                        }
                         Shared::dispatch(&mut state, actions);
                     }
                     other => return Err(format!("unexpected message {other:?}")),

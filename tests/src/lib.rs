@@ -1,1 +1,406 @@
-//! placeholder
+//! Shared helpers for the cross-crate tests: finding and running the real binaries, a raw
+//! protocol client, and process measurements.
+//!
+//! - [`bin_path`]: a workspace binary next to the test executable (`cargo build --workspace
+//!   --bins` puts it there; `cargo test` alone does not build other packages' binaries).
+//! - [`RendezvousProcess`]: the real `rendezvous` binary on `127.0.0.1:0` with a fresh key in a
+//!   temporary directory, its bound address and identity parsed from stdout, its log (stderr)
+//!   kept in a file. Killed and cleaned up on drop.
+//! - [`TestClient`]: a control-protocol client built straight on `punch_proto`'s channel, with
+//!   no client-library logic, so tests see exactly what the server sends.
+//! - [`rss_kib`]: a process's resident memory, for "memory stays flat" checks.
+//! - [`natlab`]: network-namespace NAT lab for the real-network tests.
+
+pub mod natlab;
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context};
+use punch_proto::channel::{client_handshake, Channel};
+use punch_proto::message::PROTOCOL_VERSION;
+use punch_proto::message::{ClientMsg, ErrorReply, Register, Registered, ServerMsg};
+use punch_proto::{Keypair, PeerId};
+use tokio::net::TcpStream;
+
+/// How long the rendezvous binary gets to print its address and identity: it only binds a port
+/// and maybe writes a key file, so 10 s means it hung or crashed, even on a loaded CI machine.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default bound on one [`TestClient`] receive or handshake: loopback answers take
+/// milliseconds, so 5 s only expires when a message will never come.
+pub const RECV_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The path of workspace binary `name`, next to the running test executable
+/// (`target/<profile>/deps/<test>` -> `target/<profile>/<name>`).
+///
+/// Panics if it does not exist: `cargo test` does not build other packages' binaries.
+pub fn bin_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the path of the running test executable");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test executable lives in target/<profile>/deps");
+    let path = profile_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.is_file(),
+        "binary {} not found: run `cargo build --workspace --bins` before `cargo test`",
+        path.display()
+    );
+    path
+}
+
+/// A fresh, empty directory under the system temp dir, unique to this process and call.
+pub fn unique_temp_dir(prefix: &str) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!(
+        "{prefix}-{}-{}-{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir)
+        .unwrap_or_else(|e| panic!("creating temp dir {}: {e}", dir.display()));
+    dir
+}
+
+/// The real `rendezvous` binary, listening on `127.0.0.1:0`. Killed, waited for and its
+/// temporary directory removed on drop.
+#[derive(Debug)]
+pub struct RendezvousProcess {
+    child: Child,
+    addr: SocketAddr,
+    identity: PeerId,
+    dir: PathBuf,
+    log_path: PathBuf,
+}
+
+impl RendezvousProcess {
+    /// Starts the binary with `extra_args` after `--listen 127.0.0.1:0 --key-file <tmp>`, and
+    /// waits (at most [`STARTUP_TIMEOUT`]) for it to print its address and identity.
+    pub fn spawn(extra_args: &[&str]) -> Self {
+        let dir = unique_temp_dir("punch-rendezvous");
+        let log_path = dir.join("rendezvous.log");
+        let log = File::create(&log_path).expect("creating the rendezvous log file");
+        let mut child = Command::new(bin_path("rendezvous"))
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--key-file")
+            .arg(dir.join("rendezvous.key"))
+            .args(extra_args)
+            // Plain text at info level whatever the caller's environment says, so tests can
+            // search the log.
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("starting the rendezvous binary");
+        let stdout = child.stdout.take().expect("stdout is piped");
+
+        // A thread reads stdout so the wait below can be bounded; it keeps draining until the
+        // child exits, so the child never blocks on a full pipe.
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                // After startup nobody listens any more; keep draining anyway.
+                let _ = tx.send(line);
+            }
+        });
+
+        // Built before the address is known so that a startup failure (a panic below) still
+        // kills the child and removes the directory, in `Drop`.
+        let mut proc = Self {
+            child,
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            identity: PeerId::from_bytes([0; 32]),
+            dir,
+            log_path,
+        };
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        let (mut addr, mut identity) = (None, None);
+        while addr.is_none() || identity.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(line) => line,
+                Err(_) => panic!(
+                    "rendezvous did not print its address and identity within {:?} \
+                     (exit status: {:?}); log:\n{}",
+                    STARTUP_TIMEOUT,
+                    proc.exited(),
+                    proc.log_text()
+                ),
+            };
+            if let Some(rest) = line.strip_prefix("rendezvous listening on ") {
+                addr = Some(
+                    rest.trim()
+                        .parse()
+                        .expect("a socket address after 'listening on'"),
+                );
+            } else if let Some(rest) = line.strip_prefix("identity ") {
+                identity = Some(rest.trim().parse().expect("a peer id after 'identity'"));
+            }
+        }
+        proc.addr = addr.expect("loop ends once the address is known");
+        proc.identity = identity.expect("loop ends once the identity is known");
+        proc
+    }
+
+    /// The address the server is bound to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The server's identity (its static public key).
+    pub fn identity(&self) -> PeerId {
+        self.identity
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The exit status if the server has exited (it never should during a test).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child
+            .try_wait()
+            .expect("polling the rendezvous process")
+    }
+
+    /// Everything the server has logged so far (its stderr).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log_path).expect("reading the rendezvous log")
+    }
+}
+
+impl Drop for RendezvousProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The server refused the registration with a typed error instead of `Registered`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrationRefused(pub ErrorReply);
+
+impl std::fmt::Display for RegistrationRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "registration refused: {:?} ({})",
+            self.0.code, self.0.detail
+        )
+    }
+}
+
+impl std::error::Error for RegistrationRefused {}
+
+/// A registration accepting inbound punches, with no local addresses.
+pub fn default_register() -> Register {
+    Register {
+        version: PROTOCOL_VERSION,
+        local_addrs: Vec::new(),
+        accept_inbound: true,
+    }
+}
+
+/// A raw control-protocol client: a registered Noise channel to the rendezvous.
+#[derive(Debug)]
+pub struct TestClient {
+    channel: Channel<TcpStream>,
+    keypair: Keypair,
+    registered: Registered,
+    local_addr: SocketAddr,
+}
+
+impl TestClient {
+    /// Connects with a fresh identity and [`default_register`].
+    pub async fn connect(server: SocketAddr, server_id: &PeerId) -> anyhow::Result<Self> {
+        let keypair = Keypair::generate().context("generating a client key")?;
+        Self::connect_with(server, server_id, keypair, &default_register()).await
+    }
+
+    /// Connects with the given identity and registration.
+    pub async fn connect_with(
+        server: SocketAddr,
+        server_id: &PeerId,
+        keypair: Keypair,
+        register: &Register,
+    ) -> anyhow::Result<Self> {
+        let stream = tokio::time::timeout(RECV_TIMEOUT, TcpStream::connect(server))
+            .await
+            .context("TCP connect timed out")?
+            .with_context(|| format!("TCP connect to {server}"))?;
+        Self::handshake(stream, server_id, keypair, register).await
+    }
+
+    /// Runs the handshake on a connected stream and reads the server's first message, which
+    /// must be `Registered` (a typed refusal becomes a [`RegistrationRefused`] error).
+    pub async fn handshake(
+        stream: TcpStream,
+        server_id: &PeerId,
+        keypair: Keypair,
+        register: &Register,
+    ) -> anyhow::Result<Self> {
+        let local_addr = stream.local_addr().context("local address of the stream")?;
+        let mut channel = tokio::time::timeout(
+            RECV_TIMEOUT,
+            client_handshake(stream, &keypair, server_id, register),
+        )
+        .await
+        .context("handshake timed out")??;
+        let first = tokio::time::timeout(RECV_TIMEOUT, channel.recv())
+            .await
+            .context("no message after the handshake")??;
+        let registered = match ServerMsg::decode(&first).context("decoding the first message")? {
+            ServerMsg::Registered(r) => r,
+            ServerMsg::Error(e) => return Err(RegistrationRefused(e).into()),
+            other => bail!("expected Registered first, got {other:?}"),
+        };
+        Ok(Self {
+            channel,
+            keypair,
+            registered,
+            local_addr,
+        })
+    }
+
+    /// This client's identity.
+    pub fn id(&self) -> PeerId {
+        self.keypair.public()
+    }
+
+    pub fn keypair(&self) -> &Keypair {
+        &self.keypair
+    }
+
+    /// What the server said on registration (observed address, ping interval).
+    pub fn registered(&self) -> &Registered {
+        &self.registered
+    }
+
+    /// The local address of the control connection.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Sends one control message.
+    pub async fn send(&mut self, msg: &ClientMsg) -> anyhow::Result<()> {
+        self.send_raw(&msg.encode()).await
+    }
+
+    /// Sends arbitrary plaintext through the encrypted channel (for protocol violations).
+    pub async fn send_raw(&mut self, plaintext: &[u8]) -> anyhow::Result<()> {
+        tokio::time::timeout(RECV_TIMEOUT, self.channel.send(plaintext))
+            .await
+            .context("send timed out")??;
+        Ok(())
+    }
+
+    /// Receives the next message, Pings included, within [`RECV_TIMEOUT`].
+    pub async fn recv(&mut self) -> anyhow::Result<ServerMsg> {
+        self.recv_timeout(RECV_TIMEOUT).await
+    }
+
+    /// Receives the next message, Pings included, within `timeout`.
+    pub async fn recv_timeout(&mut self, timeout: Duration) -> anyhow::Result<ServerMsg> {
+        let bytes = tokio::time::timeout(timeout, self.channel.recv())
+            .await
+            .map_err(|_| anyhow!("no message within {timeout:?}"))??;
+        Ok(ServerMsg::decode(&bytes)?)
+    }
+
+    /// Receives the next message other than a Ping, answering Pings with Pongs as a live
+    /// client does; `None` if nothing else arrives within `timeout` in total.
+    pub async fn try_recv_skip_pings(
+        &mut self,
+        timeout: Duration,
+    ) -> anyhow::Result<Option<ServerMsg>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let Ok(bytes) = tokio::time::timeout_at(deadline, self.channel.recv()).await else {
+                return Ok(None);
+            };
+            match ServerMsg::decode(&bytes?)? {
+                ServerMsg::Ping { nonce } => self.send(&ClientMsg::Pong { nonce }).await?,
+                other => return Ok(Some(other)),
+            }
+        }
+    }
+
+    /// Like [`TestClient::try_recv_skip_pings`], but nothing arriving is an error.
+    pub async fn recv_skip_pings(&mut self, timeout: Duration) -> anyhow::Result<ServerMsg> {
+        self.try_recv_skip_pings(timeout)
+            .await?
+            .ok_or_else(|| anyhow!("no message other than Ping within {timeout:?}"))
+    }
+
+    /// Answers Pings for `duration`; fails if anything else arrives or the connection ends.
+    pub async fn stay_alive(&mut self, duration: Duration) -> anyhow::Result<()> {
+        match self.try_recv_skip_pings(duration).await? {
+            None => Ok(()),
+            Some(msg) => bail!("unexpected message while idling: {msg:?}"),
+        }
+    }
+
+    /// Sends a Ping and waits for the matching Pong: the server is alive and serving us.
+    pub async fn ping(&mut self) -> anyhow::Result<()> {
+        let nonce = rand::random();
+        self.send(&ClientMsg::Ping { nonce }).await?;
+        match self.recv_skip_pings(RECV_TIMEOUT).await? {
+            ServerMsg::Pong { nonce: n } if n == nonce => Ok(()),
+            other => bail!("expected Pong {nonce}, got {other:?}"),
+        }
+    }
+
+    /// Waits until the server closes the connection, skipping Pings (not answering them);
+    /// fails on any other message or if it stays open for `timeout`.
+    pub async fn expect_closed(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let bytes = match tokio::time::timeout_at(deadline, self.channel.recv()).await {
+                Err(_) => bail!("connection still open after {timeout:?}"),
+                Ok(Err(_closed_or_reset)) => return Ok(()),
+                Ok(Ok(bytes)) => bytes,
+            };
+            match ServerMsg::decode(&bytes)? {
+                ServerMsg::Ping { .. } => {}
+                other => bail!("expected the connection to close, got {other:?}"),
+            }
+        }
+    }
+}
+
+/// Resident memory of process `pid` in KiB (`VmRSS` in `/proc/PID/status`; Linux only).
+pub fn rss_kib(pid: u32) -> u64 {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS line in {path}"))
+}
+
+/// Installs a test log subscriber (`RUST_LOG`, default `warn`) once; later calls do nothing.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}

@@ -2,6 +2,8 @@
 //!
 //! - `natlab_tcp serve ADDR [--max-secs S]`: prints `listening <addr>`, then answers every
 //!   connection with `<peer addr>\n` (the address it sees), reads one line, closes.
+//! - `natlab_tcp echo ADDR [--max-secs S]`: prints `listening <addr>`, then echoes every
+//!   connection's bytes back until it closes (the service behind a peer in the punch matrix).
 //! - `natlab_tcp connect ADDR [--bind ADDR] [--timeout-ms T] [--attempts N]
 //!   [--retry-gap-ms G]`: dials (from a fixed local address with SO_REUSEADDR/SO_REUSEPORT if
 //!   `--bind`), writes `hi <local addr>\n`, reads one line, and prints exactly one report line:
@@ -26,6 +28,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("serve") => serve(&args[1..]),
+        Some("echo") => echo(&args[1..]),
         Some("connect") => connect(&args[1..]),
         _ => Err("usage: natlab_tcp serve|connect ADDR [options]".to_string()),
     };
@@ -96,6 +99,30 @@ fn serve(args: &[String]) -> Result<ExitCode, String> {
             let _ = s.set_read_timeout(Some(EXCHANGE_TIMEOUT));
             let _ = s.write_all(format!("{peer}\n").as_bytes());
             let _ = read_line(&s);
+        });
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn echo(args: &[String]) -> Result<ExitCode, String> {
+    let o = parse(args)?;
+    let listener = TcpListener::bind(o.addr).map_err(|e| format!("bind {}: {e}", o.addr))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    println!("listening {local}");
+    let _ = std::io::stdout().flush();
+    let max = Duration::from_secs(o.max_secs);
+    std::thread::spawn(move || {
+        std::thread::sleep(max);
+        std::process::exit(0);
+    });
+    for conn in listener.incoming().take(MAX_CONNS) {
+        let Ok(s) = conn else { continue };
+        std::thread::spawn(move || {
+            let _ = s.set_read_timeout(Some(max));
+            if let Ok(mut w) = s.try_clone() {
+                let _ = std::io::copy(&mut &s, &mut w);
+                let _ = w.shutdown(std::net::Shutdown::Write);
+            }
         });
     }
     Ok(ExitCode::SUCCESS)

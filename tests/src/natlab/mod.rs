@@ -15,12 +15,14 @@
 //! [`sweep_leftovers`] removes what interrupted runs left behind. Tests call
 //! [`skip_without_net_admin`] first and return when it says so (it prints a SKIPPED line).
 
+mod case;
 mod lab;
 mod probe;
 mod procs;
 mod rules;
 mod sys;
 
+pub use case::{expected, results_dir, run_case, variant, Expect, Outcome, FAILURE_BOUND};
 pub use lab::Lab;
 pub use probe::{ConnectOpts, ConnectOutcome};
 pub use procs::ProcId;
