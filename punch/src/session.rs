@@ -23,8 +23,9 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use punch_proto::{PeerId, Role};
@@ -44,6 +45,56 @@ pub const DEFAULT_STREAM_WINDOW: u32 = 16 * 1024 * 1024;
 pub const YAMUX_KEEPALIVE: Duration = Duration::from_secs(15);
 /// Inbound streams waiting for [`Session::accept_stream`]; more are reset.
 pub const ACCEPT_BACKLOG: usize = 256;
+/// After the last handle is dropped, the connection closes once nothing was written for this
+/// long: queued frames are gone to the kernel by then (a write burst flushes in microseconds
+/// to milliseconds; a window stalled longer than this is given up).
+pub const LINGER_IDLE: Duration = Duration::from_millis(500);
+/// Upper bound of the linger, however busy the connection is.
+pub const LINGER_MAX: Duration = Duration::from_secs(30);
+/// How often the driver checks whether handles remain.
+const HANDLE_CHECK: Duration = Duration::from_millis(100);
+
+/// Shared by the session handle and its streams: the driver lingers and stops once only its
+/// own reference is left.
+type Handles = Arc<()>;
+
+/// The socket side of the session, noting when it last wrote.
+struct Tracked {
+    inner: SecureStream<TcpStream>,
+    last_write: Arc<std::sync::Mutex<Instant>>,
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            *self.last_write.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        }
+        res
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
 
 /// How a session reaches its peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,11 +140,12 @@ pub struct Session {
     control: Opener,
     incoming: mpsc::Receiver<Stream>,
     driver: tokio::task::JoinHandle<()>,
+    _handles: Handles,
 }
 
 /// Opens streams on a session; cloneable.
 #[derive(Clone)]
-pub struct Opener(Control);
+pub struct Opener(Control, Handles);
 
 impl std::fmt::Debug for Opener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -109,34 +161,59 @@ impl Opener {
             .open_stream()
             .await
             .map_err(|e| Error::Session(format!("{e:?}")))?;
-        Ok(Stream::new(handle))
+        Ok(Stream::new(handle, self.1.clone()))
     }
 }
 
 impl Session {
     pub(crate) fn start(secure: SecureStream<TcpStream>, info: SessionInfo, window: u32) -> Self {
         let config = yamux_config(window);
-        let mut session = match info.role {
-            Role::Initiator => tokio_yamux::Session::new_client(secure, config),
-            Role::Responder => tokio_yamux::Session::new_server(secure, config),
+        let last_write = Arc::new(std::sync::Mutex::new(Instant::now()));
+        let tracked = Tracked {
+            inner: secure,
+            last_write: last_write.clone(),
         };
-        let control = Opener(session.control());
+        let mut session = match info.role {
+            Role::Initiator => tokio_yamux::Session::new_client(tracked, config),
+            Role::Responder => tokio_yamux::Session::new_server(tracked, config),
+        };
+        let handles: Handles = Arc::new(());
+        let control = Opener(session.control(), handles.clone());
         let (tx, incoming) = mpsc::channel(ACCEPT_BACKLOG);
         let span = tracing::info_span!("session", peer = %info.peer.short(), remote = %info.remote);
+        let watch = Arc::downgrade(&handles);
         let driver = tokio::spawn(
             async move {
-                while let Some(next) = session.next().await {
-                    match next {
-                        Ok(handle) => {
-                            if tx.try_send(Stream::new(handle)).is_err() {
-                                warn!(
-                                    "inbound stream backlog full or nobody accepting; stream reset"
-                                );
+                let mut check = tokio::time::interval(HANDLE_CHECK);
+                let mut released: Option<Instant> = None;
+                loop {
+                    tokio::select! {
+                        next = session.next() => match next {
+                            Some(Ok(handle)) => match watch.upgrade() {
+                                Some(h) => {
+                                    if tx.try_send(Stream::new(handle, h)).is_err() {
+                                        warn!("inbound stream backlog full; stream reset");
+                                    }
+                                }
+                                None => debug!("inbound stream after the session was dropped; reset"),
+                            },
+                            Some(Err(e)) => {
+                                debug!(error = ?e, "session ended");
+                                break;
                             }
-                        }
-                        Err(e) => {
-                            debug!(error = ?e, "session ended");
-                            break;
+                            None => break,
+                        },
+                        _ = check.tick() => {
+                            if watch.strong_count() > 0 {
+                                continue;
+                            }
+                            let now = Instant::now();
+                            let since = *released.get_or_insert(now);
+                            let idle = now.duration_since(*last_write.lock().unwrap_or_else(|e| e.into_inner()));
+                            if idle >= LINGER_IDLE || now.duration_since(since) >= LINGER_MAX {
+                                debug!("all handles dropped and writes flushed; closing");
+                                break;
+                            }
                         }
                     }
                 }
@@ -149,6 +226,7 @@ impl Session {
             control,
             incoming,
             driver,
+            _handles: handles,
         }
     }
 
@@ -171,15 +249,9 @@ impl Session {
         self.incoming.recv().await
     }
 
-    /// Whether the underlying connection has ended.
+    /// Whether the underlying connection has ended (the peer closed it or it broke).
     pub fn is_closed(&self) -> bool {
         self.driver.is_finished()
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        self.driver.abort();
     }
 }
 
@@ -190,13 +262,15 @@ pub struct Stream {
     /// Waker of a reader parked in `poll_read`, so a blocked writer that polls the read side
     /// (and so takes over the frame-channel wakeup) can hand the wakeup back.
     parked_reader: Option<Waker>,
+    _handles: Handles,
 }
 
 impl Stream {
-    fn new(inner: StreamHandle) -> Self {
+    fn new(inner: StreamHandle, handles: Handles) -> Self {
         Self {
             inner,
             parked_reader: None,
+            _handles: handles,
         }
     }
 }
