@@ -65,7 +65,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let mut text = String::from(
-        "# NAT lab punch matrix\n\nWritten by `natlab_report` from the last run of \
+        "# NAT lab punch matrix\n\nWritten by `natlab_report` (scripts/test.sh regenerates it) from the last run of \
          `tests/tests/natlab_matrix.rs` (see tests/natlab/README.md). Rows: the router of peer A \
          (it runs `punch connect`); columns: the router of peer B (`punch listen`). A cell is the \
          outcome and the time from the connect request to the open, authenticated session; FAIL \
