@@ -275,6 +275,14 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// How many bytes we may send before the peer grants more (yamux flow control). Starts at
+    /// 256 KiB and grows up to the peer's configured window as the peer reads.
+    pub fn send_window(&self) -> u32 {
+        self.inner.send_window()
+    }
+}
+
 impl AsyncRead for Stream {
     fn poll_read(
         mut self: Pin<&mut Self>,

@@ -131,6 +131,36 @@ async fn hundred_parallel_streams() {
     echo.await.unwrap();
 }
 
+/// tokio-yamux 0.3.20 starts every stream at a 256 KiB window, which caps a stream at
+/// 256 KiB / RTT unless it grows: the window must grow towards the configured 16 MiB once the
+/// peer reads (checked through yamux's own accounting, not a timing).
+#[tokio::test]
+async fn stream_window_grows_beyond_the_initial_256_kib() {
+    const INITIAL: u32 = 256 * 1024;
+    let server = server_on("127.0.0.1:0".parse().unwrap(), Keypair::generate().unwrap()).await;
+    let (sa, mut sb, _a, _b) = pair(&server).await;
+    let mut w = sa.open_stream().await.unwrap();
+    assert_eq!(w.send_window(), INITIAL);
+    let data = vec![7u8; 4 << 20];
+    let reader = tokio::spawn(async move {
+        let mut r = sb.accept_stream().await.unwrap();
+        let mut got = vec![0u8; 4 << 20];
+        r.read_exact(&mut got).await.unwrap();
+        (r, sb)
+    });
+    w.write_all(&data).await.unwrap();
+    let _keep = reader.await.unwrap();
+    // Let the last window updates arrive, then a write processes them.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    w.write_all(b"x").await.unwrap();
+    let window = w.send_window();
+    eprintln!("send window after 4 MiB read by the peer: {window} bytes");
+    assert!(
+        window > 8 * INITIAL,
+        "window stayed near the initial 256 KiB: {window}"
+    );
+}
+
 /// tokio-yamux only processes window updates while a stream is read; a stream that is only
 /// written must still finish (the `Stream` wrapper polls the read side when a write blocks).
 #[tokio::test]
