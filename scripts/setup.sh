@@ -4,10 +4,14 @@
 # - iptables (with the legacy and nft back ends): the NAT lab (tests/natlab/README.md)
 #   builds its routers from iptables rules inside network namespaces.
 # - iproute2 (`ip netns`, veth, bridges) for the same lab.
+# - protobuf-compiler: kaspa-p2p-lib's build script compiles Kaspa's .proto files with protoc
+#   (punch's own protocol does not need it: proto/ uses the pure-Rust protox).
+# - libclang-dev: RocksDB's bindings (kaspad, in kaspad-punch) are generated with bindgen.
 # - Kernel modules for the lab (conntrack, NAT, NFQUEUE for the delay helper, statistic
 #   for loss). Most kernels have them built in; loading is tried and failure tolerated.
 #
-# Without root nothing is installed: the namespace tests then skip loudly by themselves.
+# Without root nothing is installed: the namespace tests then skip loudly by themselves, and the
+# Kaspa crates need protoc and libclang installed by hand.
 set -u
 
 say() { echo "setup.sh: $*"; }
@@ -20,6 +24,9 @@ fi
 missing=()
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v iptables >/dev/null 2>&1 || missing+=(iptables)
+command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 \
+    || missing+=(libclang-dev)
 # Kaspa crates (node-integration, kaspad-punch): kaspa-p2p-lib's build script runs protoc;
 # kaspad's RocksDB bindings are generated with libclang.
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
@@ -39,7 +46,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
         say "missing ${missing[*]} and no apt-get: install them by hand (natlab tests will skip)"
     fi
 else
-    say "iproute2 and iptables already present"
+    say "iproute2, iptables, protoc and libclang already present"
 fi
 
 # Modules: built in on many kernels (then /lib/modules may not even exist). Tolerate failure.

@@ -1,1 +1,27 @@
-//! placeholder
+//! punch-node: Kaspa nodes behind NATs, connected directly through punched sessions.
+//!
+//! kaspa-p2p-lib (the P2P layer of rusty-kaspa's kaspad) speaks gRPC over real TCP only, so an
+//! unmodified Kaspa node is connected to punched peers through a loopback [`bridge`]: every
+//! punched peer gets its own address `127.a.b.c` ([`alias`]) on which the node dials it and
+//! from which its connections reach the node, so Kaspa's per-IP rules act per punched peer.
+//!
+//! - [`seam`]: tonic over punched streams directly (`serve_with_incoming`, a connector), for
+//!   tonic nodes that accept a custom transport; HTTP/2 sizes matched to yamux.
+//! - [`alias`]: the per-peer loopback address.
+//! - [`bridge`]: punched sessions to and from a node's P2P port.
+//! - [`handshake`]: kaspad's handshake rules as a kaspa-p2p-lib `ConnectionInitializer`.
+//! - [`node`]: a minimal Kaspa P2P node (kaspa-p2p-lib's adaptor + that initializer).
+//! - [`link`]: keeps configured punched peers connected (re-punching), takes inbound ones.
+//! - [`demo`]: rendezvous + two punched Kaspa nodes + a timeline (the `punch-demo` binary).
+
+pub mod alias;
+pub mod bridge;
+pub mod demo;
+pub mod handshake;
+pub mod link;
+pub mod node;
+pub mod seam;
+
+pub use alias::peer_alias;
+pub use bridge::{Bridge, BridgeConfig, BridgeError, BridgedPeer, KaspaSide};
+pub use node::{KaspaNode, NodeConfig};

@@ -1,0 +1,6 @@
+//! See `punch_fuzz::proto_checks::register_msg` for the input format and the invariants checked.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    punch_fuzz::proto_checks::register_msg(data);
+});

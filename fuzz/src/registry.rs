@@ -1,0 +1,423 @@
+//! Harness of the rendezvous [`Registry`]: arbitrary sequences of registrations,
+//! unregistrations, RTT samples, punch requests and prunes, from a pool of six identities on
+//! eight connections, with time moving forward, checked against a model written from the
+//! module's documentation.
+//!
+//! Invariants after every event:
+//! - the registry holds exactly the model's peers (never more than `max_peers`), each on the
+//!   connection of its latest registration, and its `Stats` count what happened;
+//! - a registration fails exactly with `UnsupportedVersion` (other version) or `ServerFull`
+//!   (new identity, full registry), and replacing an identity closes its old connection;
+//! - an RTT sample moves the smoothed RTT one eighth of the way to the sample, and only on the
+//!   identity's current connection;
+//! - a punch request gives either two offers or one typed error to the requesting connection:
+//!   the offers go to both peers' connections, share a fresh session id, mirror peers and
+//!   observed addresses, pass on only private local addresses, give the roles Initiator and
+//!   Responder, and make both sides dial at the same server time
+//!   (`dial_delay_a + owd_a == dial_delay_b + owd_b`, within 1 ms after the wire's whole
+//!   milliseconds), the later side waiting exactly the margin; every offer and error fits one
+//!   control frame and survives encoding;
+//! - an error is `BadRequest` for a connection that is not the requester's registration
+//!   (before any rate limit, costing no token), else the first of `SelfConnect`, `PeerOffline`,
+//!   `PeerRefuses` that applies, or `RateLimited` with a retry time, and only when the requester
+//!   (or target) really used up its bucket in the last minute; no requester or target ever
+//!   exceeds its rate (burst plus refill) over any window.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use arbitrary::Arbitrary;
+use punch_proto::frame::MAX_CONTROL_FRAME;
+use punch_proto::message::{ErrorCode, Register, ServerMsg, PROTOCOL_VERSION};
+use punch_proto::noise::TAG_LEN;
+use punch_proto::{PeerId, Role};
+use punch_rendezvous::registry::{Action, ConnId, Limits, Registry, Stats};
+
+/// Events per input: enough to fill and churn a small registry; the rate checks are quadratic.
+const MAX_EVENTS: usize = 256;
+const PEERS: u8 = 6;
+const CONNS: u8 = 8;
+const MINUTE: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Arbitrary)]
+pub struct Scenario {
+    max_peers: u8,
+    punch_requests_per_minute: u8,
+    offers_per_target_per_minute: u8,
+    dial_margin_ms: u16,
+    session_seed: u64,
+    events: Vec<Event>,
+}
+
+#[derive(Debug, Arbitrary)]
+pub enum Event {
+    Register {
+        conn: u8,
+        peer: u8,
+        observed: Addr,
+        locals: Vec<Addr>,
+        accept_inbound: bool,
+        other_version: Option<u32>,
+        rtt_ms: u32,
+    },
+    Unregister {
+        peer: u8,
+        conn: u8,
+    },
+    RttSample {
+        peer: u8,
+        conn: u8,
+        sample_ms: u32,
+    },
+    Connect {
+        conn: u8,
+        from: u8,
+        request_id: u64,
+        target: u8,
+    },
+    Prune,
+    Advance {
+        ms: u32,
+    },
+}
+
+/// An address: mostly from a pool covering every class the local-address filter knows.
+#[derive(Debug, Arbitrary)]
+pub enum Addr {
+    Pool(u8),
+    V4([u8; 4], u16),
+    V6([u8; 16], u16),
+}
+
+const POOL: [&str; 12] = [
+    "203.0.113.7:4000",
+    "10.0.0.2:4000",
+    "192.168.1.5:1",
+    "172.31.255.1:65535",
+    "172.32.0.1:4000",
+    "100.64.1.2:7",
+    "100.128.0.1:7",
+    "127.0.0.1:4000",
+    "[fd00::1]:4000",
+    "[::1]:4000",
+    "[2001:db8::1]:4000",
+    "10.0.0.2:0",
+];
+
+impl Addr {
+    fn get(&self) -> SocketAddr {
+        match self {
+            Addr::Pool(i) => POOL[usize::from(*i) % POOL.len()]
+                .parse()
+                .expect("pool address"),
+            Addr::V4(ip, port) => SocketAddr::new(IpAddr::V4(Ipv4Addr::from(*ip)), *port),
+            Addr::V6(ip, port) => SocketAddr::new(IpAddr::V6(Ipv6Addr::from(*ip)), *port),
+        }
+    }
+}
+
+fn peer(p: u8) -> PeerId {
+    PeerId::from_bytes([0x10 + p % PEERS; 32])
+}
+
+fn conn(c: u8) -> ConnId {
+    u64::from(c % CONNS)
+}
+
+/// The local-address rule of the registry's documentation, written independently: RFC 1918,
+/// RFC 6598 shared space and IPv6 ULA; loopback only for a peer seen on loopback; never port 0.
+fn spec_dialable(addr: &SocketAddr, observed: &SocketAddr) -> bool {
+    if addr.port() == 0 {
+        return false;
+    }
+    let loopback_ok = observed.ip().is_loopback();
+    match addr.ip() {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            a == 10
+                || (a == 172 && (16..32).contains(&b))
+                || (a == 192 && b == 168)
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 127 && loopback_ok)
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.octets()[0];
+            first == 0xfc || first == 0xfd || (v6 == Ipv6Addr::LOCALHOST && loopback_ok)
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct ModelPeer {
+    conn: ConnId,
+    observed: SocketAddr,
+    local: Vec<SocketAddr>,
+    accept_inbound: bool,
+}
+
+/// Counts events in sliding windows, for the rate-limit checks.
+#[derive(Debug, Default)]
+struct Window(HashMap<PeerId, Vec<Instant>>);
+
+impl Window {
+    fn count(&self, id: &PeerId, from: Instant, to: Instant) -> usize {
+        self.0.get(id).map_or(0, |ts| {
+            ts.iter().filter(|t| **t >= from && **t <= to).count()
+        })
+    }
+
+    /// Records an event and checks that no window ending now holds more than the bucket
+    /// allows: `capacity` at once plus `capacity` per minute.
+    fn record(&mut self, id: PeerId, now: Instant, capacity: f64, what: &str) {
+        let ts = self.0.entry(id).or_default();
+        ts.push(now);
+        for &start in ts.iter() {
+            let n = ts.iter().filter(|t| **t >= start).count();
+            let allowed = capacity + (now - start).as_secs_f64() * capacity / 60.0;
+            assert!(
+                n as f64 <= allowed + 1e-6,
+                "{n} {what} in {:?}, allowed {allowed}",
+                now - start
+            );
+        }
+    }
+}
+
+pub fn run(s: Scenario) {
+    let limits = Limits {
+        max_peers: usize::from(s.max_peers % 8),
+        punch_requests_per_minute: u32::from(s.punch_requests_per_minute % 6),
+        offers_per_target_per_minute: u32::from(s.offers_per_target_per_minute % 6),
+        dial_margin: Duration::from_millis(u64::from(s.dial_margin_ms)),
+    };
+    // A bucket of capacity 0 holds one token (`TokenBucket::new`).
+    let request_cap = f64::from(limits.punch_requests_per_minute.max(1));
+    let offer_cap = f64::from(limits.offers_per_target_per_minute.max(1));
+    let mut r = Registry::new(limits.clone(), s.session_seed);
+    let mut now = Instant::now();
+    let mut model: HashMap<PeerId, ModelPeer> = HashMap::new();
+    let mut stats = Stats::default();
+    let mut sessions = HashSet::new();
+    let mut requests = Window::default();
+    let mut offers = Window::default();
+
+    for event in s.events.iter().take(MAX_EVENTS) {
+        match event {
+            Event::Register {
+                conn: c,
+                peer: p,
+                observed,
+                locals,
+                accept_inbound,
+                other_version,
+                rtt_ms,
+            } => {
+                let (c, p) = (conn(*c), peer(*p));
+                // The server observes a TCP peer address: never port 0.
+                let mut observed = observed.get();
+                if observed.port() == 0 {
+                    observed.set_port(1);
+                }
+                let register = Register {
+                    version: other_version.unwrap_or(PROTOCOL_VERSION),
+                    local_addrs: locals.iter().take(20).map(Addr::get).collect(),
+                    accept_inbound: *accept_inbound,
+                };
+                let rtt = Duration::from_millis(u64::from(*rtt_ms));
+                let res = r.register(c, p, observed, &register, rtt);
+                let old = model.get(&p).map(|m| m.conn);
+                if register.version != PROTOCOL_VERSION {
+                    assert_eq!(res, Err(ErrorCode::UnsupportedVersion));
+                } else if old.is_none() && model.len() >= limits.max_peers {
+                    assert_eq!(res, Err(ErrorCode::ServerFull));
+                } else {
+                    let actions = res.expect("registration refused");
+                    match (old, &actions[..]) {
+                        (None, []) => {}
+                        (Some(old), [Action::Close { conn, .. }]) if *conn == old => {
+                            stats.replaced += 1;
+                        }
+                        (old, actions) => panic!("old conn {old:?}, actions {actions:?}"),
+                    }
+                    stats.registrations += 1;
+                    let local = register
+                        .local_addrs
+                        .iter()
+                        .copied()
+                        .filter(|a| spec_dialable(a, &observed))
+                        .collect();
+                    model.insert(
+                        p,
+                        ModelPeer {
+                            conn: c,
+                            observed,
+                            local,
+                            accept_inbound: *accept_inbound,
+                        },
+                    );
+                    assert_eq!(r.srtt(&p), Some(rtt));
+                }
+            }
+            Event::Unregister { peer: p, conn: c } => {
+                let (p, c) = (peer(*p), conn(*c));
+                r.unregister(&p, c);
+                if model.get(&p).is_some_and(|m| m.conn == c) {
+                    model.remove(&p);
+                }
+            }
+            Event::RttSample {
+                peer: p,
+                conn: c,
+                sample_ms,
+            } => {
+                let (p, c) = (peer(*p), conn(*c));
+                let sample = Duration::from_millis(u64::from(*sample_ms));
+                let before = r.srtt(&p);
+                r.rtt_sample(&p, c, sample);
+                let after = r.srtt(&p);
+                match (model.get(&p), before, after) {
+                    (Some(m), Some(b), Some(a)) if m.conn == c => {
+                        let want = b.as_secs_f64() + (sample.as_secs_f64() - b.as_secs_f64()) / 8.0;
+                        assert!(
+                            (a.as_secs_f64() - want).abs() < 1e-6,
+                            "srtt {b:?} + sample {sample:?} gave {a:?}"
+                        );
+                    }
+                    _ => assert_eq!(before, after, "sample on a stale connection applied"),
+                }
+            }
+            Event::Connect {
+                conn: c,
+                from,
+                request_id,
+                target,
+            } => {
+                let (c, from, target) = (conn(*c), peer(*from), peer(*target));
+                let (srtt_a, srtt_b) = (r.srtt(&from), r.srtt(&target));
+                let actions = r.connect(now, c, from, *request_id, target);
+                // A request from a connection that is not the requester's registration is
+                // refused before it costs a token.
+                let current = model.get(&from).is_some_and(|m| m.conn == c);
+                let expected = if !current {
+                    Some(ErrorCode::BadRequest)
+                } else if from == target {
+                    Some(ErrorCode::SelfConnect)
+                } else if !model.contains_key(&target) {
+                    Some(ErrorCode::PeerOffline)
+                } else if !model[&target].accept_inbound {
+                    Some(ErrorCode::PeerRefuses)
+                } else {
+                    None
+                };
+                for a in &actions {
+                    let Action::Send { msg, .. } = a else {
+                        panic!("connect returned {a:?}");
+                    };
+                    assert!(msg.encode().len() + TAG_LEN <= MAX_CONTROL_FRAME);
+                    assert_eq!(
+                        ServerMsg::decode(&msg.encode()).ok().as_ref(),
+                        wire(msg).as_ref()
+                    );
+                }
+                match &actions[..] {
+                    [Action::Send {
+                        conn: ca,
+                        msg: ServerMsg::Offer(oa),
+                    }, Action::Send {
+                        conn: cb,
+                        msg: ServerMsg::Offer(ob),
+                    }] => {
+                        assert_eq!(expected, None, "offer despite {expected:?}");
+                        let (a, b) = (&model[&from], &model[&target]);
+                        assert_eq!((*ca, *cb), (a.conn, b.conn));
+                        assert_eq!(oa.session_id, ob.session_id);
+                        assert!(sessions.insert(oa.session_id), "session id reused");
+                        assert_eq!((oa.request_id, ob.request_id), (*request_id, 0));
+                        assert_eq!((oa.peer, ob.peer), (target, from));
+                        assert_eq!(
+                            (oa.peer_observed, ob.peer_observed),
+                            (b.observed, a.observed)
+                        );
+                        assert_eq!((&oa.peer_local, &ob.peer_local), (&b.local, &a.local));
+                        assert_eq!((oa.role, ob.role), (Role::Initiator, Role::Responder));
+                        let owd_a = srtt_a.expect("requester has an RTT") / 2;
+                        let owd_b = srtt_b.expect("target has an RTT") / 2;
+                        assert_eq!(oa.dial_delay + owd_a, ob.dial_delay + owd_b, "dial moments");
+                        assert_eq!(oa.dial_delay.min(ob.dial_delay), limits.dial_margin);
+                        let ms = |d: Duration| d.as_millis().min(u128::from(u32::MAX));
+                        let (wa, wb) = (ms(oa.dial_delay), ms(ob.dial_delay));
+                        if wa < u128::from(u32::MAX) && wb < u128::from(u32::MAX) {
+                            let ta = Duration::from_millis(wa as u64) + owd_a;
+                            let tb = Duration::from_millis(wb as u64) + owd_b;
+                            let skew = ta.abs_diff(tb);
+                            assert!(skew < Duration::from_millis(1), "wire skew {skew:?}");
+                        }
+                        stats.offers += 1;
+                        requests.record(from, now, request_cap, "requests");
+                        offers.record(target, now, offer_cap, "offers");
+                    }
+                    [Action::Send {
+                        conn: ce,
+                        msg: ServerMsg::Error(e),
+                    }] => {
+                        assert_eq!(*ce, c, "error to another connection");
+                        assert_eq!(e.request_id, *request_id);
+                        stats.refused += 1;
+                        if e.code == ErrorCode::RateLimited {
+                            assert!(current, "rate limited a request from a stale connection");
+                            assert!(e.retry_after.is_some(), "rate limited without retry time");
+                            let since = now.checked_sub(MINUTE + Duration::from_millis(1));
+                            let since = since.unwrap_or(now);
+                            if e.detail.contains("punch requests per minute") {
+                                let n = requests.count(&from, since, now);
+                                assert!(n as f64 >= request_cap, "limited after {n} requests");
+                            } else {
+                                assert_eq!(expected, None, "target limit before {expected:?}");
+                                requests.record(from, now, request_cap, "requests");
+                                let n = offers.count(&target, since, now);
+                                assert!(n as f64 >= offer_cap, "limited after {n} offers");
+                            }
+                        } else {
+                            assert_eq!(Some(e.code), expected);
+                            if current {
+                                requests.record(from, now, request_cap, "requests");
+                            }
+                        }
+                    }
+                    other => panic!("connect returned {other:?}"),
+                }
+            }
+            Event::Prune => r.prune(now),
+            Event::Advance { ms } => now += Duration::from_millis(u64::from(*ms)),
+        }
+
+        assert_eq!(r.len(), model.len());
+        assert!(r.len() <= limits.max_peers);
+        assert_eq!(r.is_empty(), model.is_empty());
+        for (id, m) in &model {
+            assert!(r.is_registered(id, m.conn));
+        }
+        for p in 0..PEERS {
+            assert_eq!(r.srtt(&peer(p)).is_some(), model.contains_key(&peer(p)));
+        }
+        assert_eq!(r.stats(), &stats);
+    }
+}
+
+/// What the client decodes from `msg`: delays in whole milliseconds.
+fn wire(msg: &ServerMsg) -> Option<ServerMsg> {
+    let mut msg = msg.clone();
+    let ms = |d: Duration| {
+        Duration::from_millis(u64::try_from(d.as_millis().min(u128::from(u32::MAX))).unwrap_or(0))
+    };
+    match &mut msg {
+        ServerMsg::Offer(o) => {
+            o.peer_local.truncate(punch_proto::message::MAX_LOCAL_ADDRS);
+            o.dial_delay = ms(o.dial_delay);
+        }
+        ServerMsg::Error(e) => e.retry_after = e.retry_after.map(ms).filter(|d| !d.is_zero()),
+        _ => {}
+    }
+    Some(msg)
+}
