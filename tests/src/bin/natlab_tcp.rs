@@ -80,7 +80,8 @@ fn parse(args: &[String]) -> Result<Opts, String> {
     Ok(o)
 }
 
-fn serve(args: &[String]) -> Result<ExitCode, String> {
+/// Binds, prints `listening <addr>` and arranges for the process to exit after `--max-secs`.
+fn listen_announced(args: &[String]) -> Result<(TcpListener, Duration), String> {
     let o = parse(args)?;
     let listener = TcpListener::bind(o.addr).map_err(|e| format!("bind {}: {e}", o.addr))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
@@ -91,6 +92,11 @@ fn serve(args: &[String]) -> Result<ExitCode, String> {
         std::thread::sleep(max);
         std::process::exit(0);
     });
+    Ok((listener, max))
+}
+
+fn serve(args: &[String]) -> Result<ExitCode, String> {
+    let (listener, _) = listen_announced(args)?;
     for conn in listener.incoming().take(MAX_CONNS) {
         let Ok(mut s) = conn else { continue };
         std::thread::spawn(move || {
@@ -105,16 +111,7 @@ fn serve(args: &[String]) -> Result<ExitCode, String> {
 }
 
 fn echo(args: &[String]) -> Result<ExitCode, String> {
-    let o = parse(args)?;
-    let listener = TcpListener::bind(o.addr).map_err(|e| format!("bind {}: {e}", o.addr))?;
-    let local = listener.local_addr().map_err(|e| e.to_string())?;
-    println!("listening {local}");
-    let _ = std::io::stdout().flush();
-    let max = Duration::from_secs(o.max_secs);
-    std::thread::spawn(move || {
-        std::thread::sleep(max);
-        std::process::exit(0);
-    });
+    let (listener, max) = listen_announced(args)?;
     for conn in listener.incoming().take(MAX_CONNS) {
         let Ok(s) = conn else { continue };
         std::thread::spawn(move || {
