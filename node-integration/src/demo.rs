@@ -8,32 +8,40 @@
 //! A's node dials 127.b.b.b:p -> Version / Verack / Ready both ways over the punched session
 //! ```
 //!
+//! One side of the demo is a [`DemoPeer`]: a Kaspa node, a punch client and a bridge. [`run`]
+//! runs both peers and a rendezvous in this process on loopback; [`crate::natdemo`] runs each
+//! in its own process inside a network namespace, behind its own NAT router, with the same
+//! [`DemoPeer`] code.
+//!
 //! Everything is recorded on a [`Timeline`] with milliseconds since the start. Punch-internal
 //! steps (offer, first dial) are not visible through punch's API; the `punch-demo` binary adds
-//! them from punch's tracing events (see its `timeline_layer`). This runs on loopback
-//! (127.0.0.1, no NAT in between); the NAT-namespace mode is for later.
+//! them from punch's tracing events (see its `timeline_layer`).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use punch::{Client, Config as PunchConfig};
-use punch_proto::Keypair;
-use tokio::task::JoinSet;
+use punch::{Client, Config as PunchConfig, Incoming};
+use punch_proto::{Keypair, PeerId};
 
-use crate::bridge::{Bridge, BridgeConfig};
+use crate::bridge::{Bridge, BridgeConfig, BridgedPeer};
 use crate::handshake::Step;
 use crate::node::{KaspaNode, NodeConfig, DEFAULT_NETWORK};
 
-/// Rendezvous registration must happen within this time on loopback (milliseconds normally).
+/// Rendezvous registration must happen within this time (milliseconds normally).
 pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The punch: offer, dial moment, authentication; the client's own window is 10 s.
 pub const PUNCH_TIMEOUT: Duration = Duration::from_secs(15);
 /// Both nodes must report Ready within this time of the Kaspa dial: kaspa-p2p-lib allows 4 s
 /// for Version/Verack and 8 s for Ready, so 15 s covers a slow but valid handshake.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a NAT-mode peer keeps its session after its handshake ended, unless the other
+/// side closes it first or the demo ends both (see [`Finished`]).
+pub const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
 /// What the demo runs.
 #[derive(Debug, Clone)]
@@ -65,18 +73,33 @@ pub struct Entry {
 #[derive(Debug)]
 pub struct Timeline {
     start: Instant,
+    /// The wall-clock time of `start`: entries from other processes (NAT mode) arrive with
+    /// wall-clock times, which all processes on one machine share.
+    start_wall: SystemTime,
+    /// Also print each entry on stdout as an [`EVENT_PREFIX`] line (the NAT mode's peers).
+    export: AtomicBool,
     entries: Mutex<Vec<Entry>>,
     /// Punch short ids (first characters of the identity) to the demo's names "A" and "B".
     names: Mutex<HashMap<String, String>>,
 }
 
+/// Prefix of an exported timeline line: `@event <unix micros> <who> <what>`.
+pub const EVENT_PREFIX: &str = "@event ";
+
 impl Timeline {
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
             start: Instant::now(),
+            start_wall: SystemTime::now(),
+            export: AtomicBool::new(false),
             entries: Mutex::default(),
             names: Mutex::default(),
         })
+    }
+
+    /// From now on, also prints every entry on stdout for a parent process to collect.
+    pub fn export(&self) {
+        self.export.store(true, Ordering::Relaxed);
     }
 
     pub fn record(&self, who: &str, what: impl Into<String>) {
@@ -84,11 +107,40 @@ impl Timeline {
     }
 
     pub fn record_at(&self, at: Instant, who: &str, what: impl Into<String>) {
+        let at = at.saturating_duration_since(self.start);
+        let what = what.into();
+        if self.export.load(Ordering::Relaxed) {
+            let wall = self.start_wall + at;
+            let micros = wall
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_micros();
+            let line = format!("{EVENT_PREFIX}{micros} {who} {}\n", what.replace('\n', " "));
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(line.as_bytes());
+            let _ = out.flush();
+        }
         lock(&self.entries).push(Entry {
-            at: at.saturating_duration_since(self.start),
+            at,
             who: who.to_string(),
-            what: what.into(),
+            what,
         });
+    }
+
+    /// Adds an entry exported by another process (see [`Timeline::export`]); `None` if `line`
+    /// is not one.
+    pub fn import(&self, line: &str) -> Option<()> {
+        let rest = line.strip_prefix(EVENT_PREFIX)?;
+        let (micros, rest) = rest.split_once(' ')?;
+        let (who, what) = rest.split_once(' ')?;
+        let wall = UNIX_EPOCH + Duration::from_micros(micros.parse().ok()?);
+        let at = wall.duration_since(self.start_wall).unwrap_or_default();
+        lock(&self.entries).push(Entry {
+            at,
+            who: who.to_string(),
+            what: what.to_string(),
+        });
+        Some(())
     }
 
     /// Names a punch identity (by its short form, as punch's logs print it).
@@ -125,7 +177,7 @@ pub struct Report {
     pub b_ready: bool,
     /// Rejection reasons, if any side refused the handshake.
     pub rejections: Vec<String>,
-    /// "loopback" (the only mode so far).
+    /// "loopback" or "nat".
     pub mode: &'static str,
     /// A description of both nodes for the output.
     pub setup: String,
@@ -145,11 +197,11 @@ pub enum DemoError {
     Setup { stage: &'static str, reason: String },
 }
 
-fn setup_err(stage: &'static str) -> impl Fn(String) -> DemoError {
+pub(crate) fn setup_err(stage: &'static str) -> impl Fn(String) -> DemoError {
     move |reason| DemoError::Setup { stage, reason }
 }
 
-/// Runs the demo on loopback and records it on `timeline`.
+/// Runs the demo on loopback, everything in this process, and records it on `timeline`.
 pub async fn run(config: DemoConfig, timeline: Arc<Timeline>) -> Result<Report, DemoError> {
     let server = punch_rendezvous::Server::spawn(punch_rendezvous::Config::new(
         SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -161,66 +213,170 @@ pub async fn run(config: DemoConfig, timeline: Arc<Timeline>) -> Result<Report, 
         "R",
         format!("rendezvous listening on {}", server.local_addr()),
     );
+    let peer_config = |who: &str, network: &str, accept| -> Result<PeerConfig, DemoError> {
+        Ok(PeerConfig {
+            who: who.to_string(),
+            network: network.to_string(),
+            rendezvous: server.local_addr(),
+            rendezvous_key: server.identity(),
+            keypair: Keypair::generate().map_err(|e| setup_err("punch key")(e.to_string()))?,
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            accept,
+        })
+    };
+    let b = DemoPeer::start(peer_config("B", &config.network_b, true)?, &timeline).await?;
+    let a = DemoPeer::start(peer_config("A", &config.network_a, false)?, &timeline).await?;
+    let b_id = b.id();
+    let (a, b) = tokio::join!(a.run(Some((b_id, "B"))), b.run(None));
+    let (a, b) = (a?, b?);
+    // Only now that both are done: a side that closed at its own Ready could cut off its
+    // Ready message to the other, which it has only queued.
+    let (a, b) = (a.close().await, b.close().await);
+    Ok(Report {
+        a_ready: a.ready,
+        b_ready: b.ready,
+        rejections: a.rejection.into_iter().chain(b.rejection).collect(),
+        mode: "loopback",
+        setup: format!("{}\n{}", a.setup, b.setup),
+    })
+}
 
-    let node_a = start_node(&config.network_a).await?;
-    let node_b = start_node(&config.network_b).await?;
-    let mut watchers = JoinSet::new();
-    for (who, node) in [("A", &node_a), ("B", &node_b)] {
-        let mut events = node.subscribe();
-        let timeline = timeline.clone();
-        watchers.spawn(async move {
-            let mut ready = None;
-            let mut rejected = None;
-            while let Ok(ev) = events.recv().await {
-                let what = match &ev.step {
-                    Step::Version {
-                        protocol_version,
-                        network,
-                    } => format!(
-                        "kaspa: Version received from {} (protocol {protocol_version}, network {network})",
-                        ev.addr
-                    ),
-                    Step::Verack => format!("kaspa: Verack received from {}", ev.addr),
-                    Step::Ready { protocol_version } => {
-                        ready = Some(ev.outbound);
-                        format!(
-                            "kaspa: Ready ({}, protocol {protocol_version}): peer {} connected",
-                            if ev.outbound { "outbound" } else { "inbound" },
-                            ev.addr
-                        )
-                    }
-                    Step::Rejected { reason } => {
-                        rejected = Some(reason.clone());
-                        format!("kaspa: handshake with {} rejected: {reason}", ev.addr)
-                    }
-                };
-                timeline.record_at(ev.at, who, what);
-                if ready.is_some() || rejected.is_some() {
-                    break;
-                }
-            }
-            (who, ready.is_some(), rejected)
-        });
+/// One side of the demo.
+#[derive(Debug)]
+pub struct PeerConfig {
+    /// The demo's name for it: "A" or "B".
+    pub who: String,
+    /// The Kaspa network name its node announces.
+    pub network: String,
+    pub rendezvous: SocketAddr,
+    pub rendezvous_key: PeerId,
+    pub keypair: Keypair,
+    /// The punch client's local address: 127.0.0.1:0 on loopback, 0.0.0.0:0 behind a NAT.
+    pub bind: SocketAddr,
+    /// Whether it takes inbound punches.
+    pub accept: bool,
+}
+
+/// How one side's handshake ended.
+#[derive(Debug, Clone)]
+pub struct PeerOutcome {
+    pub ready: bool,
+    pub rejection: Option<String>,
+    /// One line describing the node, its identity and the punched peer's alias.
+    pub setup: String,
+}
+
+/// A side whose handshake has ended, still connected: a node that reached Ready has only
+/// queued its own Ready message, so closing at once could cut it off from the other side.
+/// Close when the other side is done too ([`Finished::close`]) or when it leaves
+/// ([`Finished::hold`]).
+#[derive(Debug)]
+pub struct Finished {
+    pub outcome: PeerOutcome,
+    node: KaspaNode,
+    peer: BridgedPeer,
+}
+
+impl Finished {
+    /// Ends the node's connections and the punched session.
+    pub async fn close(self) -> PeerOutcome {
+        self.node.close().await;
+        drop(self.peer);
+        self.outcome
     }
 
-    let (client_a, _incoming_a) = start_client(&server, false, &timeline, "A").await?;
-    let (client_b, mut incoming_b) = start_client(&server, true, &timeline, "B").await?;
+    /// Keeps the session until the other side closes it or `max` passes, then closes.
+    pub async fn hold(self, max: Duration) -> PeerOutcome {
+        let _ = tokio::time::timeout(max, self.peer.closed()).await;
+        self.close().await
+    }
+}
 
-    timeline.record(
-        "A",
-        format!("punch: connect to B ({})", client_b.id().short()),
-    );
-    let (session_a, session_b) = tokio::join!(
-        tokio::time::timeout(PUNCH_TIMEOUT, client_a.connect(client_b.id())),
-        tokio::time::timeout(PUNCH_TIMEOUT, incoming_b.next()),
-    );
-    let session_a = session_a
-        .map_err(|_| setup_err("punch (A)")("timed out".into()))?
-        .map_err(|e| setup_err("punch (A)")(e.to_string()))?;
-    let session_b = session_b
-        .map_err(|_| setup_err("punch (B)")("timed out".into()))?
-        .ok_or_else(|| setup_err("punch (B)")("client stopped".into()))?;
-    for (who, info) in [("A", session_a.info()), ("B", session_b.info())] {
+/// One side of the demo, registered with the rendezvous: a Kaspa node (kaspa-p2p-lib's
+/// adaptor with kaspad's handshake rules) on loopback and a punch client.
+#[derive(Debug)]
+pub struct DemoPeer {
+    who: String,
+    node: KaspaNode,
+    client: Client,
+    incoming: Incoming,
+    timeline: Arc<Timeline>,
+}
+
+impl DemoPeer {
+    /// Starts the node and the punch client and waits for the registration.
+    pub async fn start(config: PeerConfig, timeline: &Arc<Timeline>) -> Result<Self, DemoError> {
+        let who = config.who;
+        let node = KaspaNode::start(NodeConfig {
+            network: config.network,
+            ..NodeConfig::default()
+        })
+        .await
+        .map_err(|e| setup_err("kaspa node")(e.to_string()))?;
+        timeline.name(&config.keypair.public().short(), &who);
+        let mut punch = PunchConfig::new(config.rendezvous, config.rendezvous_key, config.keypair);
+        punch.bind = config.bind;
+        punch.accept_inbound = config.accept;
+        let (client, incoming) = Client::start(punch)
+            .await
+            .map_err(|e| setup_err("punch client")(e.to_string()))?;
+        let observed = client
+            .wait_registered(REGISTER_TIMEOUT)
+            .await
+            .map_err(|e| setup_err("registration")(e.to_string()))?;
+        timeline.record(
+            &who,
+            format!(
+                "punch: registered as {} (observed {observed})",
+                client.id().short()
+            ),
+        );
+        Ok(Self {
+            who,
+            node,
+            client,
+            incoming,
+            timeline: timeline.clone(),
+        })
+    }
+
+    /// The punch identity.
+    pub fn id(&self) -> PeerId {
+        self.client.id()
+    }
+
+    /// Punches to `target` (the requester, which also dials at the Kaspa level) or waits for
+    /// the other side's punch (`None`), bridges the session to the node and waits for the
+    /// handshake's end.
+    pub async fn run(self, target: Option<(PeerId, &str)>) -> Result<Finished, DemoError> {
+        let Self {
+            who,
+            node,
+            client,
+            mut incoming,
+            timeline,
+        } = self;
+        let who = who.as_str();
+        let watcher = tokio::spawn(watch_handshake(
+            node.subscribe(),
+            timeline.clone(),
+            who.to_string(),
+        ));
+
+        let session = match target {
+            Some((id, name)) => {
+                timeline.record(who, format!("punch: connect to {name} ({})", id.short()));
+                tokio::time::timeout(PUNCH_TIMEOUT, client.connect(id))
+                    .await
+                    .map_err(|_| setup_err("punch")("timed out".into()))?
+                    .map_err(|e| setup_err("punch")(e.to_string()))?
+            }
+            None => tokio::time::timeout(PUNCH_TIMEOUT, incoming.next())
+                .await
+                .map_err(|_| setup_err("punch")("no inbound punch in time".into()))?
+                .ok_or_else(|| setup_err("punch")("client stopped".into()))?,
+        };
+        let info = session.info();
         timeline.record(
             who,
             format!(
@@ -231,108 +387,97 @@ pub async fn run(config: DemoConfig, timeline: Arc<Timeline>) -> Result<Report, 
                 info.elapsed.as_millis()
             ),
         );
-    }
 
-    let bridge_a = bridge_for(&node_a)?;
-    let bridge_b = bridge_for(&node_b)?;
-    let peer_a = bridge_a
-        .attach(session_a)
-        .await
-        .map_err(|e| setup_err("bridge (A)")(e.to_string()))?;
-    let peer_b = bridge_b
-        .attach(session_b)
-        .await
-        .map_err(|e| setup_err("bridge (B)")(e.to_string()))?;
-    let dial = peer_a
-        .dial_addr()
-        .ok_or_else(|| setup_err("bridge (A)")("the requester is not the Kaspa dialer".into()))?;
-    timeline.record(
-        "B",
-        format!(
-            "bridge: B delivers A's streams to its node {} from {}",
-            node_b.p2p_addr(),
-            peer_b.alias()
-        ),
-    );
-    timeline.record("A", format!("kaspa: node A dials B at {dial} (B's alias)"));
-    let dial_result = tokio::time::timeout(READY_TIMEOUT, node_a.connect(dial)).await;
-    if let Ok(Err(e)) = &dial_result {
-        timeline.record("A", format!("kaspa: dial failed: {e}"));
-    }
-
-    let mut report = Report {
-        a_ready: false,
-        b_ready: false,
-        rejections: Vec::new(),
-        mode: "loopback",
-        setup: format!(
-            "node A: Kaspa node id {}, P2P {}, punch id {}\nnode B: Kaspa node id {}, P2P {}, punch id {}\nB as seen by A: {}; A as seen by B: {}",
-            node_a.node_id(),
-            node_a.p2p_addr(),
-            client_a.id().short(),
-            node_b.node_id(),
-            node_b.p2p_addr(),
-            client_b.id().short(),
-            peer_a.alias(),
-            peer_b.alias(),
-        ),
-    };
-    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
-    while let Ok(Some(joined)) = tokio::time::timeout_at(deadline, watchers.join_next()).await {
-        let Ok((who, ready, rejected)) = joined else {
-            continue;
-        };
-        match who {
-            "A" => report.a_ready = ready,
-            _ => report.b_ready = ready,
+        let bridge = Bridge::new(BridgeConfig::new(node.p2p_addr()))
+            .map_err(|e| setup_err("bridge")(e.to_string()))?;
+        let peer = bridge
+            .attach(session)
+            .await
+            .map_err(|e| setup_err("bridge")(e.to_string()))?;
+        let dialer = peer.dial_addr();
+        match dialer {
+            Some(dial) => {
+                timeline.record(
+                    who,
+                    format!("kaspa: node {who} dials {dial} (the peer's alias)"),
+                );
+                match tokio::time::timeout(READY_TIMEOUT, node.connect(dial)).await {
+                    Ok(Err(e)) => timeline.record(who, format!("kaspa: dial failed: {e}")),
+                    Err(_) => timeline.record(who, "kaspa: dial timed out"),
+                    Ok(Ok(_)) => {}
+                }
+            }
+            None => timeline.record(
+                who,
+                format!(
+                    "bridge: delivers the peer's streams to node {who} at {} from {}",
+                    node.p2p_addr(),
+                    peer.alias()
+                ),
+            ),
         }
-        report.rejections.extend(rejected);
+        let (ready, rejection) = tokio::time::timeout(READY_TIMEOUT, watcher)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or((false, None));
+        let setup = format!(
+            "node {who}: Kaspa node id {}, P2P {}, punch id {}, sees its peer as {}",
+            node.node_id(),
+            node.p2p_addr(),
+            client.id().short(),
+            peer.alias(),
+        );
+        Ok(Finished {
+            outcome: PeerOutcome {
+                ready,
+                rejection,
+                setup,
+            },
+            node,
+            peer,
+        })
     }
-    node_a.close().await;
-    node_b.close().await;
-    drop((peer_a, peer_b));
-    Ok(report)
 }
 
-async fn start_node(network: &str) -> Result<KaspaNode, DemoError> {
-    KaspaNode::start(NodeConfig {
-        network: network.to_string(),
-        ..NodeConfig::default()
-    })
-    .await
-    .map_err(|e| setup_err("kaspa node")(e.to_string()))
-}
-
-fn bridge_for(node: &KaspaNode) -> Result<Bridge, DemoError> {
-    Bridge::new(BridgeConfig::new(node.p2p_addr())).map_err(|e| setup_err("bridge")(e.to_string()))
-}
-
-async fn start_client(
-    server: &punch_rendezvous::Server,
-    accept: bool,
-    timeline: &Timeline,
-    who: &str,
-) -> Result<(Client, punch::Incoming), DemoError> {
-    let keypair = Keypair::generate().map_err(|e| setup_err("punch key")(e.to_string()))?;
-    timeline.name(&keypair.public().short(), who);
-    let mut config = PunchConfig::new(server.local_addr(), server.identity(), keypair);
-    config.bind = SocketAddr::from(([127, 0, 0, 1], 0));
-    config.accept_inbound = accept;
-    let (client, incoming) = Client::start(config)
-        .await
-        .map_err(|e| setup_err("punch client")(e.to_string()))?;
-    let observed = client
-        .wait_registered(REGISTER_TIMEOUT)
-        .await
-        .map_err(|e| setup_err("registration")(e.to_string()))?;
-    timeline.record(
-        who,
-        format!(
-            "punch: registered as {} (observed {observed})",
-            client.id().short()
-        ),
-    );
-    Ok((client, incoming))
+/// Records the node's handshake steps until Ready or a rejection: (ready, rejection).
+async fn watch_handshake(
+    mut events: tokio::sync::broadcast::Receiver<crate::handshake::HandshakeEvent>,
+    timeline: Arc<Timeline>,
+    who: String,
+) -> (bool, Option<String>) {
+    while let Ok(ev) = events.recv().await {
+        let (what, end) = match &ev.step {
+            Step::Version {
+                protocol_version,
+                network,
+            } => (
+                format!(
+                    "kaspa: Version received from {} (protocol {protocol_version}, network {network})",
+                    ev.addr
+                ),
+                None,
+            ),
+            Step::Verack => (format!("kaspa: Verack received from {}", ev.addr), None),
+            Step::Ready { protocol_version } => (
+                format!(
+                    "kaspa: Ready ({}, protocol {protocol_version}): peer {} connected",
+                    if ev.outbound { "outbound" } else { "inbound" },
+                    ev.addr
+                ),
+                Some((true, None)),
+            ),
+            Step::Rejected { reason } => (
+                format!("kaspa: handshake with {} rejected: {reason}", ev.addr),
+                Some((false, Some(reason.clone()))),
+            ),
+        };
+        timeline.record_at(ev.at, &who, what);
+        if let Some(end) = end {
+            return end;
+        }
+    }
+    (false, None)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -201,7 +201,7 @@ fn drive(lab: &Lab, expect: Expect) -> Result<Outcome> {
     let rendezvous_key = line.trim_start_matches("identity ").trim().to_string();
 
     let b_ns = lab.peer_ns(Side::B);
-    let mut echo = Command::new(super::lab::helper_bin("natlab_tcp")?);
+    let mut echo = Command::new(super::helper_bin("natlab_tcp")?);
     echo.args(["echo", SERVICE, "--max-secs", "120"]);
     let echo = lab.spawn("echo-b", &b_ns, &echo)?;
     lab.wait_stdout_line(echo, STARTUP, |l| l.starts_with("listening "))?;

@@ -1,12 +1,25 @@
 //! punch-demo: a rendezvous and two Kaspa P2P nodes (kaspa-p2p-lib's adaptor with kaspad's
 //! handshake rules) punch to each other and complete Kaspa's handshake over the punched
 //! session. Prints a timeline; exits 0 only when both nodes reached Ready.
+//!
+//! With the rights to make network namespaces (root), each node runs behind its own NAT
+//! router in a NAT lab (`punch_node::natdemo`); otherwise everything runs on loopback. The
+//! first lines of the output say which. The hidden subcommands `rendezvous` and `peer` are the
+//! NAT mode's processes.
 
 mod timeline_layer;
 
-use clap::Parser;
-use punch_node::demo::{self, DemoConfig, Timeline};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use punch_node::demo::{self, DemoConfig, DemoPeer, PeerConfig, Report, Timeline};
+use punch_node::natdemo::{self, LISTENING_PREFIX, REGISTERED_PREFIX, RESULT_PREFIX, SETUP_PREFIX};
 use punch_node::node::DEFAULT_NETWORK;
+use punch_proto::{Keypair, PeerId};
 use tracing_subscriber::filter::{EnvFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -15,13 +28,65 @@ use tracing_subscriber::Layer;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
+    /// Where the nodes run: `nat` puts each behind its own NAT router in network namespaces
+    /// (needs root), `loopback` runs everything on 127.0.0.1, `auto` picks `nat` when it can.
+    #[arg(long, value_enum, default_value_t = Mode::Auto)]
+    mode: Mode,
     /// Network name of node A.
     #[arg(long, default_value = DEFAULT_NETWORK)]
     network_a: String,
     /// Network name of node B (give a different one to watch the handshake refuse it).
     #[arg(long, default_value = DEFAULT_NETWORK)]
     network_b: String,
+    #[command(subcommand)]
+    role: Option<Role>,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    Auto,
+    Nat,
+    Loopback,
+}
+
+/// The NAT mode's processes (started by the demo itself inside the lab's namespaces).
+#[derive(Debug, Subcommand)]
+enum Role {
+    /// The rendezvous on the lab's public host.
+    #[command(hide = true)]
+    Rendezvous {
+        #[arg(long)]
+        bind: SocketAddr,
+        #[arg(long)]
+        key_file: PathBuf,
+    },
+    /// One demo peer behind its router.
+    #[command(hide = true)]
+    Peer {
+        #[arg(long)]
+        who: String,
+        #[arg(long)]
+        network: String,
+        #[arg(long)]
+        rendezvous: SocketAddr,
+        #[arg(long)]
+        rendezvous_key: PeerId,
+        #[arg(long)]
+        key_file: PathBuf,
+        /// Takes inbound punches.
+        #[arg(long)]
+        accept: bool,
+        /// Punches to this peer (and dials it at the Kaspa level).
+        #[arg(long)]
+        connect: Option<PeerId>,
+        /// NAME=ID: names for the timeline.
+        #[arg(long = "name")]
+        names: Vec<String>,
+    },
+}
+
+/// The longest a NAT-mode rendezvous lives, so one orphaned by a killed demo ends by itself.
+const RENDEZVOUS_MAX_LIFE: Duration = Duration::from_secs(300);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -40,17 +105,77 @@ async fn main() -> anyhow::Result<()> {
         .init();
     tracing_log::LogTracer::init().ok();
 
-    println!("punch-demo: two Kaspa P2P nodes (kaspa-p2p-lib 2.1 adaptor, kaspad handshake rules, protocol {}) connected by punch", punch_node::handshake::PROTOCOL_VERSION);
-    println!("mode: loopback (everything on 127.0.0.1, no NAT in between; the network-namespace NAT mode is not wired yet)");
-    let report = demo::run(
-        DemoConfig {
-            network_a: args.network_a,
-            network_b: args.network_b,
-        },
-        timeline.clone(),
-    )
-    .await;
-    let report = match report {
+    match args.role {
+        Some(Role::Rendezvous { bind, key_file }) => rendezvous(bind, key_file, &timeline).await,
+        Some(Role::Peer {
+            who,
+            network,
+            rendezvous,
+            rendezvous_key,
+            key_file,
+            accept,
+            connect,
+            names,
+        }) => {
+            for name in &names {
+                let (n, id) = name.split_once('=').context("--name takes NAME=ID")?;
+                let id: PeerId = id.parse().context("--name")?;
+                timeline.name(&id.short(), n);
+            }
+            let keypair = Keypair::load_or_generate(&key_file)
+                .with_context(|| format!("--key-file {}", key_file.display()))?
+                .0;
+            let config = PeerConfig {
+                who,
+                network,
+                rendezvous,
+                rendezvous_key,
+                keypair,
+                bind: SocketAddr::from(([0, 0, 0, 0], 0)),
+                accept,
+            };
+            peer(config, connect, &timeline).await
+        }
+        None => {
+            let config = DemoConfig {
+                network_a: args.network_a,
+                network_b: args.network_b,
+            };
+            demo_main(args.mode, config, timeline).await
+        }
+    }
+}
+
+async fn demo_main(mode: Mode, config: DemoConfig, timeline: Arc<Timeline>) -> anyhow::Result<()> {
+    println!(
+        "punch-demo: two Kaspa P2P nodes (kaspa-p2p-lib 2.1 adaptor, kaspad handshake rules, protocol {}) connected by punch",
+        punch_node::handshake::PROTOCOL_VERSION
+    );
+    let nat = match (mode, natdemo::unavailable()) {
+        (Mode::Loopback, _) => {
+            println!("mode: loopback (everything on 127.0.0.1, no NAT in between; asked for with --mode loopback)");
+            false
+        }
+        (Mode::Auto, Some(why)) => {
+            println!("mode: loopback (everything on 127.0.0.1, no NAT in between): the NAT mode needs network namespaces, and {why}");
+            false
+        }
+        (Mode::Nat, Some(why)) => anyhow::bail!("--mode nat: {why}"),
+        (_, None) => {
+            println!("mode: nat ({})", natdemo::describe());
+            true
+        }
+    };
+    let report = if nat {
+        let exe = std::env::current_exe().context("finding this binary for the NAT lab")?;
+        let t = timeline.clone();
+        tokio::task::spawn_blocking(move || natdemo::run(&exe, &config, t))
+            .await
+            .context("NAT-mode task")?
+    } else {
+        demo::run(config, timeline.clone()).await
+    };
+    let report: Report = match report {
         Ok(r) => r,
         Err(e) => {
             print!("{}", timeline.render());
@@ -78,4 +203,71 @@ async fn main() -> anyhow::Result<()> {
         );
         std::process::exit(1);
     }
+}
+
+/// The NAT mode's rendezvous: listens, prints `@listening ADDR KEY`, serves until killed.
+async fn rendezvous(
+    bind: SocketAddr,
+    key_file: PathBuf,
+    timeline: &Timeline,
+) -> anyhow::Result<()> {
+    timeline.export();
+    let keypair = Keypair::load_or_generate(&key_file)
+        .with_context(|| format!("--key-file {}", key_file.display()))?
+        .0;
+    let server = punch_rendezvous::Server::spawn(punch_rendezvous::Config::new(bind, keypair))
+        .await
+        .context("rendezvous")?;
+    timeline.record(
+        "R",
+        format!(
+            "rendezvous listening on {} (public host)",
+            server.local_addr()
+        ),
+    );
+    println!(
+        "{LISTENING_PREFIX}{} {}",
+        server.local_addr(),
+        server.identity()
+    );
+    tokio::time::sleep(RENDEZVOUS_MAX_LIFE).await;
+    Ok(())
+}
+
+/// One NAT-mode peer: registers, punches (or waits for the punch), runs the handshake and
+/// prints `@result ...`.
+async fn peer(
+    config: PeerConfig,
+    connect: Option<PeerId>,
+    timeline: &Arc<Timeline>,
+) -> anyhow::Result<()> {
+    timeline.export();
+    let result = async {
+        let peer = DemoPeer::start(config, timeline).await?;
+        println!("{REGISTERED_PREFIX}{}", peer.id());
+        let target = connect.map(|id| {
+            let name = timeline.who(&id.short()).unwrap_or_else(|| id.short());
+            (id, name)
+        });
+        peer.run(target.as_ref().map(|(id, n)| (*id, n.as_str())))
+            .await
+    }
+    .await;
+    match result {
+        Ok(finished) => {
+            let outcome = &finished.outcome;
+            println!("{SETUP_PREFIX}{}", outcome.setup);
+            match (outcome.ready, &outcome.rejection) {
+                (true, _) => println!("{RESULT_PREFIX}ready"),
+                (false, Some(reason)) => {
+                    println!("{RESULT_PREFIX}rejected {}", reason.replace('\n', " "))
+                }
+                (false, None) => println!("{RESULT_PREFIX}failed no Ready in time"),
+            }
+            // The demo ends both peers once both reported; until then the session stays.
+            finished.hold(demo::CLOSE_WAIT).await;
+        }
+        Err(e) => println!("{RESULT_PREFIX}failed {}", e.to_string().replace('\n', " ")),
+    }
+    Ok(())
 }

@@ -516,9 +516,9 @@ fn network(ip: Ipv4Addr, prefix: u8) -> Ipv4Addr {
 }
 
 /// Path of a helper binary of this crate (`natlab_delay`, `natlab_tcp`): `$NATLAB_BIN_DIR`
-/// if set, else next to the running test executable (cargo puts integration tests in
-/// `target/<profile>/deps/` and the crate's binaries, built for them, one level up).
-pub(crate) fn helper_bin(name: &str) -> Result<PathBuf> {
+/// if set, else next to the running executable or one level up (cargo puts integration tests
+/// in `target/<profile>/deps/` and the workspace's binaries one level up).
+pub fn helper_bin(name: &str) -> Result<PathBuf> {
     let mut dirs = Vec::new();
     if let Some(d) = std::env::var_os("NATLAB_BIN_DIR") {
         dirs.push(PathBuf::from(d));
