@@ -1,6 +1,6 @@
 //! End to end against the rendezvous library server on 127.0.0.1 with real protocol clients:
 //! registration and the observed address, offers to both sides with one dial moment, every
-//! typed error, replacement of a registration, a wrong pinned key, the per-IP limit, the
+//! typed error, replacement of a registration, a wrong pinned key, a replayed handshake, the per-IP limit, the
 //! handshake and idle timeouts, protocol violations and graceful shutdown.
 
 use std::net::SocketAddr;
@@ -508,4 +508,55 @@ async fn graceful_shutdown_closes_every_connection() {
         TcpStream::connect(addr).await.is_err(),
         "the listener is closed after shutdown"
     );
+}
+
+/// A captured handshake replayed from another connection registers nobody: the server answers
+/// the replayed message 1 with a fresh ephemeral key, so the captured message 3 (the victim's
+/// identity and registration) no longer decrypts. This is also the only way to claim another
+/// peer's identity without its private key. The victim stays registered and served.
+#[tokio::test]
+async fn replayed_handshake_registers_nobody_and_the_victim_stays() {
+    use std::sync::{Arc, Mutex};
+    use tokio::io::AsyncWriteExt;
+
+    let server = Server::spawn(config()).await.unwrap();
+    // A recording proxy in front of the server: what an on-path attacker would capture.
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_addr = proxy.local_addr().unwrap();
+    let upstream = server.local_addr();
+    let captured = Arc::new(Mutex::new(Vec::new()));
+    let record = captured.clone();
+    tokio::spawn(async move {
+        let (client_side, _) = proxy.accept().await.unwrap();
+        let server_side = TcpStream::connect(upstream).await.unwrap();
+        let (mut cr, mut cw) = client_side.into_split();
+        let (mut sr, mut sw) = server_side.into_split();
+        let up = async {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = cr.read(&mut buf).await {
+                record.lock().unwrap().extend_from_slice(&buf[..n]);
+                if sw.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        };
+        let down = tokio::io::copy(&mut sr, &mut cw);
+        let _ = tokio::join!(up, down);
+    });
+    let mut victim = TestClient::connect(proxy_addr, &server.identity())
+        .await
+        .unwrap();
+    victim.ping().await.unwrap();
+    wait_for(&server, "the victim's registration", |s| s.registered == 1).await;
+
+    let replay = captured.lock().unwrap().clone();
+    assert!(replay.len() > 2 + punch_proto::channel::XK_MESSAGE1_LEN);
+    let mut attacker = TcpStream::connect(server.local_addr()).await.unwrap();
+    attacker.write_all(&replay).await.unwrap();
+    wait_closed(&mut attacker, RECV_TIMEOUT).await;
+    wait_for(&server, "the replay's handshake failure", |s| {
+        s.handshake_failed == 1 && s.registered == 1 && s.replaced == 0
+    })
+    .await;
+    victim.ping().await.unwrap();
 }
