@@ -1,7 +1,7 @@
 //! End to end against the rendezvous library server on 127.0.0.1 with real protocol clients:
 //! registration and the observed address, offers to both sides with one dial moment, every
-//! typed error, replacement of a registration, a wrong pinned key, a replayed handshake, the per-IP limit, the
-//! handshake and idle timeouts, protocol violations and graceful shutdown.
+//! typed error, replacement of a registration, a wrong pinned key, a replayed handshake, the
+//! per-IP limit, the handshake and idle timeouts, protocol violations and graceful shutdown.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
