@@ -1,0 +1,181 @@
+//! The command line: every kaspad flag (kaspad's own clap definition, `kaspad_lib::args::cli`)
+//! plus the punch flags. The punch flags are read here and removed from the argument list
+//! before the rest goes to kaspad's own parser, so kaspad sees exactly what it knows.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Arg, ArgAction, ArgMatches, Command};
+use punch_node::link::DEFAULT_MAX_INBOUND;
+use punch_proto::PeerId;
+
+/// Punch flags: (long name, takes a value).
+const PUNCH_FLAGS: &[(&str, bool)] = &[
+    ("punch-rendezvous", true),
+    ("punch-rendezvous-key", true),
+    ("punch-key-file", true),
+    ("punch-peer", true),
+    ("punch-accept", false),
+    ("punch-max-inbound", true),
+];
+
+/// What the punch flags ask for.
+#[derive(Debug, Clone)]
+pub struct PunchArgs {
+    pub rendezvous: SocketAddr,
+    pub rendezvous_key: PeerId,
+    pub key_file: PathBuf,
+    pub peers: Vec<PeerId>,
+    pub accept: bool,
+    pub max_inbound: usize,
+}
+
+/// kaspad's command with the punch flags added (so `--help` lists both).
+pub fn command() -> Command {
+    kaspad_lib::args::cli()
+        .name("kaspad-punch")
+        .about("kaspad with punch: private peers behind NATs connected directly by TCP hole punching")
+        .arg(
+            Arg::new("punch-rendezvous")
+                .long("punch-rendezvous")
+                .value_name("HOST:PORT")
+                .help("Punch: rendezvous server address. Enables punch."),
+        )
+        .arg(
+            Arg::new("punch-rendezvous-key")
+                .long("punch-rendezvous-key")
+                .value_name("KEY")
+                .help("Punch: the rendezvous server's public key (52 base32 characters)."),
+        )
+        .arg(
+            Arg::new("punch-key-file")
+                .long("punch-key-file")
+                .value_name("PATH")
+                .help("Punch: this node's identity key file (created on first start)."),
+        )
+        .arg(
+            Arg::new("punch-peer")
+                .long("punch-peer")
+                .value_name("ID")
+                .action(ArgAction::Append)
+                .help("Punch: a private peer to keep connected, re-punched when its session drops (repeatable)."),
+        )
+        .arg(
+            Arg::new("punch-accept")
+                .long("punch-accept")
+                .action(ArgAction::SetTrue)
+                .help("Punch: take inbound punches from other peers."),
+        )
+        .arg(
+            Arg::new("punch-max-inbound")
+                .long("punch-max-inbound")
+                .value_name("N")
+                .value_parser(clap::value_parser!(usize))
+                .help(format!("Punch: inbound punched peers at most [default: {DEFAULT_MAX_INBOUND}]")),
+        )
+}
+
+/// The punch flags, if punch is enabled (`--punch-rendezvous` given).
+pub fn punch_args(m: &ArgMatches) -> anyhow::Result<Option<PunchArgs>> {
+    let Some(rendezvous) = m.get_one::<String>("punch-rendezvous") else {
+        return Ok(None);
+    };
+    let rendezvous = std::net::ToSocketAddrs::to_socket_addrs(rendezvous.as_str())
+        .with_context(|| format!("--punch-rendezvous {rendezvous}"))?
+        .next()
+        .with_context(|| format!("--punch-rendezvous {rendezvous}: no address"))?;
+    let rendezvous_key = m
+        .get_one::<String>("punch-rendezvous-key")
+        .context("--punch-rendezvous-key is required with --punch-rendezvous")?
+        .parse()
+        .context("--punch-rendezvous-key")?;
+    let key_file = m
+        .get_one::<String>("punch-key-file")
+        .context("--punch-key-file is required with --punch-rendezvous")?
+        .into();
+    let peers = m
+        .get_many::<String>("punch-peer")
+        .into_iter()
+        .flatten()
+        .map(|p| p.parse().with_context(|| format!("--punch-peer {p}")))
+        .collect::<anyhow::Result<Vec<PeerId>>>()?;
+    Ok(Some(PunchArgs {
+        rendezvous,
+        rendezvous_key,
+        key_file,
+        peers,
+        accept: m.get_flag("punch-accept"),
+        max_inbound: m
+            .get_one::<usize>("punch-max-inbound")
+            .copied()
+            .unwrap_or(DEFAULT_MAX_INBOUND),
+    }))
+}
+
+/// The arguments without the punch flags, for kaspad's own parser.
+pub fn kaspad_argv(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    let mut out = Vec::new();
+    let mut skip_value = false;
+    for arg in args {
+        if skip_value {
+            skip_value = false;
+            continue;
+        }
+        let text = arg.to_string_lossy();
+        let flag = PUNCH_FLAGS.iter().find(|(name, _)| {
+            text.strip_prefix("--")
+                .is_some_and(|t| t == *name || t.starts_with(&format!("{name}=")))
+        });
+        match flag {
+            Some((name, takes_value)) => {
+                skip_value = *takes_value && text.as_ref() == format!("--{name}");
+            }
+            None => out.push(arg),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn punch_flags_are_removed_and_the_rest_kept() {
+        let argv = [
+            "kaspad-punch",
+            "--testnet",
+            "--punch-rendezvous",
+            "1.2.3.4:7717",
+            "--punch-peer=abc",
+            "--punch-accept",
+            "--appdir",
+            "/tmp/x",
+            "--punch-max-inbound",
+            "3",
+        ]
+        .map(OsString::from);
+        let kept: Vec<String> = kaspad_argv(argv)
+            .into_iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(kept, ["kaspad-punch", "--testnet", "--appdir", "/tmp/x"]);
+    }
+
+    #[test]
+    fn help_lists_kaspad_and_punch_flags() {
+        let help = command().render_long_help().to_string();
+        for flag in [
+            "--punch-rendezvous",
+            "--punch-peer",
+            "--punch-accept",
+            "--appdir",
+            "--connect",
+            "--listen",
+        ] {
+            assert!(help.contains(flag), "{flag} missing from --help");
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! kaspad-punch: the real kaspad (rusty-kaspa's `kaspad_lib`, all of its flags) running
+//! in-process, plus punch: private peers behind NATs, punched through a rendezvous and
+//! connected to kaspad's P2P port through punch-node's loopback bridge.
+//!
+//! main only parses the command line, sets up logging and starts both halves: kaspad's
+//! `Core` on this thread (as kaspad's own main does) and punch on a thread with its own tokio
+//! runtime ([`punched`]).
+
+mod cli;
+mod punched;
+
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use kaspa_core::signals::Signals;
+use kaspa_utils::fd_budget;
+use kaspad_lib::args::Args;
+use kaspad_lib::daemon::{create_core, DESIRED_DAEMON_SOFT_FD_LIMIT};
+
+fn main() -> anyhow::Result<()> {
+    kaspa_alloc::init_allocator_with_default_settings();
+    let matches = cli::command().get_matches();
+    let punch = cli::punch_args(&matches)?;
+    let mut args =
+        Args::parse(cli::kaspad_argv(std::env::args_os())).context("kaspad arguments")?;
+
+    if let Some(punch) = &punch {
+        if punch.accept && !args.connect_peers.is_empty() {
+            bail!("--punch-accept needs kaspad's P2P listener, which --connect turns off (use --addpeer)");
+        }
+        // Punched peers are added through kaspad's AddPeer, which kaspad allows only in unsafe
+        // RPC mode; that mode must then not be reachable from the network.
+        punched::check_rpc_is_local(&args)?;
+        args.unsafe_rpc = true;
+    }
+    // Logs of punch (tracing) go to stderr; kaspad keeps its own logger (the `log` crate's
+    // global logger, which kaspad installs itself), so no `log` bridge is installed here.
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .finish();
+    tracing::subscriber::set_global_default(subscriber).context("installing the punch logger")?;
+
+    if let Err(e) = fd_budget::try_set_fd_limit(DESIRED_DAEMON_SOFT_FD_LIMIT) {
+        eprintln!(
+            "could not raise the file descriptor limit to {DESIRED_DAEMON_SOFT_FD_LIMIT}: {e}"
+        );
+    }
+    let fd_total_budget = fd_budget::limit()
+        .saturating_sub(i32::try_from(args.rpc_max_clients).unwrap_or(i32::MAX))
+        .saturating_sub(i32::try_from(args.inbound_limit).unwrap_or(i32::MAX))
+        .saturating_sub(i32::try_from(args.outbound_target).unwrap_or(i32::MAX));
+    if fd_total_budget <= 0 {
+        bail!("file descriptor limit too low for kaspad");
+    }
+    let node_p2p = punched::p2p_address(&args);
+    let (core, rpc) = create_core(args, fd_total_budget);
+    Arc::new(Signals::new(&core)).init();
+
+    let punch_thread = match punch {
+        Some(p) => Some(punched::start(p, rpc.clone(), node_p2p)?),
+        None => None,
+    };
+    drop(rpc);
+    core.run();
+    if let Some(t) = punch_thread {
+        t.stop();
+    }
+    Ok(())
+}
