@@ -3,14 +3,14 @@
 //! on the lab's public host. A keeps B connected (`--punch-peer`), B takes inbound punches
 //! (`--punch-accept`). Each node must list the other (by its Kaspa node id, from GetInfo)
 //! among its connected peers over gRPC RPC (`kaspa-peers`), and both must stay connected,
-//! checked every few seconds, for a full minute.
+//! checked every few seconds, for a full minute. And when B is restarted, A re-punches it.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use punch_natlab::{skip_without_net_admin, Lab, LinkParams, RouterKind, Side, Topology};
+use punch_natlab::{skip_without_net_admin, Lab, LinkParams, ProcId, RouterKind, Side, Topology};
 use punch_proto::Keypair;
 use punch_tests::bin_path;
 
@@ -80,13 +80,16 @@ fn rand_suffix() -> u64 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
-fn kaspad_punch(dir: &Path, name: &str, rendezvous: &str, rendezvous_key: &str) -> Command {
+fn kaspad_punch(
+    dir: &Path,
+    app: &str,
+    key: &str,
+    rendezvous: &str,
+    rendezvous_key: &str,
+) -> Command {
     let mut cmd = Command::new(bin_path("kaspad-punch"));
     cmd.arg("--simnet")
-        .arg(format!(
-            "--appdir={}",
-            dir.join(format!("{name}-app")).display()
-        ))
+        .arg(format!("--appdir={}", dir.join(app).display()))
         .args([
             "--nodnsseed",
             "--disable-upnp",
@@ -99,135 +102,209 @@ fn kaspad_punch(dir: &Path, name: &str, rendezvous: &str, rendezvous_key: &str) 
             rendezvous_key,
             "--punch-key-file",
         ])
-        .arg(dir.join(format!("{name}.key")));
+        .arg(dir.join(key));
     cmd
 }
 
-#[test]
-fn two_kaspad_punch_nodes_behind_nats_list_each_other_for_a_minute() {
-    if skip_without_net_admin("two_kaspad_punch_nodes_behind_nats_list_each_other_for_a_minute") {
+/// Runs `body` on a lab with two home routers; on failure, panics with every log.
+fn with_lab(name: &str, body: impl FnOnce(&Lab) -> Result<(), String>) {
+    if skip_without_net_admin(name) {
         return;
     }
     let lab = Lab::build(
-        "kaspad-punch-simnet",
+        name,
         Topology::Pair(RouterKind::HomeEim, RouterKind::HomeEim),
         LinkParams::default(),
     )
     .unwrap();
-    let result = drive(&lab);
-    if let Err(e) = result {
+    if let Err(e) = body(&lab) {
         panic!("{e}\n{}", lab.dump_logs());
     }
 }
 
-fn drive(lab: &Lab) -> Result<(), String> {
-    let dir = lab.case_dir();
-    let rendezvous = format!("{}:7717", lab.rendezvous_ip());
-    let mut rv = Command::new(bin_path("rendezvous"));
-    rv.args(["--listen", &rendezvous, "--key-file"])
-        .arg(dir.join("rendezvous.key"));
-    let rv = lab
-        .spawn("rendezvous", &lab.rendezvous_ns(), &rv)
-        .map_err(|e| e.to_string())?;
-    let line = lab
-        .wait_stdout_line(rv, STARTUP, |l| l.starts_with("identity "))
-        .map_err(|e| e.to_string())?;
-    let rendezvous_key = line.trim_start_matches("identity ").trim().to_string();
+/// The rendezvous on the public host, and two kaspad-punch nodes: A keeps B connected
+/// (`--punch-peer`), B takes punches (`--punch-accept`).
+struct Pair<'a> {
+    lab: &'a Lab,
+    nodes: [Node; 2],
+    daemons: Vec<ProcId>,
+    rendezvous: String,
+    rendezvous_key: String,
+}
 
-    let b_id = Keypair::load_or_generate(&dir.join("b.key"))
-        .unwrap()
-        .0
-        .public();
-    let mut b = kaspad_punch(dir, "b", &rendezvous, &rendezvous_key);
-    b.arg("--punch-accept");
-    let mut a = kaspad_punch(dir, "a", &rendezvous, &rendezvous_key);
-    a.args(["--punch-peer", &b_id.to_string()]);
-    let nodes = [
-        Node {
-            side: Side::A,
-            ns: lab.peer_ns(Side::A),
-        },
-        Node {
-            side: Side::B,
-            ns: lab.peer_ns(Side::B),
-        },
-    ];
-    let daemons = [
-        lab.spawn("kaspad-punch-b", &nodes[1].ns, &b)
-            .map_err(|e| e.to_string())?,
-        lab.spawn("kaspad-punch-a", &nodes[0].ns, &a)
-            .map_err(|e| e.to_string())?,
-    ];
-    let running = || -> Result<(), String> {
-        for d in daemons {
-            if let Some(status) = lab.try_wait(d).map_err(|e| e.to_string())? {
+impl<'a> Pair<'a> {
+    fn start(lab: &'a Lab) -> Result<Self, String> {
+        let dir = lab.case_dir();
+        let rendezvous = format!("{}:7717", lab.rendezvous_ip());
+        let mut rv = Command::new(bin_path("rendezvous"));
+        rv.args(["--listen", &rendezvous, "--key-file"])
+            .arg(dir.join("rendezvous.key"));
+        let rv = lab
+            .spawn("rendezvous", &lab.rendezvous_ns(), &rv)
+            .map_err(|e| e.to_string())?;
+        let line = lab
+            .wait_stdout_line(rv, STARTUP, |l| l.starts_with("identity "))
+            .map_err(|e| e.to_string())?;
+        let mut pair = Pair {
+            lab,
+            nodes: [
+                Node {
+                    side: Side::A,
+                    ns: lab.peer_ns(Side::A),
+                },
+                Node {
+                    side: Side::B,
+                    ns: lab.peer_ns(Side::B),
+                },
+            ],
+            daemons: Vec::new(),
+            rendezvous,
+            rendezvous_key: line.trim_start_matches("identity ").trim().to_string(),
+        };
+        pair.start_b("b-app", "kaspad-punch-b")?;
+        let b_id = Keypair::load_or_generate(&dir.join("b.key"))
+            .unwrap()
+            .0
+            .public();
+        let mut a = kaspad_punch(
+            dir,
+            "a-app",
+            "a.key",
+            &pair.rendezvous,
+            &pair.rendezvous_key,
+        );
+        a.args(["--punch-peer", &b_id.to_string()]);
+        let a = lab
+            .spawn("kaspad-punch-a", &pair.nodes[0].ns, &a)
+            .map_err(|e| e.to_string())?;
+        pair.daemons.push(a);
+        Ok(pair)
+    }
+
+    /// Starts B (again): same punch identity, the given appdir.
+    fn start_b(&mut self, app: &str, label: &str) -> Result<ProcId, String> {
+        let mut b = kaspad_punch(
+            self.lab.case_dir(),
+            app,
+            "b.key",
+            &self.rendezvous,
+            &self.rendezvous_key,
+        );
+        b.arg("--punch-accept");
+        let b = self
+            .lab
+            .spawn(label, &self.nodes[1].ns, &b)
+            .map_err(|e| e.to_string())?;
+        self.daemons.push(b);
+        Ok(b)
+    }
+
+    /// Fails if a daemon this test did not stop has exited.
+    fn running(&self) -> Result<(), String> {
+        for &d in &self.daemons {
+            if let Some(status) = self.lab.try_wait(d).map_err(|e| e.to_string())? {
                 return Err(format!("a kaspad-punch exited ({status})"));
             }
         }
         Ok(())
-    };
-
-    // Both list each other.
-    let start = Instant::now();
-    let mut last = String::new();
-    let ids = loop {
-        if start.elapsed() > CONNECT_WITHIN {
-            return Err(format!(
-                "the nodes did not list each other within {CONNECT_WITHIN:?}; last: {last}"
-            ));
-        }
-        std::thread::sleep(Duration::from_secs(2));
-        running()?;
-        let (a, b) = (nodes[0].peers(lab), nodes[1].peers(lab));
-        match (a, b) {
-            (Ok((a_id, a_peers)), Ok((b_id, b_peers)))
-                if lists(&a_peers, &b_id).is_some() && lists(&b_peers, &a_id).is_some() =>
-            {
-                break (a_id, b_id);
-            }
-            (a, b) => last = format!("A: {a:?}; B: {b:?}"),
-        }
-    };
-    eprintln!(
-        "connected after {:?}: A {} and B {} list each other",
-        start.elapsed(),
-        ids.0,
-        ids.1
-    );
-
-    // And stay connected.
-    let connected = Instant::now();
-    let mut checks = 0;
-    let mut ages = (0, 0);
-    while connected.elapsed() < STAY {
-        std::thread::sleep(CHECK_EVERY);
-        running()?;
-        let (_, a_peers) = nodes[0].peers(lab)?;
-        let (_, b_peers) = nodes[1].peers(lab)?;
-        match (lists(&a_peers, &ids.1), lists(&b_peers, &ids.0)) {
-            (Some(a), Some(b)) => ages = (a, b),
-            _ => {
-                return Err(format!(
-                    "disconnected after {:?}: A lists {a_peers:?}, B lists {b_peers:?}",
-                    connected.elapsed()
-                ))
-            }
-        }
-        checks += 1;
     }
-    eprintln!(
-        "still connected after {:?} ({checks} checks); kaspad reports the connection {}s old on A, {}s on B",
-        connected.elapsed(),
-        ages.0,
-        ages.1
-    );
-    // One connection the whole minute, not a string of reconnections.
-    let min_age = STAY.as_secs() - 2 * CHECK_EVERY.as_secs();
-    assert!(
-        ages.0 >= min_age && ages.1 >= min_age,
-        "connection ages {ages:?}: reconnected during the minute"
-    );
-    Ok(())
+
+    /// Waits until both nodes list each other; returns their node ids (A, B).
+    fn wait_listed(&self, within: Duration) -> Result<(String, String), String> {
+        let start = Instant::now();
+        let mut last = String::new();
+        loop {
+            if start.elapsed() > within {
+                return Err(format!(
+                    "the nodes did not list each other within {within:?}; last: {last}"
+                ));
+            }
+            std::thread::sleep(Duration::from_secs(1));
+            self.running()?;
+            let (a, b) = (self.nodes[0].peers(self.lab), self.nodes[1].peers(self.lab));
+            match (a, b) {
+                (Ok((a_id, a_peers)), Ok((b_id, b_peers)))
+                    if lists(&a_peers, &b_id).is_some() && lists(&b_peers, &a_id).is_some() =>
+                {
+                    return Ok((a_id, b_id));
+                }
+                (a, b) => last = format!("A: {a:?}; B: {b:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn two_kaspad_punch_nodes_behind_nats_list_each_other_for_a_minute() {
+    with_lab("kaspad-punch-simnet", |lab| {
+        let pair = Pair::start(lab)?;
+        let start = Instant::now();
+        let ids = pair.wait_listed(CONNECT_WITHIN)?;
+        eprintln!(
+            "connected after {:?}: A {} and B {} list each other",
+            start.elapsed(),
+            ids.0,
+            ids.1
+        );
+
+        // And stay connected.
+        let connected = Instant::now();
+        let mut checks = 0;
+        let mut ages = (0, 0);
+        while connected.elapsed() < STAY {
+            std::thread::sleep(CHECK_EVERY);
+            pair.running()?;
+            let (_, a_peers) = pair.nodes[0].peers(lab)?;
+            let (_, b_peers) = pair.nodes[1].peers(lab)?;
+            match (lists(&a_peers, &ids.1), lists(&b_peers, &ids.0)) {
+                (Some(a), Some(b)) => ages = (a, b),
+                _ => {
+                    return Err(format!(
+                        "disconnected after {:?}: A lists {a_peers:?}, B lists {b_peers:?}",
+                        connected.elapsed()
+                    ))
+                }
+            }
+            checks += 1;
+        }
+        eprintln!(
+            "still connected after {:?} ({checks} checks); kaspad reports the connection {}s old on A, {}s on B",
+            connected.elapsed(),
+            ages.0,
+            ages.1
+        );
+        // One connection the whole minute, not a string of reconnections.
+        let min_age = STAY.as_secs() - 2 * CHECK_EVERY.as_secs();
+        assert!(
+            ages.0 >= min_age && ages.1 >= min_age,
+            "connection ages {ages:?}: reconnected during the minute"
+        );
+        Ok(())
+    });
+}
+
+/// `--punch-peer` keeps the peer connected: B is killed and started again (same punch
+/// identity, new kaspad node id, new control connection); A's link sees the session end,
+/// re-punches and has kaspad connect again, without any help.
+#[test]
+fn a_restarted_punch_peer_is_repunched_and_reconnected() {
+    with_lab("kaspad-punch-restart", |lab| {
+        let mut pair = Pair::start(lab)?;
+        let first = pair.wait_listed(CONNECT_WITHIN)?;
+        let old_b = pair.daemons[0];
+        pair.daemons.remove(0);
+        lab.kill(old_b).map_err(|e| e.to_string())?;
+        let killed = Instant::now();
+        pair.start_b("b2-app", "kaspad-punch-b2")?;
+        let second = pair.wait_listed(CONNECT_WITHIN)?;
+        assert_eq!(second.0, first.0, "A is the same node");
+        assert_ne!(second.1, first.1, "B is a new kaspad (new node id)");
+        eprintln!(
+            "B killed and restarted: A and the new B list each other {:?} after the kill",
+            killed.elapsed()
+        );
+        Ok(())
+    });
 }
 
 /// How long `peers` has listed node `id` as connected, if it does.
