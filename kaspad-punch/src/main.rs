@@ -41,6 +41,7 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .finish();
     tracing::subscriber::set_global_default(subscriber).context("installing the punch logger")?;
 

@@ -18,7 +18,7 @@ use kaspad_lib::args::Args;
 use punch_node::bridge::{Bridge, BridgeConfig};
 use punch_node::link::{Link, LinkConfig, LinkEvent, NodeDialer};
 use punch_proto::Keypair;
-use tokio::sync::oneshot;
+use tokio::sync::{broadcast, oneshot};
 use tracing::{info, warn};
 
 use crate::cli::PunchArgs;
@@ -127,18 +127,27 @@ async fn run(
         link_config,
     );
     let mut events = link.subscribe();
+    // The link logs each punched peer's path itself ("punched peer connected"); this adds
+    // what kaspad did with it. A lagging receiver only loses log lines, never stops punch.
     let log = async {
-        while let Ok(ev) = events.recv().await {
-            if let LinkEvent::Punched {
-                peer,
-                outbound,
-                path,
-                remote,
-                elapsed,
-                alias,
-            } = ev
-            {
-                info!(peer = %peer, outbound, %path, %remote, %alias, ms = elapsed.as_millis() as u64, "punched peer path");
+        loop {
+            match events.recv().await {
+                Ok(LinkEvent::Dialed { peer, addr, result }) => match result {
+                    Ok(()) => {
+                        info!(peer = %peer.short(), %addr, "kaspad asked to connect to the punched peer")
+                    }
+                    Err(error) => {
+                        warn!(peer = %peer.short(), %addr, %error, "kaspad refused to connect to the punched peer")
+                    }
+                },
+                Ok(LinkEvent::Ended { peer, outbound }) => {
+                    info!(peer = %peer.short(), outbound, "punched peer disconnected")
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    warn!(missed = n, "punch events dropped from the log")
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
             }
         }
     };

@@ -99,6 +99,7 @@ async fn main() -> anyhow::Result<()> {
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .with_filter(log_filter),
         )
         .with(timeline_layer::TimelineLayer::new(timeline.clone()).with_filter(milestones))
