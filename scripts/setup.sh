@@ -7,6 +7,7 @@
 # - protobuf-compiler: kaspa-p2p-lib's build script compiles Kaspa's .proto files with protoc
 #   (punch's own protocol does not need it: proto/ uses the pure-Rust protox).
 # - libclang-dev: RocksDB's bindings (kaspad, in kaspad-punch) are generated with bindgen.
+# - g++: RocksDB is compiled from C++ source by its build script.
 # - Kernel modules for the lab (conntrack, NAT, NFQUEUE for the delay helper, statistic
 #   for loss). Most kernels have them built in; loading is tried and failure tolerated.
 #
@@ -24,13 +25,12 @@ fi
 missing=()
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v iptables >/dev/null 2>&1 || missing+=(iptables)
+# Kaspa crates (node-integration, kaspad-punch): kaspa-p2p-lib's build script runs protoc;
+# kaspad's RocksDB bindings are generated with libclang, and RocksDB itself is C++.
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 \
     || missing+=(libclang-dev)
-# Kaspa crates (node-integration, kaspad-punch): kaspa-p2p-lib's build script runs protoc;
-# kaspad's RocksDB bindings are generated with libclang.
-command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
-ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || missing+=(libclang-dev)
+command -v c++ >/dev/null 2>&1 || missing+=(g++)
 
 if [ "${#missing[@]}" -gt 0 ]; then
     if command -v apt-get >/dev/null 2>&1; then
@@ -46,7 +46,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
         say "missing ${missing[*]} and no apt-get: install them by hand (natlab tests will skip)"
     fi
 else
-    say "iproute2, iptables, protoc and libclang already present"
+    say "iproute2, iptables, protoc, libclang and g++ already present"
 fi
 
 # Modules: built in on many kernels (then /lib/modules may not even exist). Tolerate failure.
