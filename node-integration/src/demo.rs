@@ -13,9 +13,8 @@
 //! in its own process inside a network namespace, behind its own NAT router, with the same
 //! [`DemoPeer`] code.
 //!
-//! Everything is recorded on a [`Timeline`] with milliseconds since the start. Punch-internal
-//! steps (offer, first dial) are not visible through punch's API; the `punch-demo` binary adds
-//! them from punch's tracing events (see its `timeline_layer`).
+//! Everything is recorded on a [`Timeline`] with milliseconds since the start, punch's own
+//! steps (offer, first dial) from its event stream ([`Client::events`]).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -25,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use punch::{Client, Config as PunchConfig, Incoming};
+use punch::{Client, Config as PunchConfig, Event as PunchEvent, Incoming};
 use punch_proto::{Keypair, PeerId};
 
 use crate::bridge::{Bridge, BridgeConfig, BridgedPeer};
@@ -320,6 +319,11 @@ impl DemoPeer {
         let (client, incoming) = Client::start(punch)
             .await
             .map_err(|e| setup_err("punch client")(e.to_string()))?;
+        tokio::spawn(record_punch_events(
+            client.events(),
+            timeline.clone(),
+            who.clone(),
+        ));
         let observed = client
             .wait_registered(REGISTER_TIMEOUT)
             .await
@@ -437,6 +441,42 @@ impl DemoPeer {
             node,
             peer,
         })
+    }
+}
+
+/// Records the punch client's offers, first dials and failures (the session itself is
+/// recorded by [`DemoPeer::run`]) until the client stops.
+async fn record_punch_events(
+    mut events: tokio::sync::broadcast::Receiver<PunchEvent>,
+    timeline: Arc<Timeline>,
+    who: String,
+) {
+    let mut dialed = std::collections::HashSet::new();
+    loop {
+        match events.recv().await {
+            Ok(PunchEvent::Offer {
+                observed,
+                locals,
+                dial_delay,
+                ..
+            }) => timeline.record(
+                &who,
+                format!(
+                    "punch: offer received (peer seen at {observed}, {locals} local address(es), dial in {} ms)",
+                    dial_delay.as_millis()
+                ),
+            ),
+            Ok(PunchEvent::Dial {
+                session_id, addr, ..
+            }) if dialed.insert(session_id) => {
+                timeline.record(&who, format!("punch: first dial to {addr}"))
+            }
+            Ok(PunchEvent::Failed { error, .. }) => {
+                timeline.record(&who, format!("punch: failed: {error}"))
+            }
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+        }
     }
 }
 

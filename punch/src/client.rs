@@ -23,9 +23,9 @@ use punch_proto::channel::{client_handshake, Channel};
 use punch_proto::message::{
     ClientMsg, ErrorCode, ErrorReply, Offer, Register, ServerMsg, PROTOCOL_VERSION,
 };
-use punch_proto::PeerId;
+use punch_proto::{PeerId, Role};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{broadcast, mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, info_span, warn, Instrument};
 
@@ -33,7 +33,7 @@ use crate::auth::read_preamble;
 use crate::config::Config;
 use crate::error::Error;
 use crate::punch::{self, Inbound, PunchCtx};
-use crate::session::Session;
+use crate::session::{Session, SessionInfo};
 use crate::socket;
 
 /// How long an accepted stream may take to send its preamble.
@@ -63,6 +63,51 @@ pub enum Status {
     },
 }
 
+/// Milestones of the client and its punches, as they happen ([`Client::events`]): for
+/// progress displays, timelines and status pages. A receiver that falls more than
+/// [`EVENT_BUFFER`] events behind misses the oldest (`RecvError::Lagged`).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Event {
+    /// Registered with the rendezvous, which sees us at `observed`.
+    Registered {
+        observed: SocketAddr,
+        local: SocketAddr,
+    },
+    /// The control connection was lost or could not be made; the client keeps retrying.
+    Disconnected { reason: String },
+    /// We asked the rendezvous to punch to `peer`.
+    Requested { peer: PeerId },
+    /// An offer arrived: for our request, or for another peer's punch to us
+    /// (`inbound`). Both sides dial `dial_delay` after it.
+    Offer {
+        peer: PeerId,
+        session_id: u64,
+        role: Role,
+        inbound: bool,
+        observed: SocketAddr,
+        locals: usize,
+        dial_delay: Duration,
+    },
+    /// The first dial of a punch to one candidate address (redials are not reported).
+    Dial {
+        peer: PeerId,
+        session_id: u64,
+        addr: SocketAddr,
+    },
+    /// A punch produced an authenticated session.
+    Established(SessionInfo),
+    /// A punch ended without a session.
+    Failed {
+        peer: PeerId,
+        session_id: u64,
+        error: String,
+    },
+}
+
+/// Events kept for slow receivers of [`Client::events`].
+pub const EVENT_BUFFER: usize = 256;
+
 #[derive(Debug)]
 enum Command {
     Connect {
@@ -86,6 +131,7 @@ pub struct Client {
     local: SocketAddr,
     rendezvous: SocketAddr,
     id: PeerId,
+    events: broadcast::Sender<Event>,
     _tasks: Arc<AbortOnDrop>,
 }
 
@@ -122,6 +168,7 @@ impl Client {
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let (status_tx, status) = watch::channel(Status::Connecting);
         let (incoming_tx, incoming_rx) = mpsc::channel(INCOMING_BACKLOG);
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
         let span = info_span!("punch-client", id = %id.short(), port = local.port());
         let accept = tokio::spawn(
             accept_loop(listener, routes.clone(), config.max_pending_inbound)
@@ -132,6 +179,7 @@ impl Client {
                 keypair: config.keypair.clone(),
                 local,
                 config,
+                events: events.clone(),
             }),
             routes,
             cmd_rx,
@@ -148,6 +196,7 @@ impl Client {
                 local,
                 rendezvous,
                 id,
+                events,
                 _tasks: Arc::new(AbortOnDrop(vec![accept, driver])),
             },
             Incoming(incoming_rx),
@@ -166,6 +215,11 @@ impl Client {
 
     pub fn status(&self) -> Status {
         self.status.borrow().clone()
+    }
+
+    /// Events from now on (see [`Event`]).
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
     }
 
     /// Waits until registered (returns the observed address) or `timeout` passes.
@@ -322,6 +376,7 @@ impl Driver {
                             continue;
                         }
                         info!(peer = %peer.short(), request_id, "punch requested");
+                        self.ctx.emit(Event::Requested { peer });
                         self.pending.insert(request_id, PendingRequest { peer, reply, started: Instant::now() });
                     }
                 },
@@ -333,6 +388,7 @@ impl Driver {
                         }
                         Err(reason) => {
                             warn!(rendezvous = %config.rendezvous, %reason, retry_in_ms = backoff.as_millis() as u64, "rendezvous unreachable");
+                            self.ctx.emit(Event::Disconnected { reason: reason.clone() });
                             self.status_tx.send_replace(Status::Disconnected { reason });
                             retry_at = tokio::time::Instant::now() + jitter(backoff);
                             backoff = (backoff * 2).min(config.reconnect_max);
@@ -400,6 +456,10 @@ impl Driver {
         match ServerMsg::decode(&first).map_err(|e| e.to_string())? {
             ServerMsg::Registered(r) => {
                 info!(observed = %r.observed, %local, "registered with the rendezvous");
+                self.ctx.emit(Event::Registered {
+                    observed: r.observed,
+                    local,
+                });
                 self.status_tx.send_replace(Status::Registered {
                     observed: r.observed,
                     local,
@@ -425,6 +485,9 @@ impl Driver {
         reason: String,
     ) {
         warn!(%reason, "lost the rendezvous; reconnecting");
+        self.ctx.emit(Event::Disconnected {
+            reason: reason.clone(),
+        });
         *conn = None;
         *retry_at = tokio::time::Instant::now() + jitter(self.ctx.config.reconnect_min);
         *backoff = self.ctx.config.reconnect_min;
@@ -500,7 +563,8 @@ impl Driver {
     }
 
     fn start_punch(&mut self, offer: Offer, punches: &mut JoinSet<u64>) {
-        let (reply, started) = if offer.request_id == 0 {
+        let inbound = offer.request_id == 0;
+        let (reply, started) = if inbound {
             if !self.ctx.config.accept_inbound {
                 warn!(peer = %offer.peer.short(), "offer for an inbound punch, but inbound is off; ignored");
                 return;
@@ -522,14 +586,29 @@ impl Driver {
         lock(&self.routes).insert(offer.session_id, tx);
         let span = info_span!("punch", session = offer.session_id, peer = %offer.peer.short(), role = ?offer.role);
         info!(parent: &span, observed = %offer.peer_observed, locals = offer.peer_local.len(), delay_ms = offer.dial_delay.as_millis() as u64, "offer received");
+        self.ctx.emit(Event::Offer {
+            peer: offer.peer,
+            session_id: offer.session_id,
+            role: offer.role,
+            inbound,
+            observed: offer.peer_observed,
+            locals: offer.peer_local.len(),
+            dial_delay: offer.dial_delay,
+        });
         let ctx = self.ctx.clone();
         let incoming = self.incoming_tx.clone();
         let session_id = offer.session_id;
+        let peer = offer.peer;
         punches.spawn(
             async move {
-                let result = punch::run(ctx, offer, rx, started).await;
+                let result = punch::run(ctx.clone(), offer, rx, started).await;
                 if let Err(e) = &result {
                     warn!(error = %e, "punch failed");
+                    ctx.emit(Event::Failed {
+                        peer,
+                        session_id,
+                        error: e.to_string(),
+                    });
                 }
                 match (reply, result) {
                     (Some(reply), result) => {

@@ -4,7 +4,8 @@
 //! port. [`Client::connect`] asks the rendezvous for a peer; both peers receive an offer and,
 //! at the same moment, dial each other from that same port (TCP simultaneous open). The first
 //! stream on which the other side proves it holds the expected Noise key becomes a yamux
-//! [`Session`]. Sessions other peers punched to us arrive on [`Incoming`].
+//! [`Session`]. Sessions other peers punched to us arrive on [`Incoming`]; [`Client::events`]
+//! reports each step ([`Event`]).
 //!
 //! - [`socket`]: all socket2 work (shared port, SO_REUSEADDR/SO_REUSEPORT).
 //! - [`attempt`]: the pure dial scheduler of one punch.
@@ -23,7 +24,7 @@ pub mod secure;
 pub mod session;
 pub mod socket;
 
-pub use client::{Client, Incoming, Status};
+pub use client::{Client, Event, Incoming, Status};
 pub use config::Config;
 pub use error::Error;
 pub use session::{PathKind, Session, SessionInfo, Stream};

@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 use punch_proto::message::Offer;
 use punch_proto::{Keypair, Role};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::attempt::{Attempt, Failure, Schedule};
 use crate::auth::{authenticate, AuthError, Authenticated, Expect};
+use crate::client::Event;
 use crate::config::Config;
 use crate::error::Error;
 use crate::session::{PathKind, Session, SessionInfo};
@@ -29,6 +30,14 @@ pub(crate) struct PunchCtx {
     pub keypair: Keypair,
     pub local: SocketAddr,
     pub config: Config,
+    pub events: broadcast::Sender<Event>,
+}
+
+impl PunchCtx {
+    /// Sends an event to whoever listens (nobody is fine).
+    pub fn emit(&self, event: Event) {
+        let _ = self.events.send(event);
+    }
 }
 
 type AuthResult = (SocketAddr, bool, Result<Authenticated, AuthError>);
@@ -79,10 +88,18 @@ pub(crate) async fn run(
         });
     };
 
+    let mut dialed = std::collections::HashSet::new();
     loop {
         let now = Instant::now();
         while let Some(addr) = attempt.poll_dial(now) {
             debug!(%addr, "dial");
+            if dialed.insert(addr) {
+                ctx.emit(Event::Dial {
+                    peer: offer.peer,
+                    session_id: offer.session_id,
+                    addr,
+                });
+            }
             let (local, timeout) = (ctx.local, config.connect_timeout);
             dials.spawn(async move {
                 let res =
@@ -194,6 +211,7 @@ fn established(ctx: &PunchCtx, offer: &Offer, auth: Authenticated, started: Inst
         debug!(error = %e, "could not enable TCP keepalive");
     }
     info!(remote = %info.remote, path = %info.path, ms = info.elapsed.as_millis() as u64, "session established");
+    ctx.emit(Event::Established(info.clone()));
     Session::start(auth.into_secure(), info, ctx.config.stream_window)
 }
 

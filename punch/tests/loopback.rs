@@ -1,5 +1,6 @@
 //! Punches on 127.0.0.1 through a real rendezvous server with real sockets: data integrity,
-//! many streams, a one-way bulk transfer, typed errors, an impostor, a rendezvous restart.
+//! many streams, a one-way bulk transfer, typed errors, an impostor, a rendezvous restart,
+//! the client's event stream.
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
@@ -372,4 +373,90 @@ async fn impostor_is_rejected() {
     );
     assert!(impostor_task.await.unwrap() >= 1);
     drop(rendezvous);
+}
+
+/// Collects the events received so far.
+fn drain(rx: &mut tokio::sync::broadcast::Receiver<punch::Event>) -> Vec<punch::Event> {
+    std::iter::from_fn(|| rx.try_recv().ok()).collect()
+}
+
+#[tokio::test]
+async fn events_report_each_step_of_a_punch_in_order() {
+    use punch::Event;
+    let server = server_on("127.0.0.1:0".parse().unwrap(), Keypair::generate().unwrap()).await;
+    let (a, _) = client(&server, false).await;
+    let (b, mut b_in) = client(&server, true).await;
+    let (mut a_events, mut b_events) = (a.events(), b.events());
+    let (sa, _sb) = tokio::join!(a.connect(b.id()), async {
+        tokio::time::timeout(Duration::from_secs(15), b_in.next())
+            .await
+            .unwrap()
+            .unwrap()
+    });
+    let sa = sa.unwrap();
+    // Established is sent before the session is handed over, so everything is here.
+    let a_seen = drain(&mut a_events);
+    let b_seen = drain(&mut b_events);
+    let kinds = |v: &[Event]| -> Vec<&'static str> {
+        v.iter()
+            .map(|e| match e {
+                Event::Registered { .. } => "registered",
+                Event::Disconnected { .. } => "disconnected",
+                Event::Requested { .. } => "requested",
+                Event::Offer { .. } => "offer",
+                Event::Dial { .. } => "dial",
+                Event::Established(_) => "established",
+                Event::Failed { .. } => "failed",
+                _ => "other",
+            })
+            .collect()
+    };
+    assert_eq!(
+        kinds(&a_seen),
+        ["requested", "offer", "dial", "established"],
+        "{a_seen:?}"
+    );
+    assert_eq!(kinds(&b_seen)[0], "offer", "{b_seen:?}");
+    assert_eq!(kinds(&b_seen).last(), Some(&"established"), "{b_seen:?}");
+    match (&a_seen[1], &a_seen[2], &a_seen[3]) {
+        (
+            Event::Offer {
+                peer,
+                inbound: false,
+                observed,
+                session_id,
+                ..
+            },
+            Event::Dial { addr, .. },
+            Event::Established(info),
+        ) => {
+            assert_eq!(*peer, b.id());
+            assert_eq!(*observed, b.local_addr());
+            assert_eq!(*addr, b.local_addr());
+            assert_eq!(info.session_id, *session_id);
+            assert_eq!(info.session_id, sa.info().session_id);
+        }
+        other => panic!("unexpected events {other:?}"),
+    }
+    assert!(
+        matches!(&b_seen[0], Event::Offer { peer, inbound: true, .. } if *peer == a.id()),
+        "{b_seen:?}"
+    );
+
+    // A request the rendezvous refuses (B is gone) shows as Requested and nothing more: the
+    // caller gets the typed error, and no offer or dial follows.
+    let gone = b.id();
+    drop((b, b_in, _sb));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.stats().registered != 1 {
+        assert!(Instant::now() < deadline, "B's registration did not end");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let err = a.connect(gone).await.unwrap_err();
+    assert!(matches!(err, Error::PeerOffline { .. }), "{err}");
+    let later = drain(&mut a_events);
+    assert!(
+        matches!(later.as_slice(), [Event::Requested { peer }] if *peer == gone),
+        "{later:?}"
+    );
 }

@@ -7,8 +7,6 @@
 //! first lines of the output say which. The hidden subcommands `rendezvous` and `peer` are the
 //! NAT mode's processes.
 
-mod timeline_layer;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,10 +18,7 @@ use punch_node::demo::{self, DemoConfig, DemoPeer, PeerConfig, Report, Timeline}
 use punch_node::natdemo::{self, LISTENING_PREFIX, REGISTERED_PREFIX, RESULT_PREFIX, SETUP_PREFIX};
 use punch_node::node::DEFAULT_NETWORK;
 use punch_proto::{Keypair, PeerId};
-use tracing_subscriber::filter::{EnvFilter, Targets};
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::Layer;
+use tracing_subscriber::filter::EnvFilter;
 
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -92,19 +87,13 @@ const RENDEZVOUS_MAX_LIFE: Duration = Duration::from_secs(300);
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let timeline = Timeline::new();
-    // Logs (RUST_LOG, warnings by default) go to stderr; punch's milestones go to the timeline.
+    // Logs (RUST_LOG, warnings by default) go to stderr; the timeline goes to stdout.
     let log_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
-    let milestones = Targets::new().with_target("punch", tracing::Level::DEBUG);
-    tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .with_filter(log_filter),
-        )
-        .with(timeline_layer::TimelineLayer::new(timeline.clone()).with_filter(milestones))
+    tracing_subscriber::fmt()
+        .with_env_filter(log_filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    tracing_log::LogTracer::init().ok();
 
     match args.role {
         Some(Role::Rendezvous { bind, key_file }) => rendezvous(bind, key_file, &timeline).await,
