@@ -68,7 +68,7 @@ pub struct Entry {
     pub what: String,
 }
 
-/// Timestamped events from the demo and from punch's tracing events. Shared, append-only.
+/// Timestamped events from the demo, punch's event stream and the nodes. Shared, append-only.
 #[derive(Debug)]
 pub struct Timeline {
     start: Instant,

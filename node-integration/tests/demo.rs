@@ -1,4 +1,4 @@
-//! The demo as the binary runs it (without the tracing layer): both nodes reach Ready on
+//! The demo as the binary runs it: both nodes reach Ready on
 //! loopback; with different network names both refuse.
 #![allow(clippy::unwrap_used)]
 
