@@ -1,5 +1,6 @@
-//! The demo as the binary runs it: both nodes reach Ready on
-//! loopback; with different network names both refuse.
+//! The demo: both nodes reach Ready on loopback (in-process) and, with the rights for network
+//! namespaces, in NAT mode (the `punch-demo` binary, each node behind its own home router);
+//! with different network names both refuse.
 #![allow(clippy::unwrap_used)]
 
 use punch_node::demo::{run, DemoConfig, Timeline};
