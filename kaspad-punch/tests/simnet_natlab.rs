@@ -3,7 +3,8 @@
 //! on the lab's public host. A keeps B connected (`--punch-peer`), B takes inbound punches
 //! (`--punch-accept`). Each node must list the other (by its Kaspa node id, from GetInfo)
 //! among its connected peers over gRPC RPC (`kaspa-peers`), and both must stay connected,
-//! checked every few seconds, for a full minute. And when B is restarted, A re-punches it.
+//! checked every few seconds, for a full minute. When B is restarted, A re-punches it; when
+//! B bans and unbans A, they reconnect over the same punch ports.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -30,11 +31,15 @@ struct Node {
 }
 
 impl Node {
-    /// `kaspa-peers` in the node's namespace: (own node id, connected peers as (node id,
-    /// seconds connected)).
-    fn peers(&self, lab: &Lab) -> Result<(String, Vec<(String, u64)>), String> {
+    /// `kaspa-peers` in the node's namespace: (own node id, connected peers).
+    fn peers(&self, lab: &Lab) -> Result<(String, Vec<PeerLine>), String> {
+        self.rpc(lab, &[])
+    }
+
+    /// `kaspa-peers` with extra arguments (`--ban IP`, `--unban IP`).
+    fn rpc(&self, lab: &Lab, extra: &[&str]) -> Result<(String, Vec<PeerLine>), String> {
         let mut cmd = Command::new(bin_path("kaspa-peers"));
-        cmd.args(["--rpc", RPC, "--timeout-secs", "5"]);
+        cmd.args(["--rpc", RPC, "--timeout-secs", "5"]).args(extra);
         let label = format!("kaspa-peers-{:?}-{}", self.side, rand_suffix());
         let id = lab
             .spawn(&label, &self.ns, &cmd)
@@ -60,14 +65,16 @@ impl Node {
             .lines()
             .filter_map(|l| l.strip_prefix("peer "))
             .filter_map(|l| {
-                let id = l.split_whitespace().next()?.to_string();
+                let mut words = l.split_whitespace();
+                let id = words.next()?.to_string();
+                let addr: std::net::SocketAddr = words.next()?.parse().ok()?;
                 let secs = l
                     .split_whitespace()
                     .find_map(|w| w.strip_prefix("connected="))?
                     .trim_end_matches('s')
                     .parse()
                     .ok()?;
-                Some((id, secs))
+                Some(PeerLine { id, addr, secs })
             })
             .collect();
         Ok((own, peers))
@@ -307,7 +314,62 @@ fn a_restarted_punch_peer_is_repunched_and_reconnected() {
     });
 }
 
+/// One connected peer as `kaspa-peers` prints it.
+#[derive(Debug)]
+struct PeerLine {
+    id: String,
+    addr: std::net::SocketAddr,
+    secs: u64,
+}
+
+/// B's kaspad bans A's alias, so the Kaspa connection ends while both punch clients keep
+/// their control connections and ports: A re-punches from the same port to the same address
+/// of B, the exact 4-tuple of the session it just closed (in TIME_WAIT on A's side), again
+/// and again while the ban lasts (each Kaspa connection is refused). After the unban the
+/// nodes must connect again.
+#[test]
+fn after_a_ban_and_unban_the_peers_reconnect_over_the_same_ports() {
+    with_lab("kaspad-punch-ban", |lab| {
+        let pair = Pair::start(lab)?;
+        let (a_id, b_id) = pair.wait_listed(CONNECT_WITHIN)?;
+        let (_, b_peers) = pair.nodes[1].peers(lab)?;
+        let alias = b_peers
+            .iter()
+            .find(|p| p.id == a_id)
+            .map(|p| p.addr.ip().to_string())
+            .ok_or("B does not list A")?;
+        pair.nodes[1].rpc(lab, &["--ban", &alias])?;
+        let banned = Instant::now();
+        loop {
+            let (_, a_peers) = pair.nodes[0].peers(lab)?;
+            if lists(&a_peers, &b_id).is_none() {
+                break;
+            }
+            if banned.elapsed() > Duration::from_secs(30) {
+                return Err(format!("A still lists B 30 s after B banned {alias}"));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        eprintln!(
+            "B banned A's alias {alias}; A lost B after {:?}",
+            banned.elapsed()
+        );
+        // Let A's link re-punch into the ban a few times (the same 4-tuple each time).
+        std::thread::sleep(Duration::from_secs(5));
+        pair.running()?;
+        pair.nodes[1].rpc(lab, &["--unban", &alias])?;
+        let unbanned = Instant::now();
+        let again = pair.wait_listed(CONNECT_WITHIN)?;
+        assert_eq!(again, (a_id, b_id), "the same two nodes");
+        eprintln!(
+            "after the unban both list each other again within {:?}",
+            unbanned.elapsed()
+        );
+        Ok(())
+    });
+}
+
 /// How long `peers` has listed node `id` as connected, if it does.
-fn lists(peers: &[(String, u64)], id: &str) -> Option<u64> {
-    peers.iter().find(|(p, _)| p == id).map(|(_, secs)| *secs)
+fn lists(peers: &[PeerLine], id: &str) -> Option<u64> {
+    peers.iter().find(|p| p.id == id).map(|p| p.secs)
 }

@@ -4,12 +4,14 @@
 //!
 //! ```text
 //! $ kaspa-peers --rpc 127.0.0.1:16610
-//! self 3f0c2a9e-... server 2.1.0 synced false
-//! peer 8b41d7c2-... 127.176.78.131:36853 outbound ua=/kaspad:2.1.0/ connected=12s
+//! self 3a6bde9d-70c0-45cb-af02-0fed6bf83571 server 2.1.0 synced false
+//! peer 3636f7dd-cf79-4db0-9240-83b63a9601ee 127.7.144.11:34267 outbound ua=/kaspad:2.1.0/kaspad:2.1.0/ connected=56s
 //! ```
 //!
+//! `--ban IP` / `--unban IP` first ban or unban an address (kaspad's own Ban and Unban RPCs).
 //! Exits 0 after printing, 1 when the RPC cannot be reached or answers with an error.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -26,21 +28,37 @@ struct Args {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 10)]
     timeout_secs: u64,
+    /// First ban this IP (kaspad's Ban RPC; needs unsafe RPC, which kaspad-punch turns on):
+    /// kaspad disconnects it and refuses it until unbanned.
+    #[arg(long, value_name = "IP")]
+    ban: Option<IpAddr>,
+    /// First unban this IP.
+    #[arg(long, value_name = "IP")]
+    unban: Option<IpAddr>,
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let limit = Duration::from_secs(args.timeout_secs);
-    tokio::time::timeout(limit, run(&args.rpc))
+    tokio::time::timeout(limit, run(&args))
         .await
         .with_context(|| format!("no answer from {} within {limit:?}", args.rpc))?
 }
 
-async fn run(rpc: &str) -> anyhow::Result<()> {
+async fn run(args: &Args) -> anyhow::Result<()> {
+    let rpc = &args.rpc;
     let client = GrpcClient::connect(format!("grpc://{rpc}"))
         .await
         .with_context(|| format!("connecting to the RPC at {rpc}"))?;
+    if let Some(ip) = args.ban {
+        client.ban(ip.into()).await.context("Ban")?;
+        println!("banned {ip}");
+    }
+    if let Some(ip) = args.unban {
+        client.unban(ip.into()).await.context("Unban")?;
+        println!("unbanned {ip}");
+    }
     let info = client.get_info().await.context("GetInfo")?;
     println!(
         "self {} server {} synced {}",
