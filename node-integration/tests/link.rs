@@ -8,12 +8,11 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{rendezvous, wait_peers, REGISTER};
-use punch::Client;
+use common::{registered_client, rendezvous, wait_peers};
 use punch_node::bridge::{Bridge, BridgeConfig};
 use punch_node::link::{Link, LinkConfig, LinkEvent};
 use punch_node::node::{KaspaNode, NodeConfig};
-use punch_proto::{Keypair, PeerId};
+use punch_proto::PeerId;
 use punch_rendezvous::Server;
 use tokio::sync::broadcast;
 
@@ -28,15 +27,7 @@ struct Linked {
 async fn linked(server: &Server, peers: Vec<PeerId>, accept: bool, max_inbound: usize) -> Linked {
     let node = Arc::new(KaspaNode::start(NodeConfig::default()).await.unwrap());
     let bridge = Bridge::new(BridgeConfig::new(node.p2p_addr())).unwrap();
-    let mut config = punch::Config::new(
-        server.local_addr(),
-        server.identity(),
-        Keypair::generate().unwrap(),
-    );
-    config.bind = "127.0.0.1:0".parse().unwrap();
-    config.accept_inbound = accept;
-    let (client, incoming) = Client::start(config).await.unwrap();
-    client.wait_registered(REGISTER).await.unwrap();
+    let (client, incoming) = registered_client(server, accept).await;
     let id = client.id();
     let mut link_config = LinkConfig::new(peers);
     link_config.max_inbound = max_inbound;

@@ -44,15 +44,7 @@ impl Peer {
         .unwrap();
         let events = node.subscribe();
         let bridge = Bridge::new(BridgeConfig::new(node.p2p_addr())).unwrap();
-        let mut config = punch::Config::new(
-            server.local_addr(),
-            server.identity(),
-            Keypair::generate().unwrap(),
-        );
-        config.bind = "127.0.0.1:0".parse().unwrap();
-        config.accept_inbound = accept;
-        let (client, incoming) = Client::start(config).await.unwrap();
-        client.wait_registered(REGISTER).await.unwrap();
+        let (client, incoming) = registered_client(server, accept).await;
         Peer {
             node,
             bridge,
@@ -65,6 +57,20 @@ impl Peer {
     pub async fn mainnet(server: &Server, accept: bool) -> Peer {
         Self::start(server, DEFAULT_NETWORK, accept).await
     }
+}
+
+/// A punch client on 127.0.0.1 with a fresh identity, registered with `server`.
+pub async fn registered_client(server: &Server, accept: bool) -> (Client, Incoming) {
+    let mut config = punch::Config::new(
+        server.local_addr(),
+        server.identity(),
+        Keypair::generate().unwrap(),
+    );
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    config.accept_inbound = accept;
+    let (client, incoming) = Client::start(config).await.unwrap();
+    client.wait_registered(REGISTER).await.unwrap();
+    (client, incoming)
 }
 
 /// `a` punches `b` and both bridge the session: (a's side, b's side).
