@@ -14,10 +14,9 @@ use std::time::{Duration, Instant};
 use punch_natlab::{skip_without_net_admin, Lab, LinkParams, ProcId, RouterKind, Side, Topology};
 use punch_proto::Keypair;
 use punch_tests::bin_path;
+use punch_tests::natlab::start_rendezvous;
 
 const RPC: &str = "127.0.0.1:16610";
-/// Process start: kaspad opens its databases and starts its services in a few seconds.
-const STARTUP: Duration = Duration::from_secs(60);
 /// From start to both nodes listing each other: kaspad's start, registration, the punch
 /// and kaspad's connection manager picking up the AddPeer request.
 const CONNECT_WITHIN: Duration = Duration::from_secs(90);
@@ -142,16 +141,7 @@ struct Pair<'a> {
 impl<'a> Pair<'a> {
     fn start(lab: &'a Lab) -> Result<Self, String> {
         let dir = lab.case_dir();
-        let rendezvous = format!("{}:7717", lab.rendezvous_ip());
-        let mut rv = Command::new(bin_path("rendezvous"));
-        rv.args(["--listen", &rendezvous, "--key-file"])
-            .arg(dir.join("rendezvous.key"));
-        let rv = lab
-            .spawn("rendezvous", &lab.rendezvous_ns(), &rv)
-            .map_err(|e| e.to_string())?;
-        let line = lab
-            .wait_stdout_line(rv, STARTUP, |l| l.starts_with("identity "))
-            .map_err(|e| e.to_string())?;
+        let (rendezvous, rendezvous_key) = start_rendezvous(lab).map_err(|e| format!("{e:#}"))?;
         let mut pair = Pair {
             lab,
             nodes: [
@@ -166,7 +156,7 @@ impl<'a> Pair<'a> {
             ],
             daemons: Vec::new(),
             rendezvous,
-            rendezvous_key: line.trim_start_matches("identity ").trim().to_string(),
+            rendezvous_key,
         };
         pair.start_b("b-app", "kaspad-punch-b")?;
         let b_id = Keypair::load_or_generate(&dir.join("b.key"))

@@ -187,18 +187,25 @@ pub fn run_case(
     Some(outcome)
 }
 
-fn drive(lab: &Lab, expect: Expect) -> Result<Outcome> {
-    let rv_ns = lab.rendezvous_ns();
+/// Starts the real `rendezvous` on the lab's public host (port 7717, key in the case
+/// directory) and returns its address and identity, as clients pass them on the command line.
+pub fn start_rendezvous(lab: &Lab) -> Result<(String, String)> {
+    let addr = format!("{}:{RENDEZVOUS_PORT}", lab.rendezvous_ip());
     let mut rv = Command::new(bin_path("rendezvous"));
     rv.args([
         "--listen",
-        &format!("{}:{RENDEZVOUS_PORT}", lab.rendezvous_ip()),
+        &addr,
         "--key-file",
         &lab.case_dir().join("rendezvous.key").display().to_string(),
     ]);
-    let rv = lab.spawn("rendezvous", &rv_ns, &rv)?;
+    let rv = lab.spawn("rendezvous", &lab.rendezvous_ns(), &rv)?;
     let line = lab.wait_stdout_line(rv, STARTUP, |l| l.starts_with("identity "))?;
-    let rendezvous_key = line.trim_start_matches("identity ").trim().to_string();
+    let key = line.trim_start_matches("identity ").trim().to_string();
+    Ok((addr, key))
+}
+
+fn drive(lab: &Lab, expect: Expect) -> Result<Outcome> {
+    let (_, rendezvous_key) = start_rendezvous(lab)?;
 
     let b_ns = lab.peer_ns(Side::B);
     let mut echo = Command::new(super::helper_bin("natlab_tcp")?);
