@@ -16,7 +16,6 @@
 //! Everything is recorded on a [`Timeline`] with milliseconds since the start, punch's own
 //! steps (offer, first dial) from its event stream ([`Client::events`]).
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -78,8 +77,6 @@ pub struct Timeline {
     /// Also print each entry on stdout as an [`EVENT_PREFIX`] line (the NAT mode's peers).
     export: AtomicBool,
     entries: Mutex<Vec<Entry>>,
-    /// Punch short ids (first characters of the identity) to the demo's names "A" and "B".
-    names: Mutex<HashMap<String, String>>,
 }
 
 /// Prefix of an exported timeline line: `@event <unix micros> <who> <what>`.
@@ -92,7 +89,6 @@ impl Timeline {
             start_wall: SystemTime::now(),
             export: AtomicBool::new(false),
             entries: Mutex::default(),
-            names: Mutex::default(),
         })
     }
 
@@ -140,16 +136,6 @@ impl Timeline {
             what: what.to_string(),
         });
         Some(())
-    }
-
-    /// Names a punch identity (by its short form, as punch's logs print it).
-    pub fn name(&self, short_id: &str, who: &str) {
-        lock(&self.names).insert(short_id.to_string(), who.to_string());
-    }
-
-    /// The demo name of a punch short id, if it is one of ours.
-    pub fn who(&self, short_id: &str) -> Option<String> {
-        lock(&self.names).get(short_id).cloned()
     }
 
     /// Entries sorted by time.
@@ -312,7 +298,6 @@ impl DemoPeer {
         })
         .await
         .map_err(|e| setup_err("kaspa node")(e.to_string()))?;
-        timeline.name(&config.keypair.public().short(), &who);
         let mut punch = PunchConfig::new(config.rendezvous, config.rendezvous_key, config.keypair);
         punch.bind = config.bind;
         punch.accept_inbound = config.accept;

@@ -44,23 +44,38 @@ pub fn unavailable() -> Option<&'static str> {
     punch_natlab::skip_reason()
 }
 
-/// What the lab looks like, for the output.
-pub fn describe() -> String {
-    "node A in its own network namespace at 192.168.1.2 behind home router 203.0.113.10 (NAT, drops unsolicited inbound), \
-     node B at 192.168.2.2 behind home router 203.0.113.20 (same), rendezvous on the public host 203.0.113.1"
-        .to_string()
-}
-
-/// Runs the demo in a NAT lab, starting `exe` (this binary) for the rendezvous and each peer.
-/// Blocking: call it off the async runtime.
-pub fn run(exe: &Path, config: &DemoConfig, timeline: Arc<Timeline>) -> Result<Report, DemoError> {
-    let lab = Lab::build(
+/// Builds the demo's lab: two home routers, no delay or loss.
+pub fn build_lab() -> Result<Lab, DemoError> {
+    Lab::build(
         "punch-demo",
         Topology::Pair(RouterKind::HomeEim, RouterKind::HomeEim),
         LinkParams::default(),
     )
-    .map_err(|e| setup_err("NAT lab")(format!("{e:#}")))?;
-    let result = drive(&lab, exe, config, &timeline);
+    .map_err(|e| setup_err("NAT lab")(format!("{e:#}")))
+}
+
+/// What the lab looks like, for the output.
+pub fn describe(lab: &Lab) -> String {
+    format!(
+        "node A in its own network namespace at {} behind home router {} (NAT, drops unsolicited inbound), \
+         node B at {} behind home router {} (same), rendezvous on the public host {}",
+        lab.peer_lan_ip(Side::A),
+        lab.peer_public_ip(Side::A),
+        lab.peer_lan_ip(Side::B),
+        lab.peer_public_ip(Side::B),
+        lab.rendezvous_ip()
+    )
+}
+
+/// Runs the demo in `lab` ([`build_lab`]), starting `exe` (this binary) for the rendezvous and
+/// each peer. Blocking: call it off the async runtime.
+pub fn run(
+    lab: &Lab,
+    exe: &Path,
+    config: &DemoConfig,
+    timeline: Arc<Timeline>,
+) -> Result<Report, DemoError> {
+    let result = drive(lab, exe, config, &timeline);
     if result.is_err() {
         // The children's own words are the best explanation of a failure.
         eprintln!("{}", lab.dump_logs());
@@ -94,15 +109,12 @@ fn drive(
         .to_string();
     import(timeline, &lab.stdout(rv).unwrap_or_default());
 
-    // B first: it must be registered before A asks for it.
+    // B first: it must be registered before A asks for it. A needs B's identity; A's own key
+    // file is created by A's process.
     let b_key = dir.join("b.key");
     let a_key = dir.join("a.key");
     let b_id = Keypair::load_or_generate(&b_key)
         .map_err(|e| setup_err("key B")(e.to_string()))?
-        .0
-        .public();
-    let a_id = Keypair::load_or_generate(&a_key)
-        .map_err(|e| setup_err("key A")(e.to_string()))?
         .0
         .public();
     let peer = |who: &str, network: &str, key: &Path| {
@@ -117,10 +129,6 @@ fn drive(
             &rendezvous,
             "--rendezvous-key",
             &server_key,
-            "--name",
-            &format!("A={a_id}"),
-            "--name",
-            &format!("B={b_id}"),
             "--key-file",
         ])
         .arg(key);
@@ -134,7 +142,7 @@ fn drive(
     lab.wait_stdout_line(b, STARTUP, |l| l.starts_with(REGISTERED_PREFIX))
         .map_err(lab_err("node B"))?;
     let mut a = peer("A", &config.network_a, &a_key);
-    a.args(["--connect", &b_id.to_string()]);
+    a.args(["--connect", &b_id.to_string(), "--connect-name", "B"]);
     let a = lab
         .spawn("node-a", &lab.peer_ns(Side::A), &a)
         .map_err(lab_err("node A"))?;

@@ -74,9 +74,9 @@ enum Role {
         /// Punches to this peer (and dials it at the Kaspa level).
         #[arg(long)]
         connect: Option<PeerId>,
-        /// NAME=ID: names for the timeline.
-        #[arg(long = "name")]
-        names: Vec<String>,
+        /// The demo's name of the `--connect` peer, for the timeline.
+        #[arg(long, default_value = "B")]
+        connect_name: String,
     },
 }
 
@@ -105,13 +105,8 @@ async fn main() -> anyhow::Result<()> {
             key_file,
             accept,
             connect,
-            names,
+            connect_name,
         }) => {
-            for name in &names {
-                let (n, id) = name.split_once('=').context("--name takes NAME=ID")?;
-                let id: PeerId = id.parse().context("--name")?;
-                timeline.name(&id.short(), n);
-            }
             let keypair = Keypair::load_or_generate(&key_file)
                 .with_context(|| format!("--key-file {}", key_file.display()))?
                 .0;
@@ -124,7 +119,7 @@ async fn main() -> anyhow::Result<()> {
                 bind: SocketAddr::from(([0, 0, 0, 0], 0)),
                 accept,
             };
-            peer(config, connect, &timeline).await
+            peer(config, connect.map(|id| (id, connect_name)), &timeline).await
         }
         None => {
             let config = DemoConfig {
@@ -151,17 +146,18 @@ async fn demo_main(mode: Mode, config: DemoConfig, timeline: Arc<Timeline>) -> a
             false
         }
         (Mode::Nat, Some(why)) => anyhow::bail!("--mode nat: {why}"),
-        (_, None) => {
-            println!("mode: nat ({})", natdemo::describe());
-            true
-        }
+        (_, None) => true,
     };
     let report = if nat {
         let exe = std::env::current_exe().context("finding this binary for the NAT lab")?;
         let t = timeline.clone();
-        tokio::task::spawn_blocking(move || natdemo::run(&exe, &config, t))
-            .await
-            .context("NAT-mode task")?
+        tokio::task::spawn_blocking(move || {
+            let lab = natdemo::build_lab()?;
+            println!("mode: nat ({})", natdemo::describe(&lab));
+            natdemo::run(&lab, &exe, &config, t)
+        })
+        .await
+        .context("NAT-mode task")?
     } else {
         demo::run(config, timeline.clone()).await
     };
@@ -228,18 +224,14 @@ async fn rendezvous(
 /// prints `@result ...`.
 async fn peer(
     config: PeerConfig,
-    connect: Option<PeerId>,
+    connect: Option<(PeerId, String)>,
     timeline: &Arc<Timeline>,
 ) -> anyhow::Result<()> {
     timeline.export();
     let result = async {
         let peer = DemoPeer::start(config, timeline).await?;
         println!("{REGISTERED_PREFIX}{}", peer.id());
-        let target = connect.map(|id| {
-            let name = timeline.who(&id.short()).unwrap_or_else(|| id.short());
-            (id, name)
-        });
-        peer.run(target.as_ref().map(|(id, n)| (*id, n.as_str())))
+        peer.run(connect.as_ref().map(|(id, n)| (*id, n.as_str())))
             .await
     }
     .await;
