@@ -1,56 +1,102 @@
 #!/usr/bin/env bash
-# Installs what the project's tests need, when missing. Idempotent; prints what it did.
+# Installs the system packages the project's build and tests need, when missing. Idempotent;
+# prints what it found and what it did.
 #
-# - iptables (with the legacy and nft back ends): the NAT lab (tests/natlab/README.md)
-#   builds its routers from iptables rules inside network namespaces.
-# - iproute2 (`ip netns`, veth, bridges) for the same lab.
-# - protobuf-compiler: kaspa-p2p-lib's build script compiles Kaspa's .proto files with protoc
-#   (punch's own protocol does not need it: proto/ uses the pure-Rust protox).
-# - libclang-dev: RocksDB's bindings (kaspad, in kaspad-punch) are generated with bindgen.
-# - g++: RocksDB is compiled from C++ source by its build script.
-# - Kernel modules for the lab (conntrack, NAT, NFQUEUE for the delay helper, statistic
-#   for loss). Most kernels have them built in; loading is tried and failure tolerated.
+#   package            needed by
+#   iproute2           the NAT lab (`ip netns`, veth, bridges; tests/natlab/README.md)
+#   iptables           the NAT lab's routers (iptables rules inside network namespaces)
+#   protobuf-compiler  kaspa-p2p-lib's build script, which compiles Kaspa's .proto files with
+#                      protoc (punch's own protocol does not: proto/ uses the pure-Rust protox)
+#   libclang-dev       bindgen, which generates RocksDB's bindings (kaspad, in kaspad-punch). It
+#                      loads the C library libclang.so; libclang-cpp (the C++ interface, often
+#                      present on its own) is not enough, so presence is asked of the package
+#                      manager, never guessed from a file name.
+#   g++                RocksDB is compiled from C++ source by librocksdb-sys's build script
 #
-# Without root nothing is installed: the namespace tests then skip loudly by themselves, and the
-# Kaspa crates need protoc and libclang installed by hand.
+# Kernel modules for the lab (conntrack, NAT, NFQUEUE for the delay helper, statistic for loss)
+# are loaded when possible; most kernels have them built in, so failure is tolerated.
+#
+# When it cannot install (not root, no apt-get, apt-get failing) it says which packages are
+# missing and the command to install them by hand, and exits 0: the build then fails with the
+# error the README's "When setup cannot install" section explains, and the namespace tests skip
+# loudly by themselves.
 set -u
 
 say() { echo "setup.sh: $*"; }
 
-if [ "$(id -u)" -ne 0 ]; then
-    say "not root: installing nothing (natlab tests will skip)"
-    exit 0
-fi
+packages=(iproute2 iptables protobuf-compiler libclang-dev g++)
 
-missing=()
-command -v ip >/dev/null 2>&1 || missing+=(iproute2)
-command -v iptables >/dev/null 2>&1 || missing+=(iptables)
-# Kaspa crates (node-integration, kaspad-punch): kaspa-p2p-lib's build script runs protoc;
-# kaspad's RocksDB bindings are generated with libclang, and RocksDB itself is C++.
-command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
-ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 \
-    || missing+=(libclang-dev)
-command -v c++ >/dev/null 2>&1 || missing+=(g++)
+# Installed, as the package manager knows it ("ii" = desired install, status installed).
+installed() {
+    [ "$(dpkg-query -W -f='${db:Status-Abbrev}' "$1" 2>/dev/null)" = "ii " ]
+}
 
-if [ "${#missing[@]}" -gt 0 ]; then
-    if command -v apt-get >/dev/null 2>&1; then
-        say "installing ${missing[*]} with apt-get"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq || say "apt-get update failed (continuing)"
-        if apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
-            say "installed ${missing[*]}"
+# Without dpkg (not Debian), check what each consumer runs or loads instead.
+present_without_dpkg() {
+    case "$1" in
+    iproute2) command -v ip >/dev/null 2>&1 ;;
+    iptables) command -v iptables >/dev/null 2>&1 ;;
+    protobuf-compiler) command -v protoc >/dev/null 2>&1 ;;
+    g++) command -v c++ >/dev/null 2>&1 ;;
+    # clang-sys accepts libclang.so / libclang-N.so(.M): the C library, not libclang-cpp.
+    libclang-dev)
+        [ -n "${LIBCLANG_PATH:-}" ] && return 0
+        for f in /usr/lib/llvm-*/lib/libclang.so /usr/lib/llvm-*/lib/libclang-[0-9]*.so* \
+            /usr/lib64/libclang.so /usr/lib/libclang.so /usr/lib/*/libclang-[0-9]*.so*; do
+            [ -e "$f" ] && return 0
+        done
+        return 1
+        ;;
+    esac
+}
+
+have_dpkg=0
+command -v dpkg-query >/dev/null 2>&1 && have_dpkg=1
+
+check_all() {
+    missing=()
+    for p in "${packages[@]}"; do
+        if [ "$have_dpkg" -eq 1 ]; then
+            installed "$p" || missing+=("$p")
         else
-            say "apt-get install ${missing[*]} FAILED (natlab tests will skip)"
+            present_without_dpkg "$p" || missing+=("$p")
         fi
-    else
-        say "missing ${missing[*]} and no apt-get: install them by hand (natlab tests will skip)"
-    fi
+    done
+}
+
+cannot_install() {
+    say "CANNOT INSTALL ${missing[*]}: $1"
+    say "install them by hand, e.g.: sudo apt-get install ${missing[*]}"
+    say "(without them: the Kaspa crates do not build, see README \"When setup cannot install\";"
+    say " the NAT-lab tests skip with a SKIPPED line)"
+}
+
+check_all
+if [ "${#missing[@]}" -eq 0 ]; then
+    say "${packages[*]} already installed"
+elif [ "$have_dpkg" -eq 0 ]; then
+    cannot_install "no dpkg/apt-get on this system (the names above are Debian's packages)"
+elif [ "$(id -u)" -ne 0 ]; then
+    cannot_install "not root"
+elif ! command -v apt-get >/dev/null 2>&1; then
+    cannot_install "no apt-get"
 else
-    say "iproute2, iptables, protoc, libclang and g++ already present"
+    say "installing ${missing[*]} with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq || say "apt-get update failed (continuing with the package lists present)"
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+        || say "apt-get install returned an error"
+    wanted=("${missing[@]}")
+    check_all
+    if [ "${#missing[@]}" -eq 0 ]; then
+        say "installed ${wanted[*]}"
+    else
+        cannot_install "apt-get did not install them"
+    fi
 fi
 
 # Modules: built in on many kernels (then /lib/modules may not even exist). Tolerate failure.
-if command -v modprobe >/dev/null 2>&1 && [ -d "/lib/modules/$(uname -r)" ]; then
+if [ "$(id -u)" -eq 0 ] && command -v modprobe >/dev/null 2>&1 && [ -d "/lib/modules/$(uname -r)" ]; then
     for m in nf_conntrack nf_nat iptable_nat iptable_filter xt_MASQUERADE xt_REJECT \
         xt_conntrack xt_statistic xt_NFQUEUE nfnetlink_queue veth bridge; do
         if modprobe "$m" 2>/dev/null; then
@@ -60,7 +106,7 @@ if command -v modprobe >/dev/null 2>&1 && [ -d "/lib/modules/$(uname -r)" ]; the
         fi
     done
 else
-    say "no modules directory for $(uname -r): assuming netfilter is built in"
+    say "not loading kernel modules (not root or no modules directory): assuming netfilter is built in"
 fi
 
 if command -v iptables >/dev/null 2>&1; then
