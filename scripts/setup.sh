@@ -96,7 +96,9 @@ else
 fi
 
 # Modules: built in on many kernels (then /lib/modules may not even exist). Tolerate failure.
-if [ "$(id -u)" -eq 0 ] && command -v modprobe >/dev/null 2>&1 && [ -d "/lib/modules/$(uname -r)" ]; then
+if [ "$(id -u)" -ne 0 ]; then
+    say "not root: not loading kernel modules"
+elif command -v modprobe >/dev/null 2>&1 && [ -d "/lib/modules/$(uname -r)" ]; then
     for m in nf_conntrack nf_nat iptable_nat iptable_filter xt_MASQUERADE xt_REJECT \
         xt_conntrack xt_statistic xt_NFQUEUE nfnetlink_queue veth bridge; do
         if modprobe "$m" 2>/dev/null; then
@@ -106,7 +108,7 @@ if [ "$(id -u)" -eq 0 ] && command -v modprobe >/dev/null 2>&1 && [ -d "/lib/mod
         fi
     done
 else
-    say "not loading kernel modules (not root or no modules directory): assuming netfilter is built in"
+    say "no modprobe or no modules directory for $(uname -r): assuming netfilter is built in"
 fi
 
 if command -v iptables >/dev/null 2>&1; then
