@@ -20,9 +20,10 @@
 //!   +-- reconnect_min (jittered): silence, lost connection, malformed message ---------+
 //! ```
 //!
-//! Requests ([`Control::connect`]) are taken only while registered; each waits for its offer
-//! or refusal at most [`ControlConfig::request_timeout`] and fails with
-//! [`Error::RendezvousUnreachable`] if the connection is lost meanwhile. Request ids keep
+//! Requests ([`Control::connect`]) made while a connection attempt is under way are sent once
+//! registered; between attempts they fail at once. Each waits for its offer or refusal at
+//! most [`ControlConfig::request_timeout`] and fails with [`Error::RendezvousUnreachable`] if
+//! the connection (or the attempt) is lost meanwhile. Request ids keep
 //! growing across reconnects, so an offer quoting a request from an earlier connection never
 //! matches a newer request.
 //!
@@ -195,6 +196,9 @@ struct Pending<T> {
     peer: PeerId,
     token: T,
     started: Instant,
+    /// Sent on the current connection (a request made while connecting waits for the
+    /// registration).
+    sent: bool,
 }
 
 /// The control connection's state machine (see the module doc).
@@ -256,29 +260,26 @@ impl<T> Control<T> {
 
     /// When [`Control::handle_timeout`] is due.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match self.state {
-            State::Idle { retry_at } => Some(retry_at),
-            State::Connecting { deadline } | State::AwaitingRegistered { deadline, .. } => {
-                Some(deadline)
-            }
+        let state = match self.state {
+            State::Idle { retry_at } => retry_at,
+            State::Connecting { deadline } | State::AwaitingRegistered { deadline, .. } => deadline,
             State::Registered {
                 last_heard,
                 silence_limit,
                 ..
-            } => {
-                let silence = last_heard + silence_limit;
-                let expiry = self
-                    .pending
-                    .values()
-                    .map(|p| p.started + self.config.request_timeout)
-                    .min();
-                Some(expiry.map_or(silence, |e| e.min(silence)))
-            }
-        }
+            } => last_heard + silence_limit,
+        };
+        let expiry = self
+            .pending
+            .values()
+            .map(|p| p.started + self.config.request_timeout)
+            .min();
+        Some(expiry.map_or(state, |e| e.min(state)))
     }
 
     /// Timers: reconnect, handshake and registration deadlines, request expiry, silence.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.expire_requests(now);
         match self.state {
             State::Idle { retry_at } if now >= retry_at => self.start_connect(now),
             State::Connecting { deadline } if now >= deadline => {
@@ -298,22 +299,21 @@ impl<T> Control<T> {
                 last_heard,
                 silence_limit,
                 ..
-            } => {
-                self.expire_requests(now);
-                if now >= last_heard + silence_limit {
-                    let reason = "rendezvous went silent".to_string();
-                    self.close(reason.clone());
-                    self.lose(now, reason);
-                }
+            } if now >= last_heard + silence_limit => {
+                let reason = "rendezvous went silent".to_string();
+                self.close(reason.clone());
+                self.lose(now, reason);
             }
             _ => {}
         }
     }
 
     /// The application asks for a punch to `peer`; `token` comes back in the request's
-    /// [`Action::Reply`] or [`Action::StartPunch`].
+    /// [`Action::Reply`] or [`Action::StartPunch`]. While a connection attempt is under way
+    /// the request waits for the registration (within its timeout); between attempts it
+    /// fails at once.
     pub fn connect(&mut self, now: Instant, peer: PeerId, token: T) {
-        if !matches!(self.state, State::Registered { .. }) {
+        if let State::Idle { .. } = self.state {
             let error = self.unreachable("not registered (reconnecting)".into());
             self.actions.push_back(Action::Reply { token, error });
             return;
@@ -321,19 +321,33 @@ impl<T> Control<T> {
         let request_id = self.next_request;
         self.next_request += 1;
         self.stats.requests += 1;
-        info!(peer = %peer.short(), request_id, "punch requested");
-        self.actions
-            .push_back(Action::Send(ClientMsg::Connect { request_id, peer }));
-        self.actions
-            .push_back(Action::Emit(Event::Requested { peer }));
         self.pending.insert(
             request_id,
             Pending {
                 peer,
                 token,
                 started: now,
+                sent: false,
             },
         );
+        if let State::Registered { .. } = self.state {
+            self.send_request(request_id);
+        } else {
+            debug!(peer = %peer.short(), request_id, "punch request waits for the registration");
+        }
+    }
+
+    fn send_request(&mut self, request_id: u64) {
+        let Some(p) = self.pending.get_mut(&request_id) else {
+            return;
+        };
+        p.sent = true;
+        let peer = p.peer;
+        info!(peer = %peer.short(), request_id, "punch requested");
+        self.actions
+            .push_back(Action::Send(ClientMsg::Connect { request_id, peer }));
+        self.actions
+            .push_back(Action::Emit(Event::Requested { peer }));
     }
 
     /// The handshake of the connection [`Action::Connect`] asked for completed; `local` is the
@@ -421,6 +435,15 @@ impl<T> Control<T> {
                         observed: r.observed,
                         local,
                     }));
+                let waiting: Vec<u64> = self
+                    .pending
+                    .iter()
+                    .filter(|(_, p)| !p.sent)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for request_id in waiting {
+                    self.send_request(request_id);
+                }
             }
             ServerMsg::Error(e) => {
                 let reason = format!("registration refused ({:?}): {}", e.code, e.detail);
@@ -543,6 +566,7 @@ impl<T> Control<T> {
     fn connect_failed(&mut self, now: Instant, reason: String) {
         let delay = self.backoff.next_delay(&mut self.rng);
         warn!(rendezvous = %self.config.rendezvous, %reason, retry_in_ms = delay.as_millis() as u64, "rendezvous unreachable");
+        self.fail_pending(&reason);
         self.disconnected(now + delay, reason);
     }
 
@@ -552,14 +576,19 @@ impl<T> Control<T> {
         self.stats.losses += 1;
         self.backoff.reset();
         let delay = self.backoff.next_delay(&mut self.rng);
+        self.fail_pending(&reason);
+        self.disconnected(now + delay, reason);
+    }
+
+    /// Every request ends with the connection (its offer could only come on it).
+    fn fail_pending(&mut self, reason: &str) {
         for (_, p) in std::mem::take(&mut self.pending) {
-            let error = self.unreachable(reason.clone());
+            let error = self.unreachable(reason.to_string());
             self.actions.push_back(Action::Reply {
                 token: p.token,
                 error,
             });
         }
-        self.disconnected(now + delay, reason);
     }
 
     fn disconnected(&mut self, retry_at: Instant, reason: String) {

@@ -360,15 +360,49 @@ fn refusals_map_to_typed_errors() {
 }
 
 #[test]
-fn requests_need_a_registration() {
+fn requests_wait_for_a_registration_under_way_and_fail_between_attempts() {
     let t0 = Instant::now();
     let mut c: Control<u32> = Control::new(config(), t0, 1);
     drain(&mut c);
+    // Connecting: the request waits, and is sent once registered.
     c.connect(t0, peer(2), 5);
+    assert!(drain(&mut c).is_empty());
+    assert_eq!(c.pending_requests(), 1);
+    c.on_connected(t0 + MS, local());
+    c.handle_message(t0 + 2 * MS, registered_msg());
+    let actions = drain(&mut c);
+    assert!(
+        matches!(
+            &actions[..],
+            [
+                Action::Emit(Event::Registered { .. }),
+                Action::SetStatus(_),
+                Action::Send(ClientMsg::Connect { request_id: 1, .. }),
+                Action::Emit(Event::Requested { .. })
+            ]
+        ),
+        "{actions:?}"
+    );
+    // Its timeout counts from the request, not from the registration.
+    assert_eq!(c.poll_timeout(), Some(t0 + config().request_timeout));
+
+    // A request waiting on an attempt that fails fails with it.
+    let mut c: Control<u32> = Control::new(config(), t0, 1);
+    drain(&mut c);
+    c.connect(t0, peer(2), 6);
+    c.on_connect_failed(t0 + MS, "connect: connection refused".into());
+    let actions = drain(&mut c);
+    assert!(matches!(
+        &actions[0],
+        Action::Reply { token: 6, error: Error::RendezvousUnreachable { reason, .. } }
+            if reason == "connect: connection refused"
+    ));
+    // Between attempts: refused at once.
+    c.connect(t0 + MS, peer(2), 7);
     let actions = drain(&mut c);
     assert!(matches!(
         &actions[..],
-        [Action::Reply { token: 5, error: Error::RendezvousUnreachable { reason, .. } }]
+        [Action::Reply { token: 7, error: Error::RendezvousUnreachable { reason, .. } }]
             if reason.contains("not registered")
     ));
     assert_eq!(c.pending_requests(), 0);
