@@ -5,7 +5,7 @@
 //! Noise transport message carrying one encoded control message. `recv` is cancel-safe, so a
 //! driver can `select!` on it.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -104,7 +104,8 @@ pub async fn server_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     }
     hs.read(&m1)?;
     framed.send(hs.write(&[])?).await?;
-    let sent = Instant::now();
+    // tokio's clock, like every driver's (`tokio::time::pause` controls it in tests).
+    let sent = tokio::time::Instant::now();
     let m3 = next_frame(&mut framed).await?;
     let rtt = sent.elapsed();
     let payload = hs.read(&m3)?;

@@ -2,8 +2,11 @@
 //!
 //! [`Client::start`] binds the shared punch port (listener first, so the port is fixed), then a
 //! driver task connects to the rendezvous *from that port*, registers, answers pings, and
-//! reconnects with backoff (re-registering) whenever the connection is lost. The public API is
-//! a cloneable handle sending commands to the driver:
+//! reconnects with backoff (re-registering) whenever the connection is lost. Every decision
+//! about the control connection is the pure [`Control`] machine's; the driver here only does
+//! the I/O it asks for (connect and handshake, frames in and out, sleeping until its next
+//! timeout) and spawns the punches. The public API is a cloneable handle sending commands to
+//! the driver:
 //!
 //! ```text
 //! Client::connect(peer) --Connect--> driver --ConnectRequest--> rendezvous
@@ -13,27 +16,36 @@
 //!
 //! Offers for punches other peers requested end up on [`Incoming`]. The listener reads the
 //! 12-byte preamble of each accepted stream and routes it to the punch with that session id.
+//! Every task (driver, listener, punches, routed streams) belongs to a `JoinSet` or an
+//! abort-on-drop handle; [`Client::shutdown`] ends them all and waits.
+//!
+//! Time: the driver reads tokio's clock and hands `std` instants to the machine (see
+//! [`crate::control`]).
 
-use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use punch_proto::channel::{client_handshake, Channel};
-use punch_proto::message::{
-    ClientMsg, ErrorCode, ErrorReply, Offer, Register, ServerMsg, PROTOCOL_VERSION,
-};
-use punch_proto::{PeerId, Role};
+use punch_proto::channel::{client_handshake, Channel, ChannelError};
+use punch_proto::message::Offer;
+use punch_proto::PeerId;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Semaphore};
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::auth::read_preamble;
 use crate::config::Config;
+use crate::control::{Action, Control, ControlConfig};
 use crate::error::Error;
-use crate::punch::{self, Inbound, PunchCtx};
-use crate::session::{Session, SessionInfo};
+pub use crate::event::{Event, Status, EVENT_BUFFER};
+use crate::lock;
+use crate::punch::{self, PunchCtx};
+use crate::routes::Routes;
+use crate::session::Session;
 use crate::socket;
 
 /// How long an accepted stream may take to send its preamble.
@@ -41,85 +53,26 @@ const PREAMBLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// An accepted stream may arrive a little before the offer it belongs to (the peer's SYN can
 /// beat the rendezvous's message): it waits this long for the punch to appear.
 const ROUTE_WAIT: Duration = Duration::from_secs(2);
-const ROUTE_POLL: Duration = Duration::from_millis(20);
-/// The rendezvous is considered gone after this many of its ping intervals without a word.
-const MISSED_PINGS: u32 = 3;
 /// Sessions punched to us waiting for the application to take them.
 const INCOMING_BACKLOG: usize = 32;
+/// A control message that cannot be written in this time means the rendezvous is not reading:
+/// the connection is dropped (and the silence timer could not fire while the write hangs).
+const CONTROL_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause after an accept error (e.g. out of file descriptors) so the loop does not spin.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Where the client stands with the rendezvous.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Status {
-    Connecting,
-    Registered {
-        /// Our address as the rendezvous sees it (the NAT's mapping of the punch port).
-        observed: SocketAddr,
-        /// Our local address of the control connection.
-        local: SocketAddr,
-    },
-    Disconnected {
-        reason: String,
-    },
+/// The one clock of the drivers: tokio's (which `tokio::time::pause` controls), as the `std`
+/// instant the pure machines take.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
-/// Milestones of the client and its punches, as they happen ([`Client::events`]): for
-/// progress displays, timelines and status pages. A receiver that falls more than
-/// [`EVENT_BUFFER`] events behind misses the oldest (`RecvError::Lagged`).
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub enum Event {
-    /// Registered with the rendezvous, which sees us at `observed`.
-    Registered {
-        observed: SocketAddr,
-        local: SocketAddr,
-    },
-    /// The control connection was lost or could not be made; the client keeps retrying.
-    Disconnected { reason: String },
-    /// We asked the rendezvous to punch to `peer`.
-    Requested { peer: PeerId },
-    /// An offer arrived: for our request, or for another peer's punch to us
-    /// (`inbound`). Both sides dial `dial_delay` after it.
-    Offer {
-        peer: PeerId,
-        session_id: u64,
-        role: Role,
-        inbound: bool,
-        observed: SocketAddr,
-        locals: usize,
-        dial_delay: Duration,
-    },
-    /// The first dial of a punch to one candidate address (redials are not reported).
-    Dial {
-        peer: PeerId,
-        session_id: u64,
-        addr: SocketAddr,
-    },
-    /// A punch produced an authenticated session.
-    Established(SessionInfo),
-    /// A punch ended without a session.
-    Failed {
-        peer: PeerId,
-        session_id: u64,
-        error: String,
-    },
-}
-
-/// Events kept for slow receivers of [`Client::events`].
-pub const EVENT_BUFFER: usize = 256;
+/// The reply token of a connect request.
+type Reply = oneshot::Sender<Result<Session, Error>>;
 
 #[derive(Debug)]
 enum Command {
-    Connect {
-        peer: PeerId,
-        reply: oneshot::Sender<Result<Session, Error>>,
-    },
-}
-
-type Routes = Arc<Mutex<HashMap<u64, mpsc::Sender<Inbound>>>>;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    Connect { peer: PeerId, reply: Reply },
 }
 
 /// Handle to a running client. Dropping every clone stops the client; established sessions
@@ -132,7 +85,7 @@ pub struct Client {
     rendezvous: SocketAddr,
     id: PeerId,
     events: broadcast::Sender<Event>,
-    _tasks: Arc<AbortOnDrop>,
+    tasks: Arc<Tasks>,
 }
 
 /// Sessions other peers punched to us.
@@ -146,12 +99,19 @@ impl Incoming {
     }
 }
 
+/// The client's top-level tasks (driver and listener; each owns a `JoinSet` of its own tasks).
+/// Dropped with the last [`Client`] clone: the tasks are aborted, and their `JoinSet`s with
+/// them.
 #[derive(Debug)]
-struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+struct Tasks {
+    shutdown: CancellationToken,
+    handles: Mutex<Vec<JoinHandle<()>>>,
+}
 
-impl Drop for AbortOnDrop {
+impl Drop for Tasks {
     fn drop(&mut self) {
-        for t in &self.0 {
+        self.shutdown.cancel();
+        for t in lock(&self.handles).iter() {
             t.abort();
         }
     }
@@ -164,16 +124,23 @@ impl Client {
         let local = listener.local_addr()?;
         let id = config.keypair.public();
         let rendezvous = config.rendezvous;
-        let routes: Routes = Arc::default();
+        let routes: Arc<Routes> = Arc::default();
+        let shutdown = CancellationToken::new();
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let (status_tx, status) = watch::channel(Status::Connecting);
         let (incoming_tx, incoming_rx) = mpsc::channel(INCOMING_BACKLOG);
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let span = info_span!("punch-client", id = %id.short(), port = local.port());
         let accept = tokio::spawn(
-            accept_loop(listener, routes.clone(), config.max_pending_inbound)
-                .instrument(span.clone()),
+            accept_loop(
+                listener,
+                routes.clone(),
+                config.max_pending_inbound,
+                shutdown.clone(),
+            )
+            .instrument(span.clone()),
         );
+        let control = Control::new(ControlConfig::from(&config), now(), rand::random());
         let driver = Driver {
             ctx: Arc::new(PunchCtx {
                 keypair: config.keypair.clone(),
@@ -185,8 +152,11 @@ impl Client {
             cmd_rx,
             status_tx,
             incoming_tx,
-            pending: HashMap::new(),
-            next_request: 1,
+            control,
+            conn: None,
+            handshake: None,
+            punches: JoinSet::new(),
+            shutdown: shutdown.clone(),
         };
         let driver = tokio::spawn(driver.run().instrument(span));
         Ok((
@@ -197,10 +167,26 @@ impl Client {
                 rendezvous,
                 id,
                 events,
-                _tasks: Arc::new(AbortOnDrop(vec![accept, driver])),
+                tasks: Arc::new(Tasks {
+                    shutdown,
+                    handles: Mutex::new(vec![accept, driver]),
+                }),
             },
             Incoming(incoming_rx),
         ))
+    }
+
+    /// Stops the client: ends the control connection, the listener, every punch in progress
+    /// and every accepted stream still being routed, and waits until their tasks have ended.
+    /// Afterwards [`Client::connect`] fails with [`Error::Shutdown`] and [`Incoming::next`]
+    /// returns `None`; established sessions live on until dropped. When several clones call
+    /// this at once, the first does the waiting.
+    pub async fn shutdown(&self) {
+        self.tasks.shutdown.cancel();
+        let handles = std::mem::take(&mut *lock(&self.tasks.handles));
+        for handle in handles {
+            let _ = handle.await;
+        }
     }
 
     /// Our identity.
@@ -255,17 +241,23 @@ impl Client {
     }
 }
 
-async fn accept_loop(listener: TcpListener, routes: Routes, max_pending: usize) {
+async fn accept_loop(
+    listener: TcpListener,
+    routes: Arc<Routes>,
+    max_pending: usize,
+    shutdown: CancellationToken,
+) {
     let limit = Arc::new(Semaphore::new(max_pending));
     let mut tasks = JoinSet::new();
     loop {
         tokio::select! {
+            _ = shutdown.cancelled() => break,
             res = listener.accept() => {
                 let (stream, from) = match res {
                     Ok(pair) => pair,
                     Err(e) => {
                         warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
                         continue;
                     }
                 };
@@ -275,16 +267,17 @@ async fn accept_loop(listener: TcpListener, routes: Routes, max_pending: usize) 
                 };
                 let routes = routes.clone();
                 tasks.spawn(async move {
-                    route(stream, from, routes).await;
+                    route(stream, from, &routes).await;
                     drop(permit);
                 });
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
     }
+    tasks.shutdown().await;
 }
 
-async fn route(mut stream: TcpStream, from: SocketAddr, routes: Routes) {
+async fn route(mut stream: TcpStream, from: SocketAddr, routes: &Routes) {
     let session = match tokio::time::timeout(PREAMBLE_TIMEOUT, read_preamble(&mut stream)).await {
         Ok(Ok(id)) => id,
         Ok(Err(e)) => {
@@ -296,310 +289,167 @@ async fn route(mut stream: TcpStream, from: SocketAddr, routes: Routes) {
             return;
         }
     };
-    let deadline = Instant::now() + ROUTE_WAIT;
-    while Instant::now() < deadline {
-        let tx = lock(&routes).get(&session).cloned();
-        if let Some(tx) = tx {
-            let _ = tx.send((stream, from)).await;
-            return;
+    match routes.wait(session, ROUTE_WAIT).await {
+        Some(route) => {
+            let _ = route.send((stream, from)).await;
         }
-        tokio::time::sleep(ROUTE_POLL).await;
+        None => info!(%from, session, "inbound stream closed: no punch with this session id"),
     }
-    info!(%from, session, "inbound stream closed: no punch with this session id");
 }
 
-#[derive(Debug)]
-struct PendingRequest {
-    peer: PeerId,
-    reply: oneshot::Sender<Result<Session, Error>>,
-    started: Instant,
-}
+/// The control connection's handshake in progress: yields the channel and its local address.
+type Handshake =
+    Pin<Box<dyn Future<Output = Result<(Channel<TcpStream>, SocketAddr), String>> + Send>>;
 
 struct Driver {
     ctx: Arc<PunchCtx>,
-    routes: Routes,
+    routes: Arc<Routes>,
     cmd_rx: mpsc::Receiver<Command>,
     status_tx: watch::Sender<Status>,
     incoming_tx: mpsc::Sender<Session>,
-    pending: HashMap<u64, PendingRequest>,
-    next_request: u64,
+    control: Control<Reply>,
+    /// The control connection, once its handshake is done.
+    conn: Option<Channel<TcpStream>>,
+    handshake: Option<Handshake>,
+    punches: JoinSet<u64>,
+    shutdown: CancellationToken,
 }
 
-/// A registered control connection.
-struct Conn {
-    channel: Channel<TcpStream>,
-    last_heard: tokio::time::Instant,
-    silence_limit: Duration,
-}
-
-async fn recv(conn: &mut Option<Conn>) -> Result<Vec<u8>, punch_proto::channel::ChannelError> {
+async fn recv(conn: &mut Option<Channel<TcpStream>>) -> Result<Vec<u8>, ChannelError> {
     match conn {
-        Some(c) => c.channel.recv().await,
+        Some(c) => c.recv().await,
         None => std::future::pending().await,
     }
 }
 
-impl Driver {
-    fn unreachable(&self, reason: impl Into<String>) -> Error {
-        Error::RendezvousUnreachable {
-            addr: self.ctx.config.rendezvous,
-            reason: reason.into(),
-        }
+async fn handshaking(
+    h: &mut Option<Handshake>,
+) -> Result<(Channel<TcpStream>, SocketAddr), String> {
+    match h {
+        Some(h) => h.await,
+        None => std::future::pending().await,
     }
+}
 
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Connects from the punch port and runs the handshake carrying the registration.
+async fn connect(
+    ctx: Arc<PunchCtx>,
+    control: ControlConfig,
+) -> Result<(Channel<TcpStream>, SocketAddr), String> {
+    let config = &ctx.config;
+    let stream = socket::connect_from(ctx.local, config.rendezvous)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let local = stream.local_addr().map_err(|e| e.to_string())?;
+    let register = control.register_message(local);
+    let channel = client_handshake(stream, &ctx.keypair, &config.rendezvous_key, &register)
+        .await
+        .map_err(|e| format!("handshake failed (wrong --rendezvous-key?): {e}"))?;
+    Ok((channel, local))
+}
+
+impl Driver {
     async fn run(mut self) {
-        let config = self.ctx.config.clone();
-        let mut conn: Option<Conn> = None;
-        let mut backoff = config.reconnect_min;
-        let mut retry_at = tokio::time::Instant::now();
-        let mut punches: JoinSet<u64> = JoinSet::new();
-        let mut sweep = tokio::time::interval(Duration::from_millis(250));
         loop {
-            let silence_deadline = conn
-                .as_ref()
-                .map(|c| c.last_heard + c.silence_limit)
-                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            self.carry_out().await;
+            let wake = self.control.poll_timeout();
             tokio::select! {
+                _ = self.shutdown.cancelled() => break,
                 cmd = self.cmd_rx.recv() => match cmd {
                     None => break,
-                    Some(Command::Connect { peer, reply }) => {
-                        let Some(c) = conn.as_mut() else {
-                            let _ = reply.send(Err(self.unreachable("not registered (reconnecting)")));
-                            continue;
-                        };
-                        let request_id = self.next_request;
-                        self.next_request += 1;
-                        let msg = ClientMsg::Connect { request_id, peer };
-                        if let Err(e) = c.channel.send(&msg.encode()).await {
-                            let _ = reply.send(Err(self.unreachable(e.to_string())));
-                            self.lost(&mut conn, &mut retry_at, &mut backoff, format!("write failed: {e}"));
-                            continue;
-                        }
-                        info!(peer = %peer.short(), request_id, "punch requested");
-                        self.ctx.emit(Event::Requested { peer });
-                        self.pending.insert(request_id, PendingRequest { peer, reply, started: Instant::now() });
-                    }
+                    Some(Command::Connect { peer, reply }) => self.control.connect(now(), peer, reply),
                 },
-                _ = tokio::time::sleep_until(retry_at), if conn.is_none() => {
-                    match self.register().await {
-                        Ok(c) => {
-                            conn = Some(c);
-                            backoff = config.reconnect_min;
+                res = handshaking(&mut self.handshake) => {
+                    self.handshake = None;
+                    match res {
+                        Ok((channel, local)) => {
+                            self.conn = Some(channel);
+                            self.control.on_connected(now(), local);
                         }
-                        Err(reason) => {
-                            warn!(rendezvous = %config.rendezvous, %reason, retry_in_ms = backoff.as_millis() as u64, "rendezvous unreachable");
-                            self.ctx.emit(Event::Disconnected { reason: reason.clone() });
-                            self.status_tx.send_replace(Status::Disconnected { reason });
-                            retry_at = tokio::time::Instant::now() + jitter(backoff);
-                            backoff = (backoff * 2).min(config.reconnect_max);
-                        }
+                        Err(reason) => self.control.on_connect_failed(now(), reason),
                     }
                 }
-                _ = tokio::time::sleep_until(silence_deadline), if conn.is_some() => {
-                    self.lost(&mut conn, &mut retry_at, &mut backoff, "rendezvous went silent".into());
-                }
-                msg = recv(&mut conn) => match msg {
-                    Ok(bytes) => {
-                        if let Some(c) = conn.as_mut() {
-                            c.last_heard = tokio::time::Instant::now();
-                        }
-                        match ServerMsg::decode(&bytes) {
-                            Ok(msg) => {
-                                if let Err(reason) = self.handle(msg, &mut conn, &mut punches).await {
-                                    self.lost(&mut conn, &mut retry_at, &mut backoff, reason);
-                                }
-                            }
-                            Err(e) => self.lost(&mut conn, &mut retry_at, &mut backoff, format!("malformed message from rendezvous: {e}")),
-                        }
+                msg = recv(&mut self.conn) => match msg {
+                    Ok(bytes) => self.control.handle_frame(now(), &bytes),
+                    Err(e) => {
+                        self.conn = None;
+                        self.control.on_lost(now(), format!("connection lost: {e}"));
                     }
-                    Err(e) => self.lost(&mut conn, &mut retry_at, &mut backoff, format!("connection lost: {e}")),
                 },
-                Some(done) = punches.join_next(), if !punches.is_empty() => {
+                _ = sleep_until(wake) => self.control.handle_timeout(now()),
+                Some(done) = self.punches.join_next(), if !self.punches.is_empty() => {
                     if let Ok(session_id) = done {
-                        lock(&self.routes).remove(&session_id);
+                        self.routes.remove(session_id);
                     }
                 }
-                _ = sweep.tick() => self.expire_requests(config.request_timeout),
             }
         }
+        self.punches.shutdown().await;
     }
 
-    /// Connects from the punch port, runs the handshake with the registration, and waits for
-    /// the server's `Registered`.
-    async fn register(&self) -> Result<Conn, String> {
-        let config = &self.ctx.config;
-        self.status_tx.send_replace(Status::Connecting);
-        let timeout = config.auth_timeout;
-        let stream = tokio::time::timeout(
-            timeout,
-            socket::connect_from(self.ctx.local, config.rendezvous),
-        )
-        .await
-        .map_err(|_| format!("connect timed out after {timeout:?}"))?
-        .map_err(|e| format!("connect: {e}"))?;
-        let local = stream.local_addr().map_err(|e| e.to_string())?;
-        let register = Register {
-            version: PROTOCOL_VERSION,
-            local_addrs: vec![local],
-            accept_inbound: config.accept_inbound,
-        };
-        let handshake =
-            client_handshake(stream, &self.ctx.keypair, &config.rendezvous_key, &register);
-        let mut channel = tokio::time::timeout(timeout, handshake)
-            .await
-            .map_err(|_| "handshake timed out".to_string())?
-            .map_err(|e| format!("handshake failed (wrong --rendezvous-key?): {e}"))?;
-        let first = tokio::time::timeout(timeout, channel.recv())
-            .await
-            .map_err(|_| "no registration reply".to_string())?
-            .map_err(|e| format!("registration: {e}"))?;
-        match ServerMsg::decode(&first).map_err(|e| e.to_string())? {
-            ServerMsg::Registered(r) => {
-                info!(observed = %r.observed, %local, "registered with the rendezvous");
-                self.ctx.emit(Event::Registered {
-                    observed: r.observed,
-                    local,
-                });
-                self.status_tx.send_replace(Status::Registered {
-                    observed: r.observed,
-                    local,
-                });
-                Ok(Conn {
-                    channel,
-                    last_heard: tokio::time::Instant::now(),
-                    silence_limit: r.ping_interval.max(Duration::from_millis(100)) * MISSED_PINGS,
-                })
-            }
-            ServerMsg::Error(e) => {
-                Err(format!("registration refused ({:?}): {}", e.code, e.detail))
-            }
-            other => Err(format!("unexpected first message {other:?}")),
-        }
-    }
-
-    fn lost(
-        &mut self,
-        conn: &mut Option<Conn>,
-        retry_at: &mut tokio::time::Instant,
-        backoff: &mut Duration,
-        reason: String,
-    ) {
-        warn!(%reason, "lost the rendezvous; reconnecting");
-        self.ctx.emit(Event::Disconnected {
-            reason: reason.clone(),
-        });
-        *conn = None;
-        *retry_at = tokio::time::Instant::now() + jitter(self.ctx.config.reconnect_min);
-        *backoff = self.ctx.config.reconnect_min;
-        self.status_tx.send_replace(Status::Disconnected {
-            reason: reason.clone(),
-        });
-        for (_, p) in self.pending.drain() {
-            let _ = p.reply.send(Err(Error::RendezvousUnreachable {
-                addr: self.ctx.config.rendezvous,
-                reason: reason.clone(),
-            }));
-        }
-    }
-
-    fn expire_requests(&mut self, timeout: Duration) {
-        let expired: Vec<u64> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| p.started.elapsed() > timeout)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in expired {
-            if let Some(p) = self.pending.remove(&id) {
-                let _ = p.reply.send(Err(Error::RequestTimeout(timeout)));
-            }
-        }
-    }
-
-    async fn handle(
-        &mut self,
-        msg: ServerMsg,
-        conn: &mut Option<Conn>,
-        punches: &mut JoinSet<u64>,
-    ) -> Result<(), String> {
-        match msg {
-            ServerMsg::Ping { nonce } => {
-                if let Some(c) = conn.as_mut() {
-                    c.channel
-                        .send(&ClientMsg::Pong { nonce }.encode())
-                        .await
-                        .map_err(|e| format!("write failed: {e}"))?;
+    /// Carries out the machine's actions, in order, until it has none left.
+    async fn carry_out(&mut self) {
+        while let Some(action) = self.control.poll_action() {
+            match action {
+                Action::Connect => {
+                    let config = self.control.config().clone();
+                    self.conn = None;
+                    self.handshake = Some(Box::pin(connect(self.ctx.clone(), config)));
+                }
+                Action::Close { reason } => {
+                    debug!(%reason, "closing the control connection");
+                    self.conn = None;
+                    self.handshake = None;
+                }
+                Action::Send(msg) => {
+                    let Some(channel) = self.conn.as_mut() else {
+                        debug!(?msg, "no control connection; message dropped");
+                        continue;
+                    };
+                    let sent =
+                        tokio::time::timeout(CONTROL_WRITE_TIMEOUT, channel.send(&msg.encode()))
+                            .await;
+                    let reason = match sent {
+                        Ok(Ok(())) => continue,
+                        Ok(Err(e)) => format!("write failed: {e}"),
+                        Err(_) => "write timed out: rendezvous is not reading".to_string(),
+                    };
+                    self.conn = None;
+                    self.control.on_lost(now(), reason);
+                }
+                Action::Reply { token, error } => {
+                    let _ = token.send(Err(error));
+                }
+                Action::StartPunch {
+                    offer,
+                    reply,
+                    started,
+                } => self.start_punch(offer, reply, tokio::time::Instant::from_std(started)),
+                Action::Emit(event) => self.ctx.emit(event),
+                Action::SetStatus(status) => {
+                    self.status_tx.send_replace(status);
                 }
             }
-            ServerMsg::Offer(offer) => self.start_punch(offer, punches),
-            ServerMsg::Error(e) => self.refused(e)?,
-            other => debug!(?other, "ignored message"),
         }
-        Ok(())
     }
 
-    fn refused(&mut self, e: ErrorReply) -> Result<(), String> {
-        let Some(p) = self.pending.remove(&e.request_id) else {
-            if e.request_id == 0 {
-                return Err(format!("rendezvous error ({:?}): {}", e.code, e.detail));
-            }
-            debug!(request_id = e.request_id, "error for an expired request");
-            return Ok(());
-        };
-        let err = match e.code {
-            ErrorCode::PeerOffline => Error::PeerOffline { peer: p.peer },
-            ErrorCode::PeerRefuses => Error::PeerRefuses { peer: p.peer },
-            ErrorCode::RateLimited => Error::RateLimited {
-                retry_after: e.retry_after,
-            },
-            code => Error::Rendezvous {
-                code,
-                detail: e.detail,
-            },
-        };
-        info!(peer = %p.peer.short(), error = %err, "punch refused by the rendezvous");
-        let _ = p.reply.send(Err(err));
-        Ok(())
-    }
-
-    fn start_punch(&mut self, offer: Offer, punches: &mut JoinSet<u64>) {
-        let inbound = offer.request_id == 0;
-        let (reply, started) = if inbound {
-            if !self.ctx.config.accept_inbound {
-                warn!(peer = %offer.peer.short(), "offer for an inbound punch, but inbound is off; ignored");
-                return;
-            }
-            (None, Instant::now())
-        } else {
-            match self.pending.remove(&offer.request_id) {
-                Some(p) if p.peer == offer.peer => (Some(p.reply), p.started),
-                _ => {
-                    debug!(
-                        request_id = offer.request_id,
-                        "offer for an unknown or expired request; ignored"
-                    );
-                    return;
-                }
-            }
-        };
+    fn start_punch(&mut self, offer: Offer, reply: Option<Reply>, started: tokio::time::Instant) {
         let (tx, rx) = mpsc::channel(8);
-        lock(&self.routes).insert(offer.session_id, tx);
+        self.routes.insert(offer.session_id, tx);
         let span = info_span!("punch", session = offer.session_id, peer = %offer.peer.short(), role = ?offer.role);
         info!(parent: &span, observed = %offer.peer_observed, locals = offer.peer_local.len(), delay_ms = offer.dial_delay.as_millis() as u64, "offer received");
-        self.ctx.emit(Event::Offer {
-            peer: offer.peer,
-            session_id: offer.session_id,
-            role: offer.role,
-            inbound,
-            observed: offer.peer_observed,
-            locals: offer.peer_local.len(),
-            dial_delay: offer.dial_delay,
-        });
         let ctx = self.ctx.clone();
         let incoming = self.incoming_tx.clone();
         let session_id = offer.session_id;
         let peer = offer.peer;
-        punches.spawn(
+        self.punches.spawn(
             async move {
                 let result = punch::run(ctx.clone(), offer, rx, started).await;
                 if let Err(e) = &result {
@@ -626,9 +476,4 @@ impl Driver {
             .instrument(span),
         );
     }
-}
-
-/// Between half and all of `d`, so that many clients do not reconnect in lockstep.
-fn jitter(d: Duration) -> Duration {
-    d / 2 + d.mul_f64(rand::random::<f64>() / 2.0)
 }

@@ -11,20 +11,36 @@
 //! - [`attempt`]: the pure dial scheduler of one punch.
 //! - [`auth`]: preamble, Noise KK and choosing the winning stream.
 //! - [`secure`]: the encrypted byte stream; [`session`]: yamux over it.
-//! - [`client`]: the control driver; [`forward`]: TCP forwarding helpers used by the CLI.
+//! - [`control`]: the pure state machine of the control connection to the rendezvous.
+//! - [`client`]: its driver and the public handle; [`event`]: what the client reports.
+//! - [`forward`]: TCP forwarding helpers used by the CLI.
+//!
+//! Time: pure state machines ([`attempt`], [`control`]) take `std::time::Instant` values and
+//! never read a clock; drivers read tokio's clock (`tokio::time::Instant::now()`, converted with
+//! `into_std()` for the machines), so `tokio::time::pause` controls every timer.
 
 pub mod attempt;
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod control;
 pub mod error;
+pub mod event;
 pub mod forward;
 mod punch;
+mod routes;
 pub mod secure;
 pub mod session;
 pub mod socket;
 
-pub use client::{Client, Event, Incoming, Status};
+pub use client::{Client, Incoming};
 pub use config::Config;
 pub use error::Error;
+pub use event::{Event, Status};
 pub use session::{PathKind, Session, SessionInfo, Stream};
+
+/// Locks a mutex, ignoring poisoning: a panic while holding one of the client's locks is a
+/// bug, and the tables behind them stay consistent enough to keep serving.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -4,20 +4,21 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use punch_proto::message::Offer;
 use punch_proto::{Keypair, Role};
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::attempt::{Attempt, Failure, Schedule};
 use crate::auth::{authenticate, AuthError, Authenticated, Expect};
-use crate::client::Event;
 use crate::config::Config;
 use crate::error::Error;
+use crate::event::Event;
 use crate::session::{PathKind, Session, SessionInfo};
 use crate::socket;
 
@@ -90,7 +91,7 @@ pub(crate) async fn run(
 
     let mut dialed = std::collections::HashSet::new();
     loop {
-        let now = Instant::now();
+        let now = Instant::now().into_std();
         while let Some(addr) = attempt.poll_dial(now) {
             debug!(%addr, "dial");
             if dialed.insert(addr) {
@@ -113,7 +114,7 @@ pub(crate) async fn run(
         let wake = tokio::time::Instant::from_std(attempt.poll_timeout());
         tokio::select! {
             _ = tokio::time::sleep_until(wake) => {
-                if attempt.is_expired(Instant::now()) {
+                if attempt.is_expired(Instant::now().into_std()) {
                     break;
                 }
             }
@@ -131,7 +132,7 @@ pub(crate) async fn run(
                             std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset => Failure::Refused,
                             _ => Failure::Other,
                         };
-                        attempt.on_dial_failed(Instant::now(), addr, failure, e.to_string());
+                        attempt.on_dial_failed(Instant::now().into_std(), addr, failure, e.to_string());
                     }
                 }
             }
@@ -166,7 +167,7 @@ pub(crate) async fn run(
                             debug!(%addr, error = %e, "stream broke during authentication");
                         }
                         if !accepted {
-                            attempt.on_auth_failed(Instant::now(), addr, e.to_string(), e.is_final());
+                            attempt.on_auth_failed(Instant::now().into_std(), addr, e.to_string(), e.is_final());
                         }
                         if e.is_final() || last_auth_error.is_none() {
                             last_auth_error = Some((addr, e));

@@ -1,0 +1,613 @@
+//! The control connection to the rendezvous as a pure state machine fed `(now, input)`.
+//!
+//! [`Control`] decides everything about the client's one control connection: when to
+//! (re)connect and with what backoff, when the rendezvous has gone silent, when a connect
+//! request has waited too long, and what each server message means. It does no I/O and reads
+//! no clock: the driver (`crate::client`) feeds it what happened with the time it happened,
+//! drains [`Control::poll_action`] in order and carries out each [`Action`], then sleeps until
+//! [`Control::poll_timeout`] and calls [`Control::handle_timeout`]. Jitter comes from a
+//! seeded RNG, so a run is reproducible from `(seed, inputs)`.
+//!
+//! Message sequence and states:
+//!
+//! ```text
+//!  Idle --retry_at--> Connecting --on_connected--> AwaitingRegistered --Registered--> Registered
+//!   ^  Connect          (driver: TCP connect from the      (server: Registered     Ping -> Pong
+//!   |                    punch port, Noise XK + Register)   { observed })          Connect -> Offer | Error
+//!   |                        |                               |                         |
+//!   +-- backoff: doubling, --+-- timeout / failure ----------+-- timeout / refused     |
+//!   |   jitter, capped                                                                 |
+//!   +-- reconnect_min (jittered): silence, lost connection, malformed message ---------+
+//! ```
+//!
+//! Requests ([`Control::connect`]) made while a connection attempt is under way are sent once
+//! registered; between attempts they fail at once. Each waits for its offer or refusal at
+//! most [`ControlConfig::request_timeout`] and fails with [`Error::RendezvousUnreachable`] if
+//! the connection (or the attempt) is lost meanwhile. Request ids keep
+//! growing across reconnects, so an offer quoting a request from an earlier connection never
+//! matches a newer request.
+//!
+//! Time: the machine takes `std::time::Instant` values. Drivers read the tokio clock
+//! (`tokio::time::Instant::now().into_std()`), so `tokio::time::pause` controls them too.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use punch_proto::message::{
+    ClientMsg, ErrorCode, ErrorReply, Offer, Register, ServerMsg, PROTOCOL_VERSION,
+};
+use punch_proto::PeerId;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::event::{Event, Status};
+
+/// The rendezvous is considered gone after this many of its ping intervals without a word:
+/// one lost or late ping is normal on a congested path, three in a row are not.
+pub const MISSED_PINGS: u32 = 3;
+/// The silence limit is computed from at least this ping interval, so that a server announcing
+/// a tiny interval does not make us drop it on the first scheduling hiccup.
+pub const MIN_PING_INTERVAL: Duration = Duration::from_millis(100);
+
+/// What the control machine needs from the client configuration.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// For [`Error::RendezvousUnreachable`].
+    pub rendezvous: SocketAddr,
+    /// Sent in the registration; offers for inbound punches are ignored when off.
+    pub accept_inbound: bool,
+    /// TCP connect plus Noise handshake must finish in this time, and the server's
+    /// `Registered` must follow within it again.
+    pub handshake_timeout: Duration,
+    /// How long a request waits for its offer or refusal.
+    pub request_timeout: Duration,
+    /// Reconnect backoff bounds (see [`Backoff`]).
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+}
+
+impl From<&Config> for ControlConfig {
+    fn from(c: &Config) -> Self {
+        Self {
+            rendezvous: c.rendezvous,
+            accept_inbound: c.accept_inbound,
+            handshake_timeout: c.auth_timeout,
+            request_timeout: c.request_timeout,
+            reconnect_min: c.reconnect_min,
+            reconnect_max: c.reconnect_max,
+        }
+    }
+}
+
+impl ControlConfig {
+    /// The registration sent in the third handshake message, once the connection's local
+    /// address is known.
+    pub fn register_message(&self, local: SocketAddr) -> Register {
+        Register {
+            version: PROTOCOL_VERSION,
+            local_addrs: vec![local],
+            accept_inbound: self.accept_inbound,
+        }
+    }
+}
+
+/// What the driver must do, in the order [`Control::poll_action`] returns them. `T` is the
+/// driver's reply token of a connect request (a oneshot sender, or an id in the simulator).
+#[derive(Debug)]
+pub enum Action<T> {
+    /// Open a control connection from the punch port and run the handshake with
+    /// [`ControlConfig::register_message`]; report [`Control::on_connected`] or
+    /// [`Control::on_connect_failed`].
+    Connect,
+    /// Drop the control connection, or abandon the connection or handshake in progress.
+    Close { reason: String },
+    /// Send a message on the control connection (a failed write is [`Control::on_lost`]).
+    Send(ClientMsg),
+    /// The request ends without a punch.
+    Reply { token: T, error: Error },
+    /// Start the punch `offer` describes. `reply` is the request's token (`None` for a punch
+    /// another peer asked for); `started` is when the request (or the inbound offer) came.
+    StartPunch {
+        offer: Offer,
+        reply: Option<T>,
+        started: Instant,
+    },
+    /// Publish an event.
+    Emit(Event),
+    /// Publish the new status.
+    SetStatus(Status),
+}
+
+/// Reconnect delays: doubling from `min` up to `max`, each jittered to between half and all
+/// of its nominal value so that many clients do not reconnect in lockstep after a restart.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Self {
+            min,
+            max: max.max(min),
+            next: min,
+        }
+    }
+
+    /// Back to the shortest delay (after a success).
+    pub fn reset(&mut self) {
+        self.next = self.min;
+    }
+
+    /// The next delay, jittered; the nominal delay doubles for the time after.
+    pub fn next_delay(&mut self, rng: &mut impl Rng) -> Duration {
+        let d = jitter(self.next, rng);
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+}
+
+/// Between half and all of `d`.
+pub fn jitter(d: Duration, rng: &mut impl Rng) -> Duration {
+    d / 2 + d.mul_f64(rng.gen::<f64>() / 2.0)
+}
+
+/// Counters of the control connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Connection attempts started.
+    pub connects: u64,
+    pub registrations: u64,
+    /// Registered connections lost (silence, errors, closed by the server).
+    pub losses: u64,
+    pub requests: u64,
+    pub expired: u64,
+    pub refused: u64,
+    pub offers: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Waiting to reconnect.
+    Idle { retry_at: Instant },
+    /// The driver is connecting and running the handshake.
+    Connecting { deadline: Instant },
+    /// Handshake done; waiting for the server's `Registered`.
+    AwaitingRegistered {
+        local: SocketAddr,
+        deadline: Instant,
+    },
+    Registered {
+        observed: SocketAddr,
+        local: SocketAddr,
+        last_heard: Instant,
+        silence_limit: Duration,
+    },
+}
+
+#[derive(Debug)]
+struct Pending<T> {
+    peer: PeerId,
+    token: T,
+    started: Instant,
+    /// Sent on the current connection (a request made while connecting waits for the
+    /// registration).
+    sent: bool,
+}
+
+/// The control connection's state machine (see the module doc).
+#[derive(Debug)]
+pub struct Control<T> {
+    config: ControlConfig,
+    rng: StdRng,
+    state: State,
+    backoff: Backoff,
+    /// Ordered by request id, so expiry and loss reply in request order.
+    pending: BTreeMap<u64, Pending<T>>,
+    next_request: u64,
+    actions: VecDeque<Action<T>>,
+    stats: Stats,
+}
+
+impl<T> Control<T> {
+    /// A machine that connects at once; `seed` drives the jitter.
+    pub fn new(config: ControlConfig, now: Instant, seed: u64) -> Self {
+        let mut c = Self {
+            backoff: Backoff::new(config.reconnect_min, config.reconnect_max),
+            config,
+            rng: StdRng::seed_from_u64(seed),
+            state: State::Idle { retry_at: now },
+            pending: BTreeMap::new(),
+            next_request: 1,
+            actions: VecDeque::new(),
+            stats: Stats::default(),
+        };
+        c.start_connect(now);
+        c
+    }
+
+    pub fn config(&self) -> &ControlConfig {
+        &self.config
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Our observed address while registered.
+    pub fn registered(&self) -> Option<SocketAddr> {
+        match self.state {
+            State::Registered { observed, .. } => Some(observed),
+            _ => None,
+        }
+    }
+
+    /// Requests waiting for their offer or refusal.
+    pub fn pending_requests(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The next thing to do; call until `None` after every input.
+    pub fn poll_action(&mut self) -> Option<Action<T>> {
+        self.actions.pop_front()
+    }
+
+    /// When [`Control::handle_timeout`] is due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let state = match self.state {
+            State::Idle { retry_at } => retry_at,
+            State::Connecting { deadline } | State::AwaitingRegistered { deadline, .. } => deadline,
+            State::Registered {
+                last_heard,
+                silence_limit,
+                ..
+            } => last_heard + silence_limit,
+        };
+        let expiry = self
+            .pending
+            .values()
+            .map(|p| p.started + self.config.request_timeout)
+            .min();
+        Some(expiry.map_or(state, |e| e.min(state)))
+    }
+
+    /// Timers: reconnect, handshake and registration deadlines, request expiry, silence.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.expire_requests(now);
+        match self.state {
+            State::Idle { retry_at } if now >= retry_at => self.start_connect(now),
+            State::Connecting { deadline } if now >= deadline => {
+                let reason = format!(
+                    "connect and handshake did not finish within {:?}",
+                    self.config.handshake_timeout
+                );
+                self.close(reason.clone());
+                self.connect_failed(now, reason);
+            }
+            State::AwaitingRegistered { deadline, .. } if now >= deadline => {
+                let reason = "no registration reply".to_string();
+                self.close(reason.clone());
+                self.connect_failed(now, reason);
+            }
+            State::Registered {
+                last_heard,
+                silence_limit,
+                ..
+            } if now >= last_heard + silence_limit => {
+                let reason = "rendezvous went silent".to_string();
+                self.close(reason.clone());
+                self.lose(now, reason);
+            }
+            _ => {}
+        }
+    }
+
+    /// The application asks for a punch to `peer`; `token` comes back in the request's
+    /// [`Action::Reply`] or [`Action::StartPunch`]. While a connection attempt is under way
+    /// the request waits for the registration (within its timeout); between attempts it
+    /// fails at once.
+    pub fn connect(&mut self, now: Instant, peer: PeerId, token: T) {
+        if let State::Idle { .. } = self.state {
+            let error = self.unreachable("not registered (reconnecting)".into());
+            self.actions.push_back(Action::Reply { token, error });
+            return;
+        }
+        let request_id = self.next_request;
+        self.next_request += 1;
+        self.stats.requests += 1;
+        self.pending.insert(
+            request_id,
+            Pending {
+                peer,
+                token,
+                started: now,
+                sent: false,
+            },
+        );
+        if let State::Registered { .. } = self.state {
+            self.send_request(request_id);
+        } else {
+            debug!(peer = %peer.short(), request_id, "punch request waits for the registration");
+        }
+    }
+
+    fn send_request(&mut self, request_id: u64) {
+        let Some(p) = self.pending.get_mut(&request_id) else {
+            return;
+        };
+        p.sent = true;
+        let peer = p.peer;
+        info!(peer = %peer.short(), request_id, "punch requested");
+        self.actions
+            .push_back(Action::Send(ClientMsg::Connect { request_id, peer }));
+        self.actions
+            .push_back(Action::Emit(Event::Requested { peer }));
+    }
+
+    /// The handshake of the connection [`Action::Connect`] asked for completed; `local` is the
+    /// connection's local address.
+    pub fn on_connected(&mut self, now: Instant, local: SocketAddr) {
+        if let State::Connecting { .. } = self.state {
+            self.state = State::AwaitingRegistered {
+                local,
+                deadline: now + self.config.handshake_timeout,
+            };
+        }
+    }
+
+    /// The connection or its handshake failed.
+    pub fn on_connect_failed(&mut self, now: Instant, reason: String) {
+        if let State::Connecting { .. } = self.state {
+            self.connect_failed(now, reason);
+        }
+    }
+
+    /// The connection broke (read or write error, closed by the server).
+    pub fn on_lost(&mut self, now: Instant, reason: String) {
+        match self.state {
+            State::Registered { .. } => self.lose(now, reason),
+            State::Connecting { .. } | State::AwaitingRegistered { .. } => {
+                self.connect_failed(now, reason)
+            }
+            State::Idle { .. } => {}
+        }
+    }
+
+    /// A frame arrived on the control connection.
+    pub fn handle_frame(&mut self, now: Instant, frame: &[u8]) {
+        match ServerMsg::decode(frame) {
+            Ok(msg) => self.handle_message(now, msg),
+            Err(e) => {
+                let reason = format!("malformed message from rendezvous: {e}");
+                self.close(reason.clone());
+                self.on_lost(now, reason);
+            }
+        }
+    }
+
+    /// A decoded message arrived on the control connection.
+    pub fn handle_message(&mut self, now: Instant, msg: ServerMsg) {
+        match self.state {
+            State::AwaitingRegistered { local, .. } => self.first_message(now, local, msg),
+            State::Registered {
+                ref mut last_heard, ..
+            } => {
+                *last_heard = now;
+                match msg {
+                    ServerMsg::Ping { nonce } => self
+                        .actions
+                        .push_back(Action::Send(ClientMsg::Pong { nonce })),
+                    ServerMsg::Offer(offer) => self.offer(now, offer),
+                    ServerMsg::Error(e) => self.refused(now, e),
+                    other => debug!(?other, "ignored message"),
+                }
+            }
+            State::Idle { .. } | State::Connecting { .. } => {
+                debug!(?msg, "message without a connection; ignored")
+            }
+        }
+    }
+
+    fn first_message(&mut self, now: Instant, local: SocketAddr, msg: ServerMsg) {
+        match msg {
+            ServerMsg::Registered(r) => {
+                info!(observed = %r.observed, %local, "registered with the rendezvous");
+                self.state = State::Registered {
+                    observed: r.observed,
+                    local,
+                    last_heard: now,
+                    silence_limit: r.ping_interval.max(MIN_PING_INTERVAL) * MISSED_PINGS,
+                };
+                self.backoff.reset();
+                self.stats.registrations += 1;
+                self.actions.push_back(Action::Emit(Event::Registered {
+                    observed: r.observed,
+                    local,
+                }));
+                self.actions
+                    .push_back(Action::SetStatus(Status::Registered {
+                        observed: r.observed,
+                        local,
+                    }));
+                let waiting: Vec<u64> = self
+                    .pending
+                    .iter()
+                    .filter(|(_, p)| !p.sent)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for request_id in waiting {
+                    self.send_request(request_id);
+                }
+            }
+            ServerMsg::Error(e) => {
+                let reason = format!("registration refused ({:?}): {}", e.code, e.detail);
+                self.close(reason.clone());
+                self.connect_failed(now, reason);
+            }
+            other => {
+                let reason = format!("unexpected first message {other:?}");
+                self.close(reason.clone());
+                self.connect_failed(now, reason);
+            }
+        }
+    }
+
+    fn offer(&mut self, now: Instant, offer: Offer) {
+        let inbound = offer.request_id == 0;
+        let (reply, started) = if inbound {
+            if !self.config.accept_inbound {
+                warn!(peer = %offer.peer.short(), "offer for an inbound punch, but inbound is off; ignored");
+                return;
+            }
+            (None, now)
+        } else {
+            match self.pending.remove(&offer.request_id) {
+                Some(p) if p.peer == offer.peer => (Some(p.token), p.started),
+                other => {
+                    // A mismatched peer leaves the request waiting for its own offer.
+                    if let Some(p) = other {
+                        self.pending.insert(offer.request_id, p);
+                    }
+                    debug!(
+                        request_id = offer.request_id,
+                        "offer for an unknown or expired request; ignored"
+                    );
+                    return;
+                }
+            }
+        };
+        self.stats.offers += 1;
+        self.actions.push_back(Action::Emit(Event::Offer {
+            peer: offer.peer,
+            session_id: offer.session_id,
+            role: offer.role,
+            inbound,
+            observed: offer.peer_observed,
+            locals: offer.peer_local.len(),
+            dial_delay: offer.dial_delay,
+        }));
+        self.actions.push_back(Action::StartPunch {
+            offer,
+            reply,
+            started,
+        });
+    }
+
+    fn refused(&mut self, now: Instant, e: ErrorReply) {
+        let Some(p) = self.pending.remove(&e.request_id) else {
+            if e.request_id == 0 {
+                let reason = format!("rendezvous error ({:?}): {}", e.code, e.detail);
+                self.close(reason.clone());
+                self.lose(now, reason);
+            } else {
+                debug!(request_id = e.request_id, "error for an expired request");
+            }
+            return;
+        };
+        let error = match e.code {
+            ErrorCode::PeerOffline => Error::PeerOffline { peer: p.peer },
+            ErrorCode::PeerRefuses => Error::PeerRefuses { peer: p.peer },
+            ErrorCode::RateLimited => Error::RateLimited {
+                retry_after: e.retry_after,
+            },
+            code => Error::Rendezvous {
+                code,
+                detail: e.detail,
+            },
+        };
+        info!(peer = %p.peer.short(), %error, "punch refused by the rendezvous");
+        self.stats.refused += 1;
+        self.actions.push_back(Action::Reply {
+            token: p.token,
+            error,
+        });
+    }
+
+    fn expire_requests(&mut self, now: Instant) {
+        let timeout = self.config.request_timeout;
+        let expired: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| now >= p.started + timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(p) = self.pending.remove(&id) {
+                self.stats.expired += 1;
+                self.actions.push_back(Action::Reply {
+                    token: p.token,
+                    error: Error::RequestTimeout(timeout),
+                });
+            }
+        }
+    }
+
+    fn start_connect(&mut self, now: Instant) {
+        self.stats.connects += 1;
+        self.state = State::Connecting {
+            deadline: now + self.config.handshake_timeout,
+        };
+        self.actions
+            .push_back(Action::SetStatus(Status::Connecting));
+        self.actions.push_back(Action::Connect);
+    }
+
+    fn close(&mut self, reason: String) {
+        self.actions.push_back(Action::Close { reason });
+    }
+
+    /// A connection attempt failed: retry after the next (growing) backoff.
+    fn connect_failed(&mut self, now: Instant, reason: String) {
+        let delay = self.backoff.next_delay(&mut self.rng);
+        warn!(rendezvous = %self.config.rendezvous, %reason, retry_in_ms = delay.as_millis() as u64, "rendezvous unreachable");
+        self.fail_pending(&reason);
+        self.disconnected(now + delay, reason);
+    }
+
+    /// A registered connection was lost: fail the pending requests, reconnect soon.
+    fn lose(&mut self, now: Instant, reason: String) {
+        warn!(%reason, "lost the rendezvous; reconnecting");
+        self.stats.losses += 1;
+        self.backoff.reset();
+        let delay = self.backoff.next_delay(&mut self.rng);
+        self.fail_pending(&reason);
+        self.disconnected(now + delay, reason);
+    }
+
+    /// Every request ends with the connection (its offer could only come on it).
+    fn fail_pending(&mut self, reason: &str) {
+        for (_, p) in std::mem::take(&mut self.pending) {
+            let error = self.unreachable(reason.to_string());
+            self.actions.push_back(Action::Reply {
+                token: p.token,
+                error,
+            });
+        }
+    }
+
+    fn disconnected(&mut self, retry_at: Instant, reason: String) {
+        self.state = State::Idle { retry_at };
+        self.actions.push_back(Action::Emit(Event::Disconnected {
+            reason: reason.clone(),
+        }));
+        self.actions
+            .push_back(Action::SetStatus(Status::Disconnected { reason }));
+    }
+
+    fn unreachable(&self, reason: String) -> Error {
+        Error::RendezvousUnreachable {
+            addr: self.config.rendezvous,
+            reason,
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "control_tests.rs"]
+mod tests;

@@ -1,0 +1,503 @@
+//! Unit tests of the control machine, on made-up instants (no clock, no runtime).
+
+use super::*;
+use punch_proto::message::Registered;
+use punch_proto::Role;
+
+const MS: Duration = Duration::from_millis(1);
+const PING: Duration = Duration::from_secs(5);
+
+fn config() -> ControlConfig {
+    ControlConfig {
+        rendezvous: "198.51.100.1:7717".parse().unwrap(),
+        accept_inbound: true,
+        handshake_timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(5),
+        reconnect_min: 200 * MS,
+        reconnect_max: Duration::from_secs(10),
+    }
+}
+
+fn observed() -> SocketAddr {
+    "203.0.113.7:4000".parse().unwrap()
+}
+
+fn local() -> SocketAddr {
+    "192.168.1.2:4000".parse().unwrap()
+}
+
+fn peer(b: u8) -> PeerId {
+    PeerId::from_bytes([b; 32])
+}
+
+fn drain(c: &mut Control<u32>) -> Vec<Action<u32>> {
+    std::iter::from_fn(|| c.poll_action()).collect()
+}
+
+fn registered_msg() -> ServerMsg {
+    ServerMsg::Registered(Registered {
+        observed: observed(),
+        ping_interval: PING,
+    })
+}
+
+/// A machine registered at `t0`, its actions drained.
+fn registered(config: ControlConfig, t0: Instant) -> Control<u32> {
+    let mut c = Control::new(config, t0, 1);
+    drain(&mut c);
+    c.on_connected(t0, local());
+    c.handle_message(t0, registered_msg());
+    drain(&mut c);
+    assert_eq!(c.registered(), Some(observed()));
+    c
+}
+
+fn offer(request_id: u64, peer: PeerId, role: Role) -> Offer {
+    Offer {
+        session_id: 77,
+        request_id,
+        peer,
+        peer_observed: "203.0.113.9:5000".parse().unwrap(),
+        peer_local: vec![],
+        role,
+        dial_delay: 50 * MS,
+    }
+}
+
+fn disconnected_reason(actions: &[Action<u32>]) -> Option<&str> {
+    actions.iter().find_map(|a| match a {
+        Action::SetStatus(Status::Disconnected { reason }) => Some(reason.as_str()),
+        _ => None,
+    })
+}
+
+#[test]
+fn connects_at_once_and_registers() {
+    let t0 = Instant::now();
+    let mut c: Control<u32> = Control::new(config(), t0, 1);
+    let actions = drain(&mut c);
+    assert!(matches!(
+        actions[..],
+        [Action::SetStatus(Status::Connecting), Action::Connect]
+    ));
+    assert_eq!(c.registered(), None);
+    c.on_connected(t0 + 10 * MS, local());
+    assert!(drain(&mut c).is_empty());
+    c.handle_message(t0 + 20 * MS, registered_msg());
+    let actions = drain(&mut c);
+    assert!(matches!(
+        &actions[..],
+        [Action::Emit(Event::Registered { observed: o, local: l }),
+         Action::SetStatus(Status::Registered { .. })] if *o == observed() && *l == local()
+    ));
+    let reg = c.config().register_message(local());
+    assert_eq!(reg.local_addrs, vec![local()]);
+    assert!(reg.accept_inbound);
+    assert_eq!(reg.version, PROTOCOL_VERSION);
+    assert_eq!(c.stats().registrations, 1);
+}
+
+/// Delays of `n` failed connects in a row, each retried exactly when due.
+fn failure_delays(seed: u64, n: usize) -> Vec<Duration> {
+    let mut t = Instant::now();
+    let mut c: Control<u32> = Control::new(config(), t, seed);
+    drain(&mut c);
+    let mut delays = Vec::new();
+    for _ in 0..n {
+        c.on_connect_failed(t, "connect: connection refused".into());
+        let actions = drain(&mut c);
+        assert_eq!(
+            disconnected_reason(&actions),
+            Some("connect: connection refused")
+        );
+        let retry_at = c.poll_timeout().unwrap();
+        delays.push(retry_at - t);
+        c.handle_timeout(retry_at - Duration::from_nanos(1));
+        assert!(drain(&mut c).is_empty(), "no reconnect before it is due");
+        c.handle_timeout(retry_at);
+        assert!(matches!(
+            drain(&mut c)[..],
+            [Action::SetStatus(Status::Connecting), Action::Connect]
+        ));
+        t = retry_at;
+    }
+    delays
+}
+
+#[test]
+fn failed_connects_back_off_doubling_with_bounded_jitter_up_to_the_cap() {
+    let delays = failure_delays(7, 12);
+    let mut nominal = config().reconnect_min;
+    for (i, d) in delays.iter().enumerate() {
+        assert!(
+            *d >= nominal / 2 && *d <= nominal,
+            "attempt {i}: {d:?} outside [{:?}, {nominal:?}]",
+            nominal / 2
+        );
+        nominal = (nominal * 2).min(config().reconnect_max);
+    }
+    assert_eq!(nominal, config().reconnect_max, "the cap was reached");
+    assert!(delays.iter().all(|d| *d <= config().reconnect_max));
+}
+
+#[test]
+fn jitter_is_seeded() {
+    assert_eq!(failure_delays(3, 6), failure_delays(3, 6));
+    assert_ne!(failure_delays(3, 6), failure_delays(4, 6));
+}
+
+#[test]
+fn registration_resets_the_backoff() {
+    let t0 = Instant::now();
+    let mut c: Control<u32> = Control::new(config(), t0, 1);
+    let mut t = t0;
+    for _ in 0..6 {
+        c.on_connect_failed(t, "refused".into());
+        t = c.poll_timeout().unwrap();
+        c.handle_timeout(t);
+    }
+    c.on_connected(t, local());
+    c.handle_message(t, registered_msg());
+    drain(&mut c);
+    c.on_lost(t, "connection lost: reset".into());
+    let actions = drain(&mut c);
+    assert_eq!(
+        disconnected_reason(&actions),
+        Some("connection lost: reset")
+    );
+    let delay = c.poll_timeout().unwrap() - t;
+    assert!(delay <= config().reconnect_min, "{delay:?}");
+    assert_eq!(c.stats().losses, 1);
+}
+
+#[test]
+fn handshake_and_registration_have_deadlines() {
+    let t0 = Instant::now();
+    let mut c: Control<u32> = Control::new(config(), t0, 1);
+    drain(&mut c);
+    assert_eq!(c.poll_timeout(), Some(t0 + config().handshake_timeout));
+    c.handle_timeout(t0 + config().handshake_timeout);
+    let actions = drain(&mut c);
+    assert!(matches!(actions[0], Action::Close { .. }));
+    assert!(disconnected_reason(&actions)
+        .unwrap()
+        .contains("did not finish within"));
+
+    let t1 = c.poll_timeout().unwrap();
+    c.handle_timeout(t1);
+    c.on_connected(t1, local());
+    drain(&mut c);
+    assert_eq!(c.poll_timeout(), Some(t1 + config().handshake_timeout));
+    c.handle_timeout(t1 + config().handshake_timeout);
+    let actions = drain(&mut c);
+    assert!(matches!(actions[0], Action::Close { .. }));
+    assert_eq!(disconnected_reason(&actions), Some("no registration reply"));
+
+    let t2 = c.poll_timeout().unwrap();
+    c.handle_timeout(t2);
+    c.on_connected(t2, local());
+    c.handle_message(
+        t2,
+        ServerMsg::Error(ErrorReply {
+            request_id: 0,
+            code: ErrorCode::ServerFull,
+            detail: "full".into(),
+            retry_after: None,
+        }),
+    );
+    let actions = drain(&mut c);
+    assert!(disconnected_reason(&actions)
+        .unwrap()
+        .starts_with("registration refused (ServerFull)"));
+    assert_eq!(c.registered(), None);
+}
+
+#[test]
+fn silence_means_reconnect_and_any_message_is_a_sign_of_life() {
+    let t0 = Instant::now();
+    let mut c = registered(config(), t0);
+    let limit = PING * MISSED_PINGS;
+    assert_eq!(c.poll_timeout(), Some(t0 + limit));
+    c.handle_message(t0 + PING, ServerMsg::Ping { nonce: 9 });
+    assert!(matches!(
+        drain(&mut c)[..],
+        [Action::Send(ClientMsg::Pong { nonce: 9 })]
+    ));
+    c.handle_timeout(t0 + limit);
+    assert!(drain(&mut c).is_empty(), "the ping moved the deadline");
+    assert_eq!(c.poll_timeout(), Some(t0 + PING + limit));
+    c.handle_timeout(t0 + PING + limit);
+    let actions = drain(&mut c);
+    assert!(matches!(&actions[0], Action::Close { reason } if reason == "rendezvous went silent"));
+    assert_eq!(
+        disconnected_reason(&actions),
+        Some("rendezvous went silent")
+    );
+    let retry = c.poll_timeout().unwrap() - (t0 + PING + limit);
+    assert!(retry >= config().reconnect_min / 2 && retry <= config().reconnect_min);
+    c.handle_timeout(t0 + PING + limit + retry);
+    assert!(matches!(
+        drain(&mut c)[..],
+        [Action::SetStatus(Status::Connecting), Action::Connect]
+    ));
+}
+
+#[test]
+fn tiny_ping_intervals_do_not_make_a_hair_trigger() {
+    let t0 = Instant::now();
+    let mut c: Control<u32> = Control::new(config(), t0, 1);
+    c.on_connected(t0, local());
+    c.handle_message(
+        t0,
+        ServerMsg::Registered(Registered {
+            observed: observed(),
+            ping_interval: Duration::ZERO,
+        }),
+    );
+    assert_eq!(
+        c.poll_timeout(),
+        Some(t0 + MIN_PING_INTERVAL * MISSED_PINGS)
+    );
+}
+
+#[test]
+fn requests_expire_in_order_with_request_timeout() {
+    let t0 = Instant::now();
+    let mut c = registered(config(), t0);
+    c.connect(t0, peer(2), 1);
+    let actions = drain(&mut c);
+    assert!(matches!(
+        &actions[..],
+        [Action::Send(ClientMsg::Connect { request_id: 1, peer: p }),
+         Action::Emit(Event::Requested { .. })] if *p == peer(2)
+    ));
+    c.connect(t0 + Duration::from_secs(1), peer(3), 2);
+    drain(&mut c);
+    let timeout = config().request_timeout;
+    assert_eq!(c.poll_timeout(), Some(t0 + timeout));
+    c.handle_timeout(t0 + timeout);
+    let actions = drain(&mut c);
+    assert!(
+        matches!(&actions[..], [Action::Reply { token: 1, error: Error::RequestTimeout(d) }] if *d == timeout),
+        "{actions:?}"
+    );
+    assert_eq!(c.pending_requests(), 1);
+    c.handle_timeout(t0 + Duration::from_secs(1) + timeout);
+    assert!(matches!(
+        drain(&mut c)[..],
+        [Action::Reply {
+            token: 2,
+            error: Error::RequestTimeout(_)
+        }]
+    ));
+    // The late offer of an expired request starts nothing.
+    c.handle_message(
+        t0 + Duration::from_secs(7),
+        ServerMsg::Offer(offer(1, peer(2), Role::Initiator)),
+    );
+    assert!(drain(&mut c).is_empty());
+    assert_eq!(c.stats().expired, 2);
+}
+
+#[test]
+fn refusals_map_to_typed_errors() {
+    let t0 = Instant::now();
+    let mut c = registered(config(), t0);
+    let codes = [
+        ErrorCode::PeerOffline,
+        ErrorCode::PeerRefuses,
+        ErrorCode::RateLimited,
+        ErrorCode::SelfConnect,
+    ];
+    for (i, code) in codes.iter().enumerate() {
+        c.connect(t0, peer(2), i as u32);
+        drain(&mut c);
+        c.handle_message(
+            t0,
+            ServerMsg::Error(ErrorReply {
+                request_id: i as u64 + 1,
+                code: *code,
+                detail: "no".into(),
+                retry_after: (*code == ErrorCode::RateLimited).then_some(Duration::from_secs(3)),
+            }),
+        );
+        let actions = drain(&mut c);
+        let [Action::Reply { token, error }] = &actions[..] else {
+            panic!("{actions:?}");
+        };
+        assert_eq!(*token, i as u32);
+        match (code, error) {
+            (ErrorCode::PeerOffline, Error::PeerOffline { peer: p })
+            | (ErrorCode::PeerRefuses, Error::PeerRefuses { peer: p }) => assert_eq!(*p, peer(2)),
+            (ErrorCode::RateLimited, Error::RateLimited { retry_after }) => {
+                assert_eq!(*retry_after, Some(Duration::from_secs(3)))
+            }
+            (ErrorCode::SelfConnect, Error::Rendezvous { code, detail }) => {
+                assert_eq!((*code, detail.as_str()), (ErrorCode::SelfConnect, "no"))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // An error for a request that is gone is ignored; one for no request ends the connection.
+    let err = |request_id| {
+        ServerMsg::Error(ErrorReply {
+            request_id,
+            code: ErrorCode::BadRequest,
+            detail: "bad".into(),
+            retry_after: None,
+        })
+    };
+    c.handle_message(t0, err(1));
+    assert!(drain(&mut c).is_empty());
+    assert!(c.registered().is_some());
+    c.handle_message(t0, err(0));
+    let actions = drain(&mut c);
+    assert!(matches!(actions[0], Action::Close { .. }));
+    assert!(disconnected_reason(&actions)
+        .unwrap()
+        .starts_with("rendezvous error (BadRequest)"));
+    assert_eq!(c.stats().refused, 4);
+}
+
+#[test]
+fn requests_wait_for_a_registration_under_way_and_fail_between_attempts() {
+    let t0 = Instant::now();
+    let mut c: Control<u32> = Control::new(config(), t0, 1);
+    drain(&mut c);
+    // Connecting: the request waits, and is sent once registered.
+    c.connect(t0, peer(2), 5);
+    assert!(drain(&mut c).is_empty());
+    assert_eq!(c.pending_requests(), 1);
+    c.on_connected(t0 + MS, local());
+    c.handle_message(t0 + 2 * MS, registered_msg());
+    let actions = drain(&mut c);
+    assert!(
+        matches!(
+            &actions[..],
+            [
+                Action::Emit(Event::Registered { .. }),
+                Action::SetStatus(_),
+                Action::Send(ClientMsg::Connect { request_id: 1, .. }),
+                Action::Emit(Event::Requested { .. })
+            ]
+        ),
+        "{actions:?}"
+    );
+    // Its timeout counts from the request, not from the registration.
+    assert_eq!(c.poll_timeout(), Some(t0 + config().request_timeout));
+
+    // A request waiting on an attempt that fails fails with it.
+    let mut c: Control<u32> = Control::new(config(), t0, 1);
+    drain(&mut c);
+    c.connect(t0, peer(2), 6);
+    c.on_connect_failed(t0 + MS, "connect: connection refused".into());
+    let actions = drain(&mut c);
+    assert!(matches!(
+        &actions[0],
+        Action::Reply { token: 6, error: Error::RendezvousUnreachable { reason, .. } }
+            if reason == "connect: connection refused"
+    ));
+    // Between attempts: refused at once.
+    c.connect(t0 + MS, peer(2), 7);
+    let actions = drain(&mut c);
+    assert!(matches!(
+        &actions[..],
+        [Action::Reply { token: 7, error: Error::RendezvousUnreachable { reason, .. } }]
+            if reason.contains("not registered")
+    ));
+    assert_eq!(c.pending_requests(), 0);
+}
+
+#[test]
+fn a_lost_connection_fails_requests_and_re_registration_starts_afresh() {
+    let t0 = Instant::now();
+    let mut c = registered(config(), t0);
+    c.connect(t0, peer(2), 1);
+    drain(&mut c);
+    c.on_lost(t0 + MS, "connection lost: reset".into());
+    let actions = drain(&mut c);
+    assert!(matches!(
+        &actions[0],
+        Action::Reply { token: 1, error: Error::RendezvousUnreachable { reason, .. } }
+            if reason == "connection lost: reset"
+    ));
+    assert!(!actions.iter().any(|a| matches!(a, Action::Close { .. })));
+    // Reconnects and registers again: a new Connect, the registration sent anew.
+    let t1 = c.poll_timeout().unwrap();
+    c.handle_timeout(t1);
+    assert!(matches!(drain(&mut c)[..], [_, Action::Connect]));
+    // A frame from the old connection arriving now is ignored.
+    c.handle_message(t1, ServerMsg::Offer(offer(1, peer(2), Role::Initiator)));
+    assert!(drain(&mut c).is_empty());
+    c.on_connected(t1, local());
+    c.handle_message(t1, registered_msg());
+    drain(&mut c);
+    assert_eq!(c.stats().registrations, 2);
+    // Request ids keep growing: a stale offer for request 1 does not match request 2.
+    c.connect(t1, peer(2), 2);
+    assert!(matches!(
+        drain(&mut c)[0],
+        Action::Send(ClientMsg::Connect { request_id: 2, .. })
+    ));
+    c.handle_message(t1, ServerMsg::Offer(offer(1, peer(2), Role::Initiator)));
+    assert!(drain(&mut c).is_empty());
+    // An offer naming another peer does not consume the request either.
+    c.handle_message(t1, ServerMsg::Offer(offer(2, peer(9), Role::Initiator)));
+    assert!(drain(&mut c).is_empty());
+    assert_eq!(c.pending_requests(), 1);
+    c.handle_message(
+        t1 + 30 * MS,
+        ServerMsg::Offer(offer(2, peer(2), Role::Initiator)),
+    );
+    let actions = drain(&mut c);
+    assert!(matches!(
+        &actions[..],
+        [Action::Emit(Event::Offer { inbound: false, session_id: 77, .. }),
+         Action::StartPunch { reply: Some(2), started, .. }] if *started == t1
+    ));
+}
+
+#[test]
+fn inbound_offers_follow_accept_inbound() {
+    let t0 = Instant::now();
+    let mut c = registered(config(), t0);
+    c.handle_message(
+        t0 + MS,
+        ServerMsg::Offer(offer(0, peer(4), Role::Responder)),
+    );
+    let actions = drain(&mut c);
+    assert!(matches!(
+        &actions[..],
+        [Action::Emit(Event::Offer { inbound: true, .. }),
+         Action::StartPunch { reply: None, started, .. }] if *started == t0 + MS
+    ));
+    let mut closed = registered(
+        ControlConfig {
+            accept_inbound: false,
+            ..config()
+        },
+        t0,
+    );
+    assert!(!closed.config().register_message(local()).accept_inbound);
+    closed.handle_message(t0, ServerMsg::Offer(offer(0, peer(4), Role::Responder)));
+    assert!(drain(&mut closed).is_empty());
+}
+
+#[test]
+fn a_malformed_frame_ends_the_connection() {
+    let t0 = Instant::now();
+    let mut c = registered(config(), t0);
+    c.handle_frame(t0, &[0xff, 0xff, 0xff]);
+    let actions = drain(&mut c);
+    assert!(matches!(actions[0], Action::Close { .. }));
+    assert!(disconnected_reason(&actions)
+        .unwrap()
+        .starts_with("malformed message from rendezvous"));
+    // A well-formed frame goes through the real decoder.
+    let mut c = registered(config(), t0);
+    c.handle_frame(t0, &ServerMsg::Ping { nonce: 3 }.encode());
+    assert!(matches!(
+        drain(&mut c)[..],
+        [Action::Send(ClientMsg::Pong { nonce: 3 })]
+    ));
+}

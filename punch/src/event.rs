@@ -1,0 +1,73 @@
+//! What the client reports about itself: its standing with the rendezvous ([`Status`]) and the
+//! milestones of its punches ([`Event`]).
+//!
+//! Kept apart from the drivers so that the control machine ([`crate::control`]), the client
+//! driver and the punch driver all depend on this module instead of on each other.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use punch_proto::{PeerId, Role};
+
+use crate::session::SessionInfo;
+
+/// Events kept for slow receivers of [`crate::Client::events`].
+pub const EVENT_BUFFER: usize = 256;
+
+/// Where the client stands with the rendezvous.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Status {
+    Connecting,
+    Registered {
+        /// Our address as the rendezvous sees it (the NAT's mapping of the punch port).
+        observed: SocketAddr,
+        /// Our local address of the control connection.
+        local: SocketAddr,
+    },
+    Disconnected {
+        reason: String,
+    },
+}
+
+/// Milestones of the client and its punches, as they happen ([`crate::Client::events`]): for
+/// progress displays, timelines and status pages. A receiver that falls more than
+/// [`EVENT_BUFFER`] events behind misses the oldest (`RecvError::Lagged`).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Event {
+    /// Registered with the rendezvous, which sees us at `observed`.
+    Registered {
+        observed: SocketAddr,
+        local: SocketAddr,
+    },
+    /// The control connection was lost or could not be made; the client keeps retrying.
+    Disconnected { reason: String },
+    /// We asked the rendezvous to punch to `peer`.
+    Requested { peer: PeerId },
+    /// An offer arrived: for our request, or for another peer's punch to us
+    /// (`inbound`). Both sides dial `dial_delay` after it.
+    Offer {
+        peer: PeerId,
+        session_id: u64,
+        role: Role,
+        inbound: bool,
+        observed: SocketAddr,
+        locals: usize,
+        dial_delay: Duration,
+    },
+    /// The first dial of a punch to one candidate address (redials are not reported).
+    Dial {
+        peer: PeerId,
+        session_id: u64,
+        addr: SocketAddr,
+    },
+    /// A punch produced an authenticated session.
+    Established(SessionInfo),
+    /// A punch ended without a session.
+    Failed {
+        peer: PeerId,
+        session_id: u64,
+        error: String,
+    },
+}
