@@ -451,28 +451,15 @@ async fn drive(
                     }
                     ClientMsg::Connect { request_id, peer: target } => {
                         debug!(request_id, target = %target.short(), "punch request");
-                        let mut state = shared.lock();
-                        let mut actions = state.registry.connect(Instant::now(), conn, peer, request_id, target);
-                        // Both offers or neither: if one side's queue is full (it is not reading),
-                        // the other must not dial alone. Nothing else can fill the queues while
-                        // the state lock is held.
-                        let fits = actions.iter().all(|a| match a {
-                            Action::Send { conn, .. } => state.conns.get(conn).is_some_and(|tx| tx.capacity() > 0),
-                            Action::Close { .. } => true,
+                        let mut guard = shared.lock();
+                        let state = &mut *guard;
+                        // Nothing else can fill the queues while the state lock is held, so
+                        // the capacities the registry sees still hold when dispatching.
+                        let conns = &state.conns;
+                        let actions = state.registry.connect(Instant::now(), conn, peer, request_id, target, |c| {
+                            conns.get(&c).is_some_and(|tx| tx.capacity() > 0)
                         });
-                        if !fits {
-                            warn!(target = %target.short(), "offer not sent: a side's queue is full");
-                            actions = vec![Action::Send {
-                                conn,
-                                msg: ServerMsg::Error(ErrorReply {
-                                    request_id,
-                                    code: punch_proto::message::ErrorCode::PeerOffline,
-                                    detail: "peer is not reading its control connection".into(),
-                                    retry_after: None,
-                                }),
-                            }];
-                        }
-                        Shared::dispatch(&mut state, actions);
+                        Shared::dispatch(state, actions);
                     }
                     other => return Err(format!("unexpected message {other:?}")),
                 }
