@@ -99,7 +99,7 @@ pub struct Authenticated {
 
 /// What one end knows about the punch it is authenticating.
 #[derive(Debug, Clone)]
-pub struct Expect {
+pub struct AuthContext {
     pub role: Role,
     pub keypair: Keypair,
     pub peer: PeerId,
@@ -111,7 +111,7 @@ pub struct Expect {
 pub async fn authenticate(
     mut stream: TcpStream,
     preamble_read: bool,
-    expect: &Expect,
+    expect: &AuthContext,
 ) -> Result<Authenticated, AuthError> {
     let remote = stream.peer_addr()?;
     let mut hs = Handshake::peer(

@@ -8,7 +8,7 @@
 //! ```text
 //! Client::connect(peer) --Connect--> driver --ConnectRequest--> rendezvous
 //!                                    driver <--Offer / Error---
-//!                                    driver spawns punch::run --> Session (or typed error)
+//!                                    driver spawns driver::run --> Session (or typed error)
 //! ```
 //!
 //! Offers for punches other peers requested end up on [`Incoming`]. The listener reads the
@@ -31,8 +31,8 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::auth::read_preamble;
 use crate::config::Config;
-use crate::error::Error;
-use crate::punch::{self, Inbound, PunchCtx};
+use crate::driver::{self, Inbound, PunchCtx};
+use crate::error::{Error, RendezvousError};
 use crate::session::{Session, SessionInfo};
 use crate::socket;
 
@@ -48,7 +48,7 @@ const MISSED_PINGS: u32 = 3;
 const INCOMING_BACKLOG: usize = 32;
 
 /// Where the client stands with the rendezvous.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Status {
     Connecting,
@@ -59,7 +59,7 @@ pub enum Status {
         local: SocketAddr,
     },
     Disconnected {
-        reason: String,
+        reason: RendezvousError,
     },
 }
 
@@ -75,7 +75,7 @@ pub enum Event {
         local: SocketAddr,
     },
     /// The control connection was lost or could not be made; the client keeps retrying.
-    Disconnected { reason: String },
+    Disconnected { reason: RendezvousError },
     /// We asked the rendezvous to punch to `peer`.
     Requested { peer: PeerId },
     /// An offer arrived: for our request, or for another peer's punch to us
@@ -236,9 +236,12 @@ impl Client {
             Ok(_) => Err(Error::Shutdown),
             Err(_) => Err(Error::RendezvousUnreachable {
                 addr: self.rendezvous,
-                reason: match self.status() {
-                    Status::Disconnected { reason } => reason,
-                    _ => format!("not registered after {timeout:?}"),
+                source: RendezvousError::NotRegistered {
+                    waited: timeout,
+                    last: match self.status() {
+                        Status::Disconnected { reason } => Some(Box::new(reason)),
+                        _ => None,
+                    },
                 },
             }),
         }
@@ -340,10 +343,10 @@ async fn recv(conn: &mut Option<Conn>) -> Result<Vec<u8>, punch_proto::channel::
 }
 
 impl Driver {
-    fn unreachable(&self, reason: impl Into<String>) -> Error {
+    fn unreachable(&self, source: RendezvousError) -> Error {
         Error::RendezvousUnreachable {
             addr: self.ctx.config.rendezvous,
-            reason: reason.into(),
+            source,
         }
     }
 
@@ -364,15 +367,16 @@ impl Driver {
                     None => break,
                     Some(Command::Connect { peer, reply }) => {
                         let Some(c) = conn.as_mut() else {
-                            let _ = reply.send(Err(self.unreachable("not registered (reconnecting)")));
+                            let _ = reply.send(Err(self.unreachable(RendezvousError::Reconnecting)));
                             continue;
                         };
                         let request_id = self.next_request;
                         self.next_request += 1;
                         let msg = ClientMsg::Connect { request_id, peer };
                         if let Err(e) = c.channel.send(&msg.encode()).await {
-                            let _ = reply.send(Err(self.unreachable(e.to_string())));
-                            self.lost(&mut conn, &mut retry_at, &mut backoff, format!("write failed: {e}"));
+                            let e = RendezvousError::Write(Arc::new(e));
+                            let _ = reply.send(Err(self.unreachable(e.clone())));
+                            self.lost(&mut conn, &mut retry_at, &mut backoff, e);
                             continue;
                         }
                         info!(peer = %peer.short(), request_id, "punch requested");
@@ -396,7 +400,7 @@ impl Driver {
                     }
                 }
                 _ = tokio::time::sleep_until(silence_deadline), if conn.is_some() => {
-                    self.lost(&mut conn, &mut retry_at, &mut backoff, "rendezvous went silent".into());
+                    self.lost(&mut conn, &mut retry_at, &mut backoff, RendezvousError::Silent);
                 }
                 msg = recv(&mut conn) => match msg {
                     Ok(bytes) => {
@@ -409,10 +413,10 @@ impl Driver {
                                     self.lost(&mut conn, &mut retry_at, &mut backoff, reason);
                                 }
                             }
-                            Err(e) => self.lost(&mut conn, &mut retry_at, &mut backoff, format!("malformed message from rendezvous: {e}")),
+                            Err(e) => self.lost(&mut conn, &mut retry_at, &mut backoff, RendezvousError::Malformed(Arc::new(e))),
                         }
                     }
-                    Err(e) => self.lost(&mut conn, &mut retry_at, &mut backoff, format!("connection lost: {e}")),
+                    Err(e) => self.lost(&mut conn, &mut retry_at, &mut backoff, RendezvousError::Lost(Arc::new(e))),
                 },
                 Some(done) = punches.join_next(), if !punches.is_empty() => {
                     if let Ok(session_id) = done {
@@ -426,7 +430,7 @@ impl Driver {
 
     /// Connects from the punch port, runs the handshake with the registration, and waits for
     /// the server's `Registered`.
-    async fn register(&self) -> Result<Conn, String> {
+    async fn register(&self) -> Result<Conn, RendezvousError> {
         let config = &self.ctx.config;
         self.status_tx.send_replace(Status::Connecting);
         let timeout = config.auth_timeout;
@@ -435,9 +439,11 @@ impl Driver {
             socket::connect_from(self.ctx.local, config.rendezvous),
         )
         .await
-        .map_err(|_| format!("connect timed out after {timeout:?}"))?
-        .map_err(|e| format!("connect: {e}"))?;
-        let local = stream.local_addr().map_err(|e| e.to_string())?;
+        .map_err(|_| RendezvousError::ConnectTimeout(timeout))?
+        .map_err(|e| RendezvousError::Connect(Arc::new(e)))?;
+        let local = stream
+            .local_addr()
+            .map_err(|e| RendezvousError::Io(Arc::new(e)))?;
         let register = Register {
             version: PROTOCOL_VERSION,
             local_addrs: vec![local],
@@ -447,13 +453,13 @@ impl Driver {
             client_handshake(stream, &self.ctx.keypair, &config.rendezvous_key, &register);
         let mut channel = tokio::time::timeout(timeout, handshake)
             .await
-            .map_err(|_| "handshake timed out".to_string())?
-            .map_err(|e| format!("handshake failed (wrong --rendezvous-key?): {e}"))?;
+            .map_err(|_| RendezvousError::HandshakeTimeout)?
+            .map_err(|e| RendezvousError::Handshake(Arc::new(e)))?;
         let first = tokio::time::timeout(timeout, channel.recv())
             .await
-            .map_err(|_| "no registration reply".to_string())?
-            .map_err(|e| format!("registration: {e}"))?;
-        match ServerMsg::decode(&first).map_err(|e| e.to_string())? {
+            .map_err(|_| RendezvousError::NoRegistrationReply)?
+            .map_err(|e| RendezvousError::Registration(Arc::new(e)))?;
+        match ServerMsg::decode(&first).map_err(|e| RendezvousError::Malformed(Arc::new(e)))? {
             ServerMsg::Registered(r) => {
                 info!(observed = %r.observed, %local, "registered with the rendezvous");
                 self.ctx.emit(Event::Registered {
@@ -470,10 +476,11 @@ impl Driver {
                     silence_limit: r.ping_interval.max(Duration::from_millis(100)) * MISSED_PINGS,
                 })
             }
-            ServerMsg::Error(e) => {
-                Err(format!("registration refused ({:?}): {}", e.code, e.detail))
-            }
-            other => Err(format!("unexpected first message {other:?}")),
+            ServerMsg::Error(e) => Err(RendezvousError::RegistrationRefused {
+                code: e.code,
+                detail: e.detail,
+            }),
+            other => Err(RendezvousError::Unexpected(Box::new(other))),
         }
     }
 
@@ -482,7 +489,7 @@ impl Driver {
         conn: &mut Option<Conn>,
         retry_at: &mut tokio::time::Instant,
         backoff: &mut Duration,
-        reason: String,
+        reason: RendezvousError,
     ) {
         warn!(%reason, "lost the rendezvous; reconnecting");
         self.ctx.emit(Event::Disconnected {
@@ -497,7 +504,7 @@ impl Driver {
         for (_, p) in self.pending.drain() {
             let _ = p.reply.send(Err(Error::RendezvousUnreachable {
                 addr: self.ctx.config.rendezvous,
-                reason: reason.clone(),
+                source: reason.clone(),
             }));
         }
     }
@@ -521,14 +528,14 @@ impl Driver {
         msg: ServerMsg,
         conn: &mut Option<Conn>,
         punches: &mut JoinSet<u64>,
-    ) -> Result<(), String> {
+    ) -> Result<(), RendezvousError> {
         match msg {
             ServerMsg::Ping { nonce } => {
                 if let Some(c) = conn.as_mut() {
                     c.channel
                         .send(&ClientMsg::Pong { nonce }.encode())
                         .await
-                        .map_err(|e| format!("write failed: {e}"))?;
+                        .map_err(|e| RendezvousError::Write(Arc::new(e)))?;
                 }
             }
             ServerMsg::Offer(offer) => self.start_punch(offer, punches),
@@ -538,10 +545,13 @@ impl Driver {
         Ok(())
     }
 
-    fn refused(&mut self, e: ErrorReply) -> Result<(), String> {
+    fn refused(&mut self, e: ErrorReply) -> Result<(), RendezvousError> {
         let Some(p) = self.pending.remove(&e.request_id) else {
             if e.request_id == 0 {
-                return Err(format!("rendezvous error ({:?}): {}", e.code, e.detail));
+                return Err(RendezvousError::Server {
+                    code: e.code,
+                    detail: e.detail,
+                });
             }
             debug!(request_id = e.request_id, "error for an expired request");
             return Ok(());
@@ -601,7 +611,7 @@ impl Driver {
         let peer = offer.peer;
         punches.spawn(
             async move {
-                let result = punch::run(ctx.clone(), offer, rx, started).await;
+                let result = driver::run(ctx.clone(), offer, rx, started).await;
                 if let Err(e) = &result {
                     warn!(error = %e, "punch failed");
                     ctx.emit(Event::Failed {

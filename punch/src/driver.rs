@@ -1,7 +1,13 @@
-//! Carries out one punch: waits for the agreed moment, dials every candidate from the shared
-//! port (driven by the pure [`Attempt`]), authenticates every stream that connects, dialed or
-//! accepted, and returns the first one chosen (see [`crate::auth`]) as a [`Session`].
+//! Carries out one punch: the pure [`Attempt`] decides, this driver does the I/O. It waits
+//! for the agreed moment, dials the candidates from the shared port, authenticates and
+//! confirms the streams the attempt names (dialed or accepted, see [`crate::auth`]), and
+//! returns the winner as a [`Session`], or the attempt's verdict as a typed [`Error`].
+//!
+//! Each action becomes at most one task in a JoinSet owned by [`run`]: dials in `dials`,
+//! authentication and confirms in `work` (keyed by stream id, so an abandoned stream's task is
+//! aborted). Returning drops both sets, which ends every task and closes every losing stream.
 
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,11 +16,11 @@ use punch_proto::message::Offer;
 use punch_proto::{Keypair, Role};
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc};
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, info, warn};
 
-use crate::attempt::{Attempt, Failure, Schedule};
-use crate::auth::{authenticate, AuthError, Authenticated, Expect};
+use crate::attempt::{Action, Attempt, Failure, GaveUp, Schedule, StreamId};
+use crate::auth::{authenticate, AuthContext, AuthError, Authenticated};
 use crate::client::Event;
 use crate::config::Config;
 use crate::error::Error;
@@ -40,7 +46,21 @@ impl PunchCtx {
     }
 }
 
-type AuthResult = (SocketAddr, bool, Result<Authenticated, AuthError>);
+/// What a stream's task reports.
+#[derive(Debug)]
+enum Outcome {
+    /// Preamble and KK finished.
+    Authenticated(Result<Authenticated, AuthError>),
+    /// The confirm was sent (initiator) or received (responder); the stream comes back.
+    Confirmed(Result<Authenticated, AuthError>),
+}
+
+/// The end of one stream task.
+#[derive(Debug)]
+struct Done {
+    stream: StreamId,
+    outcome: Outcome,
+}
 
 /// Runs the punch described by `offer`. `started` is when the user asked (or the offer came).
 pub(crate) async fn run(
@@ -50,19 +70,20 @@ pub(crate) async fn run(
     started: Instant,
 ) -> Result<Session, Error> {
     let config = &ctx.config;
-    let expect = Arc::new(Expect {
+    let expect = Arc::new(AuthContext {
         role: offer.role,
         keypair: ctx.keypair.clone(),
         peer: offer.peer,
         session_id: offer.session_id,
     });
-    let start = tokio::time::Instant::now() + offer.dial_delay;
     let mut attempt = Attempt::new(
         Schedule {
-            start: start.into_std(),
+            start: Instant::now() + offer.dial_delay,
             window: config.punch_window,
             retry_interval: config.retry_interval,
+            auth_timeout: config.auth_timeout,
         },
+        offer.role,
         std::iter::once(offer.peer_observed).chain(offer.peer_local.iter().copied()),
     );
     debug!(
@@ -71,130 +92,153 @@ pub(crate) async fn run(
     );
 
     let mut dials: JoinSet<(SocketAddr, std::io::Result<TcpStream>)> = JoinSet::new();
-    let mut auths: JoinSet<AuthResult> = JoinSet::new();
-    let mut confirms: JoinSet<(SocketAddr, Result<Authenticated, AuthError>)> = JoinSet::new();
-    let mut last_auth_error: Option<(SocketAddr, AuthError)> = None;
-    let spawn_auth = |auths: &mut JoinSet<AuthResult>, stream, accepted: bool, addr| {
-        let expect = expect.clone();
-        let timeout = config.auth_timeout;
-        auths.spawn(async move {
-            let res = match tokio::time::timeout(timeout, authenticate(stream, accepted, &expect))
-                .await
-            {
-                Ok(res) => res,
-                Err(_) => Err(AuthError::Io(std::io::ErrorKind::TimedOut.into())),
-            };
-            (addr, accepted, res)
-        });
-    };
-
-    let mut dialed = std::collections::HashSet::new();
+    let mut work: JoinSet<Done> = JoinSet::new();
+    let mut tasks: HashMap<StreamId, AbortHandle> = HashMap::new();
+    // Connected streams waiting for their Authenticate (with whether the listener accepted
+    // them), and authenticated ones between steps.
+    let mut fresh: HashMap<StreamId, (TcpStream, bool)> = HashMap::new();
+    let mut held: HashMap<StreamId, Authenticated> = HashMap::new();
+    let mut dialed = HashSet::new();
     loop {
-        let now = Instant::now();
-        while let Some(addr) = attempt.poll_dial(now) {
-            debug!(%addr, "dial");
-            if dialed.insert(addr) {
-                ctx.emit(Event::Dial {
-                    peer: offer.peer,
-                    session_id: offer.session_id,
-                    addr,
-                });
-            }
-            let (local, timeout) = (ctx.local, config.connect_timeout);
-            dials.spawn(async move {
-                let res =
-                    match tokio::time::timeout(timeout, socket::connect_from(local, addr)).await {
-                        Ok(res) => res,
-                        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+        while let Some(action) = attempt.poll(Instant::now()) {
+            match action {
+                Action::Dial(addr) => {
+                    debug!(%addr, "dial");
+                    if dialed.insert(addr) {
+                        ctx.emit(Event::Dial {
+                            peer: offer.peer,
+                            session_id: offer.session_id,
+                            addr,
+                        });
+                    }
+                    let (local, timeout) = (ctx.local, config.connect_timeout);
+                    dials.spawn(async move {
+                        let res = tokio::time::timeout(timeout, socket::connect_from(local, addr))
+                            .await
+                            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
+                        (addr, res)
+                    });
+                }
+                Action::Authenticate(stream) => {
+                    let Some((tcp, accepted)) = fresh.remove(&stream) else {
+                        continue;
                     };
-                (addr, res)
-            });
+                    let expect = expect.clone();
+                    let task = work.spawn(async move {
+                        let res = authenticate(tcp, accepted, &expect).await;
+                        Done {
+                            stream,
+                            outcome: Outcome::Authenticated(res),
+                        }
+                    });
+                    tasks.insert(stream, task);
+                }
+                Action::Confirm(stream) => {
+                    let Some(mut auth) = held.remove(&stream) else {
+                        continue;
+                    };
+                    let role = offer.role;
+                    let task = work.spawn(async move {
+                        let res = match role {
+                            Role::Initiator => auth.confirm().await,
+                            Role::Responder => auth.await_confirm().await,
+                        };
+                        Done {
+                            stream,
+                            outcome: Outcome::Confirmed(res.map(|()| auth)),
+                        }
+                    });
+                    tasks.insert(stream, task);
+                }
+                Action::Abandon(stream) => {
+                    debug!(stream, "stream abandoned");
+                    fresh.remove(&stream);
+                    held.remove(&stream);
+                    if let Some(task) = tasks.remove(&stream) {
+                        task.abort();
+                    }
+                }
+                Action::Established(stream) => {
+                    // The attempt names only a stream reported confirmed, which is held.
+                    let auth = held
+                        .remove(&stream)
+                        .expect("the established stream is held since it was confirmed");
+                    return Ok(established(&ctx, &offer, auth, started));
+                }
+                Action::Fail(GaveUp::AuthFailed { addr, error }) => {
+                    return Err(Error::AuthFailed {
+                        peer: offer.peer,
+                        addr,
+                        source: error,
+                    });
+                }
+                Action::Fail(GaveUp::Timeout { tried }) => {
+                    return Err(Error::PunchTimeout {
+                        peer: offer.peer,
+                        elapsed: started.elapsed(),
+                        tried,
+                    });
+                }
+            }
         }
         let wake = tokio::time::Instant::from_std(attempt.poll_timeout());
         tokio::select! {
-            _ = tokio::time::sleep_until(wake) => {
-                if attempt.is_expired(Instant::now()) {
-                    break;
-                }
-            }
+            _ = tokio::time::sleep_until(wake) => {}
             Some(res) = dials.join_next() => {
                 let Ok((addr, res)) = res else { continue };
                 match res {
-                    Ok(stream) => {
-                        debug!(%addr, "dial connected; authenticating");
-                        attempt.on_connected(addr);
-                        spawn_auth(&mut auths, stream, false, addr);
+                    Ok(tcp) => {
+                        debug!(%addr, "dial connected");
+                        let stream = attempt.on_connected(Instant::now(), addr);
+                        fresh.insert(stream, (tcp, false));
                     }
                     Err(e) => {
                         debug!(%addr, error = %e, "dial failed");
                         let failure = match e.kind() {
-                            std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset => Failure::Refused,
+                            std::io::ErrorKind::ConnectionRefused
+                            | std::io::ErrorKind::ConnectionReset => Failure::Refused,
                             _ => Failure::Other,
                         };
                         attempt.on_dial_failed(Instant::now(), addr, failure, e.to_string());
                     }
                 }
             }
-            Some((stream, from)) = inbound.recv() => {
-                debug!(%from, "accepted a stream for this punch; authenticating");
-                spawn_auth(&mut auths, stream, true, from);
+            Some((tcp, from)) = inbound.recv() => {
+                debug!(%from, "accepted a stream for this punch");
+                let stream = attempt.on_accepted(Instant::now(), from);
+                // The listener has read its preamble already.
+                fresh.insert(stream, (tcp, true));
             }
-            Some(res) = auths.join_next() => {
-                let Ok((addr, accepted, res)) = res else { continue };
-                match res {
-                    Ok(mut auth) => match offer.role {
-                        Role::Initiator => match auth.confirm().await {
-                            Ok(()) => return Ok(established(&ctx, &offer, auth, started)),
-                            Err(e) => debug!(%addr, error = %e, "confirm failed"),
-                        },
-                        Role::Responder => {
-                            let timeout = config.auth_timeout;
-                            confirms.spawn(async move {
-                                let res = match tokio::time::timeout(timeout, auth.await_confirm()).await {
-                                    Ok(Ok(())) => Ok(auth),
-                                    Ok(Err(e)) => Err(e),
-                                    Err(_) => Err(AuthError::NotConfirmed),
-                                };
-                                (addr, res)
-                            });
-                        }
-                    },
-                    Err(e) => {
+            Some(res) = work.join_next() => {
+                let Ok(Done { stream, outcome }) = res else { continue };
+                tasks.remove(&stream);
+                let addr = attempt.stream_addr(stream);
+                let now = Instant::now();
+                match outcome {
+                    Outcome::Authenticated(Ok(auth)) => {
+                        debug!(?addr, stream, "authenticated");
+                        held.insert(stream, auth);
+                        attempt.on_authenticated(now, stream);
+                    }
+                    Outcome::Authenticated(Err(e)) => {
                         if e.is_final() {
-                            warn!(%addr, error = %e, "stream rejected: authentication failed");
+                            warn!(?addr, error = %e, "stream rejected: authentication failed");
                         } else {
-                            debug!(%addr, error = %e, "stream broke during authentication");
+                            debug!(?addr, error = %e, "stream broke during authentication");
                         }
-                        if !accepted {
-                            attempt.on_auth_failed(Instant::now(), addr, e.to_string(), e.is_final());
-                        }
-                        if e.is_final() || last_auth_error.is_none() {
-                            last_auth_error = Some((addr, e));
-                        }
+                        attempt.on_auth_failed(now, stream, e);
+                    }
+                    Outcome::Confirmed(Ok(auth)) => {
+                        held.insert(stream, auth);
+                        attempt.on_confirmed(now, stream);
+                    }
+                    Outcome::Confirmed(Err(e)) => {
+                        debug!(?addr, error = %e, "stream not selected");
+                        attempt.on_confirm_failed(now, stream, e);
                     }
                 }
             }
-            Some(res) = confirms.join_next() => {
-                let Ok((addr, res)) = res else { continue };
-                match res {
-                    Ok(auth) => return Ok(established(&ctx, &offer, auth, started)),
-                    Err(e) => debug!(%addr, error = %e, "stream not selected"),
-                }
-            }
         }
-    }
-    let elapsed = started.elapsed();
-    match last_auth_error {
-        Some((addr, e)) if e.is_final() => Err(Error::AuthFailed {
-            peer: offer.peer,
-            addr,
-            reason: e.to_string(),
-        }),
-        _ => Err(Error::PunchTimeout {
-            peer: offer.peer,
-            elapsed,
-            tried: attempt.tried(),
-        }),
     }
 }
 

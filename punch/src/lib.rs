@@ -8,7 +8,8 @@
 //! reports each step ([`Event`]).
 //!
 //! - [`socket`]: all socket2 work (shared port, SO_REUSEADDR/SO_REUSEPORT).
-//! - [`attempt`]: the pure dial scheduler of one punch.
+//! - [`attempt`]: the pure decisions of one punch (dials, which stream wins, which error);
+//!   `driver` carries them out.
 //! - [`auth`]: preamble, Noise KK and choosing the winning stream.
 //! - [`secure`]: the encrypted byte stream; [`session`]: yamux over it.
 //! - [`client`]: the control driver; [`forward`]: TCP forwarding helpers used by the CLI.
@@ -17,14 +18,14 @@ pub mod attempt;
 pub mod auth;
 pub mod client;
 pub mod config;
+mod driver;
 pub mod error;
 pub mod forward;
-mod punch;
 pub mod secure;
 pub mod session;
 pub mod socket;
 
 pub use client::{Client, Event, Incoming, Status};
 pub use config::Config;
-pub use error::Error;
+pub use error::{Error, RendezvousError, SessionError};
 pub use session::{PathKind, Session, SessionInfo, Stream};

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use punch::{Client, Config, Error, Incoming, Session};
+use punch::{Client, Config, Error, Incoming, RendezvousError, Session};
 use punch_proto::Keypair;
 use punch_rendezvous::Server;
 use rand::RngCore;
@@ -254,9 +254,13 @@ async fn wrong_rendezvous_key_is_reported() {
     let (c, _) = Client::start(config).await.unwrap();
     let err = c.wait_registered(Duration::from_secs(2)).await.unwrap_err();
     assert!(
-        matches!(&err, Error::RendezvousUnreachable { reason, .. } if reason.contains("handshake failed")),
+        matches!(&err, Error::RendezvousUnreachable {
+            source: RendezvousError::NotRegistered { last: Some(last), .. },
+            ..
+        } if matches!(**last, RendezvousError::Handshake(_))),
         "{err}"
     );
+    assert!(err.to_string().contains("handshake failed"), "{err}");
 }
 
 #[tokio::test]
