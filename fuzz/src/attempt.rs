@@ -24,12 +24,13 @@
 //! after deciding, decide at most once, and `poll_timeout` must not pass the deadline by more
 //! than the longest stream timeout.
 
+use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use arbitrary::Arbitrary;
 use punch::attempt::{
-    Action, Attempt, Failure, GaveUp, Schedule, StreamId, Tried, AUTH_TIMED_OUT, CONFIRM_TIMEOUT,
+    Action, Attempt, CandidateError, Failure, GaveUp, Schedule, StreamId, Tried, CONFIRM_TIMEOUT,
     FAST_REDIALS,
 };
 use punch::auth::AuthError;
@@ -38,6 +39,12 @@ use punch_proto::Role;
 const MAX_EVENTS: usize = 512;
 /// Candidates come from this many addresses, so lists repeat some.
 const POOL: u8 = 6;
+const DIAL_ERRORS: [ErrorKind; 4] = [
+    ErrorKind::TimedOut,
+    ErrorKind::ConnectionRefused,
+    ErrorKind::ConnectionReset,
+    ErrorKind::AddrInUse,
+];
 
 #[derive(Debug, Arbitrary)]
 pub struct Scenario {
@@ -143,7 +150,8 @@ pub fn run(s: Scenario) {
     }
     let mut now = t0;
     for (n, event) in s.events.iter().take(MAX_EVENTS).enumerate() {
-        let error = format!("error {n}");
+        // Dial errors vary, so `tried()` shows which failure was the last.
+        let error = DIAL_ERRORS[n % DIAL_ERRORS.len()];
         if s.legal {
             driver_step(
                 &mut attempt,
@@ -203,7 +211,7 @@ fn driver_step(
     event: &Event,
     now: &mut Instant,
     schedule: Schedule,
-    error: String,
+    error: ErrorKind,
 ) {
     let deadline = schedule.start + schedule.window;
     let retry = schedule.retry_interval;
@@ -217,7 +225,7 @@ fn driver_step(
                     if until <= *now {
                         timed_out.push(id);
                         c.state = State::Idle(until + retry);
-                        c.tried.last_error = Some(AUTH_TIMED_OUT.into());
+                        c.tried.last_error = Some(CandidateError::AuthTimedOut);
                     }
                 }
             }
@@ -296,11 +304,11 @@ fn driver_step(
                 } else {
                     Failure::Other
                 };
-                attempt.on_dial_failed(*now, c.tried.addr, failure, error.clone());
+                attempt.on_dial_failed(*now, c.tried.addr, failure, error);
                 let fast = *refused && c.refusals < FAST_REDIALS;
                 c.refusals += u32::from(*refused);
                 c.state = State::Idle(if fast { *now } else { *now + retry });
-                c.tried.last_error = Some(error);
+                c.tried.last_error = Some(CandidateError::Dial(error));
             }
         }
         Event::Connected(pick) => {
@@ -321,7 +329,7 @@ fn driver_step(
                     unreachable!("filtered")
                 };
                 let e = auth_error(*final_);
-                model[i].tried.last_error = Some(e.to_string());
+                model[i].tried.last_error = Some(CandidateError::Auth(e.kind()));
                 attempt.on_auth_failed(*now, id, e);
                 model[i].state = if *final_ {
                     State::Failed
@@ -362,7 +370,7 @@ fn chaos_step(
     event: &Event,
     now: &mut Instant,
     schedule: Schedule,
-    error: String,
+    error: ErrorKind,
 ) {
     let deadline = schedule.start + schedule.window;
     // Stream ids as the attempt hands them out: small numbers.

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use punch_proto::Role;
 
-use crate::auth::AuthError;
+use crate::auth::{AuthError, AuthErrorKind};
 
 /// Refused dials of one candidate that are redialed at once (see the module doc). 32 round
 /// trips cover the peer's dial moment even with a few RTTs of clock or scheduling error.
@@ -51,12 +51,6 @@ pub const FAST_REDIALS: u32 = 32;
 /// a few TCP retransmissions (the minimum RTO is 200 ms to 1 s) and bound how long a stream the
 /// initiator chose not to confirm, or a stalled write, keeps the punch from ending.
 pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Last error recorded for a candidate whose stream did not authenticate in time.
-pub const AUTH_TIMED_OUT: &str = "authentication timed out";
-
-/// Last error recorded for a candidate whose stream was not confirmed in time.
-pub const CONFIRM_TIMED_OUT: &str = "confirm timed out";
 
 /// Names one stream of an attempt, dialed or accepted.
 pub type StreamId = u64;
@@ -88,8 +82,29 @@ pub struct Schedule {
 pub struct Tried {
     pub addr: SocketAddr,
     pub dials: u32,
-    /// The last dial or authentication error, as text (for the report only).
-    pub last_error: Option<String>,
+    pub last_error: Option<CandidateError>,
+}
+
+/// The last thing that went wrong with a candidate (a summary: the verdict of a wrong key
+/// carries the full [`AuthError`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CandidateError {
+    /// The dial failed: refused, unreachable, timed out (the network, or nobody listening).
+    #[error("dial: {0}")]
+    Dial(std::io::ErrorKind),
+    /// Its stream did not authenticate.
+    #[error("authentication: {0}")]
+    Auth(AuthErrorKind),
+    /// Its stream did not authenticate within [`Schedule::auth_timeout`].
+    #[error("authentication timed out")]
+    AuthTimedOut,
+    /// Its stream authenticated but the confirm failed.
+    #[error("confirm: {0}")]
+    Confirm(AuthErrorKind),
+    /// Its stream authenticated but no confirm came within [`CONFIRM_TIMEOUT`].
+    #[error("confirm timed out")]
+    ConfirmTimedOut,
 }
 
 /// What the driver must do, in the order [`Attempt::poll`] returns them.
@@ -286,11 +301,11 @@ impl Attempt {
             let confirming = matches!(step, Step::Confirming(_));
             if entry.dialed {
                 let error = if confirming {
-                    CONFIRM_TIMED_OUT
+                    CandidateError::ConfirmTimedOut
                 } else {
-                    AUTH_TIMED_OUT
+                    CandidateError::AuthTimedOut
                 };
-                self.redial(entry.addr, at, error.into());
+                self.redial(entry.addr, at, error);
             }
             if confirming {
                 self.confirm_next(now);
@@ -312,14 +327,18 @@ impl Attempt {
         self.candidates.iter_mut().find(|c| c.tried.addr == addr)
     }
 
+    /// Takes the stream out of the attempt, with any work on it still queued (its outcome
+    /// came, or it timed out, before the driver drained the action).
     fn remove(&mut self, id: StreamId) -> Option<Entry> {
         let i = self.streams.iter().position(|e| e.id == id)?;
+        self.actions
+            .retain(|a| !matches!(a, Action::Authenticate(x) | Action::Confirm(x) if *x == id));
         Some(self.streams.remove(i))
     }
 
     /// The stream dialed to `addr` is gone: dial the candidate again `retry_interval` after
     /// `at`.
-    fn redial(&mut self, addr: SocketAddr, at: Instant, error: String) {
+    fn redial(&mut self, addr: SocketAddr, at: Instant, error: CandidateError) {
         let retry = at + self.schedule.retry_interval;
         if let Some(c) = self.candidate(addr) {
             c.tried.last_error = Some(error);
@@ -334,11 +353,11 @@ impl Attempt {
         now: Instant,
         addr: SocketAddr,
         failure: Failure,
-        error: String,
+        error: std::io::ErrorKind,
     ) {
         let paced = now + self.schedule.retry_interval;
         if let Some(c) = self.candidate(addr) {
-            c.tried.last_error = Some(error);
+            c.tried.last_error = Some(CandidateError::Dial(error));
             if c.state == State::Dialing {
                 let fast = failure == Failure::Refused && c.refusals < FAST_REDIALS;
                 if failure == Failure::Refused {
@@ -429,11 +448,11 @@ impl Attempt {
         if entry.dialed {
             if final_ {
                 if let Some(c) = self.candidate(entry.addr) {
-                    c.tried.last_error = Some(error.to_string());
+                    c.tried.last_error = Some(CandidateError::Auth(error.kind()));
                     c.state = State::Failed;
                 }
             } else {
-                self.redial(entry.addr, now, error.to_string());
+                self.redial(entry.addr, now, CandidateError::Auth(error.kind()));
             }
         }
         if final_ && self.auth_error.is_none() {
@@ -460,7 +479,7 @@ impl Attempt {
     }
 
     /// The confirm failed on the stream (the driver has dropped it): the initiator confirms
-    /// its next backup; a dialed candidate is dialed again. `error` goes into the report only:
+    /// its next backup; a dialed candidate is dialed again. `error` goes into [`Tried`] only:
     /// the far end had proved its key, so this is not an authentication failure.
     pub fn on_confirm_failed(&mut self, now: Instant, id: StreamId, error: AuthError) {
         let confirming = self
@@ -472,7 +491,7 @@ impl Attempt {
         }
         let Some(entry) = self.remove(id) else { return };
         if entry.dialed {
-            self.redial(entry.addr, now, error.to_string());
+            self.redial(entry.addr, now, CandidateError::Confirm(error.kind()));
         }
         self.confirm_next(now);
     }
@@ -569,7 +588,7 @@ mod tests {
             now + ms(5),
             addr("203.0.113.1:1"),
             Failure::Other,
-            "timeout".into(),
+            std::io::ErrorKind::TimedOut,
         );
         assert_eq!(a.poll_timeout(), now + ms(305));
         assert_eq!(dial(&mut a, now + ms(200)), None);
@@ -584,7 +603,7 @@ mod tests {
             now + ms(400),
             addr("203.0.113.1:1"),
             Failure::Other,
-            "timeout".into(),
+            std::io::ErrorKind::TimedOut,
         );
         let mut dial_times = Vec::new();
         for step in 0..32u64 {
@@ -595,7 +614,7 @@ mod tests {
             if let Some(x) = dial(&mut a, t) {
                 assert_eq!(x, addr("203.0.113.1:1"));
                 dial_times.push(t - now);
-                a.on_dial_failed(t, x, Failure::Other, "timeout".into());
+                a.on_dial_failed(t, x, Failure::Other, std::io::ErrorKind::TimedOut);
             }
         }
         assert_eq!(
@@ -607,8 +626,12 @@ mod tests {
         let tried = a.tried();
         assert_eq!(tried[0].dials, 3);
         assert_eq!(
-            tried[1].last_error.as_deref(),
-            Some(wrong_key().to_string().as_str())
+            tried[1].last_error,
+            Some(CandidateError::Auth(AuthErrorKind::StaleSession))
+        );
+        assert_eq!(
+            tried[0].last_error,
+            Some(CandidateError::Dial(std::io::ErrorKind::TimedOut))
         );
     }
 
@@ -622,10 +645,20 @@ mod tests {
             assert_eq!(dial(&mut a, t), Some(peer), "fast redial {i}");
             assert_eq!(dial(&mut a, t), None, "one dial in flight at a time");
             t += ms(1);
-            a.on_dial_failed(t, peer, Failure::Refused, "refused".into());
+            a.on_dial_failed(
+                t,
+                peer,
+                Failure::Refused,
+                std::io::ErrorKind::ConnectionRefused,
+            );
         }
         assert_eq!(dial(&mut a, t), Some(peer));
-        a.on_dial_failed(t, peer, Failure::Refused, "refused".into());
+        a.on_dial_failed(
+            t,
+            peer,
+            Failure::Refused,
+            std::io::ErrorKind::ConnectionRefused,
+        );
         assert_eq!(dial(&mut a, t), None, "budget used: paced now");
         assert_eq!(a.poll_timeout(), t + ms(250));
         assert_eq!(a.tried()[0].dials, FAST_REDIALS + 1);
@@ -710,7 +743,10 @@ mod tests {
         assert_eq!(a.poll_timeout(), timeout, "the confirm is bounded");
         assert!(drain(&mut a, timeout - ms(1)).is_empty());
         assert!(matches!(drain(&mut a, timeout)[..], [Action::Abandon(x)] if x == s));
-        assert_eq!(a.tried()[0].last_error.as_deref(), Some(CONFIRM_TIMED_OUT));
+        assert_eq!(
+            a.tried()[0].last_error,
+            Some(CandidateError::ConfirmTimedOut)
+        );
         assert_eq!(a.poll_timeout(), timeout + ms(250));
         assert_eq!(dial(&mut a, timeout + ms(250)), Some(peer));
         // A report for the abandoned stream changes nothing.

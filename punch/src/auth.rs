@@ -64,6 +64,40 @@ impl AuthError {
     pub fn is_final(&self) -> bool {
         matches!(self, AuthError::Noise(_) | AuthError::StaleSession { .. })
     }
+
+    /// The kind of failure, without its details (for summaries such as
+    /// [`crate::attempt::Tried`]).
+    pub fn kind(&self) -> AuthErrorKind {
+        match self {
+            AuthError::Io(e) => AuthErrorKind::Io(e.kind()),
+            AuthError::Preamble => AuthErrorKind::Preamble,
+            AuthError::StaleSession { .. } => AuthErrorKind::StaleSession,
+            AuthError::Noise(_) => AuthErrorKind::Noise,
+            AuthError::Frame(_) => AuthErrorKind::Frame,
+            AuthError::Closed => AuthErrorKind::Closed,
+            AuthError::NotConfirmed => AuthErrorKind::NotConfirmed,
+        }
+    }
+}
+
+/// [`AuthError`] without its details: copyable and comparable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthErrorKind {
+    #[error("i/o: {0}")]
+    Io(std::io::ErrorKind),
+    #[error("not a punch stream (bad preamble)")]
+    Preamble,
+    #[error("stream belongs to another session")]
+    StaleSession,
+    #[error("peer failed authentication")]
+    Noise,
+    #[error("framing error")]
+    Frame,
+    #[error("stream closed during authentication")]
+    Closed,
+    #[error("peer did not confirm this stream")]
+    NotConfirmed,
 }
 
 pub fn preamble(session_id: u64) -> [u8; PREAMBLE_LEN] {

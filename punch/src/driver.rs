@@ -199,7 +199,7 @@ pub(crate) async fn run(
                             | std::io::ErrorKind::ConnectionReset => Failure::Refused,
                             _ => Failure::Other,
                         };
-                        attempt.on_dial_failed(Instant::now(), addr, failure, e.to_string());
+                        attempt.on_dial_failed(Instant::now(), addr, failure, e.kind());
                     }
                 }
             }

@@ -156,7 +156,8 @@ fn describe(tried: &[Tried]) -> String {
                 "{} ({} dials, last error: {})",
                 t.addr,
                 t.dials,
-                t.last_error.as_deref().unwrap_or("none")
+                t.last_error
+                    .map_or_else(|| "none".to_string(), |e| e.to_string())
             )
         })
         .collect::<Vec<_>>()
