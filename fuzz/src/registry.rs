@@ -19,7 +19,8 @@
 //!   control frame and survives encoding;
 //! - an error is `BadRequest` for a connection that is not the requester's registration
 //!   (before any rate limit, costing no token), else the first of `SelfConnect`, `PeerOffline`,
-//!   `PeerRefuses` that applies, or `RateLimited` with a retry time, and only when the requester
+//!   `PeerRefuses` that applies, then `PeerOffline` when either side's outbound queue is full
+//!   (both offers or neither), or `RateLimited` with a retry time, and only when the requester
 //!   (or target) really used up its bucket in the last minute; no requester or target ever
 //!   exceeds its rate (burst plus refill) over any window.
 
@@ -75,6 +76,8 @@ pub enum Event {
         from: u8,
         request_id: u64,
         target: u8,
+        /// Bit `c` set: connection `c`'s outbound queue is full.
+        full_queues: u8,
     },
     Prune,
     Advance {
@@ -292,10 +295,12 @@ pub fn run(s: Scenario) {
                 from,
                 request_id,
                 target,
+                full_queues,
             } => {
                 let (c, from, target) = (conn(*c), peer(*from), peer(*target));
                 let (srtt_a, srtt_b) = (r.srtt(&from), r.srtt(&target));
-                let actions = r.connect(now, c, from, *request_id, target);
+                let can_send = |c: ConnId| full_queues & (1 << c) == 0;
+                let actions = r.connect(now, c, from, *request_id, target, can_send);
                 // A request from a connection that is not the requester's registration is
                 // refused before it costs a token.
                 let current = model.get(&from).is_some_and(|m| m.conn == c);
@@ -307,6 +312,8 @@ pub fn run(s: Scenario) {
                     Some(ErrorCode::PeerOffline)
                 } else if !model[&target].accept_inbound {
                     Some(ErrorCode::PeerRefuses)
+                } else if !can_send(c) || !can_send(model[&target].conn) {
+                    Some(ErrorCode::PeerOffline)
                 } else {
                     None
                 };

@@ -16,7 +16,7 @@ use kaspa_rpc_service::service::RpcCoreService;
 use kaspa_utils::networking::{ContextualNetAddress, NetAddress};
 use kaspad_lib::args::Args;
 use punch_node::bridge::{Bridge, BridgeConfig};
-use punch_node::link::{Link, LinkConfig, LinkEvent, NodeDialer};
+use punch_node::link::{DialError, Link, LinkConfig, LinkEvent, NodeDialer};
 use punch_proto::Keypair;
 use tokio::sync::{broadcast, oneshot};
 use tracing::{info, warn};
@@ -52,12 +52,12 @@ pub fn check_rpc_is_local(args: &Args) -> anyhow::Result<()> {
 struct RpcDialer(Arc<RpcCoreService>);
 
 impl NodeDialer for RpcDialer {
-    fn dial(&self, addr: SocketAddr) -> BoxFuture<'static, Result<(), String>> {
+    fn dial(&self, addr: SocketAddr) -> BoxFuture<'static, Result<(), DialError>> {
         let rpc = self.0.clone();
         Box::pin(async move {
             rpc.add_peer(ContextualNetAddress::from(NetAddress::from(addr)), false)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| DialError::new(addr, e))
         })
     }
 }

@@ -239,6 +239,12 @@ impl BridgedPeer {
         let _ = rx.wait_for(|c| c.ended).await;
     }
 
+    /// Resolves once a first Kaspa connection was bridged, or the session ended.
+    pub async fn used(&self) {
+        let mut rx = self.counts.clone();
+        let _ = rx.wait_for(|c| c.ended || c.total > 0).await;
+    }
+
     /// Resolves when the session ended, or when every Kaspa connection bridged so far has
     /// closed (at least one having existed): the node dropped the peer.
     pub async fn idle(&self) {
@@ -354,7 +360,7 @@ impl Driver {
                         let (alias, node, timeout) = (self.alias, self.node, self.config.node_connect_timeout);
                         self.opened();
                         splices.spawn(async move {
-                            match tokio::time::timeout(timeout, connect_from(alias, node)).await {
+                            match tokio::time::timeout(timeout, connect_as_alias(alias, node)).await {
                                 Ok(Ok(tcp)) => {
                                     let res = splice(tcp, stream).await;
                                     debug!(?res, "inbound Kaspa connection ended");
@@ -392,7 +398,7 @@ async fn splice(mut tcp: TcpStream, mut stream: punch::Stream) -> io::Result<(u6
 }
 
 /// A TCP connection to `node` from the peer's alias, so the node sees the peer's address.
-async fn connect_from(alias: Ipv4Addr, node: SocketAddr) -> io::Result<TcpStream> {
+async fn connect_as_alias(alias: Ipv4Addr, node: SocketAddr) -> io::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::from((alias, 0)))?;
     let tcp = socket.connect(node).await?;

@@ -39,6 +39,7 @@ use kaspa_p2p_lib::{
 };
 use kaspa_utils::networking::PeerId as NodeId;
 use tokio::sync::broadcast;
+use tokio::task::JoinSet;
 use tracing::{debug, info};
 
 /// The protocol version we announce: kaspad 2.1's current one.
@@ -100,6 +101,8 @@ pub struct Initializer {
     hub: Hub,
     banned: Arc<Mutex<HashSet<IpAddr>>>,
     events: broadcast::Sender<HandshakeEvent>,
+    /// The pong flows of live connections; dropping the initializer (with its node) ends them.
+    flows: Mutex<JoinSet<()>>,
 }
 
 impl Initializer {
@@ -111,6 +114,7 @@ impl Initializer {
             hub,
             banned,
             events,
+            flows: Mutex::new(JoinSet::new()),
         }
     }
 
@@ -214,7 +218,12 @@ impl Initializer {
             .enqueue(make_message!(Payload::Ready, pb::ReadyMessage {}))
             .await?;
         dequeue_with_timeout!(ready_rx, Payload::Ready, READY_TIMEOUT)?;
-        spawn_pong_flow(router.clone(), ping_rx);
+        {
+            let mut flows = lock(&self.flows);
+            // Reap the flows of closed connections so the set holds only live ones.
+            while flows.try_join_next().is_some() {}
+            flows.spawn(pong_flow(router.clone(), ping_rx));
+        }
         Ok(applied)
     }
 }
@@ -242,20 +251,18 @@ impl ConnectionInitializer for Initializer {
     }
 }
 
-/// Answers pings for as long as the connection lives. The task ends by itself: closing the
-/// router drops its routes, which ends `recv`.
-fn spawn_pong_flow(router: Arc<Router>, mut pings: kaspa_p2p_lib::IncomingRoute) {
-    tokio::spawn(async move {
-        while let Some(msg) = pings.recv().await {
-            let Some(Payload::Ping(ping)) = msg.payload else {
-                break;
-            };
-            let pong = make_message!(Payload::Pong, pb::PongMessage { nonce: ping.nonce });
-            if router.enqueue(pong).await.is_err() {
-                break;
-            }
+/// Answers pings for as long as the connection lives. It ends by itself: closing the router
+/// drops its routes, which ends `recv`.
+async fn pong_flow(router: Arc<Router>, mut pings: kaspa_p2p_lib::IncomingRoute) {
+    while let Some(msg) = pings.recv().await {
+        let Some(Payload::Ping(ping)) = msg.payload else {
+            break;
+        };
+        let pong = make_message!(Payload::Pong, pb::PongMessage { nonce: ping.nonce });
+        if router.enqueue(pong).await.is_err() {
+            break;
         }
-    });
+    }
 }
 
 /// Milliseconds since the Unix epoch, as Kaspa's Version timestamps count.

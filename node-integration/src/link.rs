@@ -25,7 +25,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::bridge::{Bridge, BridgedPeer};
+use crate::bridge::{Bridge, BridgeError, BridgedPeer};
 
 /// Inbound punched peers at most: each is a Kaspa inbound peer taking bandwidth and a share
 /// of the node's inbound slots; 8 leaves most of kaspad's default 128 to ordinary peers.
@@ -47,17 +47,57 @@ pub const EVENT_BUFFER: usize = 256;
 pub trait NodeDialer: Send + Sync + 'static {
     /// Asks the node to connect to `addr`. Returns an error if the node refused outright;
     /// `Ok` may mean "requested" for nodes that connect asynchronously.
-    fn dial(&self, addr: SocketAddr) -> BoxFuture<'static, Result<(), String>>;
+    fn dial(&self, addr: SocketAddr) -> BoxFuture<'static, Result<(), DialError>>;
+}
+
+/// The node (or its RPC) refused to connect to a bridge listener: the node's side, with its
+/// own error as the source. `Clone` (the source is shared) to travel in [`LinkEvent`]s.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the node refused to connect to {addr}: {source}")]
+#[non_exhaustive]
+pub struct DialError {
+    pub addr: SocketAddr,
+    #[source]
+    pub source: Arc<dyn std::error::Error + Send + Sync>,
+}
+
+impl DialError {
+    pub fn new(addr: SocketAddr, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self {
+            addr,
+            source: Arc::new(source),
+        }
+    }
+}
+
+/// Why one round of a [`Link`] keeper did not connect the peer.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinkError {
+    /// The punch failed (see [`punch::Error`] for whose fault).
+    #[error("punch failed: {0}")]
+    Punch(#[source] Arc<punch::Error>),
+    /// The session could not be bridged (local configuration: alias or port).
+    #[error("bridge: {0}")]
+    Bridge(#[source] Arc<BridgeError>),
+    /// The rendezvous made us the responder of a punch we requested: it broke the protocol.
+    #[error("the requester of a punch must be the Kaspa dialer")]
+    NotDialer,
+    #[error(transparent)]
+    Dial(#[from] DialError),
+    /// The node accepted the dial request but never connected (the node's side).
+    #[error("the node did not connect to {addr} within {waited:?}")]
+    NotConnected { addr: SocketAddr, waited: Duration },
 }
 
 impl NodeDialer for Arc<crate::node::KaspaNode> {
-    fn dial(&self, addr: SocketAddr) -> BoxFuture<'static, Result<(), String>> {
+    fn dial(&self, addr: SocketAddr) -> BoxFuture<'static, Result<(), DialError>> {
         let node = self.clone();
         Box::pin(async move {
             node.connect(addr)
                 .await
                 .map(|_| ())
-                .map_err(|e| e.to_string())
+                .map_err(|e| DialError::new(addr, e))
         })
     }
 }
@@ -107,14 +147,14 @@ pub enum LinkEvent {
     Dialed {
         peer: PeerId,
         addr: SocketAddr,
-        result: Result<(), String>,
+        result: Result<(), DialError>,
     },
     /// The peer's Kaspa connection or session ended.
     Ended { peer: PeerId, outbound: bool },
     /// A punch to `peer` failed; the next try is in `retry_in`.
     PunchFailed {
         peer: PeerId,
-        error: String,
+        error: LinkError,
         retry_in: Duration,
     },
     /// An inbound session was refused.
@@ -228,21 +268,19 @@ impl Keeper {
 
     /// One punch, bridge and Kaspa dial; returns when the connection has ended (`Ok`) or
     /// failed to come up (`Err`).
-    async fn once(&self) -> Result<(), String> {
+    async fn once(&self) -> Result<(), LinkError> {
         let session = self
             .client
             .connect(self.peer)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| LinkError::Punch(Arc::new(e)))?;
         let bridged = self
             .bridge
             .attach(session)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| LinkError::Bridge(Arc::new(e)))?;
         let _ = self.events.send(punched(&bridged, true));
-        let addr = bridged
-            .dial_addr()
-            .ok_or("the requester of a punch must be the Kaspa dialer")?;
+        let addr = bridged.dial_addr().ok_or(LinkError::NotDialer)?;
         let result = self.dialer.dial(addr).await;
         let _ = self.events.send(LinkEvent::Dialed {
             peer: self.peer,
@@ -250,19 +288,9 @@ impl Keeper {
             result: result.clone(),
         });
         result?;
-        let used = tokio::time::timeout(self.config.first_connection_timeout, async {
-            let mut counts = bridged.counts();
-            while counts.total == 0 && !counts.ended {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                counts = bridged.counts();
-            }
-        })
-        .await;
-        if used.is_err() {
-            return Err(format!(
-                "the node did not connect to {addr} within {:?}",
-                self.config.first_connection_timeout
-            ));
+        let waited = self.config.first_connection_timeout;
+        if tokio::time::timeout(waited, bridged.used()).await.is_err() {
+            return Err(LinkError::NotConnected { addr, waited });
         }
         bridged.idle().await;
         let _ = self.events.send(LinkEvent::Ended {

@@ -142,6 +142,17 @@ fn decode(s: &str) -> Result<[u8; KEY_LEN], KeyError> {
     Ok(out)
 }
 
+/// Any Noise parameters with the 25519 DH: snow only uses them to pick the curve when it
+/// generates a key pair. Named here so identity (the keys) does not depend on noise (the
+/// handshakes that use them).
+const KEYGEN_PARAMS: &str = "Noise_NN_25519_ChaChaPoly_BLAKE2s";
+
+/// The X25519 public key of a secret key.
+pub fn public_key(secret: &[u8; KEY_LEN]) -> PeerId {
+    let secret = x25519_dalek::StaticSecret::from(*secret);
+    PeerId::from_bytes(x25519_dalek::PublicKey::from(&secret).to_bytes())
+}
+
 /// A static X25519 key pair. The secret never appears in `Debug` output.
 #[derive(Clone)]
 pub struct Keypair {
@@ -160,7 +171,7 @@ impl fmt::Debug for Keypair {
 impl Keypair {
     /// A fresh key pair from the operating system's random source.
     pub fn generate() -> Result<Self, KeyError> {
-        let kp = snow::Builder::new(crate::noise::CONTROL_PARAMS.parse().expect("valid params"))
+        let kp = snow::Builder::new(KEYGEN_PARAMS.parse().expect("valid params"))
             .generate_keypair()
             .map_err(|e| KeyError::Generate(e.to_string()))?;
         Self::from_secret(&kp.private)
@@ -172,7 +183,7 @@ impl Keypair {
             expected: KEY_LEN,
             found: secret.len(),
         })?;
-        let public = crate::noise::public_key(&secret);
+        let public = public_key(&secret);
         Ok(Self { secret, public })
     }
 

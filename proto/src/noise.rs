@@ -30,7 +30,7 @@
 //! responder -> initiator   e, ee, se
 //! ```
 
-use crate::identity::{Keypair, PeerId, KEY_LEN};
+use crate::identity::{Keypair, PeerId};
 
 /// Control channel parameters (see the module doc for why XK).
 pub const CONTROL_PARAMS: &str = "Noise_XK_25519_ChaChaPoly_BLAKE2s";
@@ -84,12 +84,6 @@ impl From<snow::Error> for NoiseError {
     fn from(e: snow::Error) -> Self {
         NoiseError::Crypto(e)
     }
-}
-
-/// The X25519 public key of a secret key.
-pub fn public_key(secret: &[u8; KEY_LEN]) -> PeerId {
-    let secret = x25519_dalek::StaticSecret::from(*secret);
-    PeerId::from_bytes(x25519_dalek::PublicKey::from(&secret).to_bytes())
 }
 
 /// A handshake in progress, consumed into a [`Transport`] when finished.

@@ -64,6 +64,40 @@ impl AuthError {
     pub fn is_final(&self) -> bool {
         matches!(self, AuthError::Noise(_) | AuthError::StaleSession { .. })
     }
+
+    /// The kind of failure, without its details (for summaries such as
+    /// [`crate::attempt::Tried`]).
+    pub fn kind(&self) -> AuthErrorKind {
+        match self {
+            AuthError::Io(e) => AuthErrorKind::Io(e.kind()),
+            AuthError::Preamble => AuthErrorKind::Preamble,
+            AuthError::StaleSession { .. } => AuthErrorKind::StaleSession,
+            AuthError::Noise(_) => AuthErrorKind::Noise,
+            AuthError::Frame(_) => AuthErrorKind::Frame,
+            AuthError::Closed => AuthErrorKind::Closed,
+            AuthError::NotConfirmed => AuthErrorKind::NotConfirmed,
+        }
+    }
+}
+
+/// [`AuthError`] without its details: copyable and comparable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthErrorKind {
+    #[error("i/o: {0}")]
+    Io(std::io::ErrorKind),
+    #[error("not a punch stream (bad preamble)")]
+    Preamble,
+    #[error("stream belongs to another session")]
+    StaleSession,
+    #[error("peer failed authentication")]
+    Noise,
+    #[error("framing error")]
+    Frame,
+    #[error("stream closed during authentication")]
+    Closed,
+    #[error("peer did not confirm this stream")]
+    NotConfirmed,
 }
 
 pub fn preamble(session_id: u64) -> [u8; PREAMBLE_LEN] {
@@ -99,7 +133,7 @@ pub struct Authenticated {
 
 /// What one end knows about the punch it is authenticating.
 #[derive(Debug, Clone)]
-pub struct Expect {
+pub struct AuthContext {
     pub role: Role,
     pub keypair: Keypair,
     pub peer: PeerId,
@@ -111,7 +145,7 @@ pub struct Expect {
 pub async fn authenticate(
     mut stream: TcpStream,
     preamble_read: bool,
-    expect: &Expect,
+    expect: &AuthContext,
 ) -> Result<Authenticated, AuthError> {
     let remote = stream.peer_addr()?;
     let mut hs = Handshake::peer(

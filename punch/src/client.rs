@@ -40,10 +40,10 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::auth::read_preamble;
 use crate::config::Config;
 use crate::control::{Action, Control, ControlConfig};
-use crate::error::Error;
+use crate::driver::{self, PunchCtx};
+use crate::error::{Error, RendezvousError};
 pub use crate::event::{Event, Status, EVENT_BUFFER};
 use crate::lock;
-use crate::punch::{self, PunchCtx};
 use crate::routes::Routes;
 use crate::session::Session;
 use crate::socket;
@@ -222,9 +222,12 @@ impl Client {
             Ok(_) => Err(Error::Shutdown),
             Err(_) => Err(Error::RendezvousUnreachable {
                 addr: self.rendezvous,
-                reason: match self.status() {
-                    Status::Disconnected { reason } => reason,
-                    _ => format!("not registered after {timeout:?}"),
+                source: RendezvousError::NotRegistered {
+                    waited: timeout,
+                    last: match self.status() {
+                        Status::Disconnected { reason } => Some(Box::new(reason)),
+                        _ => None,
+                    },
                 },
             }),
         }
@@ -299,7 +302,7 @@ async fn route(mut stream: TcpStream, from: SocketAddr, routes: &Routes) {
 
 /// The control connection's handshake in progress: yields the channel and its local address.
 type Handshake =
-    Pin<Box<dyn Future<Output = Result<(Channel<TcpStream>, SocketAddr), String>> + Send>>;
+    Pin<Box<dyn Future<Output = Result<(Channel<TcpStream>, SocketAddr), RendezvousError>> + Send>>;
 
 struct Driver {
     ctx: Arc<PunchCtx>,
@@ -324,7 +327,7 @@ async fn recv(conn: &mut Option<Channel<TcpStream>>) -> Result<Vec<u8>, ChannelE
 
 async fn handshaking(
     h: &mut Option<Handshake>,
-) -> Result<(Channel<TcpStream>, SocketAddr), String> {
+) -> Result<(Channel<TcpStream>, SocketAddr), RendezvousError> {
     match h {
         Some(h) => h.await,
         None => std::future::pending().await,
@@ -342,16 +345,18 @@ async fn sleep_until(at: Option<Instant>) {
 async fn connect(
     ctx: Arc<PunchCtx>,
     control: ControlConfig,
-) -> Result<(Channel<TcpStream>, SocketAddr), String> {
+) -> Result<(Channel<TcpStream>, SocketAddr), RendezvousError> {
     let config = &ctx.config;
     let stream = socket::connect_from(ctx.local, config.rendezvous)
         .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let local = stream.local_addr().map_err(|e| e.to_string())?;
+        .map_err(|e| RendezvousError::Connect(Arc::new(e)))?;
+    let local = stream
+        .local_addr()
+        .map_err(|e| RendezvousError::Io(Arc::new(e)))?;
     let register = control.register_message(local);
     let channel = client_handshake(stream, &ctx.keypair, &config.rendezvous_key, &register)
         .await
-        .map_err(|e| format!("handshake failed (wrong --rendezvous-key?): {e}"))?;
+        .map_err(|e| RendezvousError::Handshake(Arc::new(e)))?;
     Ok((channel, local))
 }
 
@@ -380,7 +385,7 @@ impl Driver {
                     Ok(bytes) => self.control.handle_frame(now(), &bytes),
                     Err(e) => {
                         self.conn = None;
-                        self.control.on_lost(now(), format!("connection lost: {e}"));
+                        self.control.on_lost(now(), RendezvousError::Lost(Arc::new(e)));
                     }
                 },
                 _ = sleep_until(wake) => self.control.handle_timeout(now()),
@@ -418,8 +423,8 @@ impl Driver {
                             .await;
                     let reason = match sent {
                         Ok(Ok(())) => continue,
-                        Ok(Err(e)) => format!("write failed: {e}"),
-                        Err(_) => "write timed out: rendezvous is not reading".to_string(),
+                        Ok(Err(e)) => RendezvousError::Write(Arc::new(e)),
+                        Err(_) => RendezvousError::WriteTimeout(CONTROL_WRITE_TIMEOUT),
                     };
                     self.conn = None;
                     self.control.on_lost(now(), reason);
@@ -431,7 +436,7 @@ impl Driver {
                     offer,
                     reply,
                     started,
-                } => self.start_punch(offer, reply, tokio::time::Instant::from_std(started)),
+                } => self.start_punch(offer, reply, started),
                 Action::Emit(event) => self.ctx.emit(event),
                 Action::SetStatus(status) => {
                     self.status_tx.send_replace(status);
@@ -440,7 +445,7 @@ impl Driver {
         }
     }
 
-    fn start_punch(&mut self, offer: Offer, reply: Option<Reply>, started: tokio::time::Instant) {
+    fn start_punch(&mut self, offer: Offer, reply: Option<Reply>, started: Instant) {
         let (tx, rx) = mpsc::channel(8);
         self.routes.insert(offer.session_id, tx);
         let span = info_span!("punch", session = offer.session_id, peer = %offer.peer.short(), role = ?offer.role);
@@ -451,7 +456,7 @@ impl Driver {
         let peer = offer.peer;
         self.punches.spawn(
             async move {
-                let result = punch::run(ctx.clone(), offer, rx, started).await;
+                let result = driver::run(ctx.clone(), offer, rx, started).await;
                 if let Err(e) = &result {
                     warn!(error = %e, "punch failed");
                     ctx.emit(Event::Failed {

@@ -32,6 +32,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use punch_proto::message::{
@@ -43,7 +44,7 @@ use rand::{Rng, SeedableRng};
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::error::Error;
+use crate::error::{Error, RendezvousError};
 use crate::event::{Event, Status};
 
 /// The rendezvous is considered gone after this many of its ping intervals without a word:
@@ -104,7 +105,7 @@ pub enum Action<T> {
     /// [`Control::on_connect_failed`].
     Connect,
     /// Drop the control connection, or abandon the connection or handshake in progress.
-    Close { reason: String },
+    Close { reason: RendezvousError },
     /// Send a message on the control connection (a failed write is [`Control::on_lost`]).
     Send(ClientMsg),
     /// The request ends without a punch.
@@ -283,15 +284,12 @@ impl<T> Control<T> {
         match self.state {
             State::Idle { retry_at } if now >= retry_at => self.start_connect(now),
             State::Connecting { deadline } if now >= deadline => {
-                let reason = format!(
-                    "connect and handshake did not finish within {:?}",
-                    self.config.handshake_timeout
-                );
+                let reason = RendezvousError::HandshakeTimeout(self.config.handshake_timeout);
                 self.close(reason.clone());
                 self.connect_failed(now, reason);
             }
             State::AwaitingRegistered { deadline, .. } if now >= deadline => {
-                let reason = "no registration reply".to_string();
+                let reason = RendezvousError::NoRegistrationReply;
                 self.close(reason.clone());
                 self.connect_failed(now, reason);
             }
@@ -300,7 +298,7 @@ impl<T> Control<T> {
                 silence_limit,
                 ..
             } if now >= last_heard + silence_limit => {
-                let reason = "rendezvous went silent".to_string();
+                let reason = RendezvousError::Silent;
                 self.close(reason.clone());
                 self.lose(now, reason);
             }
@@ -314,7 +312,7 @@ impl<T> Control<T> {
     /// fails at once.
     pub fn connect(&mut self, now: Instant, peer: PeerId, token: T) {
         if let State::Idle { .. } = self.state {
-            let error = self.unreachable("not registered (reconnecting)".into());
+            let error = self.unreachable(RendezvousError::Reconnecting);
             self.actions.push_back(Action::Reply { token, error });
             return;
         }
@@ -362,14 +360,14 @@ impl<T> Control<T> {
     }
 
     /// The connection or its handshake failed.
-    pub fn on_connect_failed(&mut self, now: Instant, reason: String) {
+    pub fn on_connect_failed(&mut self, now: Instant, reason: RendezvousError) {
         if let State::Connecting { .. } = self.state {
             self.connect_failed(now, reason);
         }
     }
 
     /// The connection broke (read or write error, closed by the server).
-    pub fn on_lost(&mut self, now: Instant, reason: String) {
+    pub fn on_lost(&mut self, now: Instant, reason: RendezvousError) {
         match self.state {
             State::Registered { .. } => self.lose(now, reason),
             State::Connecting { .. } | State::AwaitingRegistered { .. } => {
@@ -384,7 +382,7 @@ impl<T> Control<T> {
         match ServerMsg::decode(frame) {
             Ok(msg) => self.handle_message(now, msg),
             Err(e) => {
-                let reason = format!("malformed message from rendezvous: {e}");
+                let reason = RendezvousError::Malformed(Arc::new(e));
                 self.close(reason.clone());
                 self.on_lost(now, reason);
             }
@@ -446,12 +444,15 @@ impl<T> Control<T> {
                 }
             }
             ServerMsg::Error(e) => {
-                let reason = format!("registration refused ({:?}): {}", e.code, e.detail);
+                let reason = RendezvousError::RegistrationRefused {
+                    code: e.code,
+                    detail: e.detail,
+                };
                 self.close(reason.clone());
                 self.connect_failed(now, reason);
             }
             other => {
-                let reason = format!("unexpected first message {other:?}");
+                let reason = RendezvousError::Unexpected(Box::new(other));
                 self.close(reason.clone());
                 self.connect_failed(now, reason);
             }
@@ -502,7 +503,10 @@ impl<T> Control<T> {
     fn refused(&mut self, now: Instant, e: ErrorReply) {
         let Some(p) = self.pending.remove(&e.request_id) else {
             if e.request_id == 0 {
-                let reason = format!("rendezvous error ({:?}): {}", e.code, e.detail);
+                let reason = RendezvousError::Server {
+                    code: e.code,
+                    detail: e.detail,
+                };
                 self.close(reason.clone());
                 self.lose(now, reason);
             } else {
@@ -558,12 +562,12 @@ impl<T> Control<T> {
         self.actions.push_back(Action::Connect);
     }
 
-    fn close(&mut self, reason: String) {
+    fn close(&mut self, reason: RendezvousError) {
         self.actions.push_back(Action::Close { reason });
     }
 
     /// A connection attempt failed: retry after the next (growing) backoff.
-    fn connect_failed(&mut self, now: Instant, reason: String) {
+    fn connect_failed(&mut self, now: Instant, reason: RendezvousError) {
         let delay = self.backoff.next_delay(&mut self.rng);
         warn!(rendezvous = %self.config.rendezvous, %reason, retry_in_ms = delay.as_millis() as u64, "rendezvous unreachable");
         self.fail_pending(&reason);
@@ -571,7 +575,7 @@ impl<T> Control<T> {
     }
 
     /// A registered connection was lost: fail the pending requests, reconnect soon.
-    fn lose(&mut self, now: Instant, reason: String) {
+    fn lose(&mut self, now: Instant, reason: RendezvousError) {
         warn!(%reason, "lost the rendezvous; reconnecting");
         self.stats.losses += 1;
         self.backoff.reset();
@@ -581,9 +585,9 @@ impl<T> Control<T> {
     }
 
     /// Every request ends with the connection (its offer could only come on it).
-    fn fail_pending(&mut self, reason: &str) {
+    fn fail_pending(&mut self, reason: &RendezvousError) {
         for (_, p) in std::mem::take(&mut self.pending) {
-            let error = self.unreachable(reason.to_string());
+            let error = self.unreachable(reason.clone());
             self.actions.push_back(Action::Reply {
                 token: p.token,
                 error,
@@ -591,7 +595,7 @@ impl<T> Control<T> {
         }
     }
 
-    fn disconnected(&mut self, retry_at: Instant, reason: String) {
+    fn disconnected(&mut self, retry_at: Instant, reason: RendezvousError) {
         self.state = State::Idle { retry_at };
         self.actions.push_back(Action::Emit(Event::Disconnected {
             reason: reason.clone(),
@@ -600,10 +604,10 @@ impl<T> Control<T> {
             .push_back(Action::SetStatus(Status::Disconnected { reason }));
     }
 
-    fn unreachable(&self, reason: String) -> Error {
+    fn unreachable(&self, source: RendezvousError) -> Error {
         Error::RendezvousUnreachable {
             addr: self.config.rendezvous,
-            reason,
+            source,
         }
     }
 }

@@ -1,6 +1,9 @@
 //! Unit tests of the control machine, on made-up instants (no clock, no runtime).
 
+use std::io;
+
 use super::*;
+use punch_proto::channel::ChannelError;
 use punch_proto::message::Registered;
 use punch_proto::Role;
 
@@ -64,11 +67,24 @@ fn offer(request_id: u64, peer: PeerId, role: Role) -> Offer {
     }
 }
 
-fn disconnected_reason(actions: &[Action<u32>]) -> Option<&str> {
+fn disconnected_reason(actions: &[Action<u32>]) -> Option<String> {
     actions.iter().find_map(|a| match a {
-        Action::SetStatus(Status::Disconnected { reason }) => Some(reason.as_str()),
+        Action::SetStatus(Status::Disconnected { reason }) => Some(reason.to_string()),
         _ => None,
     })
+}
+
+/// What the driver reports when the TCP connect to the rendezvous is refused.
+fn refused() -> RendezvousError {
+    RendezvousError::Connect(Arc::new(io::Error::new(
+        io::ErrorKind::ConnectionRefused,
+        "connection refused",
+    )))
+}
+
+/// What the driver reports when the peer closes the control connection.
+fn lost() -> RendezvousError {
+    RendezvousError::Lost(Arc::new(ChannelError::Closed))
 }
 
 #[test]
@@ -104,11 +120,11 @@ fn failure_delays(seed: u64, n: usize) -> Vec<Duration> {
     drain(&mut c);
     let mut delays = Vec::new();
     for _ in 0..n {
-        c.on_connect_failed(t, "connect: connection refused".into());
+        c.on_connect_failed(t, refused());
         let actions = drain(&mut c);
         assert_eq!(
             disconnected_reason(&actions),
-            Some("connect: connection refused")
+            Some("connect: connection refused".to_string())
         );
         let retry_at = c.poll_timeout().unwrap();
         delays.push(retry_at - t);
@@ -152,18 +168,18 @@ fn registration_resets_the_backoff() {
     let mut c: Control<u32> = Control::new(config(), t0, 1);
     let mut t = t0;
     for _ in 0..6 {
-        c.on_connect_failed(t, "refused".into());
+        c.on_connect_failed(t, refused());
         t = c.poll_timeout().unwrap();
         c.handle_timeout(t);
     }
     c.on_connected(t, local());
     c.handle_message(t, registered_msg());
     drain(&mut c);
-    c.on_lost(t, "connection lost: reset".into());
+    c.on_lost(t, lost());
     let actions = drain(&mut c);
     assert_eq!(
         disconnected_reason(&actions),
-        Some("connection lost: reset")
+        Some("connection lost: connection closed by the other side".to_string())
     );
     let delay = c.poll_timeout().unwrap() - t;
     assert!(delay <= config().reconnect_min, "{delay:?}");
@@ -191,7 +207,10 @@ fn handshake_and_registration_have_deadlines() {
     c.handle_timeout(t1 + config().handshake_timeout);
     let actions = drain(&mut c);
     assert!(matches!(actions[0], Action::Close { .. }));
-    assert_eq!(disconnected_reason(&actions), Some("no registration reply"));
+    assert_eq!(
+        disconnected_reason(&actions),
+        Some("no registration reply".to_string())
+    );
 
     let t2 = c.poll_timeout().unwrap();
     c.handle_timeout(t2);
@@ -228,10 +247,12 @@ fn silence_means_reconnect_and_any_message_is_a_sign_of_life() {
     assert_eq!(c.poll_timeout(), Some(t0 + PING + limit));
     c.handle_timeout(t0 + PING + limit);
     let actions = drain(&mut c);
-    assert!(matches!(&actions[0], Action::Close { reason } if reason == "rendezvous went silent"));
+    assert!(
+        matches!(&actions[0], Action::Close { reason } if matches!(reason, RendezvousError::Silent))
+    );
     assert_eq!(
         disconnected_reason(&actions),
-        Some("rendezvous went silent")
+        Some("rendezvous went silent".to_string())
     );
     let retry = c.poll_timeout().unwrap() - (t0 + PING + limit);
     assert!(retry >= config().reconnect_min / 2 && retry <= config().reconnect_min);
@@ -390,20 +411,20 @@ fn requests_wait_for_a_registration_under_way_and_fail_between_attempts() {
     let mut c: Control<u32> = Control::new(config(), t0, 1);
     drain(&mut c);
     c.connect(t0, peer(2), 6);
-    c.on_connect_failed(t0 + MS, "connect: connection refused".into());
+    c.on_connect_failed(t0 + MS, refused());
     let actions = drain(&mut c);
     assert!(matches!(
         &actions[0],
-        Action::Reply { token: 6, error: Error::RendezvousUnreachable { reason, .. } }
-            if reason == "connect: connection refused"
+        Action::Reply { token: 6, error: Error::RendezvousUnreachable { source: reason, .. } }
+            if reason.to_string() == "connect: connection refused"
     ));
     // Between attempts: refused at once.
     c.connect(t0 + MS, peer(2), 7);
     let actions = drain(&mut c);
     assert!(matches!(
         &actions[..],
-        [Action::Reply { token: 7, error: Error::RendezvousUnreachable { reason, .. } }]
-            if reason.contains("not registered")
+        [Action::Reply { token: 7, error: Error::RendezvousUnreachable { source: reason, .. } }]
+            if matches!(reason, RendezvousError::Reconnecting)
     ));
     assert_eq!(c.pending_requests(), 0);
 }
@@ -414,12 +435,12 @@ fn a_lost_connection_fails_requests_and_re_registration_starts_afresh() {
     let mut c = registered(config(), t0);
     c.connect(t0, peer(2), 1);
     drain(&mut c);
-    c.on_lost(t0 + MS, "connection lost: reset".into());
+    c.on_lost(t0 + MS, lost());
     let actions = drain(&mut c);
     assert!(matches!(
         &actions[0],
-        Action::Reply { token: 1, error: Error::RendezvousUnreachable { reason, .. } }
-            if reason == "connection lost: reset"
+        Action::Reply { token: 1, error: Error::RendezvousUnreachable { source: reason, .. } }
+            if matches!(reason, RendezvousError::Lost(_))
     ));
     assert!(!actions.iter().any(|a| matches!(a, Action::Close { .. })));
     // Reconnects and registers again: a new Connect, the registration sent anew.

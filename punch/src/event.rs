@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use punch_proto::{PeerId, Role};
 
+use crate::error::RendezvousError;
 use crate::session::SessionInfo;
 
 /// Events kept for slow receivers of [`crate::Client::events`].
 pub const EVENT_BUFFER: usize = 256;
 
 /// Where the client stands with the rendezvous.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Status {
     Connecting,
@@ -26,7 +27,7 @@ pub enum Status {
         local: SocketAddr,
     },
     Disconnected {
-        reason: String,
+        reason: RendezvousError,
     },
 }
 
@@ -42,7 +43,7 @@ pub enum Event {
         local: SocketAddr,
     },
     /// The control connection was lost or could not be made; the client keeps retrying.
-    Disconnected { reason: String },
+    Disconnected { reason: RendezvousError },
     /// We asked the rendezvous to punch to `peer`.
     Requested { peer: PeerId },
     /// An offer arrived: for our request, or for another peer's punch to us

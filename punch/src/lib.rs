@@ -8,7 +8,8 @@
 //! reports each step ([`Event`]).
 //!
 //! - [`socket`]: all socket2 work (shared port, SO_REUSEADDR/SO_REUSEPORT).
-//! - [`attempt`]: the pure dial scheduler of one punch.
+//! - [`attempt`]: the pure decisions of one punch (dials, which stream wins, which error);
+//!   `driver` carries them out.
 //! - [`auth`]: preamble, Noise KK and choosing the winning stream.
 //! - [`secure`]: the encrypted byte stream; [`session`]: yamux over it.
 //! - [`control`]: the pure state machine of the control connection to the rendezvous.
@@ -24,10 +25,10 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod control;
+mod driver;
 pub mod error;
 pub mod event;
 pub mod forward;
-mod punch;
 mod routes;
 pub mod secure;
 pub mod session;
@@ -35,7 +36,7 @@ pub mod socket;
 
 pub use client::{Client, Incoming};
 pub use config::Config;
-pub use error::Error;
+pub use error::{Error, RendezvousError, SessionError};
 pub use event::{Event, Status};
 pub use session::{PathKind, Session, SessionInfo, Stream};
 

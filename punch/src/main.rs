@@ -12,6 +12,7 @@ use punch::{Client, Config, Session};
 use punch_proto::{Keypair, PeerId};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 /// TCP hole punching between peers behind NATs.
@@ -174,6 +175,8 @@ async fn listen(common: Common, forward: String) -> anyhow::Result<()> {
         .with_context(|| format!("--forward {forward} has no address"))?;
     let (client, mut incoming) = start(&common, true).await?;
     println!("listening as {} forwarding to {target}", client.id());
+    // Returning drops the set, which ends every session's task (and its streams).
+    let mut sessions = JoinSet::new();
     loop {
         tokio::select! {
             _ = shutdown_signal() => {
@@ -181,21 +184,34 @@ async fn listen(common: Common, forward: String) -> anyhow::Result<()> {
                 return Ok(());
             }
             session = incoming.next() => {
-                let Some(mut session) = session else { bail!("client stopped") };
+                let Some(session) = session else { bail!("client stopped") };
                 eprintln!("punch: session from {}", describe(&session));
-                tokio::spawn(async move {
-                    while let Some(stream) = session.accept_stream().await {
-                        tokio::spawn(async move {
-                            if let Err(e) = punch::forward::to_service(stream, target).await {
-                                warn!(%target, error = %e, "forwarding failed");
-                            }
-                        });
-                    }
-                    info!(peer = %session.info().peer.short(), "session ended");
-                });
+                sessions.spawn(serve(session, target));
             }
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
         }
     }
+}
+
+/// Forwards every stream the peer opens on `session` to `target`, until the session ends.
+async fn serve(mut session: Session, target: SocketAddr) {
+    let mut streams = JoinSet::new();
+    loop {
+        tokio::select! {
+            stream = session.accept_stream() => {
+                let Some(stream) = stream else { break };
+                streams.spawn(async move {
+                    if let Err(e) = punch::forward::to_service(stream, target).await {
+                        warn!(%target, error = %e, "forwarding failed");
+                    }
+                });
+            }
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+        }
+    }
+    info!(peer = %session.info().peer.short(), "session ended");
+    // Streams still open finish their copy; the session lingers for them.
+    while streams.join_next().await.is_some() {}
 }
 
 async fn connect(peer: PeerId, common: Common, local: Option<SocketAddr>) -> anyhow::Result<()> {
@@ -217,19 +233,19 @@ async fn expose(session: Session, addr: SocketAddr) -> anyhow::Result<()> {
         .with_context(|| format!("binding --local {addr}"))?;
     println!("local {}", listener.local_addr()?);
     let opener = session.opener();
+    let closed = session.closed();
+    tokio::pin!(closed);
+    let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             _ = shutdown_signal() => return Ok(()),
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {
-                if session.is_closed() {
-                    bail!("session to {} ended", session.info().peer.short());
-                }
-            }
+            _ = &mut closed => bail!("session to {} ended", session.info().peer.short()),
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
             res = listener.accept() => {
                 let (tcp, from) = res?;
                 let _ = tcp.set_nodelay(true);
                 let opener = opener.clone();
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     match opener.open_stream().await {
                         Ok(stream) => {
                             if let Err(e) = punch::forward::splice(tcp, stream).await {

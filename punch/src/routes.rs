@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::driver::Inbound;
 use crate::lock;
-use crate::punch::Inbound;
 
 /// Where a punch takes its accepted streams.
 pub(crate) type Route = mpsc::Sender<Inbound>;

@@ -2,8 +2,16 @@
 //!
 //! The Noise initiator is the yamux client and the responder the yamux server, as the
 //! rendezvous assigned. One driver task polls the yamux session (all its I/O happens there)
-//! and hands inbound streams to [`Session::accept_stream`]; dropping the [`Session`] aborts the
-//! driver and closes the TCP connection.
+//! and hands inbound streams to [`Session::accept_stream`]. It runs while the [`Session`], an
+//! [`Opener`] or a [`Stream`] of it is held. When the last of them is dropped the driver is
+//! told at once (a drop guard closes a oneshot channel), lingers until nothing was written for
+//! [`LINGER_IDLE`] (at most [`LINGER_MAX`]) so that the last writes reach the peer, and then
+//! closes the TCP connection. It also ends when the peer closes the connection or it breaks;
+//! [`Session::closed`] resolves then.
+//!
+//! The driver is the one task here not owned by an abort-on-drop handle, on purpose: aborting
+//! it with the last handle would cut frames still queued in yamux. Its lifetime is bounded
+//! instead: by the connection, and by [`LINGER_MAX`] after the last handle is gone.
 //!
 //! Window sizes: tokio-yamux 0.3.20 starts every stream at a 256 KiB window and only grows it
 //! up to `max_stream_window_size`, so a stream moves at most `window / RTT`. The default
@@ -31,11 +39,11 @@ use futures::StreamExt;
 use punch_proto::{PeerId, Role};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_yamux::{Config as YamuxConfig, Control, StreamHandle};
 use tracing::{debug, warn, Instrument};
 
-use crate::error::Error;
+use crate::error::{Error, SessionError};
 use crate::secure::SecureStream;
 
 /// Per-stream receive window (see the module doc).
@@ -51,12 +59,13 @@ pub const ACCEPT_BACKLOG: usize = 256;
 pub const LINGER_IDLE: Duration = Duration::from_millis(500);
 /// Upper bound of the linger, however busy the connection is.
 pub const LINGER_MAX: Duration = Duration::from_secs(30);
-/// How often the driver checks whether handles remain.
-const HANDLE_CHECK: Duration = Duration::from_millis(100);
 
-/// Shared by the session handle and its streams: the driver lingers and stops once only its
-/// own reference is left.
-type Handles = Arc<()>;
+/// Shared by the session handle, its openers and its streams. Dropping the last one drops the
+/// sender, which wakes the driver.
+#[derive(Debug)]
+struct Released(#[allow(dead_code)] oneshot::Sender<()>);
+
+type Handles = Arc<Released>;
 
 /// The socket side of the session, noting when it last wrote.
 struct Tracked {
@@ -96,7 +105,8 @@ impl AsyncWrite for Tracked {
     }
 }
 
-/// How a session reaches its peer.
+/// How a session reaches its peer. One kind today; a relayed path (through a relay when the
+/// punch fails) will be the second, hence `#[non_exhaustive]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PathKind {
@@ -139,7 +149,8 @@ pub struct Session {
     info: SessionInfo,
     control: Opener,
     incoming: mpsc::Receiver<Stream>,
-    driver: tokio::task::JoinHandle<()>,
+    /// Its sender lives in the driver task: dropped (closing the channel) when it ends.
+    ended: watch::Receiver<()>,
     _handles: Handles,
 }
 
@@ -160,7 +171,7 @@ impl Opener {
             .clone()
             .open_stream()
             .await
-            .map_err(|e| Error::Session(format!("{e:?}")))?;
+            .map_err(SessionError::Open)?;
         Ok(Stream::new(handle, self.1.clone()))
     }
 }
@@ -177,55 +188,64 @@ impl Session {
             Role::Initiator => tokio_yamux::Session::new_client(tracked, config),
             Role::Responder => tokio_yamux::Session::new_server(tracked, config),
         };
-        let handles: Handles = Arc::new(());
+        let (released_tx, released) = oneshot::channel();
+        let handles: Handles = Arc::new(Released(released_tx));
         let control = Opener(session.control(), handles.clone());
         let (tx, incoming) = mpsc::channel(ACCEPT_BACKLOG);
+        let (ended_tx, ended) = watch::channel(());
         let span = tracing::info_span!("session", peer = %info.peer.short(), remote = %info.remote);
         let watch = Arc::downgrade(&handles);
-        let driver = tokio::spawn(
-            async move {
-                let mut check = tokio::time::interval(HANDLE_CHECK);
-                let mut released: Option<Instant> = None;
-                loop {
-                    tokio::select! {
-                        next = session.next() => match next {
-                            Some(Ok(handle)) => match watch.upgrade() {
-                                Some(h) => {
-                                    if tx.try_send(Stream::new(handle, h)).is_err() {
-                                        warn!("inbound stream backlog full; stream reset");
-                                    }
+        let driver = async move {
+            let _ended = ended_tx;
+            let mut released = released;
+            let mut released_at: Option<Instant> = None;
+            loop {
+                // After the release: close once writes have been idle LINGER_IDLE, or at
+                // LINGER_MAX. Re-armed whenever it fires early because something was written.
+                let close_at = released_at.map(|at| {
+                    let last = *last_write.lock().unwrap_or_else(|e| e.into_inner());
+                    (last + LINGER_IDLE).max(at).min(at + LINGER_MAX)
+                });
+                let wake = tokio::time::Instant::from_std(close_at.unwrap_or_else(Instant::now));
+                tokio::select! {
+                    next = session.next() => match next {
+                        Some(Ok(handle)) => match watch.upgrade() {
+                            Some(h) => {
+                                if tx.try_send(Stream::new(handle, h)).is_err() {
+                                    warn!("inbound stream backlog full; stream reset");
                                 }
-                                None => debug!("inbound stream after the session was dropped; reset"),
-                            },
-                            Some(Err(e)) => {
-                                debug!(error = ?e, "session ended");
-                                break;
                             }
-                            None => break,
+                            None => debug!("inbound stream after the session was dropped; reset"),
                         },
-                        _ = check.tick() => {
-                            if watch.strong_count() > 0 {
-                                continue;
-                            }
-                            let now = Instant::now();
-                            let since = *released.get_or_insert(now);
-                            let idle = now.duration_since(*last_write.lock().unwrap_or_else(|e| e.into_inner()));
-                            if idle >= LINGER_IDLE || now.duration_since(since) >= LINGER_MAX {
-                                debug!("all handles dropped and writes flushed; closing");
-                                break;
-                            }
+                        Some(Err(e)) => {
+                            debug!(error = ?e, "session ended");
+                            break;
+                        }
+                        None => break,
+                    },
+                    _ = &mut released, if released_at.is_none() => {
+                        released_at = Some(Instant::now());
+                    }
+                    _ = tokio::time::sleep_until(wake), if close_at.is_some() => {
+                        let now = Instant::now();
+                        let last = *last_write.lock().unwrap_or_else(|e| e.into_inner());
+                        let since = released_at.map_or(Duration::ZERO, |at| now.duration_since(at));
+                        if now.duration_since(last) >= LINGER_IDLE || since >= LINGER_MAX {
+                            debug!("all handles dropped and writes flushed; closing");
+                            break;
                         }
                     }
                 }
-                debug!("session closed");
             }
-            .instrument(span),
-        );
+            debug!("session closed");
+        };
+        // Not kept: see the module doc (bounded by the connection and by LINGER_MAX).
+        drop(tokio::spawn(driver.instrument(span)));
         Self {
             info,
             control,
             incoming,
-            driver,
+            ended,
             _handles: handles,
         }
     }
@@ -249,9 +269,16 @@ impl Session {
         self.incoming.recv().await
     }
 
-    /// Whether the underlying connection has ended (the peer closed it or it broke).
+    /// Whether the session has ended (the peer closed the connection or it broke).
     pub fn is_closed(&self) -> bool {
-        self.driver.is_finished()
+        self.ended.has_changed().is_err()
+    }
+
+    /// Resolves when the session has ended: the peer closed the connection, it broke, or its
+    /// keepalive failed. Independent of `self`, so it can wait beside work using the session.
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut ended = self.ended.clone();
+        async move { while ended.changed().await.is_ok() {} }
     }
 }
 
@@ -329,5 +356,88 @@ impl AsyncWrite for Stream {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{authenticate, AuthContext};
+    use punch_proto::Keypair;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// Bounds a wait that must end, so a bug fails the test instead of hanging it.
+    const HANG: Duration = Duration::from_secs(20);
+
+    /// Two ends of an authenticated session over loopback.
+    async fn pair() -> (Session, Session) {
+        let (ka, kb) = (Keypair::generate().unwrap(), Keypair::generate().unwrap());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (a, (b, _)) = (a.unwrap(), b.unwrap());
+        let expect = |role, keypair: &Keypair, peer: &Keypair| AuthContext {
+            role,
+            keypair: keypair.clone(),
+            peer: peer.public(),
+            session_id: 5,
+        };
+        let (ea, eb) = (
+            expect(Role::Initiator, &ka, &kb),
+            expect(Role::Responder, &kb, &ka),
+        );
+        let (a, b) = tokio::join!(authenticate(a, false, &ea), authenticate(b, false, &eb));
+        let start = |auth: crate::auth::Authenticated, role, peer: &Keypair| {
+            let info = SessionInfo {
+                peer: peer.public(),
+                remote: auth.remote,
+                path: PathKind::Direct,
+                role,
+                session_id: 5,
+                elapsed: Duration::ZERO,
+            };
+            Session::start(auth.into_secure(), info, DEFAULT_STREAM_WINDOW)
+        };
+        (
+            start(a.unwrap(), Role::Initiator, &kb),
+            start(b.unwrap(), Role::Responder, &ka),
+        )
+    }
+
+    #[tokio::test]
+    async fn closed_resolves_when_the_peer_drops_its_session() {
+        let (a, b) = pair().await;
+        assert!(!a.is_closed());
+        let closed = a.closed();
+        drop(b);
+        tokio::time::timeout(HANG, closed).await.unwrap();
+        assert!(a.is_closed());
+        assert!(
+            a.open_stream().await.is_err(),
+            "no streams on an ended session"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stream_keeps_the_session_and_its_last_write_arrives() {
+        let (a, mut b) = pair().await;
+        let mut stream = a.open_stream().await.unwrap();
+        let a_closed = a.closed();
+        drop(a);
+        // The stream still works without the session handle.
+        stream.write_all(b"last words").await.unwrap();
+        let mut got = tokio::time::timeout(HANG, b.accept_stream())
+            .await
+            .unwrap()
+            .unwrap();
+        drop(stream);
+        // The last handle is gone: the driver flushes, closes, and both ends see it.
+        tokio::time::timeout(HANG, a_closed).await.unwrap();
+        let mut buf = Vec::new();
+        got.read_to_end(&mut buf).await.unwrap_or_default();
+        assert_eq!(buf, b"last words");
+        tokio::time::timeout(HANG, b.closed()).await.unwrap();
+        assert!(b.accept_stream().await.is_none());
     }
 }

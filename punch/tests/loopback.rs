@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use punch::{Client, Config, Error, Incoming, Session};
+use punch::{Client, Config, Error, Incoming, RendezvousError, Session};
 use punch_proto::Keypair;
 use punch_rendezvous::Server;
 use rand::RngCore;
@@ -254,9 +254,13 @@ async fn wrong_rendezvous_key_is_reported() {
     let (c, _) = Client::start(config).await.unwrap();
     let err = c.wait_registered(Duration::from_secs(2)).await.unwrap_err();
     assert!(
-        matches!(&err, Error::RendezvousUnreachable { reason, .. } if reason.contains("handshake failed")),
+        matches!(&err, Error::RendezvousUnreachable {
+            source: RendezvousError::NotRegistered { last: Some(last), .. },
+            ..
+        } if matches!(**last, RendezvousError::Handshake(_))),
         "{err}"
     );
+    assert!(err.to_string().contains("handshake failed"), "{err}");
 }
 
 #[tokio::test]
@@ -291,88 +295,41 @@ async fn rendezvous_restart_keeps_peers_registered() {
 /// (holding another key) answers. The session must not open, with a typed error.
 #[tokio::test]
 async fn impostor_is_rejected() {
-    use punch_proto::channel::server_handshake;
-    use punch_proto::message::{ClientMsg, Offer, Registered, ServerMsg};
-    use punch_proto::noise::Handshake;
-    use punch_proto::Role;
+    use punch_rendezvous::test_support::{impostor, LyingRendezvous};
 
     let server_key = Keypair::generate().unwrap();
     let victim_expects = Keypair::generate().unwrap().public(); // "B"
-    let impostor = Keypair::generate().unwrap();
-    let fake = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let impostor_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let impostor_addr = impostor_listener.local_addr().unwrap();
-    let fake_addr = fake.local_addr().unwrap();
-    let sk = server_key.clone();
-    let rendezvous = tokio::spawn(async move {
-        let (tcp, from) = fake.accept().await.unwrap();
-        let mut acc = server_handshake(tcp, &sk).await.unwrap();
-        let reg = ServerMsg::Registered(Registered {
-            observed: from,
-            ping_interval: Duration::from_secs(5),
-        });
-        acc.channel.send(&reg.encode()).await.unwrap();
-        loop {
-            let msg = ClientMsg::decode(&acc.channel.recv().await.unwrap()).unwrap();
-            if let ClientMsg::Connect { request_id, peer } = msg {
-                let offer = ServerMsg::Offer(Offer {
-                    session_id: 77,
-                    request_id,
-                    peer,
-                    peer_observed: impostor_addr,
-                    peer_local: vec![],
-                    role: Role::Responder,
-                    dial_delay: Duration::ZERO,
-                });
-                acc.channel.send(&offer.encode()).await.unwrap();
-                return acc;
-            }
-        }
-    });
-    let victim_id = {
-        let mut config = Config::new(fake_addr, server_key.public(), Keypair::generate().unwrap());
-        config.bind = "127.0.0.1:0".parse().unwrap();
-        config.punch_window = Duration::from_secs(2);
-        config
-    };
-    let victim_pub = victim_id.keypair.public();
-    let impostor_task = tokio::spawn(async move {
-        let mut handshakes = 0;
-        while let Ok(Ok((mut tcp, _))) =
-            tokio::time::timeout(Duration::from_secs(4), impostor_listener.accept()).await
-        {
-            let mut pre = [0u8; 12];
-            if tcp.read_exact(&mut pre).await.is_err() {
-                continue;
-            }
-            tcp.write_all(&pre).await.unwrap();
-            // Play the KK initiator with the impostor's own key, claiming to be B.
-            let mut hs = Handshake::peer(Role::Initiator, &impostor, &victim_pub, 77).unwrap();
-            let m1 = hs.write(&[]).unwrap();
-            tcp.write_all(&(m1.len() as u16).to_be_bytes())
-                .await
-                .unwrap();
-            tcp.write_all(&m1).await.unwrap();
-            // The victim must hang up without answering.
-            let mut rest = Vec::new();
-            let n = tokio::time::timeout(Duration::from_secs(3), tcp.read_to_end(&mut rest))
-                .await
-                .unwrap()
-                .unwrap_or(0);
-            assert_eq!(n, 0, "the victim answered an impostor");
-            handshakes += 1;
-        }
-        handshakes
-    });
-    let (c, _) = Client::start(victim_id).await.unwrap();
+    let fake = LyingRendezvous::spawn(server_key.clone(), impostor_addr, 77)
+        .await
+        .unwrap();
+    let mut config = Config::new(
+        fake.addr(),
+        server_key.public(),
+        Keypair::generate().unwrap(),
+    );
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    config.punch_window = Duration::from_secs(2);
+    let victim = config.keypair.public();
+    // Plays the KK initiator with the impostor's own key, claiming to be B.
+    let impostor_task = tokio::spawn(impostor(
+        impostor_listener,
+        Keypair::generate().unwrap(),
+        victim,
+        77,
+        Duration::from_secs(4),
+    ));
+    let (c, _) = Client::start(config).await.unwrap();
     c.wait_registered(REGISTER).await.unwrap();
     let res = c.connect(victim_expects).await;
     assert!(
         matches!(res, Err(Error::AuthFailed { addr, .. }) if addr == impostor_addr),
         "{res:?}"
     );
-    assert!(impostor_task.await.unwrap() >= 1);
-    drop(rendezvous);
+    let report = impostor_task.await.unwrap();
+    assert!(report.attempts >= 1, "the impostor was dialed");
+    assert_eq!(report.answered, 0, "the victim answered an impostor");
 }
 
 /// Collects the events received so far.

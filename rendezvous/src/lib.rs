@@ -16,6 +16,8 @@ pub mod config;
 pub mod limiter;
 pub mod registry;
 pub mod server;
+#[doc(hidden)]
+pub mod test_support;
 
 pub use config::Config;
 pub use server::{Server, ServerStats};

@@ -166,6 +166,11 @@ impl Registry {
     }
 
     /// Handles a punch request from `from` (registered on `conn`) to `target`.
+    ///
+    /// `can_send(conn)` says whether that connection's outbound queue takes a message now.
+    /// Both offers or neither: when either side's queue is full (it is not reading its
+    /// control connection), the requester gets `PeerOffline` instead, because one side dialing
+    /// alone can only fail. The target's offer budget is not charged then.
     pub fn connect(
         &mut self,
         now: Instant,
@@ -173,8 +178,9 @@ impl Registry {
         from: PeerId,
         request_id: u64,
         target: PeerId,
+        can_send: impl Fn(ConnId) -> bool,
     ) -> Vec<Action> {
-        match self.try_connect(now, conn, from, request_id, target) {
+        match self.try_connect(now, conn, from, request_id, target, can_send) {
             Ok(actions) => actions,
             Err((code, detail, retry_after)) => {
                 self.stats.refused += 1;
@@ -198,6 +204,7 @@ impl Registry {
         from: PeerId,
         request_id: u64,
         target: PeerId,
+        can_send: impl Fn(ConnId) -> bool,
     ) -> Result<Vec<Action>, (ErrorCode, String, Option<Duration>)> {
         // A connection replaced by a newer registration of the same identity may still send a
         // request before it reads its Close: it must not act for the new connection.
@@ -247,6 +254,13 @@ impl Registry {
             return Err((
                 ErrorCode::PeerRefuses,
                 format!("peer {} does not accept inbound punches", target.short()),
+                None,
+            ));
+        }
+        if !can_send(a.conn) || !can_send(b.conn) {
+            return Err((
+                ErrorCode::PeerOffline,
+                "peer is not reading its control connection".into(),
                 None,
             ));
         }
@@ -376,7 +390,7 @@ mod tests {
         r.register(2, id(2), b_obs, &reg(true), Duration::from_millis(200))
             .unwrap();
         let now = Instant::now();
-        let actions = r.connect(now, 1, id(1), 42, id(2));
+        let actions = r.connect(now, 1, id(1), 42, id(2), |_| true);
         let [Action::Send {
             conn: 1,
             msg: ServerMsg::Offer(oa),
@@ -412,19 +426,19 @@ mod tests {
         r.register(2, id(2), obs, &reg(false), Duration::ZERO)
             .unwrap();
         assert_eq!(
-            error_code(&r.connect(now, 1, id(1), 1, id(9))),
+            error_code(&r.connect(now, 1, id(1), 1, id(9), |_| true)),
             Some(ErrorCode::PeerOffline)
         );
         assert_eq!(
-            error_code(&r.connect(now, 1, id(1), 2, id(2))),
+            error_code(&r.connect(now, 1, id(1), 2, id(2), |_| true)),
             Some(ErrorCode::PeerRefuses)
         );
         assert_eq!(
-            error_code(&r.connect(now, 1, id(1), 3, id(1))),
+            error_code(&r.connect(now, 1, id(1), 3, id(1), |_| true)),
             Some(ErrorCode::RateLimited)
         );
         assert_eq!(
-            error_code(&r.connect(now + MINUTE, 2, id(2), 1, id(2))),
+            error_code(&r.connect(now + MINUTE, 2, id(2), 1, id(2), |_| true)),
             Some(ErrorCode::SelfConnect)
         );
         assert_eq!(r.stats().refused, 4);
@@ -440,13 +454,39 @@ mod tests {
                 .unwrap();
         }
         // Peers 1 and 3 each ask twice for peer 2: the fourth offer exceeds 3 per minute.
-        assert_eq!(r.connect(now, 1, id(1), 1, id(2)).len(), 2);
-        assert_eq!(r.connect(now, 1, id(1), 2, id(2)).len(), 2);
-        assert_eq!(r.connect(now, 3, id(3), 3, id(2)).len(), 2);
+        assert_eq!(r.connect(now, 1, id(1), 1, id(2), |_| true).len(), 2);
+        assert_eq!(r.connect(now, 1, id(1), 2, id(2), |_| true).len(), 2);
+        assert_eq!(r.connect(now, 3, id(3), 3, id(2), |_| true).len(), 2);
         assert_eq!(
-            error_code(&r.connect(now, 3, id(3), 4, id(2))),
+            error_code(&r.connect(now, 3, id(3), 4, id(2), |_| true)),
             Some(ErrorCode::RateLimited)
         );
+    }
+
+    #[test]
+    fn both_offers_or_neither() {
+        let mut r = Registry::new(limits(), 10);
+        let now = Instant::now();
+        let obs: SocketAddr = "203.0.113.1:1000".parse().unwrap();
+        for i in 1..=3 {
+            r.register(u64::from(i), id(i), obs, &reg(true), Duration::ZERO)
+                .unwrap();
+        }
+        // Peer 2's queue is full: peer 1 gets one error, and peer 2 no offer.
+        let actions = r.connect(now, 1, id(1), 7, id(2), |c| c != 2);
+        let [Action::Send {
+            conn: 1,
+            msg: ServerMsg::Error(e),
+        }] = &actions[..]
+        else {
+            panic!("expected one error to the requester, got {actions:?}");
+        };
+        assert_eq!((e.request_id, e.code), (7, ErrorCode::PeerOffline));
+        assert_eq!(r.stats().offers, 0);
+        // The refusal did not use peer 2's offer budget (3 a minute): three more offers fit.
+        assert_eq!(r.connect(now, 3, id(3), 1, id(2), |_| true).len(), 2);
+        assert_eq!(r.connect(now, 3, id(3), 2, id(2), |_| true).len(), 2);
+        assert_eq!(r.connect(now, 1, id(1), 8, id(2), |_| true).len(), 2);
     }
 
     #[test]
@@ -490,12 +530,20 @@ mod tests {
             .unwrap();
         r.register(3, id(1), obs, &reg(true), Duration::ZERO)
             .unwrap();
-        let actions = r.connect(Instant::now(), 1, id(1), 42, id(2));
+        let actions = r.connect(Instant::now(), 1, id(1), 42, id(2), |_| true);
         assert_eq!(error_code(&actions), Some(ErrorCode::BadRequest));
         assert!(matches!(actions[..], [Action::Send { conn: 1, .. }]));
         // The new connection still has its full rate budget.
-        assert_eq!(r.connect(Instant::now(), 3, id(1), 43, id(2)).len(), 2);
-        assert_eq!(r.connect(Instant::now(), 3, id(1), 44, id(2)).len(), 2);
+        assert_eq!(
+            r.connect(Instant::now(), 3, id(1), 43, id(2), |_| true)
+                .len(),
+            2
+        );
+        assert_eq!(
+            r.connect(Instant::now(), 3, id(1), 44, id(2), |_| true)
+                .len(),
+            2
+        );
     }
 
     #[test]
@@ -509,7 +557,7 @@ mod tests {
         r.rtt_sample(&id(1), 99, Duration::from_secs(10));
         assert_eq!(r.srtt(&id(1)), Some(Duration::from_millis(90)));
         let now = Instant::now();
-        r.connect(now, 1, id(1), 1, id(7));
+        r.connect(now, 1, id(1), 1, id(7), |_| true);
         r.unregister(&id(1), 1);
         r.prune(now);
         assert_eq!(r.request_buckets.len(), 1, "recently limited: kept");

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use punch_proto::channel::{server_handshake, Channel};
-use punch_proto::message::{ClientMsg, ErrorReply, Registered, ServerMsg};
+use punch_proto::channel::{server_handshake, Channel, ChannelError};
+use punch_proto::message::{ClientMsg, DecodeError, ErrorReply, Registered, ServerMsg};
 use punch_proto::PeerId;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -367,27 +367,47 @@ async fn handle_conn(
     }
     match reason {
         Ok(reason) => info!(reason, "closed"),
-        Err(reason) => {
+        Err(error) => {
             shared
                 .counters
                 .protocol_errors
                 .fetch_add(1, Ordering::Relaxed);
-            warn!(%reason, "closed: protocol error");
+            warn!(reason = %error, "closed: protocol error");
         }
     }
 }
 
+/// Why a registered connection was dropped for the client's misbehaviour.
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    /// The client broke the protocol: a frame that is not valid framing or Noise.
+    #[error(transparent)]
+    Channel(ChannelError),
+    /// The client broke the protocol: a message that does not decode.
+    #[error("malformed message: {0}")]
+    Malformed(#[source] DecodeError),
+    /// The client broke the protocol: a message a registered client must not send.
+    #[error("unexpected message {0:?}")]
+    Unexpected(Box<ClientMsg>),
+    /// Writing to the client failed (its connection broke).
+    #[error("write failed: {0}")]
+    Write(#[source] ChannelError),
+    /// The client does not read what we send.
+    #[error("write timed out: client is not reading")]
+    WriteTimeout,
+}
+
 /// Sends one message, bounded by [`WRITE_TIMEOUT`].
-async fn send(channel: &mut Channel<TcpStream>, msg: ServerMsg) -> Result<(), String> {
+async fn send(channel: &mut Channel<TcpStream>, msg: ServerMsg) -> Result<(), ConnError> {
     match tokio::time::timeout(WRITE_TIMEOUT, channel.send(&msg.encode())).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(format!("write failed: {e}")),
-        Err(_) => Err("write timed out: client is not reading".to_string()),
+        Ok(Err(e)) => Err(ConnError::Write(e)),
+        Err(_) => Err(ConnError::WriteTimeout),
     }
 }
 
 /// The registered connection's loop. Returns why it ended: `Ok` for orderly reasons, `Err` for
-/// a peer that broke the protocol.
+/// a client that broke the protocol or stopped reading.
 async fn drive(
     channel: &mut Channel<TcpStream>,
     shared: &Shared,
@@ -396,7 +416,7 @@ async fn drive(
     conn: ConnId,
     mut rx: mpsc::Receiver<Outbound>,
     shutdown: &CancellationToken,
-) -> Result<&'static str, String> {
+) -> Result<&'static str, ConnError> {
     let config = &shared.config;
     send(
         channel,
@@ -435,11 +455,11 @@ async fn drive(
             frame = channel.recv() => {
                 let bytes = match frame {
                     Ok(bytes) => bytes,
-                    Err(punch_proto::channel::ChannelError::Closed) => return Ok("client disconnected"),
-                    Err(e) => return Err(e.to_string()),
+                    Err(ChannelError::Closed) => return Ok("client disconnected"),
+                    Err(e) => return Err(ConnError::Channel(e)),
                 };
                 last_heard = tokio::time::Instant::now();
-                match ClientMsg::decode(&bytes).map_err(|e| format!("malformed message: {e}"))? {
+                match ClientMsg::decode(&bytes).map_err(ConnError::Malformed)? {
                     ClientMsg::Ping { nonce } => send(channel, ServerMsg::Pong { nonce }).await?,
                     ClientMsg::Pong { nonce } => {
                         if let Some((expected, sent)) = outstanding {
@@ -451,30 +471,17 @@ async fn drive(
                     }
                     ClientMsg::Connect { request_id, peer: target } => {
                         debug!(request_id, target = %target.short(), "punch request");
-                        let mut state = shared.lock();
-                        let mut actions = state.registry.connect(Instant::now(), conn, peer, request_id, target);
-                        // Both offers or neither: if one side's queue is full (it is not reading),
-                        // the other must not dial alone. Nothing else can fill the queues while
-                        // the state lock is held.
-                        let fits = actions.iter().all(|a| match a {
-                            Action::Send { conn, .. } => state.conns.get(conn).is_some_and(|tx| tx.capacity() > 0),
-                            Action::Close { .. } => true,
+                        let mut guard = shared.lock();
+                        let state = &mut *guard;
+                        // Nothing else can fill the queues while the state lock is held, so
+                        // the capacities the registry sees still hold when dispatching.
+                        let conns = &state.conns;
+                        let actions = state.registry.connect(Instant::now(), conn, peer, request_id, target, |c| {
+                            conns.get(&c).is_some_and(|tx| tx.capacity() > 0)
                         });
-                        if !fits {
-                            warn!(target = %target.short(), "offer not sent: a side's queue is full");
-                            actions = vec![Action::Send {
-                                conn,
-                                msg: ServerMsg::Error(ErrorReply {
-                                    request_id,
-                                    code: punch_proto::message::ErrorCode::PeerOffline,
-                                    detail: "peer is not reading its control connection".into(),
-                                    retry_after: None,
-                                }),
-                            }];
-                        }
-                        Shared::dispatch(&mut state, actions);
+                        Shared::dispatch(state, actions);
                     }
-                    other => return Err(format!("unexpected message {other:?}")),
+                    other => return Err(ConnError::Unexpected(Box::new(other))),
                 }
             }
         }

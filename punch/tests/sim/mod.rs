@@ -22,11 +22,14 @@ mod server;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use punch::control::{Action, Control, ControlConfig};
-use punch::{Error, Event, Status};
+use punch::{Error, Event, RendezvousError, Status};
+use punch_proto::channel::ChannelError;
 use punch_proto::message::Offer;
 use punch_proto::PeerId;
 use punch_rendezvous::registry::{ConnId, Limits, Registry};
@@ -393,9 +396,7 @@ impl Sim {
                     self.flight.retain(|_, d| d.conn != conn);
                     self.nodes[i].conn = None;
                     let now = self.now;
-                    self.nodes[i]
-                        .control
-                        .on_lost(now, "connection lost: connection reset".into());
+                    self.nodes[i].control.on_lost(now, reset());
                 }
             }
             Fault::Blackhole(i, on) => self.nodes[i].blackholed = on,
@@ -430,17 +431,14 @@ impl Sim {
             }
             Packet::Refused => {
                 self.nodes[i].conn = None;
-                self.nodes[i]
-                    .control
-                    .on_connect_failed(now, "connect: connection refused".into());
+                self.nodes[i].control.on_connect_failed(now, refused());
             }
             Packet::Frame(bytes) => self.nodes[i].control.handle_frame(now, &bytes),
             Packet::Fin => {
                 self.nodes[i].conn = None;
-                self.nodes[i].control.on_lost(
-                    now,
-                    "connection lost: connection closed by the other side".into(),
-                );
+                self.nodes[i]
+                    .control
+                    .on_lost(now, RendezvousError::Lost(Arc::new(ChannelError::Closed)));
             }
             Packet::Syn | Packet::Hello(_) => unreachable!("client-bound packets only"),
         }
@@ -513,4 +511,20 @@ impl Sim {
             Action::SetStatus(status) => self.nodes[i].status = status,
         }
     }
+}
+
+/// What the client's driver reports for a refused TCP connect.
+fn refused() -> RendezvousError {
+    RendezvousError::Connect(Arc::new(io::Error::new(
+        io::ErrorKind::ConnectionRefused,
+        "connection refused",
+    )))
+}
+
+/// What the client's driver reports for a reset control connection.
+fn reset() -> RendezvousError {
+    RendezvousError::Io(Arc::new(io::Error::new(
+        io::ErrorKind::ConnectionReset,
+        "connection reset",
+    )))
 }

@@ -110,7 +110,8 @@ impl Sim {
                 let actions = self
                     .server
                     .registry
-                    .connect(now, conn, peer, request_id, target);
+                    // The simulated links have no send queue to fill: every connection can send.
+                    .connect(now, conn, peer, request_id, target, |_| true);
                 self.dispatch(actions);
             }
             other => panic!("unexpected client message {other:?}"),

@@ -1,0 +1,269 @@
+//! Carries out one punch: the pure [`Attempt`] decides, this driver does the I/O. It waits
+//! for the agreed moment, dials the candidates from the shared port, authenticates and
+//! confirms the streams the attempt names (dialed or accepted, see [`crate::auth`]), and
+//! returns the winner as a [`Session`], or the attempt's verdict as a typed [`Error`].
+//!
+//! Each action becomes at most one task in a JoinSet owned by [`run`]: dials in `dials`,
+//! authentication and confirms in `work` (keyed by stream id, so an abandoned stream's task is
+//! aborted). Returning drops both sets, which ends every task and closes every losing stream.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use punch_proto::message::Offer;
+use punch_proto::{Keypair, Role};
+use tokio::net::TcpStream;
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::{AbortHandle, JoinSet};
+use tracing::{debug, info, warn};
+
+use crate::attempt::{Action, Attempt, Failure, GaveUp, Schedule, StreamId};
+use crate::auth::{authenticate, AuthContext, AuthError, Authenticated};
+use crate::config::Config;
+use crate::error::Error;
+use crate::event::Event;
+use crate::session::{PathKind, Session, SessionInfo};
+use crate::socket;
+
+/// A stream the listener accepted and routed to this punch by its preamble.
+pub(crate) type Inbound = (TcpStream, SocketAddr);
+
+/// What a punch needs from the client.
+#[derive(Debug)]
+pub(crate) struct PunchCtx {
+    pub keypair: Keypair,
+    pub local: SocketAddr,
+    pub config: Config,
+    pub events: broadcast::Sender<Event>,
+}
+
+impl PunchCtx {
+    /// Sends an event to whoever listens (nobody is fine).
+    pub fn emit(&self, event: Event) {
+        let _ = self.events.send(event);
+    }
+}
+
+/// What a stream's task reports.
+#[derive(Debug)]
+enum Outcome {
+    /// Preamble and KK finished.
+    Authenticated(Result<Authenticated, AuthError>),
+    /// The confirm was sent (initiator) or received (responder); the stream comes back.
+    Confirmed(Result<Authenticated, AuthError>),
+}
+
+/// The end of one stream task.
+#[derive(Debug)]
+struct Done {
+    stream: StreamId,
+    outcome: Outcome,
+}
+
+/// Runs the punch described by `offer`. `started` is when the user asked (or the offer came).
+pub(crate) async fn run(
+    ctx: Arc<PunchCtx>,
+    offer: Offer,
+    mut inbound: mpsc::Receiver<Inbound>,
+    started: Instant,
+) -> Result<Session, Error> {
+    let config = &ctx.config;
+    let expect = Arc::new(AuthContext {
+        role: offer.role,
+        keypair: ctx.keypair.clone(),
+        peer: offer.peer,
+        session_id: offer.session_id,
+    });
+    let mut attempt = Attempt::new(
+        Schedule {
+            start: now() + offer.dial_delay,
+            window: config.punch_window,
+            retry_interval: config.retry_interval,
+            auth_timeout: config.auth_timeout,
+        },
+        offer.role,
+        std::iter::once(offer.peer_observed).chain(offer.peer_local.iter().copied()),
+    );
+    debug!(
+        delay_ms = offer.dial_delay.as_millis() as u64,
+        "waiting for the dial moment"
+    );
+
+    let mut dials: JoinSet<(SocketAddr, std::io::Result<TcpStream>)> = JoinSet::new();
+    let mut work: JoinSet<Done> = JoinSet::new();
+    let mut tasks: HashMap<StreamId, AbortHandle> = HashMap::new();
+    // Connected streams waiting for their Authenticate (with whether the listener accepted
+    // them), and authenticated ones between steps.
+    let mut fresh: HashMap<StreamId, (TcpStream, bool)> = HashMap::new();
+    let mut held: HashMap<StreamId, Authenticated> = HashMap::new();
+    let mut dialed = HashSet::new();
+    loop {
+        while let Some(action) = attempt.poll(now()) {
+            match action {
+                Action::Dial(addr) => {
+                    debug!(%addr, "dial");
+                    if dialed.insert(addr) {
+                        ctx.emit(Event::Dial {
+                            peer: offer.peer,
+                            session_id: offer.session_id,
+                            addr,
+                        });
+                    }
+                    let (local, timeout) = (ctx.local, config.connect_timeout);
+                    dials.spawn(async move {
+                        let res = tokio::time::timeout(timeout, socket::connect_from(local, addr))
+                            .await
+                            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
+                        (addr, res)
+                    });
+                }
+                Action::Authenticate(stream) => {
+                    let Some((tcp, accepted)) = fresh.remove(&stream) else {
+                        continue;
+                    };
+                    let expect = expect.clone();
+                    let task = work.spawn(async move {
+                        let res = authenticate(tcp, accepted, &expect).await;
+                        Done {
+                            stream,
+                            outcome: Outcome::Authenticated(res),
+                        }
+                    });
+                    tasks.insert(stream, task);
+                }
+                Action::Confirm(stream) => {
+                    let Some(mut auth) = held.remove(&stream) else {
+                        continue;
+                    };
+                    let role = offer.role;
+                    let task = work.spawn(async move {
+                        let res = match role {
+                            Role::Initiator => auth.confirm().await,
+                            Role::Responder => auth.await_confirm().await,
+                        };
+                        Done {
+                            stream,
+                            outcome: Outcome::Confirmed(res.map(|()| auth)),
+                        }
+                    });
+                    tasks.insert(stream, task);
+                }
+                Action::Abandon(stream) => {
+                    debug!(stream, "stream abandoned");
+                    fresh.remove(&stream);
+                    held.remove(&stream);
+                    if let Some(task) = tasks.remove(&stream) {
+                        task.abort();
+                    }
+                }
+                Action::Established(stream) => {
+                    // The attempt names only a stream reported confirmed, which is held.
+                    let auth = held
+                        .remove(&stream)
+                        .expect("the established stream is held since it was confirmed");
+                    return Ok(established(&ctx, &offer, auth, started));
+                }
+                Action::Fail(GaveUp::AuthFailed { addr, error }) => {
+                    return Err(Error::AuthFailed {
+                        peer: offer.peer,
+                        addr,
+                        source: error,
+                    });
+                }
+                Action::Fail(GaveUp::Timeout { tried }) => {
+                    return Err(Error::PunchTimeout {
+                        peer: offer.peer,
+                        elapsed: now().saturating_duration_since(started),
+                        tried,
+                    });
+                }
+            }
+        }
+        let wake = tokio::time::Instant::from_std(attempt.poll_timeout());
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake) => {}
+            Some(res) = dials.join_next() => {
+                let Ok((addr, res)) = res else { continue };
+                match res {
+                    Ok(tcp) => {
+                        debug!(%addr, "dial connected");
+                        let stream = attempt.on_connected(now(), addr);
+                        fresh.insert(stream, (tcp, false));
+                    }
+                    Err(e) => {
+                        debug!(%addr, error = %e, "dial failed");
+                        let failure = match e.kind() {
+                            std::io::ErrorKind::ConnectionRefused
+                            | std::io::ErrorKind::ConnectionReset => Failure::Refused,
+                            _ => Failure::Other,
+                        };
+                        attempt.on_dial_failed(now(), addr, failure, e.kind());
+                    }
+                }
+            }
+            Some((tcp, from)) = inbound.recv() => {
+                debug!(%from, "accepted a stream for this punch");
+                let stream = attempt.on_accepted(now(), from);
+                // The listener has read its preamble already.
+                fresh.insert(stream, (tcp, true));
+            }
+            Some(res) = work.join_next() => {
+                let Ok(Done { stream, outcome }) = res else { continue };
+                tasks.remove(&stream);
+                let addr = attempt.stream_addr(stream);
+                let now = now();
+                match outcome {
+                    Outcome::Authenticated(Ok(auth)) => {
+                        debug!(?addr, stream, "authenticated");
+                        held.insert(stream, auth);
+                        attempt.on_authenticated(now, stream);
+                    }
+                    Outcome::Authenticated(Err(e)) => {
+                        if e.is_final() {
+                            warn!(?addr, error = %e, "stream rejected: authentication failed");
+                        } else {
+                            debug!(?addr, error = %e, "stream broke during authentication");
+                        }
+                        attempt.on_auth_failed(now, stream, e);
+                    }
+                    Outcome::Confirmed(Ok(auth)) => {
+                        held.insert(stream, auth);
+                        attempt.on_confirmed(now, stream);
+                    }
+                    Outcome::Confirmed(Err(e)) => {
+                        debug!(?addr, error = %e, "stream not selected");
+                        attempt.on_confirm_failed(now, stream, e);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn established(ctx: &PunchCtx, offer: &Offer, auth: Authenticated, started: Instant) -> Session {
+    let info = SessionInfo {
+        peer: offer.peer,
+        remote: auth.remote,
+        path: PathKind::Direct,
+        role: offer.role,
+        session_id: offer.session_id,
+        elapsed: now().saturating_duration_since(started),
+    };
+    if let Err(e) = socket::keepalive(auth.get_ref(), KEEPALIVE_IDLE) {
+        debug!(error = %e, "could not enable TCP keepalive");
+    }
+    info!(remote = %info.remote, path = %info.path, ms = info.elapsed.as_millis() as u64, "session established");
+    ctx.emit(Event::Established(info.clone()));
+    Session::start(auth.into_secure(), info, ctx.config.stream_window)
+}
+
+/// The one clock of the drivers: tokio's (which `tokio::time::pause` controls), as the `std`
+/// instant the pure [`Attempt`] takes.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// TCP keepalive idle time on punched connections (backstop to yamux pings).
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
