@@ -17,13 +17,17 @@
 //! spawned and deletes its namespaces (which removes their veths and bridges), and
 //! [`sweep_leftovers`] removes what interrupted runs left behind. Tests call
 //! [`skip_without_net_admin`] first and return when it says so (it prints a SKIPPED line).
+//! Failures are typed ([`Error`]): the command run and its stderr, the namespace, the process
+//! and its output, or the file.
 
+mod error;
 mod lab;
 mod probe;
 mod procs;
 mod rules;
 mod sys;
 
+pub use error::{Error, Result};
 pub use lab::{helper_bin, Lab, RENDEZVOUS_IP};
 pub use probe::{ConnectOpts, ConnectOutcome};
 pub use procs::ProcId;

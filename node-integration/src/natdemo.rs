@@ -51,7 +51,7 @@ pub fn build_lab() -> Result<Lab, DemoError> {
         Topology::Pair(RouterKind::HomeEim, RouterKind::HomeEim),
         LinkParams::default(),
     )
-    .map_err(|e| setup_err("NAT lab")(format!("{e:#}")))
+    .map_err(|e| setup_err("NAT lab")(e.to_string()))
 }
 
 /// What the lab looks like, for the output.
@@ -89,7 +89,7 @@ fn drive(
     config: &DemoConfig,
     timeline: &Timeline,
 ) -> Result<Report, DemoError> {
-    let lab_err = |stage| move |e: anyhow::Error| setup_err(stage)(format!("{e:#}"));
+    let lab_err = |stage| move |e: punch_natlab::Error| setup_err(stage)(e.to_string());
     let dir = lab.case_dir();
     let rendezvous_key = dir.join("rendezvous.key");
     let rendezvous = format!("{}:{RENDEZVOUS_PORT}", lab.rendezvous_ip());
@@ -188,7 +188,7 @@ fn finish(
             None => Err(setup_err(stage)(r.to_string())),
         },
         None => Err(setup_err(stage)(match waited {
-            Err(e) => format!("no result: {e:#}"),
+            Err(e) => format!("no result: {e}"),
             Ok(_) => "no result".to_string(),
         })),
     }
