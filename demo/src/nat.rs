@@ -6,7 +6,7 @@
 //! the only way between them is the punched session.
 //!
 //! The processes are this binary again (`punch-demo rendezvous` and `punch-demo peer`, hidden
-//! subcommands). Each peer runs a [`DemoPeer`](crate::demo::DemoPeer) and prints its timeline
+//! subcommands). Each peer runs a [`DemoPeer`](crate::DemoPeer) and prints its timeline
 //! entries on stdout ([`Timeline::export`]); this side merges them by wall-clock time (one
 //! machine, one clock) and reads each peer's result line. Needs CAP_NET_ADMIN, `ip` and
 //! `iptables` ([`unavailable`] says why not); everything made is removed when the lab is
@@ -20,13 +20,13 @@ use std::time::Duration;
 use punch_natlab::{Lab, LinkParams, ProcId, RouterKind, Side, Topology};
 use punch_proto::Keypair;
 
-use crate::demo::{setup_err, DemoConfig, DemoError, Report, Timeline, EVENT_PREFIX};
+use crate::{setup_err, DemoConfig, DemoError, Report, Timeline, EVENT_PREFIX};
 
 /// The rendezvous port on the lab's public host.
 pub const RENDEZVOUS_PORT: u16 = 7717;
 /// Process start plus registration (a few local round trips).
 const STARTUP: Duration = Duration::from_secs(20);
-/// A peer's run up to its result line: punch, bridge and handshake ([`crate::demo`]'s
+/// A peer's run up to its result line: punch, bridge and handshake ([`crate`]'s
 /// timeouts, summed, plus margin).
 const PEER_RUN: Duration = Duration::from_secs(50);
 /// A line a peer prints last: `@result ready`, `@result rejected <reason>` or
