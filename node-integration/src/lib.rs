@@ -24,5 +24,5 @@ pub mod node;
 pub mod seam;
 
 pub use alias::peer_alias;
-pub use bridge::{Bridge, BridgeConfig, BridgeError, BridgedPeer, KaspaSide};
+pub use bridge::{Bridge, BridgeConfig, BridgeError, BridgedPeer};
 pub use node::{KaspaNode, NodeConfig};
