@@ -27,7 +27,7 @@ const HELPER_MAX_SECS: u32 = 3600;
 
 static NEXT_CASE: AtomicU32 = AtomicU32::new(0);
 
-/// Addresses of one side, fixed by the address plan in `tests/natlab/README.md`.
+/// Addresses of one side, fixed by the address plan in `natlab/README.md`.
 #[derive(Debug, Clone, Copy)]
 struct SidePlan {
     /// The edge router's WAN address on the internet bridge.

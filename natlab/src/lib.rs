@@ -7,7 +7,8 @@
 //! bridge that plays the internet. One-way delay and packet loss ([`LinkParams`]) are applied
 //! on each router's WAN link in both directions (delay by the `natlab_delay` NFQUEUE helper,
 //! loss by `iptables -m statistic`), so A -> rendezvous costs one delay and A -> B two.
-//! The address plan and the exact rules are in `tests/natlab/README.md`.
+//! The address plan, the exact rules and where each part of the lab lives (this crate, the
+//! punch matrix in punch-tests, the demo's NAT mode) are in `natlab/README.md`.
 //!
 //! Used by the NAT-lab tests (punch-tests: the `run_case` matrix, smoke tests) and by
 //! `punch-demo`, which puts its two Kaspa nodes behind two home routers when it has the rights.

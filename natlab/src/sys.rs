@@ -212,7 +212,7 @@ pub fn skip_without_net_admin(test: &str) -> bool {
     };
     let _ = writeln!(
         std::io::stderr(),
-        "SKIPPED natlab test {test}: {reason} (needs root; see tests/natlab/README.md)"
+        "SKIPPED natlab test {test}: {reason} (needs root; see natlab/README.md)"
     );
     true
 }
