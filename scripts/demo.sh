@@ -7,4 +7,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >&2
-exec cargo run --release -p punch-node --bin punch-demo -- "$@"
+exec cargo run --release -p punch-demo --bin punch-demo -- "$@"

@@ -3,7 +3,7 @@
 # prints what it found and what it did.
 #
 #   package            needed by
-#   iproute2           the NAT lab (`ip netns`, veth, bridges; tests/natlab/README.md)
+#   iproute2           the NAT lab (`ip netns`, veth, bridges; natlab/README.md)
 #   iptables           the NAT lab's routers (iptables rules inside network namespaces)
 #   protobuf-compiler  kaspa-p2p-lib's build script, which compiles Kaspa's .proto files with
 #                      protoc (punch's own protocol does not: proto/ uses the pure-Rust protox)

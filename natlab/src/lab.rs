@@ -11,7 +11,7 @@ use super::procs::{ProcId, Procs};
 use super::rules::{self, Filter, Nat, WanLink};
 use super::sys::{self, PREFIX};
 use super::{LinkParams, RouterKind, Side, Topology};
-use anyhow::{bail, Context, Result};
+use crate::error::{Error, Result};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
@@ -27,7 +27,7 @@ const HELPER_MAX_SECS: u32 = 3600;
 
 static NEXT_CASE: AtomicU32 = AtomicU32::new(0);
 
-/// Addresses of one side, fixed by the address plan in `tests/natlab/README.md`.
+/// Addresses of one side, fixed by the address plan in `natlab/README.md`.
 #[derive(Debug, Clone, Copy)]
 struct SidePlan {
     /// The edge router's WAN address on the internet bridge.
@@ -99,7 +99,7 @@ impl Lab {
     /// everything created so far is removed.
     pub fn build(name: &str, topology: Topology, link: LinkParams) -> Result<Lab> {
         if let Some(reason) = sys::skip_reason() {
-            bail!("natlab unavailable: {reason}");
+            return Err(Error::Unavailable { reason });
         }
         sys::sweep_once();
         let pid = std::process::id();
@@ -111,7 +111,10 @@ impl Lab {
             .take(48)
             .collect();
         let dir = std::env::temp_dir().join(format!("natlab-{pid}-{case}-{safe}"));
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {dir:?}"))?;
+        std::fs::create_dir_all(&dir).map_err(|error| Error::Io {
+            path: dir.clone(),
+            error,
+        })?;
         let mut lab = Lab {
             name: name.to_string(),
             prefix,
@@ -123,8 +126,11 @@ impl Lab {
             torn_down: false,
         };
         // On error `lab` is dropped here, which tears down what exists.
-        lab.construct()
-            .with_context(|| format!("building lab {name} ({topology})"))?;
+        lab.construct().map_err(|cause| Error::Build {
+            name: name.to_string(),
+            topology,
+            cause: Box::new(cause),
+        })?;
         Ok(lab)
     }
 
@@ -426,6 +432,11 @@ impl Lab {
         self.procs.stderr(id)
     }
 
+    /// The label a process was spawned with (made unique within the lab).
+    pub(crate) fn label(&self, id: ProcId) -> Result<String> {
+        self.procs.label(id)
+    }
+
     /// Paths of the captured stdout and stderr files.
     pub fn log_paths(&self, id: ProcId) -> Result<(PathBuf, PathBuf)> {
         self.procs.log_paths(id)
@@ -531,12 +542,11 @@ pub fn helper_bin(name: &str) -> Result<PathBuf> {
             }
         }
     }
-    dirs.iter()
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .with_context(|| {
-            format!("helper binary {name} not found in {dirs:?}: build punch-tests' binaries or set NATLAB_BIN_DIR")
-        })
+    let found = dirs.iter().map(|d| d.join(name)).find(|p| p.is_file());
+    found.ok_or_else(|| Error::HelperNotFound {
+        name: name.to_string(),
+        searched: dirs,
+    })
 }
 
 #[cfg(test)]

@@ -7,7 +7,8 @@
 //! bridge that plays the internet. One-way delay and packet loss ([`LinkParams`]) are applied
 //! on each router's WAN link in both directions (delay by the `natlab_delay` NFQUEUE helper,
 //! loss by `iptables -m statistic`), so A -> rendezvous costs one delay and A -> B two.
-//! The address plan and the exact rules are in `tests/natlab/README.md`.
+//! The address plan, the exact rules and where each part of the lab lives (this crate, the
+//! punch matrix in punch-tests, the demo's NAT mode) are in `natlab/README.md`.
 //!
 //! Used by the NAT-lab tests (punch-tests: the `run_case` matrix, smoke tests) and by
 //! `punch-demo`, which puts its two Kaspa nodes behind two home routers when it has the rights.
@@ -17,13 +18,17 @@
 //! spawned and deletes its namespaces (which removes their veths and bridges), and
 //! [`sweep_leftovers`] removes what interrupted runs left behind. Tests call
 //! [`skip_without_net_admin`] first and return when it says so (it prints a SKIPPED line).
+//! Failures are typed ([`Error`]): the command run and its stderr, the namespace, the process
+//! and its output, or the file.
 
+mod error;
 mod lab;
 mod probe;
 mod procs;
 mod rules;
 mod sys;
 
+pub use error::{Error, Result};
 pub use lab::{helper_bin, Lab, RENDEZVOUS_IP};
 pub use probe::{ConnectOpts, ConnectOutcome};
 pub use procs::ProcId;

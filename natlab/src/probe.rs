@@ -9,7 +9,7 @@
 use super::lab::helper_bin;
 use super::procs::ProcId;
 use super::Lab;
-use anyhow::{bail, Context, Result};
+use crate::error::{Error, Result};
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
@@ -124,7 +124,10 @@ impl Lab {
         line.trim_start_matches("listening ")
             .trim()
             .parse()
-            .with_context(|| format!("bad server line {line:?}"))
+            .map_err(|_| Error::BadOutput {
+                label: self.label(id).unwrap_or_else(|_| "tcp-serve".into()),
+                line: line.clone(),
+            })
     }
 
     /// Starts a probe client in `ns` dialing `target`; collect it with
@@ -158,10 +161,11 @@ impl Lab {
         let budget = (opts.timeout + opts.retry_gap) * opts.attempts.max(1) + CLIENT_SLACK;
         if self.wait_timeout(id, budget)?.is_none() {
             self.kill(id)?;
-            bail!(
-                "probe client still running after {budget:?}; stderr: {}",
-                self.stderr(id)?
-            );
+            return Err(Error::StillRunning {
+                label: self.label(id)?,
+                waited: budget,
+                stderr: self.stderr(id)?,
+            });
         }
         let outcome = ConnectOutcome::parse(&self.stdout(id)?);
         if let ConnectOutcome::Failed(why) = &outcome {

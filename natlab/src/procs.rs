@@ -4,7 +4,7 @@
 //!
 //! `ip netns exec` execs the program in place, so the child's pid is the program's own.
 
-use anyhow::{bail, Context, Result};
+use crate::error::{Error, Result};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -57,8 +57,8 @@ impl Procs {
             .arg(cmd.get_program())
             .args(cmd.get_args())
             .stdin(Stdio::null())
-            .stdout(File::create(&stdout).with_context(|| format!("creating {stdout:?}"))?)
-            .stderr(File::create(&stderr).with_context(|| format!("creating {stderr:?}"))?);
+            .stdout(create(&stdout)?)
+            .stderr(create(&stderr)?);
         for (k, v) in cmd.get_envs() {
             match v {
                 Some(v) => wrapped.env(k, v),
@@ -68,9 +68,10 @@ impl Procs {
         if let Some(d) = cmd.get_current_dir() {
             wrapped.current_dir(d);
         }
-        let child = wrapped
-            .spawn()
-            .with_context(|| format!("spawning {:?} in {ns}", cmd.get_program()))?;
+        let child = wrapped.spawn().map_err(|error| Error::Exec {
+            command: format!("ip netns exec {ns} {}", cmd.get_program().to_string_lossy()),
+            error,
+        })?;
         list.push(Proc {
             label,
             ns: ns.to_string(),
@@ -84,9 +85,7 @@ impl Procs {
 
     fn with<T>(&self, id: ProcId, f: impl FnOnce(&mut Proc) -> T) -> Result<T> {
         let mut list = self.lock();
-        let p = list
-            .get_mut(id.0)
-            .with_context(|| format!("no process {id:?} in this lab"))?;
+        let p = list.get_mut(id.0).ok_or(Error::UnknownProcess { id })?;
         Ok(f(p))
     }
 
@@ -94,7 +93,10 @@ impl Procs {
     pub(crate) fn try_wait(&self, id: ProcId) -> Result<Option<ExitStatus>> {
         self.with(id, |p| {
             if p.status.is_none() {
-                p.status = p.child.try_wait()?;
+                p.status = p.child.try_wait().map_err(|error| Error::Exec {
+                    command: format!("{} (in {})", p.label, p.ns),
+                    error,
+                })?;
             }
             Ok(p.status)
         })?
@@ -170,18 +172,23 @@ impl Procs {
             }
             let exited = self.try_wait(id)?;
             if exited.is_some() || Instant::now() >= deadline {
-                let label = self.with(id, |p| format!("{} (in {})", p.label, p.ns))?;
-                let what = match exited {
-                    Some(s) => format!("exited ({s})"),
-                    None => format!("timed out after {timeout:?}"),
-                };
-                bail!(
-                    "{label} {what} without the expected line; stdout:\n{out}\nstderr:\n{}",
-                    self.stderr(id)?
-                );
+                let (label, namespace) = self.with(id, |p| (p.label.clone(), p.ns.clone()))?;
+                return Err(Error::NoLine {
+                    label,
+                    namespace,
+                    exited,
+                    waited: timeout,
+                    stdout: out,
+                    stderr: self.stderr(id)?,
+                });
             }
             std::thread::sleep(POLL);
         }
+    }
+
+    /// The label the process was spawned with (made unique within the lab).
+    pub(crate) fn label(&self, id: ProcId) -> Result<String> {
+        self.with(id, |p| p.label.clone())
     }
 
     /// All captured output, labelled, for failure reports.
@@ -201,4 +208,11 @@ impl Procs {
         }
         s
     }
+}
+
+fn create(path: &Path) -> Result<File> {
+    File::create(path).map_err(|error| Error::Io {
+        path: path.to_path_buf(),
+        error,
+    })
 }

@@ -1,5 +1,5 @@
 //! The iptables rulesets of the lab's routers, as `iptables-restore` text (pure functions, so
-//! the exact rules are unit-tested and quoted in `tests/natlab/README.md`).
+//! the exact rules are unit-tested and quoted in `natlab/README.md`).
 //!
 //! Every router has an interface `wan` (towards the internet or the carrier NAT) and `lan`
 //! (towards its peer, or the LAN bridge). NAT is done with `MASQUERADE` on `wan`; filtering is

@@ -5,7 +5,7 @@
 //! Names are `nlab-<pid>-<case>-<role>`: the pid says who created a namespace, so a sweep
 //! removes only those whose creator is dead and never touches a running case.
 
-use anyhow::{bail, Context, Result};
+use crate::error::{Error, Result};
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -30,24 +30,22 @@ pub(crate) fn run_with_input(program: &str, args: &[&str], input: Option<&str>) 
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("spawning {program} {}", args.join(" ")))?;
+    let command = || format!("{program} {}", args.join(" "));
+    let exec = |error| Error::Exec {
+        command: command(),
+        error,
+    };
+    let mut child = cmd.spawn().map_err(exec)?;
     if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-        stdin
-            .write_all(text.as_bytes())
-            .with_context(|| format!("writing stdin of {program}"))?;
+        stdin.write_all(text.as_bytes()).map_err(exec)?;
     }
-    let out = child
-        .wait_with_output()
-        .with_context(|| format!("waiting for {program}"))?;
+    let out = child.wait_with_output().map_err(exec)?;
     if !out.status.success() {
-        bail!(
-            "`{program} {}` failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        return Err(Error::Command {
+            command: command(),
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -73,7 +71,11 @@ pub(crate) fn iptables_restore(ns: &str, rules: &str) -> Result<()> {
         &["netns", "exec", ns, "iptables-restore", "--noflush"],
         Some(rules),
     )
-    .with_context(|| format!("loading rules into {ns}:\n{rules}"))?;
+    .map_err(|cause| Error::Rules {
+        namespace: ns.to_string(),
+        rules: rules.to_string(),
+        cause: Box::new(cause),
+    })?;
     Ok(())
 }
 
@@ -112,7 +114,7 @@ pub(crate) fn del_netns(name: &str) {
         }
     }
     if let Err(e) = run("ip", &["netns", "del", name]) {
-        eprintln!("natlab: deleting namespace {name}: {e:#}");
+        eprintln!("natlab: deleting namespace {name}: {e}");
     }
 }
 
@@ -210,7 +212,7 @@ pub fn skip_without_net_admin(test: &str) -> bool {
     };
     let _ = writeln!(
         std::io::stderr(),
-        "SKIPPED natlab test {test}: {reason} (needs root; see tests/natlab/README.md)"
+        "SKIPPED natlab test {test}: {reason} (needs root; see natlab/README.md)"
     );
     true
 }
@@ -232,7 +234,7 @@ fn probe() -> Option<String> {
     let name = format!("{PREFIX}{}-probe", std::process::id());
     if let Err(e) = add_netns(&name) {
         del_netns(&name);
-        return Some(format!("`ip netns add` does not work here: {e:#}"));
+        return Some(format!("`ip netns add` does not work here: {e}"));
     }
     del_netns(&name);
     None

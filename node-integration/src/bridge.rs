@@ -105,7 +105,7 @@ pub enum BridgeError {
 
 /// Which side of the pair dials at the Kaspa level, from this node's view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KaspaSide {
+pub(crate) enum KaspaSide {
     /// This node dials the peer at `addr` (the bridge listener on the peer's alias).
     Dialer { addr: SocketAddr },
     /// The peer dials; its connections arrive at the node from the peer's alias.
@@ -215,10 +215,6 @@ impl BridgedPeer {
     /// The peer's loopback address on this machine.
     pub fn alias(&self) -> Ipv4Addr {
         self.alias
-    }
-
-    pub fn side(&self) -> KaspaSide {
-        self.side
     }
 
     /// Where the node should dial this peer, if it is the Kaspa dialer.

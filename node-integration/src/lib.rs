@@ -12,18 +12,17 @@
 //! - [`handshake`]: kaspad's handshake rules as a kaspa-p2p-lib `ConnectionInitializer`.
 //! - [`node`]: a minimal Kaspa P2P node (kaspa-p2p-lib's adaptor + that initializer).
 //! - [`link`]: keeps configured punched peers connected (re-punching), takes inbound ones.
-//! - [`demo`]: rendezvous + two punched Kaspa nodes + a timeline (the `punch-demo` binary).
-//! - [`natdemo`]: the demo with each node in its own network namespace behind a NAT router.
+//!
+//! The demo built on these (two punched Kaspa nodes, on loopback or behind NAT routers) is
+//! the `punch-demo` crate in `demo/`; kaspad with punch is `kaspad-punch`.
 
 pub mod alias;
 pub mod bridge;
-pub mod demo;
 pub mod handshake;
 pub mod link;
-pub mod natdemo;
 pub mod node;
 pub mod seam;
 
 pub use alias::peer_alias;
-pub use bridge::{Bridge, BridgeConfig, BridgeError, BridgedPeer, KaspaSide};
+pub use bridge::{Bridge, BridgeConfig, BridgeError, BridgedPeer};
 pub use node::{KaspaNode, NodeConfig};

@@ -55,15 +55,6 @@ pub enum Role {
     Responder,
 }
 
-impl Role {
-    pub fn opposite(self) -> Self {
-        match self {
-            Role::Initiator => Role::Responder,
-            Role::Responder => Role::Initiator,
-        }
-    }
-}
-
 /// Why a Noise operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

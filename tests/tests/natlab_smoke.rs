@@ -1,5 +1,5 @@
 //! Self-tests of the NAT lab (`punch_tests::natlab`) with plain TCP probes, no punch binaries:
-//! each router kind maps, filters and answers as documented in `tests/natlab/README.md`, the
+//! each router kind maps, filters and answers as documented in `natlab/README.md`, the
 //! delay and loss parameters take effect, and nothing is left behind.
 //!
 //! Needs root (network namespaces, iptables): without it every test prints a SKIPPED line to

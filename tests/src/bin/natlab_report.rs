@@ -66,7 +66,7 @@ fn main() -> ExitCode {
     }
     let mut text = String::from(
         "# NAT lab punch matrix\n\nWritten by `natlab_report` (scripts/test.sh regenerates it) from the last run of \
-         `tests/tests/natlab_matrix.rs` (see tests/natlab/README.md). Rows: the router of peer A \
+         `tests/tests/natlab_matrix.rs` (see natlab/README.md). Rows: the router of peer A \
          (it runs `punch connect`); columns: the router of peer B (`punch listen`). A cell is the \
          outcome and the time from the connect request to the open, authenticated session; FAIL \
          is the clean typed punch timeout and how long it took. Expected FAIL: symmetric against \

@@ -3,7 +3,7 @@
 //! session. Prints a timeline; exits 0 only when both nodes reached Ready.
 //!
 //! With the rights to make network namespaces (root), each node runs behind its own NAT
-//! router in a NAT lab (`punch_node::natdemo`); otherwise everything runs on loopback. The
+//! router in a NAT lab (`punch_demo::nat`); otherwise everything runs on loopback. The
 //! first lines of the output say which. The hidden subcommands `rendezvous` and `peer` are the
 //! NAT mode's processes.
 
@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use punch_node::demo::{self, DemoConfig, DemoPeer, PeerConfig, Report, Timeline};
-use punch_node::natdemo::{self, LISTENING_PREFIX, REGISTERED_PREFIX, RESULT_PREFIX, SETUP_PREFIX};
+use punch_demo::nat::{self, LISTENING_PREFIX, REGISTERED_PREFIX, RESULT_PREFIX, SETUP_PREFIX};
+use punch_demo::{DemoConfig, DemoPeer, PeerConfig, Report, Timeline};
 use punch_node::node::DEFAULT_NETWORK;
 use punch_proto::{Keypair, PeerId};
 use tracing_subscriber::filter::EnvFilter;
@@ -136,7 +136,7 @@ async fn demo_main(mode: Mode, config: DemoConfig, timeline: Arc<Timeline>) -> a
         "punch-demo: two Kaspa P2P nodes (kaspa-p2p-lib 2.1 adaptor, kaspad handshake rules, protocol {}) connected by punch",
         punch_node::handshake::PROTOCOL_VERSION
     );
-    let nat = match (mode, natdemo::unavailable()) {
+    let nat = match (mode, nat::unavailable()) {
         (Mode::Loopback, _) => {
             println!("mode: loopback (everything on 127.0.0.1, no NAT in between; asked for with --mode loopback)");
             false
@@ -152,14 +152,14 @@ async fn demo_main(mode: Mode, config: DemoConfig, timeline: Arc<Timeline>) -> a
         let exe = std::env::current_exe().context("finding this binary for the NAT lab")?;
         let t = timeline.clone();
         tokio::task::spawn_blocking(move || {
-            let lab = natdemo::build_lab()?;
-            println!("mode: nat ({})", natdemo::describe(&lab));
-            natdemo::run(&lab, &exe, &config, t)
+            let lab = nat::build_lab()?;
+            println!("mode: nat ({})", nat::describe(&lab));
+            nat::run(&lab, &exe, &config, t)
         })
         .await
         .context("NAT-mode task")?
     } else {
-        demo::run(config, timeline.clone()).await
+        punch_demo::run(config, timeline.clone()).await
     };
     let report: Report = match report {
         Ok(r) => r,
@@ -247,7 +247,7 @@ async fn peer(
                 (false, None) => println!("{RESULT_PREFIX}failed no Ready in time"),
             }
             // The demo ends both peers once both reported; until then the session stays.
-            finished.hold(demo::CLOSE_WAIT).await;
+            finished.hold(punch_demo::CLOSE_WAIT).await;
         }
         Err(e) => println!("{RESULT_PREFIX}failed {}", e.to_string().replace('\n', " ")),
     }

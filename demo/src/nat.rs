@@ -6,7 +6,7 @@
 //! the only way between them is the punched session.
 //!
 //! The processes are this binary again (`punch-demo rendezvous` and `punch-demo peer`, hidden
-//! subcommands). Each peer runs a [`DemoPeer`](crate::demo::DemoPeer) and prints its timeline
+//! subcommands). Each peer runs a [`DemoPeer`](crate::DemoPeer) and prints its timeline
 //! entries on stdout ([`Timeline::export`]); this side merges them by wall-clock time (one
 //! machine, one clock) and reads each peer's result line. Needs CAP_NET_ADMIN, `ip` and
 //! `iptables` ([`unavailable`] says why not); everything made is removed when the lab is
@@ -20,13 +20,13 @@ use std::time::Duration;
 use punch_natlab::{Lab, LinkParams, ProcId, RouterKind, Side, Topology};
 use punch_proto::Keypair;
 
-use crate::demo::{setup_err, DemoConfig, DemoError, Report, Timeline, EVENT_PREFIX};
+use crate::{setup_err, DemoConfig, DemoError, Report, Timeline, EVENT_PREFIX};
 
 /// The rendezvous port on the lab's public host.
 pub const RENDEZVOUS_PORT: u16 = 7717;
 /// Process start plus registration (a few local round trips).
 const STARTUP: Duration = Duration::from_secs(20);
-/// A peer's run up to its result line: punch, bridge and handshake ([`crate::demo`]'s
+/// A peer's run up to its result line: punch, bridge and handshake ([`crate`]'s
 /// timeouts, summed, plus margin).
 const PEER_RUN: Duration = Duration::from_secs(50);
 /// A line a peer prints last: `@result ready`, `@result rejected <reason>` or
@@ -51,7 +51,7 @@ pub fn build_lab() -> Result<Lab, DemoError> {
         Topology::Pair(RouterKind::HomeEim, RouterKind::HomeEim),
         LinkParams::default(),
     )
-    .map_err(|e| setup_err("NAT lab")(format!("{e:#}")))
+    .map_err(|e| setup_err("NAT lab")(e.to_string()))
 }
 
 /// What the lab looks like, for the output.
@@ -89,7 +89,7 @@ fn drive(
     config: &DemoConfig,
     timeline: &Timeline,
 ) -> Result<Report, DemoError> {
-    let lab_err = |stage| move |e: anyhow::Error| setup_err(stage)(format!("{e:#}"));
+    let lab_err = |stage| move |e: punch_natlab::Error| setup_err(stage)(e.to_string());
     let dir = lab.case_dir();
     let rendezvous_key = dir.join("rendezvous.key");
     let rendezvous = format!("{}:{RENDEZVOUS_PORT}", lab.rendezvous_ip());
@@ -188,7 +188,7 @@ fn finish(
             None => Err(setup_err(stage)(r.to_string())),
         },
         None => Err(setup_err(stage)(match waited {
-            Err(e) => format!("no result: {e:#}"),
+            Err(e) => format!("no result: {e}"),
             Ok(_) => "no result".to_string(),
         })),
     }

@@ -1,5 +1,7 @@
-//! The demo: a rendezvous and two Kaspa P2P nodes, each behind its own punch client, punch to
-//! each other, bridge the session and run Kaspa's handshake over it.
+//! punch-demo: a rendezvous and two Kaspa P2P nodes, each behind its own punch client, punch
+//! to each other, bridge the session ([`punch_node::bridge`]) and run Kaspa's handshake over
+//! it. The library half of the `punch-demo` binary (`src/main.rs`), kept a library so the
+//! tests can run the loopback demo in-process.
 //!
 //! ```text
 //! A, B register with the rendezvous
@@ -9,12 +11,14 @@
 //! ```
 //!
 //! One side of the demo is a [`DemoPeer`]: a Kaspa node, a punch client and a bridge. [`run`]
-//! runs both peers and a rendezvous in this process on loopback; [`crate::natdemo`] runs each
+//! runs both peers and a rendezvous in this process on loopback; [`nat`] runs each
 //! in its own process inside a network namespace, behind its own NAT router, with the same
 //! [`DemoPeer`] code.
 //!
 //! Everything is recorded on a [`Timeline`] with milliseconds since the start, punch's own
 //! steps (offer, first dial) from its event stream ([`Client::events`]).
+
+pub mod nat;
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -26,9 +30,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use punch::{Client, Config as PunchConfig, Event as PunchEvent, Incoming};
 use punch_proto::{Keypair, PeerId};
 
-use crate::bridge::{Bridge, BridgeConfig, BridgedPeer};
-use crate::handshake::Step;
-use crate::node::{KaspaNode, NodeConfig, DEFAULT_NETWORK};
+use punch_node::bridge::{Bridge, BridgeConfig, BridgedPeer};
+use punch_node::handshake::{HandshakeEvent, Step};
+use punch_node::node::{KaspaNode, NodeConfig, DEFAULT_NETWORK};
 
 /// Rendezvous registration must happen within this time (milliseconds normally).
 pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -467,7 +471,7 @@ async fn record_punch_events(
 
 /// Records the node's handshake steps until Ready or a rejection: (ready, rejection).
 async fn watch_handshake(
-    mut events: tokio::sync::broadcast::Receiver<crate::handshake::HandshakeEvent>,
+    mut events: tokio::sync::broadcast::Receiver<HandshakeEvent>,
     timeline: Arc<Timeline>,
     who: String,
 ) -> (bool, Option<String>) {
@@ -496,6 +500,8 @@ async fn watch_handshake(
                 format!("kaspa: handshake with {} rejected: {reason}", ev.addr),
                 Some((false, Some(reason.clone()))),
             ),
+            // `Step` is non-exhaustive: a step added later is shown, and the wait goes on.
+            other => (format!("kaspa: {other:?} from {}", ev.addr), None),
         };
         timeline.record_at(ev.at, &who, what);
         if let Some(end) = end {

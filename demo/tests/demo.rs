@@ -3,7 +3,7 @@
 //! with different network names both refuse.
 #![allow(clippy::unwrap_used)]
 
-use punch_node::demo::{run, DemoConfig, Timeline};
+use punch_demo::{run, DemoConfig, Timeline};
 
 #[tokio::test]
 async fn demo_reaches_ready_on_both_sides() {
