@@ -11,7 +11,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
-cargo build --workspace --bins
+# All targets, not only the binaries: the tests' dev-dependencies enable features (tokio's
+# test-util) that the binaries then share, so nextest and clippy reuse this build instead of
+# compiling tokio and everything above it (kaspad included) a second time.
+cargo build --workspace --all-targets
 
 # NAT-lab cases write their outcomes here; natlab_report turns them into the matrix.
 export NATLAB_RESULTS="${NATLAB_RESULTS:-$PWD/target/natlab-results}"

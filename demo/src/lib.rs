@@ -290,6 +290,18 @@ pub struct DemoPeer {
     client: Client,
     incoming: Incoming,
     timeline: Arc<Timeline>,
+    /// Records the client's punch events into the timeline while the peer lives.
+    _events: AbortOnDrop,
+}
+
+/// A task that ends when its handle is dropped.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl DemoPeer {
@@ -308,11 +320,11 @@ impl DemoPeer {
         let (client, incoming) = Client::start(punch)
             .await
             .map_err(|e| setup_err("punch client")(e.to_string()))?;
-        tokio::spawn(record_punch_events(
+        let events = AbortOnDrop(tokio::spawn(record_punch_events(
             client.events(),
             timeline.clone(),
             who.clone(),
-        ));
+        )));
         let observed = client
             .wait_registered(REGISTER_TIMEOUT)
             .await
@@ -330,6 +342,7 @@ impl DemoPeer {
             client,
             incoming,
             timeline: timeline.clone(),
+            _events: events,
         })
     }
 
@@ -348,9 +361,10 @@ impl DemoPeer {
             client,
             mut incoming,
             timeline,
+            _events,
         } = self;
         let who = who.as_str();
-        let watcher = tokio::spawn(watch_handshake(
+        let mut watcher = tokio::spawn(watch_handshake(
             node.subscribe(),
             timeline.clone(),
             who.to_string(),
@@ -409,11 +423,10 @@ impl DemoPeer {
                 ),
             ),
         }
-        let (ready, rejection) = tokio::time::timeout(READY_TIMEOUT, watcher)
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or((false, None));
+        let watched = tokio::time::timeout(READY_TIMEOUT, &mut watcher).await;
+        // A watcher that timed out must not outlive the run.
+        watcher.abort();
+        let (ready, rejection) = watched.ok().and_then(Result::ok).unwrap_or((false, None));
         let setup = format!(
             "node {who}: Kaspa node id {}, P2P {}, punch id {}, sees its peer as {}",
             node.node_id(),

@@ -34,7 +34,7 @@ struct Args {
     #[arg(long, default_value = DEFAULT_NETWORK)]
     network_b: String,
     #[command(subcommand)]
-    role: Option<Role>,
+    role: Option<Process>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -46,7 +46,7 @@ enum Mode {
 
 /// The NAT mode's processes (started by the demo itself inside the lab's namespaces).
 #[derive(Debug, Subcommand)]
-enum Role {
+enum Process {
     /// The rendezvous on the lab's public host.
     #[command(hide = true)]
     Rendezvous {
@@ -96,8 +96,8 @@ async fn main() -> anyhow::Result<()> {
         .init();
 
     match args.role {
-        Some(Role::Rendezvous { bind, key_file }) => rendezvous(bind, key_file, &timeline).await,
-        Some(Role::Peer {
+        Some(Process::Rendezvous { bind, key_file }) => rendezvous(bind, key_file, &timeline).await,
+        Some(Process::Peer {
             who,
             network,
             rendezvous,

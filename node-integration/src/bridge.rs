@@ -23,6 +23,7 @@
 //! is closed when the session ends. One driver task per bridged peer owns the session, the
 //! listener and the splices; dropping the [`BridgedPeer`] aborts it and closes everything.
 
+use crate::lock;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -177,7 +178,7 @@ impl Bridge {
         let (counts_tx, counts) = watch::channel(Counts::default());
         let span = info_span!("bridge", peer = %peer.short(), %alias, remote = %info.remote);
         info!(parent: &span, side = ?side, "punched peer bridged");
-        let driver = Driver {
+        let driver = PeerDriver {
             session,
             listener,
             alias,
@@ -297,7 +298,7 @@ impl Drop for LiveGuard {
     }
 }
 
-struct Driver {
+struct PeerDriver {
     session: Session,
     listener: Option<TcpListener>,
     alias: Ipv4Addr,
@@ -314,7 +315,7 @@ async fn accept(listener: &Option<TcpListener>) -> io::Result<(TcpStream, Socket
     }
 }
 
-impl Driver {
+impl PeerDriver {
     async fn run(mut self) {
         let opener = self.session.opener();
         let mut splices: JoinSet<()> = JoinSet::new();
@@ -400,8 +401,4 @@ async fn connect_as_alias(alias: Ipv4Addr, node: SocketAddr) -> io::Result<TcpSt
     let tcp = socket.connect(node).await?;
     let _ = tcp.set_nodelay(true);
     Ok(tcp)
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

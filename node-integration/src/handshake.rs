@@ -25,6 +25,7 @@
 //! After `Ready` the only flow registered answers `Ping` with `Pong`; any other message is
 //! unrouted and kaspa-p2p-lib closes the connection, which is all a handshake node needs.
 
+use crate::lock;
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -271,8 +272,4 @@ fn unix_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or_default()
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

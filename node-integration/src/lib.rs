@@ -26,3 +26,9 @@ pub mod seam;
 pub use alias::peer_alias;
 pub use bridge::{Bridge, BridgeConfig, BridgeError, BridgedPeer};
 pub use node::{KaspaNode, NodeConfig};
+
+/// Locks a mutex, ignoring poisoning: a panic while one of these locks is held is a bug, and
+/// the small tables behind them stay usable.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -339,7 +339,7 @@ async fn accept_loop(
     }
 }
 
-/// Between half and all of `d`, so that peers do not retry in lockstep.
+/// Between half and all of `d`, so that peers do not retry in lockstep (punch's own jitter).
 fn jitter(d: Duration) -> Duration {
-    d / 2 + d.mul_f64(rand::random::<f64>() / 2.0)
+    punch::control::jitter(d, &mut rand::thread_rng())
 }

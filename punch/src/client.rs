@@ -141,7 +141,7 @@ impl Client {
             .instrument(span.clone()),
         );
         let control = Control::new(ControlConfig::from(&config), now(), rand::random());
-        let driver = Driver {
+        let driver = ControlDriver {
             ctx: Arc::new(PunchCtx {
                 keypair: config.keypair.clone(),
                 local,
@@ -304,7 +304,7 @@ async fn route(mut stream: TcpStream, from: SocketAddr, routes: &Routes) {
 type Handshake =
     Pin<Box<dyn Future<Output = Result<(Channel<TcpStream>, SocketAddr), RendezvousError>> + Send>>;
 
-struct Driver {
+struct ControlDriver {
     ctx: Arc<PunchCtx>,
     routes: Arc<Routes>,
     cmd_rx: mpsc::Receiver<Command>,
@@ -360,7 +360,7 @@ async fn connect(
     Ok((channel, local))
 }
 
-impl Driver {
+impl ControlDriver {
     async fn run(mut self) {
         loop {
             self.carry_out().await;
