@@ -258,13 +258,20 @@ fn round_trip_client(m: &ClientMsg) {
     assert_eq!(back.encode(), wire, "encoding is canonical");
 }
 
+/// An identity from the input; bytes that are no valid key (low order, non-canonical) become
+/// a fixed valid key, since no `PeerId` can hold them.
+fn build_peer(input: &mut Input) -> PeerId {
+    PeerId::from_bytes(input.array())
+        .unwrap_or_else(|_| punch_proto::identity::public_key(&[1; 32]))
+}
+
 fn build_client_msg(input: &mut Input) -> ClientMsg {
     match input.u8() % 3 {
         0 => ClientMsg::Ping { nonce: input.u64() },
         1 => ClientMsg::Pong { nonce: input.u64() },
         _ => ClientMsg::Connect {
             request_id: input.u64(),
-            peer: PeerId::from_bytes(input.array()),
+            peer: build_peer(input),
         },
     }
 }
@@ -367,7 +374,7 @@ fn build_server_msg(input: &mut Input) -> ServerMsg {
         3 => ServerMsg::Offer(Offer {
             session_id: input.u64(),
             request_id: input.u64(),
-            peer: PeerId::from_bytes(input.array()),
+            peer: build_peer(input),
             peer_observed: build_addr(input),
             role: if input.bool() {
                 Role::Responder

@@ -64,7 +64,7 @@ mod tests {
 
     #[test]
     fn snapshot_of_one_derivation() {
-        let id = PeerId::from_bytes([7; 32]);
+        let id = PeerId::from_bytes([7; 32]).expect("a valid key");
         // Changing the derivation would move every peer's address: a deliberate, visible step.
         assert_eq!(peer_alias(&id), Ipv4Addr::new(127, 135, 6, 68));
         assert!(!is_alias(Ipv4Addr::new(127, 0, 0, 1)));

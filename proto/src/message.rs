@@ -372,16 +372,17 @@ impl ServerMsg {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::KeyError;
 
     fn peer(b: u8) -> PeerId {
-        PeerId::from_bytes([b; 32])
+        PeerId::from_bytes([b; 32]).unwrap()
     }
 
     fn offer() -> Offer {
         Offer {
             session_id: 0x0102,
             request_id: 9,
-            peer: peer(0xaa),
+            peer: peer(0x2a),
             peer_observed: "203.0.113.7:4000".parse().unwrap(),
             peer_local: vec![
                 "192.168.1.5:4000".parse().unwrap(),
@@ -476,6 +477,33 @@ mod tests {
             ClientMsg::decode(&bad_peer),
             Err(DecodeError::Peer(_))
         ));
+        // Connect and Offer naming a low-order or non-canonical identity.
+        let mut top_bit = [0x11; 32];
+        top_bit[31] |= 0x80;
+        for (bytes, want_low_order) in [([0u8; 32], true), (top_bit, false)] {
+            let connect = pb::ClientMessage {
+                kind: Some(pb::client_message::Kind::Connect(pb::ConnectRequest {
+                    request_id: 1,
+                    peer: bytes.to_vec(),
+                })),
+            };
+            let err = ClientMsg::decode(&connect.encode_to_vec()).unwrap_err();
+            let mut o = pb::ServerMessage::decode(&ServerMsg::Offer(offer()).encode()[..]).unwrap();
+            if let Some(pb::server_message::Kind::Offer(ref mut inner)) = o.kind {
+                inner.peer = bytes.to_vec();
+            }
+            let err2 = ServerMsg::decode(&o.encode_to_vec()).unwrap_err();
+            for e in [err, err2] {
+                if want_low_order {
+                    assert!(matches!(e, DecodeError::Peer(KeyError::LowOrder)), "{e}");
+                } else {
+                    assert!(
+                        matches!(e, DecodeError::Peer(KeyError::NonCanonical)),
+                        "{e}"
+                    );
+                }
+            }
+        }
         // Register with a 5-byte ip.
         let bad_ip = [0x12, 0x09, 0x0a, 0x05, 1, 2, 3, 4, 5, 0x10, 80];
         assert!(matches!(

@@ -30,7 +30,7 @@
 //! responder -> initiator   e, ee, se
 //! ```
 
-use crate::identity::{Keypair, PeerId};
+use crate::identity::{KeyError, Keypair, PeerId};
 
 /// Control channel parameters (see the module doc for why XK).
 pub const CONTROL_PARAMS: &str = "Noise_XK_25519_ChaChaPoly_BLAKE2s";
@@ -65,6 +65,11 @@ pub enum NoiseError {
     /// The handshake completed with a key other than the one we expected.
     #[error("remote identity {found} is not the expected {expected}")]
     UnexpectedPeer { expected: PeerId, found: PeerId },
+    /// The peer's static key is not a usable identity (low order or non-canonical): with a
+    /// low-order key the handshake's Diffie-Hellman results are known to anybody, so it
+    /// authenticates nothing.
+    #[error("remote static key refused: {0}")]
+    BadRemoteKey(KeyError),
     #[error("message of {len} bytes exceeds the Noise limit of {max}")]
     TooLarge { len: usize, max: usize },
     #[error("handshake has not finished")]
@@ -159,8 +164,19 @@ impl Handshake {
         }
         let mut buf = vec![0u8; message.len()];
         let n = self.state.read_message(message, &mut buf)?;
+        // The message that reveals the remote static key (XK 3 on the server) is refused, and
+        // its payload never returned, when that key is not a valid identity.
+        self.checked_remote()?;
         buf.truncate(n);
         Ok(buf)
+    }
+
+    /// The remote static key if known yet, through the checked constructor.
+    fn checked_remote(&self) -> Result<Option<PeerId>, NoiseError> {
+        self.state
+            .get_remote_static()
+            .map(|k| PeerId::try_from(k).map_err(NoiseError::BadRemoteKey))
+            .transpose()
     }
 
     pub fn is_finished(&self) -> bool {
@@ -168,10 +184,9 @@ impl Handshake {
     }
 
     /// The remote static key, once the handshake has revealed it.
+    /// `None` also when the key is not a valid identity ([`Handshake::read`] refuses it).
     pub fn remote(&self) -> Option<PeerId> {
-        self.state
-            .get_remote_static()
-            .and_then(|k| PeerId::try_from(k).ok())
+        self.checked_remote().ok().flatten()
     }
 
     /// Finishes the handshake, checking the remote key when one was expected.
@@ -179,7 +194,7 @@ impl Handshake {
         if !self.state.is_handshake_finished() {
             return Err(NoiseError::Unfinished);
         }
-        let remote = self.remote().ok_or(NoiseError::Unfinished)?;
+        let remote = self.checked_remote()?.ok_or(NoiseError::Unfinished)?;
         if let Some(expected) = self.expected {
             if expected != remote {
                 return Err(NoiseError::UnexpectedPeer {

@@ -30,7 +30,7 @@ fn local() -> SocketAddr {
 }
 
 fn peer(b: u8) -> PeerId {
-    PeerId::from_bytes([b; 32])
+    PeerId::from_bytes([b; 32]).expect("a valid key")
 }
 
 fn drain(c: &mut Control<u32>) -> Vec<Action<u32>> {

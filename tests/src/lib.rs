@@ -123,7 +123,7 @@ impl RendezvousProcess {
         let mut proc = Self {
             child,
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-            identity: PeerId::from_bytes([0; 32]),
+            identity: punch_proto::identity::public_key(&[0; 32]),
             dir,
             log_path,
         };

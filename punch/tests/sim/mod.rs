@@ -196,7 +196,7 @@ impl Sim {
         let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
         let node = |i: usize, name, public, local, link| Node {
             name,
-            id: PeerId::from_bytes([i as u8 + 1; 32]),
+            id: PeerId::from_bytes([i as u8 + 1; 32]).expect("a valid key"),
             public: addr(public),
             local: addr(local),
             link,
