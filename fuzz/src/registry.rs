@@ -15,7 +15,8 @@
 //!   observed addresses, pass on only private local addresses, give the roles Initiator and
 //!   Responder, and make both sides dial at the same server time
 //!   (`dial_delay_a + owd_a == dial_delay_b + owd_b`, within 1 ms after the wire's whole
-//!   milliseconds), the later side waiting exactly the margin; every offer and error fits one
+//!   milliseconds, owd = SRTT / 2 capped at `MAX_OWD`), the later side waiting exactly the
+//!   margin and nobody more than `MAX_OWD` + margin; every offer and error fits one
 //!   control frame and survives encoding;
 //! - an error is `BadRequest` for a connection that is not the requester's registration
 //!   (before any rate limit, costing no token), else the first of `SelfConnect`, `PeerOffline`,
@@ -33,7 +34,7 @@ use punch_proto::frame::MAX_CONTROL_FRAME;
 use punch_proto::message::{ErrorCode, Register, ServerMsg, PROTOCOL_VERSION};
 use punch_proto::noise::TAG_LEN;
 use punch_proto::{PeerId, Role};
-use punch_rendezvous::registry::{Action, ConnId, Limits, Registry, Stats};
+use punch_rendezvous::registry::{self, Action, ConnId, Limits, Registry, Stats};
 
 /// Events per input: enough to fill and churn a small registry; the rate checks are quadratic.
 const MAX_EVENTS: usize = 256;
@@ -121,7 +122,7 @@ impl Addr {
 }
 
 fn peer(p: u8) -> PeerId {
-    PeerId::from_bytes([0x10 + p % PEERS; 32])
+    PeerId::from_bytes([0x10 + p % PEERS; 32]).expect("a valid key")
 }
 
 fn conn(c: u8) -> ConnId {
@@ -348,10 +349,12 @@ pub fn run(s: Scenario) {
                         );
                         assert_eq!((&oa.peer_local, &ob.peer_local), (&b.local, &a.local));
                         assert_eq!((oa.role, ob.role), (Role::Initiator, Role::Responder));
-                        let owd_a = srtt_a.expect("requester has an RTT") / 2;
-                        let owd_b = srtt_b.expect("target has an RTT") / 2;
+                        let owd_a = registry::owd(srtt_a.expect("requester has an RTT"));
+                        let owd_b = registry::owd(srtt_b.expect("target has an RTT"));
                         assert_eq!(oa.dial_delay + owd_a, ob.dial_delay + owd_b, "dial moments");
                         assert_eq!(oa.dial_delay.min(ob.dial_delay), limits.dial_margin);
+                        let most = registry::MAX_OWD + limits.dial_margin;
+                        assert!(oa.dial_delay.max(ob.dial_delay) <= most, "dial delay bound");
                         let ms = |d: Duration| d.as_millis().min(u128::from(u32::MAX));
                         let (wa, wb) = (ms(oa.dial_delay), ms(ob.dial_delay));
                         if wa < u128::from(u32::MAX) && wb < u128::from(u32::MAX) {

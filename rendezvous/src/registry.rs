@@ -9,10 +9,19 @@
 //! peer after that peer's one-way delay `owd_x` (estimated as SRTT / 2). Both should dial at
 //! server time `T = now + max(owd_a, owd_b) + margin`, so peer X waits `T - now - owd_x` after
 //! receiving its offer. Both SYNs then leave at the same moment, whatever the two path lengths.
+//! A peer controls its own SRTT (it can answer pings late), so each estimate is capped at
+//! [`MAX_OWD`]: one side's claimed delay cannot hold the other's dial back by more than that.
+//!
+//! Session ids are random (from an RNG the registry owns, seeded at construction so tests and
+//! the simulator stay deterministic), never 0, so they reveal neither how many sessions the
+//! server has coordinated nor which id comes next.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 use punch_proto::message::{ErrorCode, ErrorReply, Offer, Register, ServerMsg, PROTOCOL_VERSION};
 use punch_proto::{PeerId, Role};
@@ -65,22 +74,30 @@ pub struct Registry {
     peers: HashMap<PeerId, Peer>,
     request_buckets: HashMap<PeerId, TokenBucket>,
     offer_buckets: HashMap<PeerId, TokenBucket>,
-    next_session: u64,
+    sessions: StdRng,
     stats: Stats,
 }
 
 const MINUTE: Duration = Duration::from_secs(60);
 
+/// The largest one-way delay the dial schedule believes. Real paths stay below it (a
+/// geostationary satellite hop is about 300 ms one way); a larger SRTT is a slow or lying
+/// peer, and believing it would make the *other* peer wait: a requester answering pings late
+/// could hold the target's dial back by seconds. With the cap, no peer waits longer than
+/// `MAX_OWD + dial_margin` after its offer arrives.
+pub const MAX_OWD: Duration = Duration::from_millis(500);
+
 impl Registry {
-    /// `session_seed` starts the session-id sequence; the server seeds it randomly so ids from
-    /// before a restart do not repeat (a stale punched stream then fails the Noise prologue).
+    /// `session_seed` seeds the RNG that draws session ids; the server seeds it randomly, so
+    /// ids are unpredictable and ids from before a restart do not repeat (a stale punched
+    /// stream then fails the Noise prologue). Tests pass a fixed seed for determinism.
     pub fn new(limits: Limits, session_seed: u64) -> Self {
         Self {
             limits,
             peers: HashMap::new(),
             request_buckets: HashMap::new(),
             offer_buckets: HashMap::new(),
-            next_session: session_seed | 1,
+            sessions: StdRng::seed_from_u64(session_seed),
             stats: Stats::default(),
         }
     }
@@ -276,10 +293,9 @@ impl Registry {
                 )
             })?;
 
-        let (owd_a, owd_b) = (a.srtt / 2, b.srtt / 2);
+        let (owd_a, owd_b) = (owd(a.srtt), owd(b.srtt));
         let at = owd_a.max(owd_b) + limits.dial_margin;
-        let session_id = self.next_session;
-        self.next_session = self.next_session.wrapping_add(2);
+        let session_id = next_session_id(&mut self.sessions);
         self.stats.offers += 1;
         Ok(vec![
             Action::Send {
@@ -320,6 +336,24 @@ impl Registry {
     }
 }
 
+/// The one-way delay estimate used for dial scheduling: half the SRTT, at most [`MAX_OWD`].
+pub fn owd(srtt: Duration) -> Duration {
+    (srtt / 2).min(MAX_OWD)
+}
+
+/// A random session id, never 0 (a client's `Offer` with id 0 would look unset in logs and
+/// tables). Uniqueness among live sessions is probabilistic: with n sessions alive the chance
+/// that any two share an id is below n^2 / 2^65 (about 3e-8 for a million), and a shared id
+/// only matters for two sessions of the same pair of peers, whose Noise prologues then match.
+fn next_session_id(rng: &mut StdRng) -> u64 {
+    loop {
+        let id: u64 = rng.gen();
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
 /// Which claimed local addresses the server passes on. A claimed address is not verified, so
 /// passing any address would let a peer make others dial third parties (reflection). Only
 /// private-network addresses (RFC 1918, RFC 6598 shared space, IPv6 ULA) are passed; loopback
@@ -356,7 +390,7 @@ mod tests {
     }
 
     fn id(b: u8) -> PeerId {
-        PeerId::from_bytes([b; 32])
+        PeerId::from_bytes([b; 32]).unwrap()
     }
 
     fn reg(accept: bool) -> Register {
@@ -414,6 +448,67 @@ mod tests {
             Duration::from_millis(100) + ob.dial_delay
         );
         assert_eq!(ob.dial_delay, Duration::from_millis(50));
+    }
+
+    fn offers(actions: &[Action]) -> (&Offer, &Offer) {
+        match actions {
+            [Action::Send {
+                msg: ServerMsg::Offer(oa),
+                ..
+            }, Action::Send {
+                msg: ServerMsg::Offer(ob),
+                ..
+            }] => (oa, ob),
+            _ => panic!("expected two offers, got {actions:?}"),
+        }
+    }
+
+    #[test]
+    fn a_claimed_rtt_cannot_delay_the_other_dial_beyond_the_cap() {
+        let mut r = Registry::new(limits(), 10);
+        let obs: SocketAddr = "203.0.113.1:1000".parse().unwrap();
+        // The requester answers pings 4.6 s late; the target is 20 ms away.
+        r.register(1, id(1), obs, &reg(true), Duration::from_millis(4600))
+            .unwrap();
+        r.register(2, id(2), obs, &reg(true), Duration::from_millis(20))
+            .unwrap();
+        let actions = r.connect(Instant::now(), 1, id(1), 1, id(2), |_| true);
+        let (oa, ob) = offers(&actions);
+        let margin = limits().dial_margin;
+        assert_eq!(ob.dial_delay, MAX_OWD + margin - Duration::from_millis(10));
+        assert_eq!(oa.dial_delay, margin);
+        assert!(ob.dial_delay <= MAX_OWD + margin);
+        assert_eq!(owd(Duration::from_secs(60)), MAX_OWD);
+        assert_eq!(owd(Duration::from_millis(300)), Duration::from_millis(150));
+    }
+
+    #[test]
+    fn session_ids_are_random_non_zero_and_distinct() {
+        let mut r = Registry::new(limits(), 10);
+        let obs: SocketAddr = "203.0.113.1:1000".parse().unwrap();
+        for i in 1..=3 {
+            r.register(u64::from(i), id(i), obs, &reg(true), Duration::ZERO)
+                .unwrap();
+        }
+        let now = Instant::now();
+        let mut ids = Vec::new();
+        for (t, from) in [(0, 1), (0, 3), (1, 1), (1, 3)] {
+            let at = now + MINUTE * t;
+            let actions = r.connect(at, u64::from(from), id(from), 1, id(2), |_| true);
+            ids.push(offers(&actions).0.session_id);
+        }
+        assert!(ids.iter().all(|&i| i != 0));
+        let mut sorted = ids.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), ids.len(), "{ids:?}");
+        // Not a sequence: consecutive ids do not differ by a constant step.
+        let steps: Vec<u64> = ids.windows(2).map(|w| w[1].wrapping_sub(w[0])).collect();
+        assert!(steps.windows(2).any(|s| s[0] != s[1]), "{ids:?}");
+        // Deterministic for a seed, different across seeds.
+        let first = |seed| next_session_id(&mut StdRng::seed_from_u64(seed));
+        assert_eq!(first(10), ids[0]);
+        assert_ne!(first(10), first(11));
     }
 
     #[test]
