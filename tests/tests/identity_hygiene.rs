@@ -1,6 +1,7 @@
 //! Identity hygiene against the real binaries: the `rendezvous` refuses a registration whose
 //! Noise static key is of low order or non-canonically encoded, and keeps serving honest
-//! clients; `punch` refuses such ids on its command line with a message naming the problem.
+//! clients; `punch` refuses such ids on its command line with a message naming the problem,
+//! and warns when it loads a key file that group or others can read.
 //!
 //! snow derives a static public key from a clamped secret, so an honest snow handshake can
 //! never present a bad key. The attacker here plugs a Diffie-Hellman into snow (through its
@@ -247,6 +248,42 @@ fn punch_cli_refuses_bad_ids() {
         assert!(stderr.contains(want), "expected {want:?} in: {stderr}");
     }
     assert!(!key_file.exists(), "refused before touching the key file");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `punch id` on a key file readable by group or others still loads it, but warns once,
+/// naming the file and `chmod 600`; an owner-only file loads silently.
+#[cfg(unix)]
+#[test]
+fn world_readable_key_file_warns() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = punch_tests::unique_temp_dir("punch-key-mode");
+    let key_file = dir.join("id.key");
+    let punch = |cmd: &str| {
+        let out = std::process::Command::new(bin_path("punch"))
+            .args([cmd, "--key-file"])
+            .arg(&key_file)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        (
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (id, _) = punch("keygen");
+    let (same, stderr) = punch("id");
+    assert_eq!(same, id);
+    assert!(
+        !stderr.contains("chmod"),
+        "owner-only: no warning: {stderr}"
+    );
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (same, stderr) = punch("id");
+    assert_eq!(same, id, "the key still loads");
+    assert_eq!(stderr.matches("chmod 600").count(), 1, "{stderr}");
+    assert!(stderr.contains(&key_file.display().to_string()), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
