@@ -220,9 +220,10 @@ const KEYGEN_PARAMS: &str = "Noise_NN_25519_ChaChaPoly_BLAKE2s";
 
 /// The X25519 public key of a secret key.
 ///
-/// Always a valid identity: X25519 clamps the secret to a multiple of the cofactor 8 below the
-/// group order times 8, so the result is a canonical point of the prime-order subgroup, never
-/// of low order.
+/// Always a valid identity: the clamped scalar is a multiple of the cofactor 8 in
+/// [2^254, 2^255), never a multiple of the prime order l (8l > 2^255), so the result is a
+/// non-neutral point of the prime-order subgroup, never of low order, and X25519 encodes its
+/// output canonically (`generated_key_snapshot` checks keys parse back).
 pub fn public_key(secret: &[u8; KEY_LEN]) -> PeerId {
     let secret = x25519_dalek::StaticSecret::from(*secret);
     PeerId(x25519_dalek::PublicKey::from(&secret).to_bytes())
