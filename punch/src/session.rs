@@ -405,7 +405,10 @@ mod tests {
             Session::start(
                 auth.into_secure(),
                 info,
-                yamux_config(DEFAULT_STREAM_WINDOW, 256),
+                yamux_config(
+                    DEFAULT_STREAM_WINDOW,
+                    crate::config::DEFAULT_MAX_STREAMS_PER_SESSION,
+                ),
             )
         };
         (
