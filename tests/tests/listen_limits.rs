@@ -8,6 +8,9 @@
 //!   forwarded service never sees more connections at once than the per-session forward cap,
 //!   the listener's file descriptors stay bounded, and a second honest peer punches and echoes
 //!   data during the flood.
+//! - An allowed peer piles up sessions (a new client with the same key each time, as a
+//!   reconnecting node would): those beyond the per-peer cap are closed at once, the earlier
+//!   ones keep working.
 #![allow(clippy::unwrap_used)]
 
 use std::fs::File;
@@ -19,7 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use punch::forward::DEFAULT_FORWARDS_PER_SESSION;
+use punch::forward::{DEFAULT_FORWARDS_PER_SESSION, DEFAULT_SESSIONS_PER_PEER};
 use punch::{Client, Config, Error, Session};
 use punch_proto::message::{ClientMsg, Register, ServerMsg, PROTOCOL_VERSION};
 use punch_proto::{Keypair, PeerId};
@@ -304,4 +307,41 @@ async fn a_stream_flood_is_capped_and_an_honest_peer_still_punches() {
         "refusals are rate-limited:\n{log}"
     );
     drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_beyond_the_per_peer_cap_are_closed() {
+    init_tracing();
+    let rv = RendezvousProcess::spawn(&[]);
+    let (service, _echo) = echo_service().await;
+    let mallory = Keypair::generate().unwrap();
+    let listener = Listener::spawn(&rv, service, &[mallory.public()]);
+
+    let mut sessions = Vec::new();
+    for _ in 0..DEFAULT_SESSIONS_PER_PEER + 2 {
+        // Each client has its own punch port, so each session is a new connection; the
+        // session outlives its client.
+        let c = client(&rv, mallory.clone()).await;
+        let session = tokio::time::timeout(HANG, c.connect(listener.id))
+            .await
+            .unwrap()
+            .unwrap();
+        c.shutdown().await;
+        sessions.push(session);
+    }
+    let (kept, over) = sessions.split_at(DEFAULT_SESSIONS_PER_PEER);
+    for session in over {
+        tokio::time::timeout(HANG, session.closed())
+            .await
+            .expect("a session beyond the cap is closed by the listener");
+    }
+    for (i, session) in kept.iter().enumerate() {
+        assert!(
+            !session.is_closed(),
+            "session {i} within the cap was closed"
+        );
+        echo_once(session, format!("session {i}\n").as_bytes()).await;
+    }
+    let log = listener.log_text();
+    assert!(log.contains("too many sessions"), "{log}");
 }
