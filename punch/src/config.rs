@@ -1,5 +1,6 @@
 //! Client configuration, with documented defaults.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -25,6 +26,30 @@ pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(10);
 /// Accepted streams whose preamble is still being read, at most: strangers cannot pin more.
 pub const DEFAULT_MAX_PENDING_INBOUND: usize = 64;
 
+/// Streams open at once on one session, both directions (yamux `max_stream_count`; more are
+/// reset by yamux at once): a Kaspa peer needs one stream, a browser-like client a few dozen,
+/// and tokio-yamux's own 65,535 let one peer turn a session into thousands of connections.
+pub const DEFAULT_MAX_STREAMS_PER_SESSION: usize = 256;
+
+/// Which peers may punch to us. Checked when the rendezvous's offer arrives, before anything
+/// is dialed: a refused peer costs us one log line at most, never a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Allow {
+    /// Any peer the rendezvous introduces (a public service).
+    Any,
+    /// Only these identities.
+    Only(HashSet<PeerId>),
+}
+
+impl Allow {
+    pub fn permits(&self, peer: &PeerId) -> bool {
+        match self {
+            Allow::Any => true,
+            Allow::Only(ids) => ids.contains(peer),
+        }
+    }
+}
+
 /// Configuration of a punch [`crate::Client`].
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -39,6 +64,9 @@ pub struct Config {
     pub bind: SocketAddr,
     /// Whether other peers may punch to us.
     pub accept_inbound: bool,
+    /// Which of them (when `accept_inbound`). The library default is [`Allow::Any`], as
+    /// before the allow-list existed; `punch listen` makes its operator choose.
+    pub allow: Allow,
     /// See [`DEFAULT_PUNCH_WINDOW`].
     pub punch_window: Duration,
     /// See [`DEFAULT_RETRY_INTERVAL`].
@@ -55,6 +83,8 @@ pub struct Config {
     pub max_pending_inbound: usize,
     /// yamux per-stream window; see [`crate::session`].
     pub stream_window: u32,
+    /// See [`DEFAULT_MAX_STREAMS_PER_SESSION`].
+    pub max_streams_per_session: usize,
 }
 
 impl Config {
@@ -70,6 +100,7 @@ impl Config {
             keypair,
             bind: bind.parse().expect("valid literal"),
             accept_inbound: true,
+            allow: Allow::Any,
             punch_window: DEFAULT_PUNCH_WINDOW,
             retry_interval: DEFAULT_RETRY_INTERVAL,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
@@ -79,6 +110,7 @@ impl Config {
             reconnect_max: DEFAULT_RECONNECT_MAX,
             max_pending_inbound: DEFAULT_MAX_PENDING_INBOUND,
             stream_window: crate::session::DEFAULT_STREAM_WINDOW,
+            max_streams_per_session: DEFAULT_MAX_STREAMS_PER_SESSION,
         }
     }
 }

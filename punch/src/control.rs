@@ -43,9 +43,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tracing::{debug, info, warn};
 
-use crate::config::Config;
+use crate::config::{Allow, Config};
 use crate::error::{Error, RendezvousError};
 use crate::event::{Event, Status};
+use crate::throttle::LogThrottle;
 
 /// The rendezvous is considered gone after this many of its ping intervals without a word:
 /// one lost or late ping is normal on a congested path, three in a row are not.
@@ -61,6 +62,8 @@ pub struct ControlConfig {
     pub rendezvous: SocketAddr,
     /// Sent in the registration; offers for inbound punches are ignored when off.
     pub accept_inbound: bool,
+    /// Which peers' inbound offers start a punch; the others are refused before any dial.
+    pub allow: Allow,
     /// TCP connect plus Noise handshake must finish in this time, and the server's
     /// `Registered` must follow within it again.
     pub handshake_timeout: Duration,
@@ -76,6 +79,7 @@ impl From<&Config> for ControlConfig {
         Self {
             rendezvous: c.rendezvous,
             accept_inbound: c.accept_inbound,
+            allow: c.allow.clone(),
             handshake_timeout: c.auth_timeout,
             request_timeout: c.request_timeout,
             reconnect_min: c.reconnect_min,
@@ -171,6 +175,8 @@ pub struct Stats {
     pub expired: u64,
     pub refused: u64,
     pub offers: u64,
+    /// Inbound offers from peers not on the allow-list (nothing dialed).
+    pub inbound_refused: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,6 +220,8 @@ pub struct Control<T> {
     next_request: u64,
     actions: VecDeque<Action<T>>,
     stats: Stats,
+    /// Refused inbound offers are logged at most once per interval.
+    refusals: LogThrottle,
 }
 
 impl<T> Control<T> {
@@ -228,6 +236,7 @@ impl<T> Control<T> {
             next_request: 1,
             actions: VecDeque::new(),
             stats: Stats::default(),
+            refusals: LogThrottle::default(),
         };
         c.start_connect(now);
         c
@@ -466,6 +475,10 @@ impl<T> Control<T> {
                 warn!(peer = %offer.peer.short(), "offer for an inbound punch, but inbound is off; ignored");
                 return;
             }
+            if !self.config.allow.permits(&offer.peer) {
+                self.refuse_inbound(now, &offer);
+                return;
+            }
             (None, now)
         } else {
             match self.pending.remove(&offer.request_id) {
@@ -498,6 +511,23 @@ impl<T> Control<T> {
             reply,
             started,
         });
+    }
+
+    /// An inbound offer from a peer not on the allow-list: counted, reported, never dialed.
+    fn refuse_inbound(&mut self, now: Instant, offer: &Offer) {
+        self.stats.inbound_refused += 1;
+        if let Some(held_back) = self.refusals.hit(now) {
+            warn!(
+                peer = %offer.peer.short(),
+                held_back,
+                total = self.stats.inbound_refused,
+                "inbound punch from a peer not on the allow-list; refused (no dial)"
+            );
+        }
+        self.actions.push_back(Action::Emit(Event::InboundRefused {
+            peer: offer.peer,
+            session_id: offer.session_id,
+        }));
     }
 
     fn refused(&mut self, now: Instant, e: ErrorReply) {

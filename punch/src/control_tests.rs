@@ -14,6 +14,7 @@ fn config() -> ControlConfig {
     ControlConfig {
         rendezvous: "198.51.100.1:7717".parse().unwrap(),
         accept_inbound: true,
+        allow: Allow::Any,
         handshake_timeout: Duration::from_secs(5),
         request_timeout: Duration::from_secs(5),
         reconnect_min: 200 * MS,
@@ -521,4 +522,57 @@ fn a_malformed_frame_ends_the_connection() {
         drain(&mut c)[..],
         [Action::Send(ClientMsg::Pong { nonce: 3 })]
     ));
+}
+
+#[test]
+fn inbound_offers_from_peers_off_the_allow_list_start_nothing() {
+    let t0 = Instant::now();
+    let allowed = peer(4);
+    let mut c = registered(
+        ControlConfig {
+            allow: Allow::Only([allowed].into_iter().collect()),
+            ..config()
+        },
+        t0,
+    );
+    // A stranger, many times: each offer is refused and reported, none starts a punch.
+    for i in 0..100 {
+        c.handle_message(
+            t0 + i * MS,
+            ServerMsg::Offer(offer(0, peer(9), Role::Responder)),
+        );
+        let actions = drain(&mut c);
+        assert!(
+            matches!(
+                &actions[..],
+                [Action::Emit(Event::InboundRefused { peer: p, session_id: 77 })] if *p == peer(9)
+            ),
+            "{actions:?}"
+        );
+    }
+    assert_eq!(c.stats().inbound_refused, 100);
+    assert_eq!(c.stats().offers, 0);
+    // The allowed peer's offer starts its punch.
+    c.handle_message(
+        t0 + Duration::from_secs(1),
+        ServerMsg::Offer(offer(0, allowed, Role::Responder)),
+    );
+    assert!(matches!(
+        &drain(&mut c)[..],
+        [
+            Action::Emit(Event::Offer { inbound: true, .. }),
+            Action::StartPunch { reply: None, .. }
+        ]
+    ));
+    // The allow-list is about inbound punches only: our own requests to anyone still work.
+    c.connect(t0 + Duration::from_secs(2), peer(9), 1);
+    drain(&mut c);
+    c.handle_message(
+        t0 + Duration::from_secs(2),
+        ServerMsg::Offer(offer(1, peer(9), Role::Initiator)),
+    );
+    assert!(drain(&mut c)
+        .iter()
+        .any(|a| matches!(a, Action::StartPunch { reply: Some(1), .. })));
+    assert_eq!(c.stats().inbound_refused, 100);
 }

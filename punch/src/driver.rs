@@ -256,7 +256,9 @@ fn established(ctx: &PunchCtx, offer: &Offer, auth: Authenticated, started: Inst
     }
     info!(remote = %info.remote, path = %info.path, ms = info.elapsed.as_millis() as u64, "session established");
     ctx.emit(Event::Established(info.clone()));
-    Session::start(auth.into_secure(), info, ctx.config.stream_window)
+    let yamux =
+        crate::session::yamux_config(ctx.config.stream_window, ctx.config.max_streams_per_session);
+    Session::start(auth.into_secure(), info, yamux)
 }
 
 /// The one clock of the drivers: tokio's (which `tokio::time::pause` controls), as the `std`

@@ -57,6 +57,9 @@ pub enum Event {
         locals: usize,
         dial_delay: Duration,
     },
+    /// An inbound offer from a peer the allow-list ([`crate::config::Allow`]) does not
+    /// name: nothing was dialed.
+    InboundRefused { peer: PeerId, session_id: u64 },
     /// The first dial of a punch to one candidate address (redials are not reported).
     Dial {
         peer: PeerId,

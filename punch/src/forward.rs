@@ -1,13 +1,163 @@
-//! Forwarding between local TCP connections and session streams (used by `punch listen` and
-//! `punch connect --local`).
+//! Forwarding between local TCP connections and session streams: [`serve`] is `punch
+//! listen`'s work (every stream of every inbound session becomes a connection to the local
+//! service), [`splice`] also serves `punch connect --local`.
+//!
+//! Every inbound session costs a socket and every forwarded stream another, so [`serve`] caps
+//! both ([`ListenLimits`]): sessions per peer and in total, forwards per session and in total.
+//! What is over a cap is closed at once (a session dropped, a stream reset), counted, and
+//! reported at most once a minute ([`crate::throttle`]). The yamux cap on open streams per
+//! session ([`crate::Config::max_streams_per_session`]) stops a flood before it gets here.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
 
+use punch_proto::PeerId;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tracing::debug;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
 
-use crate::session::Stream;
+use crate::client::Incoming;
+use crate::lock;
+use crate::session::{Session, Stream};
+use crate::throttle::LogThrottle;
+
+/// Sessions one peer may hold to us at once: a reconnect overlapping a dying session, plus a
+/// spare; more from one identity is a peer multiplying its share of the caps below.
+pub const DEFAULT_SESSIONS_PER_PEER: usize = 4;
+/// Inbound sessions at once, all peers: a Kaspa node keeps a few dozen inbound peers.
+pub const DEFAULT_SESSIONS_TOTAL: usize = 64;
+/// Streams of one session forwarded at once: one Kaspa peer uses one stream; 64 leaves room
+/// for a browser-like client while one peer cannot take the whole total below.
+pub const DEFAULT_FORWARDS_PER_SESSION: usize = 64;
+/// Forwarded streams at once, all sessions: each holds a connection to the service, and 512
+/// plus the sessions' sockets stays under the common 1,024 file-descriptor soft limit even
+/// where it cannot be raised.
+pub const DEFAULT_FORWARDS_TOTAL: usize = 512;
+
+/// The caps of [`serve`] (see the module doc).
+#[derive(Debug, Clone)]
+pub struct ListenLimits {
+    /// See [`DEFAULT_SESSIONS_PER_PEER`].
+    pub sessions_per_peer: usize,
+    /// See [`DEFAULT_SESSIONS_TOTAL`].
+    pub sessions_total: usize,
+    /// See [`DEFAULT_FORWARDS_PER_SESSION`].
+    pub forwards_per_session: usize,
+    /// See [`DEFAULT_FORWARDS_TOTAL`].
+    pub forwards_total: usize,
+}
+
+impl Default for ListenLimits {
+    fn default() -> Self {
+        Self {
+            sessions_per_peer: DEFAULT_SESSIONS_PER_PEER,
+            sessions_total: DEFAULT_SESSIONS_TOTAL,
+            forwards_per_session: DEFAULT_FORWARDS_PER_SESSION,
+            forwards_total: DEFAULT_FORWARDS_TOTAL,
+        }
+    }
+}
+
+/// Streams closed because a forward cap was reached, reported at most once an interval.
+type Refusals = Arc<std::sync::Mutex<LogThrottle>>;
+
+/// Forwards every stream of every session on `incoming` to `target`, within `limits`, until
+/// the client stops. Dropping the future ends every session and forward it runs.
+pub async fn serve(mut incoming: Incoming, target: SocketAddr, limits: ListenLimits) {
+    let forwards = Arc::new(Semaphore::new(limits.forwards_total));
+    let stream_refusals: Refusals = Arc::default();
+    let mut session_refusals = LogThrottle::default();
+    let mut per_peer: HashMap<PeerId, usize> = HashMap::new();
+    let mut sessions = JoinSet::new();
+    loop {
+        tokio::select! {
+            session = incoming.next() => {
+                let Some(session) = session else { break };
+                let peer = session.info().peer;
+                let held = per_peer.get(&peer).copied().unwrap_or(0);
+                if held >= limits.sessions_per_peer || sessions.len() >= limits.sessions_total {
+                    if let Some(held_back) = session_refusals.hit(Instant::now()) {
+                        warn!(
+                            peer = %peer.short(),
+                            held,
+                            total = sessions.len(),
+                            held_back,
+                            "too many sessions (per peer or in total); session closed"
+                        );
+                    }
+                    continue;
+                }
+                info!(peer = %peer.short(), remote = %session.info().remote, "serving session");
+                *per_peer.entry(peer).or_default() += 1;
+                sessions.spawn(serve_session(
+                    session,
+                    target,
+                    limits.forwards_per_session,
+                    forwards.clone(),
+                    stream_refusals.clone(),
+                ));
+            }
+            Some(done) = sessions.join_next(), if !sessions.is_empty() => {
+                if let Ok(peer) = done {
+                    if let Some(n) = per_peer.get_mut(&peer) {
+                        *n -= 1;
+                        if *n == 0 {
+                            per_peer.remove(&peer);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Forwards every stream the peer opens on `session` to `target`, until the session ends.
+async fn serve_session(
+    mut session: Session,
+    target: SocketAddr,
+    per_session: usize,
+    total: Arc<Semaphore>,
+    refusals: Refusals,
+) -> PeerId {
+    let peer = session.info().peer;
+    let mine = Arc::new(Semaphore::new(per_session));
+    let mut streams = JoinSet::new();
+    loop {
+        tokio::select! {
+            stream = session.accept_stream() => {
+                let Some(stream) = stream else { break };
+                let permits = mine.clone().try_acquire_owned().ok().zip(total.clone().try_acquire_owned().ok());
+                let Some(permits) = permits else {
+                    // Dropping the stream resets it: the peer learns at once.
+                    let hit = lock(&refusals).hit(Instant::now());
+                    if let Some(held_back) = hit {
+                        warn!(
+                            peer = %peer.short(),
+                            held_back,
+                            "too many forwarded streams (per session or in total); stream closed"
+                        );
+                    }
+                    continue;
+                };
+                streams.spawn(async move {
+                    if let Err(e) = to_service(stream, target).await {
+                        warn!(%target, error = %e, "forwarding failed");
+                    }
+                    drop(permits);
+                });
+            }
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+        }
+    }
+    info!(peer = %peer.short(), "session ended");
+    // Streams still open finish their copy; the session lingers for them.
+    while streams.join_next().await.is_some() {}
+    peer
+}
 
 /// Copies both ways until both directions end; returns the bytes (to stream, from stream).
 pub async fn splice<T: AsyncRead + AsyncWrite + Unpin>(

@@ -14,7 +14,9 @@
 //! - [`secure`]: the encrypted byte stream; [`session`]: yamux over it.
 //! - [`control`]: the pure state machine of the control connection to the rendezvous.
 //! - [`client`]: its driver and the public handle; [`event`]: what the client reports.
-//! - [`forward`]: TCP forwarding helpers used by the CLI.
+//! - [`forward`]: forwarding punched streams to a local service with limits (`punch listen`)
+//!   and local connections to streams.
+//! - [`throttle`]: rate-limited reporting of refusals.
 //!
 //! Time: pure state machines ([`attempt`], [`control`]) take `std::time::Instant` values and
 //! never read a clock; drivers read tokio's clock (`tokio::time::Instant::now()`, converted with
@@ -33,9 +35,10 @@ mod routes;
 pub mod secure;
 pub mod session;
 pub mod socket;
+pub mod throttle;
 
 pub use client::{Client, Incoming};
-pub use config::Config;
+pub use config::{Allow, Config};
 pub use error::{Error, RendezvousError, SessionError};
 pub use event::{Event, Status};
 pub use session::{PathKind, Session, SessionInfo, Stream};

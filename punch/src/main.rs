@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use punch::{Client, Config, Session};
+use punch::forward::ListenLimits;
+use punch::{Allow, Client, Config, Session};
 use punch_proto::{Keypair, PeerId};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// TCP hole punching between peers behind NATs.
 #[derive(Debug, Parser)]
@@ -36,12 +37,23 @@ enum Command {
         key_file: PathBuf,
     },
     /// Stay registered, accept punched sessions, forward each stream to a local TCP service.
+    /// Needs --allow ID (repeatable) or --allow-any: who may punch to us is never implied.
+    #[command(group(
+        clap::ArgGroup::new("who").required(true).args(["allow", "allow_any"])
+    ))]
     Listen {
         #[command(flatten)]
         common: Common,
         /// Service that punched streams are forwarded to, e.g. 127.0.0.1:16111.
         #[arg(long, value_name = "HOST:PORT")]
         forward: String,
+        /// A peer id (as printed by `punch id`) that may punch to us; repeat for more. Offers
+        /// from other peers are refused before anything is dialed.
+        #[arg(long, value_name = "ID")]
+        allow: Vec<PeerId>,
+        /// Serve any peer the rendezvous introduces (a public service).
+        #[arg(long, conflicts_with = "allow")]
+        allow_any: bool,
     },
     /// Punch to a peer. With --local, expose a local TCP listener whose connections become
     /// streams to the peer's forwarded service; without it, pipe stdin/stdout over one stream.
@@ -92,6 +104,7 @@ fn init_tracing() {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
+    raise_fd_limit();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -115,7 +128,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", kp.public());
             Ok(())
         }
-        Command::Listen { common, forward } => listen(common, forward).await,
+        Command::Listen {
+            common,
+            forward,
+            allow,
+            allow_any,
+        } => {
+            let allow = if allow_any {
+                Allow::Any
+            } else {
+                Allow::Only(allow.into_iter().collect())
+            };
+            listen(common, forward, allow).await
+        }
         Command::Connect {
             peer,
             common,
@@ -124,7 +149,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn start(common: &Common, accept_inbound: bool) -> anyhow::Result<(Client, punch::Incoming)> {
+async fn start(
+    common: &Common,
+    accept_inbound: bool,
+    allow: Allow,
+) -> anyhow::Result<(Client, punch::Incoming)> {
     let (keypair, created) = Keypair::load_or_generate(&common.key_file)
         .with_context(|| format!("key file {}", common.key_file.display()))?;
     if created {
@@ -141,6 +170,7 @@ async fn start(common: &Common, accept_inbound: bool) -> anyhow::Result<(Client,
         .with_context(|| format!("{} has no address", common.rendezvous))?;
     let mut config = Config::new(rendezvous, common.rendezvous_key, keypair);
     config.accept_inbound = accept_inbound;
+    config.allow = allow;
     if let Some(bind) = common.bind {
         config.bind = bind;
     }
@@ -167,55 +197,43 @@ fn describe(session: &Session) -> String {
     )
 }
 
-async fn listen(common: Common, forward: String) -> anyhow::Result<()> {
+async fn listen(common: Common, forward: String, allow: Allow) -> anyhow::Result<()> {
     let target = tokio::net::lookup_host(&forward)
         .await
         .with_context(|| format!("resolving --forward {forward}"))?
         .next()
         .with_context(|| format!("--forward {forward} has no address"))?;
-    let (client, mut incoming) = start(&common, true).await?;
+    match &allow {
+        Allow::Any => eprintln!("punch: serving any peer (--allow-any)"),
+        Allow::Only(ids) => eprintln!("punch: serving {} allowed peer(s)", ids.len()),
+    }
+    let (client, incoming) = start(&common, true, allow).await?;
     println!("listening as {} forwarding to {target}", client.id());
-    // Returning drops the set, which ends every session's task (and its streams).
-    let mut sessions = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = shutdown_signal() => {
-                eprintln!("punch: shutting down");
-                return Ok(());
-            }
-            session = incoming.next() => {
-                let Some(session) = session else { bail!("client stopped") };
-                eprintln!("punch: session from {}", describe(&session));
-                sessions.spawn(serve(session, target));
-            }
-            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+    // Returning drops the serving future, which ends every session and forward it runs.
+    tokio::select! {
+        _ = shutdown_signal() => {
+            eprintln!("punch: shutting down");
+            Ok(())
         }
+        _ = punch::forward::serve(incoming, target, ListenLimits::default()) => bail!("client stopped"),
     }
 }
 
-/// Forwards every stream the peer opens on `session` to `target`, until the session ends.
-async fn serve(mut session: Session, target: SocketAddr) {
-    let mut streams = JoinSet::new();
-    loop {
-        tokio::select! {
-            stream = session.accept_stream() => {
-                let Some(stream) = stream else { break };
-                streams.spawn(async move {
-                    if let Err(e) = punch::forward::to_service(stream, target).await {
-                        warn!(%target, error = %e, "forwarding failed");
-                    }
-                });
-            }
-            Some(_) = streams.join_next(), if !streams.is_empty() => {}
-        }
+/// Raises the soft limit on open files to the hard limit, as kaspad does: every session and
+/// every forwarded stream holds a descriptor, and 1,024 (a common default) is few.
+fn raise_fd_limit() {
+    match rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        Ok((soft, hard)) => match rlimit::increase_nofile_limit(hard) {
+            Ok(now) if now > soft => info!(before = soft, after = now, "open files limit raised"),
+            Ok(now) => debug!(before = soft, after = now, hard, "open files limit"),
+            Err(e) => warn!(soft, hard, error = %e, "could not raise the open files limit"),
+        },
+        Err(e) => warn!(error = %e, "could not read the open files limit"),
     }
-    info!(peer = %session.info().peer.short(), "session ended");
-    // Streams still open finish their copy; the session lingers for them.
-    while streams.join_next().await.is_some() {}
 }
 
 async fn connect(peer: PeerId, common: Common, local: Option<SocketAddr>) -> anyhow::Result<()> {
-    let (client, _incoming) = start(&common, false).await?;
+    let (client, _incoming) = start(&common, false, Allow::Any).await?;
     let session = client
         .connect(peer)
         .await

@@ -134,10 +134,12 @@ pub struct SessionInfo {
     pub elapsed: Duration,
 }
 
-/// yamux configuration for a given window.
-pub fn yamux_config(window: u32) -> YamuxConfig {
+/// yamux configuration for a given window and cap on open streams (see
+/// [`crate::config::DEFAULT_MAX_STREAMS_PER_SESSION`]).
+pub fn yamux_config(window: u32, max_streams: usize) -> YamuxConfig {
     YamuxConfig {
         max_stream_window_size: window.max(tokio_yamux::config::INITIAL_STREAM_WINDOW),
+        max_stream_count: max_streams.max(1),
         keepalive_interval: YAMUX_KEEPALIVE,
         ..YamuxConfig::default()
     }
@@ -177,8 +179,11 @@ impl Opener {
 }
 
 impl Session {
-    pub(crate) fn start(secure: SecureStream<TcpStream>, info: SessionInfo, window: u32) -> Self {
-        let config = yamux_config(window);
+    pub(crate) fn start(
+        secure: SecureStream<TcpStream>,
+        info: SessionInfo,
+        config: YamuxConfig,
+    ) -> Self {
         let last_write = Arc::new(std::sync::Mutex::new(Instant::now()));
         let tracked = Tracked {
             inner: secure,
@@ -397,7 +402,14 @@ mod tests {
                 session_id: 5,
                 elapsed: Duration::ZERO,
             };
-            Session::start(auth.into_secure(), info, DEFAULT_STREAM_WINDOW)
+            Session::start(
+                auth.into_secure(),
+                info,
+                yamux_config(
+                    DEFAULT_STREAM_WINDOW,
+                    crate::config::DEFAULT_MAX_STREAMS_PER_SESSION,
+                ),
+            )
         };
         (
             start(a.unwrap(), Role::Initiator, &kb),

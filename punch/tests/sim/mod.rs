@@ -172,6 +172,7 @@ pub fn control_config() -> ControlConfig {
     ControlConfig {
         rendezvous: "192.0.2.1:7717".parse().unwrap(),
         accept_inbound: true,
+        allow: Allow::Any,
         handshake_timeout: DEFAULT_AUTH_TIMEOUT,
         request_timeout: DEFAULT_REQUEST_TIMEOUT,
         reconnect_min: DEFAULT_RECONNECT_MIN,

@@ -15,6 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use punch_proto::Keypair;
 
 use super::{Lab, LinkParams, ProcId, RouterKind, Side, Topology};
 use crate::bin_path;
@@ -212,9 +213,13 @@ fn drive(lab: &Lab, expect: Expect) -> Result<Outcome> {
     echo.args(["echo", SERVICE, "--max-secs", "120"]);
     let echo = lab.spawn("echo-b", &b_ns, &echo)?;
     lab.wait_stdout_line(echo, STARTUP, |l| l.starts_with("listening "))?;
+    // A's identity is made here so that B can allow exactly it (`punch connect` loads it).
+    let a_key = Keypair::generate()?;
+    a_key.save(&lab.case_dir().join("a.key"))?;
+    let a_id = a_key.public().to_string();
     let listen = punch_cmd(
         lab,
-        &["listen", "--forward", SERVICE],
+        &["listen", "--forward", SERVICE, "--allow", &a_id],
         "b.key",
         &rendezvous_key,
     );

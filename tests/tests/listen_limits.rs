@@ -1,0 +1,347 @@
+//! The real `punch listen` against hostile peers, on loopback with the real `rendezvous`.
+//!
+//! - A stranger not on `--allow` asks to punch: the listener never dials it (a trap listener
+//!   registered as the stranger's local address sees no connection), the stranger's own punch
+//!   fails with a typed error, the listener logs the refusal; the allowed peer punches and
+//!   echoes data.
+//! - An allowed peer opens far more streams than the caps in one session and holds them: the
+//!   forwarded service never sees more connections at once than the per-session forward cap,
+//!   the listener's file descriptors stay bounded, and a second honest peer punches and echoes
+//!   data during the flood.
+//! - An allowed peer piles up sessions (a new client with the same key each time, as a
+//!   reconnecting node would): those beyond the per-peer cap are closed at once, the earlier
+//!   ones keep working.
+#![allow(clippy::unwrap_used)]
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use punch::forward::{DEFAULT_FORWARDS_PER_SESSION, DEFAULT_SESSIONS_PER_PEER};
+use punch::{Client, Config, Error, Session};
+use punch_proto::message::{ClientMsg, Register, ServerMsg, PROTOCOL_VERSION};
+use punch_proto::{Keypair, PeerId};
+use punch_tests::{bin_path, init_tracing, unique_temp_dir, RendezvousProcess, TestClient};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// Bounds every wait that must end: loopback punches take milliseconds.
+const HANG: Duration = Duration::from_secs(20);
+/// Streams the flooder opens in one session: far above every cap (yamux 256, forwards 64).
+const FLOOD_STREAMS: usize = 2000;
+
+/// A local TCP echo service counting the connections it holds at once, and the most it held.
+#[derive(Default)]
+struct Echo {
+    open: AtomicUsize,
+    most: AtomicUsize,
+    accepted: AtomicUsize,
+}
+
+async fn echo_service() -> (SocketAddr, Arc<Echo>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let echo = Arc::new(Echo::default());
+    let counts = echo.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let counts = counts.clone();
+            counts.accepted.fetch_add(1, Ordering::SeqCst);
+            let now = counts.open.fetch_add(1, Ordering::SeqCst) + 1;
+            counts.most.fetch_max(now, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let (mut rd, mut wr) = tcp.split();
+                let _ = tokio::io::copy(&mut rd, &mut wr).await;
+                counts.open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, echo)
+}
+
+/// The real `punch listen`, killed on drop; its log (stderr) kept in a file.
+struct Listener {
+    child: Child,
+    id: PeerId,
+    dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Listener {
+    fn spawn(rv: &RendezvousProcess, forward: SocketAddr, allow: &[PeerId]) -> Self {
+        let dir = unique_temp_dir("punch-listen");
+        let key = Keypair::generate().unwrap();
+        key.save(&dir.join("listen.key")).unwrap();
+        let log = dir.join("listen.log");
+        let mut cmd = Command::new(bin_path("punch"));
+        cmd.arg("listen")
+            .arg("--forward")
+            .arg(forward.to_string())
+            .arg("--rendezvous")
+            .arg(rv.addr().to_string())
+            .arg("--rendezvous-key")
+            .arg(rv.identity().to_string())
+            .arg("--key-file")
+            .arg(dir.join("listen.key"))
+            .arg("--bind")
+            .arg("127.0.0.1:0");
+        for id in allow {
+            cmd.arg("--allow").arg(id.to_string());
+        }
+        let mut child = cmd
+            .env("RUST_LOG", "punch=debug,warn")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(File::create(&log).unwrap()))
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let listener = Self {
+            child,
+            id: key.public(),
+            dir,
+            log,
+        };
+        let line = rx.recv_timeout(HANG).unwrap_or_else(|_| {
+            panic!("punch listen did not start; log:\n{}", listener.log_text())
+        });
+        assert!(line.starts_with("listening as "), "{line}");
+        listener
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .unwrap()
+            .count()
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn client(rv: &RendezvousProcess, keypair: Keypair) -> Client {
+    let mut config = Config::new(rv.addr(), rv.identity(), keypair);
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    config.accept_inbound = false;
+    // A refused punch fails after this window instead of the default 10 s.
+    config.punch_window = Duration::from_secs(3);
+    let (client, _incoming) = Client::start(config).await.unwrap();
+    client.wait_registered(HANG).await.unwrap();
+    client
+}
+
+/// One line through a fresh stream of `session`, to the echo service and back.
+async fn echo_once(session: &Session, line: &[u8]) {
+    let mut stream = session.open_stream().await.unwrap();
+    stream.write_all(line).await.unwrap();
+    let mut back = vec![0; line.len()];
+    tokio::time::timeout(HANG, stream.read_exact(&mut back))
+        .await
+        .expect("the echo came back in time")
+        .unwrap();
+    assert_eq!(back, line);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_is_never_dialed_while_the_allowed_peer_is_served() {
+    init_tracing();
+    let rv = RendezvousProcess::spawn(&[]);
+    let (service, _echo) = echo_service().await;
+    let alice = Keypair::generate().unwrap();
+    let listener = Listener::spawn(&rv, service, &[alice.public()]);
+
+    // Stranger 1, a raw protocol client whose only local address is a trap: a dial by the
+    // listener would land there.
+    let trap = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let register = Register {
+        version: PROTOCOL_VERSION,
+        local_addrs: vec![trap.local_addr().unwrap()],
+        accept_inbound: false,
+    };
+    let mut raw = TestClient::connect_with(
+        rv.addr(),
+        &rv.identity(),
+        Keypair::generate().unwrap(),
+        &register,
+    )
+    .await
+    .unwrap();
+    raw.send(&ClientMsg::Connect {
+        request_id: 1,
+        peer: listener.id,
+    })
+    .await
+    .unwrap();
+    let offer = match raw.recv_skip_pings(HANG).await.unwrap() {
+        ServerMsg::Offer(offer) => offer,
+        other => panic!("expected the offer, got {other:?}"),
+    };
+    // Stranger 2, the real client library: its punch fails with a typed error.
+    let stranger = client(&rv, Keypair::generate().unwrap()).await;
+    let started = Instant::now();
+    let refused = stranger.connect(listener.id).await;
+    assert!(
+        matches!(refused, Err(Error::PunchTimeout { peer, .. }) if peer == listener.id),
+        "{refused:?}"
+    );
+    assert!(started.elapsed() < HANG);
+    // By now the raw stranger's dial moment is seconds past, well beyond any dial.
+    assert!(started.elapsed() > offer.dial_delay);
+    let dialed = tokio::time::timeout(Duration::from_millis(200), trap.accept()).await;
+    assert!(
+        dialed.is_err(),
+        "the listener dialed a stranger: {dialed:?}"
+    );
+
+    // The allowed peer is served.
+    let alice = client(&rv, alice).await;
+    let session = tokio::time::timeout(HANG, alice.connect(listener.id))
+        .await
+        .unwrap()
+        .unwrap();
+    echo_once(&session, b"hello from alice\n").await;
+
+    let log = listener.log_text();
+    assert!(
+        log.contains("not on the allow-list; refused (no dial)"),
+        "no refusal in the log:\n{log}"
+    );
+    // Two strangers, one line: the second falls in the first one's minute.
+    assert_eq!(log.matches("not on the allow-list").count(), 1, "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_flood_is_capped_and_an_honest_peer_still_punches() {
+    init_tracing();
+    let rv = RendezvousProcess::spawn(&[]);
+    let (service, echo) = echo_service().await;
+    let (mallory, carol) = (Keypair::generate().unwrap(), Keypair::generate().unwrap());
+    let listener = Listener::spawn(&rv, service, &[mallory.public(), carol.public()]);
+
+    let mallory = client(&rv, mallory).await;
+    let flood = tokio::time::timeout(HANG, mallory.connect(listener.id))
+        .await
+        .unwrap()
+        .unwrap();
+    let fds_before = listener.open_fds();
+    // Open far more streams than any cap and hold them all; each carries a byte so that a
+    // forwarded one is really in use.
+    let mut held = Vec::with_capacity(FLOOD_STREAMS);
+    for _ in 0..FLOOD_STREAMS {
+        let Ok(mut stream) = flood.open_stream().await else {
+            break;
+        };
+        let _ = stream.write_all(b"x").await;
+        held.push(stream);
+    }
+    assert_eq!(
+        held.len(),
+        FLOOD_STREAMS,
+        "opening streams locally never fails"
+    );
+    // Every stream gets its answer: the echoed byte when forwarded, a reset when refused. So
+    // once all have answered, the listener has dealt with the whole flood.
+    let answers = futures::future::join_all(held.iter_mut().map(|stream| async move {
+        let mut byte = [0u8; 1];
+        match tokio::time::timeout(HANG, stream.read(&mut byte)).await {
+            Ok(Ok(1)) => byte[0] == b'x',
+            Ok(_) => false,
+            Err(_) => panic!("a flood stream got neither its echo nor a reset"),
+        }
+    }))
+    .await;
+    let forwarded = answers.iter().filter(|&&f| f).count();
+    assert_eq!(
+        forwarded, DEFAULT_FORWARDS_PER_SESSION,
+        "forwarded streams of one session, the rest reset"
+    );
+    assert_eq!(
+        echo.most.load(Ordering::SeqCst),
+        DEFAULT_FORWARDS_PER_SESSION,
+        "service connections at once"
+    );
+    // The listener holds its sockets, the forwards' service connections and little else.
+    let fds_during = listener.open_fds();
+    assert!(
+        fds_during <= fds_before + 2 * DEFAULT_FORWARDS_PER_SESSION + 16,
+        "listener fds: {fds_before} before the flood, {fds_during} during"
+    );
+
+    // During the flood (all its streams still held), an honest peer punches and is served.
+    let carol = client(&rv, carol).await;
+    let session = tokio::time::timeout(HANG, carol.connect(listener.id))
+        .await
+        .unwrap()
+        .unwrap();
+    echo_once(&session, b"hello from carol\n").await;
+    assert!(echo.most.load(Ordering::SeqCst) <= DEFAULT_FORWARDS_PER_SESSION + 1);
+
+    let log = listener.log_text();
+    assert!(
+        log.contains("too many forwarded streams"),
+        "no refusal in the log:\n{log}"
+    );
+    assert!(
+        log.matches("too many forwarded streams").count() <= 2,
+        "refusals are rate-limited:\n{log}"
+    );
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_beyond_the_per_peer_cap_are_closed() {
+    init_tracing();
+    let rv = RendezvousProcess::spawn(&[]);
+    let (service, _echo) = echo_service().await;
+    let mallory = Keypair::generate().unwrap();
+    let listener = Listener::spawn(&rv, service, &[mallory.public()]);
+
+    let mut sessions = Vec::new();
+    for _ in 0..DEFAULT_SESSIONS_PER_PEER + 2 {
+        // Each client has its own punch port, so each session is a new connection; the
+        // session outlives its client.
+        let c = client(&rv, mallory.clone()).await;
+        let session = tokio::time::timeout(HANG, c.connect(listener.id))
+            .await
+            .unwrap()
+            .unwrap();
+        c.shutdown().await;
+        sessions.push(session);
+    }
+    let (kept, over) = sessions.split_at(DEFAULT_SESSIONS_PER_PEER);
+    for session in over {
+        tokio::time::timeout(HANG, session.closed())
+            .await
+            .expect("a session beyond the cap is closed by the listener");
+    }
+    for (i, session) in kept.iter().enumerate() {
+        assert!(
+            !session.is_closed(),
+            "session {i} within the cap was closed"
+        );
+        echo_once(session, format!("session {i}\n").as_bytes()).await;
+    }
+    let log = listener.log_text();
+    assert!(log.contains("too many sessions"), "{log}");
+}
