@@ -30,6 +30,10 @@ pub const DEFAULT_FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(3);
 /// instead of one line each: a flood wrote 100,000 lines; 10 s keeps a flood visible in the log
 /// at six lines a minute.
 pub const DEFAULT_REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// Failed handshakes logged one line each per refusal-log interval; the rest are counted in
+/// the summary. 50 per 10 s shows every failure of normal operation while many sources, each
+/// within its handshake rate, write at most ~1 KiB/s of log.
+pub const DEFAULT_FAILURE_LOG_LINES_PER_INTERVAL: u64 = 50;
 /// Open connections per source IP. Generous because a carrier-grade NAT puts many honest
 /// peers behind one address; low enough that one host cannot take all handshake slots.
 pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 32;
@@ -73,6 +77,8 @@ pub struct Config {
     pub first_message_timeout: Duration,
     /// Why: refusal floods become a summary per interval, not a line per connection.
     pub refusal_log_interval: Duration,
+    /// Why: failure lines stay bounded however many sources fail their handshakes.
+    pub failure_log_lines_per_interval: u64,
     /// Why: one address cannot take every slot; CGNAT users still fit.
     pub max_connections_per_ip: usize,
     /// Why: a connection that does not authenticate in time is closed (slowloris).
@@ -103,6 +109,7 @@ impl Config {
             handshakes_per_source_per_minute: DEFAULT_HANDSHAKES_PER_SOURCE_PER_MINUTE,
             first_message_timeout: DEFAULT_FIRST_MESSAGE_TIMEOUT,
             refusal_log_interval: DEFAULT_REFUSAL_LOG_INTERVAL,
+            failure_log_lines_per_interval: DEFAULT_FAILURE_LOG_LINES_PER_INTERVAL,
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             ping_interval: DEFAULT_PING_INTERVAL,

@@ -41,6 +41,9 @@ struct Args {
     /// Seconds between summaries of refused connections (instead of a line per refusal).
     #[arg(long, default_value_t = config::DEFAULT_REFUSAL_LOG_INTERVAL.as_secs())]
     refusal_log_interval_secs: u64,
+    /// Failed handshakes logged one line each per summary interval (the rest are counted).
+    #[arg(long, default_value_t = config::DEFAULT_FAILURE_LOG_LINES_PER_INTERVAL)]
+    failure_log_lines_per_interval: u64,
     /// Punch requests each identity may make per minute.
     #[arg(long, default_value_t = config::DEFAULT_PUNCH_REQUESTS_PER_MINUTE)]
     punch_requests_per_minute: u32,
@@ -82,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
     config.handshakes_per_source_per_minute = args.handshakes_per_source_per_minute.max(1);
     config.first_message_timeout = Duration::from_secs(args.first_message_timeout_secs.max(1));
     config.refusal_log_interval = Duration::from_secs(args.refusal_log_interval_secs.max(1));
+    config.failure_log_lines_per_interval = args.failure_log_lines_per_interval;
     config.handshake_timeout = Duration::from_secs(args.handshake_timeout_secs.max(1));
     config.ping_interval = Duration::from_secs(args.ping_interval_secs.max(1));
     config.idle_timeout = Duration::from_secs(args.idle_timeout_secs.max(2));

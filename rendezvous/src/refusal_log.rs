@@ -3,6 +3,9 @@
 //! A flood is refused by the thousand per second; one line each made a log of megabytes per
 //! minute from one client. The driver records each refusal here with its reason and source
 //! and, on its timer, asks [`RefusalLog::summary`] for at most one summary per interval.
+//! Failed handshakes (admitted, then broken) keep their own line, which names the failure, but
+//! only up to a budget per interval ([`RefusalLog::may_log_failure`]); the rest are counted
+//! in the summary, so many sources each within their handshake rate cannot flood the log.
 //! Pure: fed `now`, no clock, no I/O.
 
 use std::collections::HashSet;
@@ -31,7 +34,9 @@ pub struct Summary {
     pub per_ip: u64,
     pub evicted: u64,
     pub silent: u64,
-    /// Distinct source prefixes among them.
+    /// Failed handshakes beyond the interval's budget of lines (not logged one by one).
+    pub failed_unlogged: u64,
+    /// Distinct source prefixes among the refusals.
     pub sources: usize,
     pub interval: Duration,
 }
@@ -47,14 +52,15 @@ impl fmt::Display for Summary {
         write!(
             f,
             "refused {} connections from {} sources in the last {} s: {} (rate), {} (per-ip), \
-             {} (evicted), {} (silent)",
+             {} (evicted), {} (silent); {} failed handshakes not logged one by one",
             self.total(),
             self.sources,
             self.interval.as_secs(),
             self.rate,
             self.per_ip,
             self.evicted,
-            self.silent
+            self.silent,
+            self.failed_unlogged
         )
     }
 }
@@ -63,6 +69,8 @@ impl fmt::Display for Summary {
 #[derive(Debug)]
 pub struct RefusalLog {
     interval: Duration,
+    failure_lines: u64,
+    failure_lines_left: u64,
     since: Instant,
     counts: Summary,
     sources: HashSet<Prefix>,
@@ -73,9 +81,13 @@ pub struct RefusalLog {
 const MAX_TRACKED_SOURCES: usize = 4096;
 
 impl RefusalLog {
-    pub fn new(interval: Duration, now: Instant) -> Self {
+    /// Summaries every `interval`; at most `failure_lines` failed handshakes logged one by one
+    /// per interval.
+    pub fn new(interval: Duration, failure_lines: u64, now: Instant) -> Self {
         Self {
             interval,
+            failure_lines,
+            failure_lines_left: failure_lines,
             since: now,
             counts: Summary::default(),
             sources: HashSet::new(),
@@ -94,6 +106,17 @@ impl RefusalLog {
         }
     }
 
+    /// A handshake failed: whether its own line may be written (else it is counted).
+    pub fn may_log_failure(&mut self) -> bool {
+        if self.failure_lines_left > 0 {
+            self.failure_lines_left -= 1;
+            true
+        } else {
+            self.counts.failed_unlogged += 1;
+            false
+        }
+    }
+
     /// The summary of the interval that has ended by `now`, if it has and anything was refused;
     /// counting starts again from `now`.
     pub fn summary(&mut self, now: Instant) -> Option<Summary> {
@@ -106,7 +129,8 @@ impl RefusalLog {
         out.interval = elapsed;
         self.sources.clear();
         self.since = now;
-        (out.total() > 0).then_some(out)
+        self.failure_lines_left = self.failure_lines;
+        (out.total() + out.failed_unlogged > 0).then_some(out)
     }
 }
 
@@ -117,7 +141,7 @@ mod tests {
     #[test]
     fn thousands_of_refusals_make_one_line_per_interval() {
         let t0 = Instant::now();
-        let mut log = RefusalLog::new(Duration::from_secs(10), t0);
+        let mut log = RefusalLog::new(Duration::from_secs(10), 2, t0);
         for i in 0..1234u32 {
             let ip = std::net::IpAddr::from([127, 0, 0, (i % 17) as u8]);
             log.record(Reason::Rate, Prefix::of(ip));
@@ -125,15 +149,22 @@ mod tests {
         for _ in 0..3 {
             log.record(Reason::Evicted, Prefix::of([10, 0, 0, 1].into()));
         }
+        // Two failures get their own line, the third is only counted.
+        assert!(log.may_log_failure());
+        assert!(log.may_log_failure());
+        assert!(!log.may_log_failure());
         assert_eq!(log.summary(t0 + Duration::from_secs(9)), None, "not yet");
         let s = log.summary(t0 + Duration::from_secs(10)).unwrap();
         assert_eq!((s.rate, s.evicted, s.per_ip, s.silent), (1234, 3, 0, 0));
+        assert_eq!(s.failed_unlogged, 1);
         assert_eq!(s.sources, 18);
         assert_eq!(
             s.to_string(),
             "refused 1237 connections from 18 sources in the last 10 s: 1234 (rate), 0 (per-ip), \
-             3 (evicted), 0 (silent)"
+             3 (evicted), 0 (silent); 1 failed handshakes not logged one by one"
         );
+        // A new interval, a new budget of lines.
+        assert!(log.may_log_failure());
         // Counting restarted; a quiet interval says nothing.
         assert_eq!(log.summary(t0 + Duration::from_secs(25)), None);
         log.record(Reason::Silent, Prefix::of([10, 0, 0, 1].into()));

@@ -257,7 +257,11 @@ fn new_shared(config: Config) -> Arc<Shared> {
             gate,
             pending: HashMap::new(),
             next_handshake: 1,
-            refusals: RefusalLog::new(config.refusal_log_interval, Instant::now()),
+            refusals: RefusalLog::new(
+                config.refusal_log_interval,
+                config.failure_log_lines_per_interval,
+                Instant::now(),
+            ),
         }),
         counters: Counters::default(),
         config,
@@ -425,12 +429,16 @@ async fn handle_conn(
         res = tokio::time::timeout_at(deadline, handshake) => match res {
             Err(_) => {
                 shared.counters.handshake_failed.fetch_add(1, Ordering::Relaxed);
-                info!(timeout = ?config.handshake_timeout, "closed: handshake timed out");
+                if shared.lock().refusals.may_log_failure() {
+                    info!(timeout = ?config.handshake_timeout, "closed: handshake timed out");
+                }
                 return;
             }
             Ok(Err(e)) => {
                 shared.counters.handshake_failed.fetch_add(1, Ordering::Relaxed);
-                info!(error = %e, "closed: handshake failed");
+                if shared.lock().refusals.may_log_failure() {
+                    info!(error = %e, "closed: handshake failed");
+                }
                 return;
             }
             Ok(Ok(accepted)) => accepted,

@@ -4,9 +4,10 @@
 //!   server's (deliberately small) handshake slots: silent ones hold only a socket, half-open
 //!   ones are evicted oldest-first from the busiest sources, and two honest clients from other
 //!   addresses still register, get a punch offer and are answered.
-//! - A replay flood of one recorded message 1 from one source: only the source's handshake
-//!   budget is answered, everything else is refused, the refusals appear as a few summary
-//!   lines (not one line each), and an honest client from another address still registers.
+//! - A replay flood of one recorded message 1 from 20 sources: only each source's handshake
+//!   budget is answered, everything else is refused, the refusals and the failures beyond a
+//!   small budget of lines appear as a few summary lines (not one line each), and an honest
+//!   client from another address still registers.
 //!
 //! Each attacker and honest client binds its own 127.0.0.x (127.0.0.0/8 is all local on
 //! Linux), so the per-source limits act as they would on the internet.
@@ -55,23 +56,22 @@ fn framed_message1(server_id: &PeerId) -> Vec<u8> {
     out
 }
 
-/// The sum over the server's refusal summaries of the count before ` (<reason>)`.
-fn summed(log: &str, reason: &str) -> u64 {
-    let tag = format!(" ({reason})");
+/// The sum over the server's refusal summaries of the count just before `tag`.
+fn summed(log: &str, tag: &str) -> u64 {
     log.lines()
         .filter(|l| l.contains("refused ") && l.contains("connections from"))
         .filter_map(|l| {
-            let before = &l[..l.find(&tag)?];
+            let before = &l[..l.find(tag)?];
             before.rsplit([' ', ':', ',']).next()?.parse::<u64>().ok()
         })
         .sum()
 }
 
-/// Waits until the summaries count at least `want` refusals for `reason`.
-async fn wait_summed(server: &RendezvousProcess, reason: &str, want: u64) -> u64 {
+/// Waits until the summaries count at least `want` before `tag`.
+async fn wait_summed(server: &RendezvousProcess, tag: &str, want: u64) -> u64 {
     let deadline = Instant::now() + SUMMARY_WAIT;
     loop {
-        let n = summed(&server.log_text(), reason);
+        let n = summed(&server.log_text(), tag);
         if n >= want || Instant::now() > deadline {
             return n;
         }
@@ -160,7 +160,7 @@ async fn silent_and_half_open_floods_do_not_lock_out_honest_clients() {
     // one more, the second found the slot the first had freed. That shows as summaries, not as
     // a line per connection.
     let want = (half_open - SLOTS + 1) as u64;
-    let evicted = wait_summed(&server, "evicted", want).await;
+    let evicted = wait_summed(&server, " (evicted)", want).await;
     assert_eq!(evicted, want, "evictions");
     let log = server.log_text();
     let lines = log.lines().count();
@@ -172,15 +172,19 @@ async fn silent_and_half_open_floods_do_not_lock_out_honest_clients() {
     drop(held);
 }
 
-/// Replayed messages 1 in the flood, and how many are in flight at once (under the per-IP
-/// limit of 32).
+/// Replayed messages 1 in the flood, how many are in flight at once (under the per-IP limit
+/// of 32), and from how many sources (127.0.2.1 up).
 const REPLAYS: usize = 2000;
 const IN_FLIGHT: usize = 16;
-/// Handshakes the flooding source may start per minute (and at once).
+const REPLAY_SOURCES: usize = 20;
+/// Handshakes each flooding source may start per minute (and at once).
 const BUDGET: usize = 5;
+/// Failed handshakes the server logs one line each per (1 s) interval.
+const FAILURE_LINES: usize = 10;
 
-async fn replay_once(addr: SocketAddr, m1: &[u8]) -> bool {
-    let mut s = connect_from("127.0.0.60", addr).await.unwrap();
+async fn replay_once(addr: SocketAddr, source: usize, m1: &[u8]) -> bool {
+    let ip = format!("127.0.2.{}", 1 + source % REPLAY_SOURCES);
+    let mut s = connect_from(&ip, addr).await.unwrap();
     let _ = s.write_all(m1).await;
     let _ = s.shutdown().await;
     let mut got = Vec::new();
@@ -193,10 +197,12 @@ async fn replay_once(addr: SocketAddr, m1: &[u8]) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_flood_is_rate_limited_and_summarised() {
-    let budget = BUDGET.to_string();
+    let (budget, lines) = (BUDGET.to_string(), FAILURE_LINES.to_string());
     let server = RendezvousProcess::spawn(&[
         "--handshakes-per-source-per-minute",
         &budget,
+        "--failure-log-lines-per-interval",
+        &lines,
         "--refusal-log-interval-secs",
         "1",
     ]);
@@ -212,7 +218,7 @@ async fn a_replay_flood_is_rate_limited_and_summarised() {
                 answered += usize::from(tasks.join_next().await.unwrap().unwrap());
             }
             let m1 = m1.clone();
-            tasks.spawn(async move { replay_once(addr, &m1).await });
+            tasks.spawn(async move { replay_once(addr, i, &m1).await });
         }
         while let Some(r) = tasks.join_next().await {
             answered += usize::from(r.unwrap());
@@ -222,7 +228,7 @@ async fn a_replay_flood_is_rate_limited_and_summarised() {
     // An honest client from another address registers in the middle of the flood.
     let honest = async {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let mut c = honest_from("127.0.0.61", addr, &id).await;
+        let mut c = honest_from("127.0.0.90", addr, &id).await;
         c.ping().await.unwrap();
         c
     };
@@ -231,16 +237,33 @@ async fn a_replay_flood_is_rate_limited_and_summarised() {
         "{REPLAYS} replays in {:?}; {answered} answered",
         started.elapsed()
     );
-    // The budget, plus what refilled while the flood ran (one every 12 s).
+    // Each source's budget, plus what refilled while the flood ran (one every 12 s).
     let refilled = (started.elapsed().as_secs() as usize * BUDGET).div_ceil(60);
     assert!(
-        (1..=BUDGET + refilled).contains(&answered),
+        (REPLAY_SOURCES..=REPLAY_SOURCES * (BUDGET + refilled)).contains(&answered),
         "{answered} replays were answered with message 2"
     );
 
     let refused = (REPLAYS - answered) as u64;
-    let rate = wait_summed(&server, "rate", refused).await;
+    let rate = wait_summed(&server, " (rate)", refused).await;
     assert_eq!(rate, refused, "every refusal is counted in a summary");
+    // Every answered replay failed its handshake: on its own line or counted in a summary.
+    let deadline = Instant::now() + SUMMARY_WAIT;
+    let (own_lines, unlogged) = loop {
+        let log = server.log_text();
+        let own = log.matches("closed: handshake failed").count();
+        let unlogged = summed(&log, " failed handshakes not logged") as usize;
+        if own + unlogged >= answered || Instant::now() > deadline {
+            break (own, unlogged);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        own_lines + unlogged,
+        answered,
+        "every failure is logged or counted"
+    );
+    assert!(unlogged > 0, "the budget of failure lines was spent");
     let log = server.log_text();
     let lines = log.lines().count();
     println!("{lines} log lines:\n{log}");

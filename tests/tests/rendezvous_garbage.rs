@@ -222,8 +222,9 @@ async fn survives_a_thousand_garbage_connections() {
     let mut rng = StdRng::seed_from_u64(seed);
 
     let timeout_secs = HANDSHAKE_TIMEOUT.as_secs().to_string();
-    // All connections come from 127.0.0.1: lift the per-source handshake rate and share so
-    // that every one of them is handshaken and logged (they are tested in handshake_slots.rs).
+    // All connections come from 127.0.0.1: lift the per-source handshake rate and share, and
+    // the budget of failure lines, so that every one of them is handshaken and logged on its
+    // own line (those limits are tested in handshake_slots.rs).
     let mut server = RendezvousProcess::spawn(&[
         "--handshake-timeout-secs",
         &timeout_secs,
@@ -231,6 +232,8 @@ async fn survives_a_thousand_garbage_connections() {
         "1000000",
         "--max-pending-handshakes-per-prefix",
         "512",
+        "--failure-log-lines-per-interval",
+        "1000000",
     ]);
     let (addr, server_id, pid) = (server.addr(), server.identity(), server.pid());
     let rss_start = rss_kib(pid);
