@@ -14,6 +14,11 @@ pub const DEFAULT_MAX_PEERS: usize = 10_000;
 /// half-open handshakes can pin before the handshake timeout frees them. When full, the oldest
 /// handshake of the prefix holding the most is evicted, so a flood cannot lock honest peers out.
 pub const DEFAULT_MAX_HANDSHAKES: usize = 512;
+/// Connections waiting for their message 1 at most (each holds only a socket and a small
+/// task): bounds file descriptors against silent floods from many addresses (an IPv6 /48 is
+/// 65,536 /64s); when full the oldest waiting connection of the prefix holding the most is
+/// dropped. 512 keeps the descriptor footprint the old handshake cap had.
+pub const DEFAULT_MAX_WAITING_CONNECTIONS: usize = 512;
 /// Pending handshakes per source prefix (IPv4 address or IPv6 /64): a handshake lasts 1.5
 /// round trips, so even a large CGNAT rarely has more than a few at once; 16 leaves room for
 /// bursts while 32 prefixes are needed to fill the default 512 slots.
@@ -69,6 +74,8 @@ pub struct Config {
     pub max_peers: usize,
     /// Why: bounds half-open handshakes (slowloris, connection floods); evicts when full.
     pub max_handshakes: usize,
+    /// Why: silent connections from many addresses cannot exhaust file descriptors.
+    pub max_waiting_connections: usize,
     /// Why: one source prefix cannot take the handshake slots of everyone else.
     pub max_pending_handshakes_per_prefix: usize,
     /// Why: each message 1 costs a Diffie-Hellman and a log line; replay floods are cut.
@@ -106,6 +113,7 @@ impl Config {
             max_peers: DEFAULT_MAX_PEERS,
             max_handshakes: DEFAULT_MAX_HANDSHAKES,
             max_pending_handshakes_per_prefix: DEFAULT_MAX_PENDING_HANDSHAKES_PER_PREFIX,
+            max_waiting_connections: DEFAULT_MAX_WAITING_CONNECTIONS,
             handshakes_per_source_per_minute: DEFAULT_HANDSHAKES_PER_SOURCE_PER_MINUTE,
             first_message_timeout: DEFAULT_FIRST_MESSAGE_TIMEOUT,
             refusal_log_interval: DEFAULT_REFUSAL_LOG_INTERVAL,

@@ -53,8 +53,9 @@ pub struct GateLimits {
     pub max_pending: usize,
     /// Pending handshakes per prefix.
     pub max_pending_per_prefix: usize,
-    /// Handshakes each prefix may start per minute (also the burst).
-    pub per_source_per_minute: u32,
+    /// Handshakes each prefix may start per minute (also the burst); `None`: no rate limit
+    /// (the server's second gate, over connections still waiting for message 1, has none).
+    pub per_source_per_minute: Option<u32>,
 }
 
 /// Why a handshake was not admitted.
@@ -103,13 +104,14 @@ impl HandshakeGate {
     /// Connection `id` from `ip` sent its first frame at `now`: admit it or refuse it.
     pub fn admit(&mut self, now: Instant, id: u64, ip: IpAddr) -> Result<Admitted, Refusal> {
         let prefix = Prefix::of(ip);
-        let per_minute = self.limits.per_source_per_minute;
-        let bucket = self
-            .buckets
-            .entry(prefix)
-            .or_insert_with(|| TokenBucket::new(per_minute, Duration::from_secs(60), now));
-        if bucket.try_take(now).is_err() {
-            return Err(Refusal::Rate);
+        if let Some(per_minute) = self.limits.per_source_per_minute {
+            let bucket = self
+                .buckets
+                .entry(prefix)
+                .or_insert_with(|| TokenBucket::new(per_minute, Duration::from_secs(60), now));
+            if bucket.try_take(now).is_err() {
+                return Err(Refusal::Rate);
+            }
         }
         let held = self.per_prefix.get(&prefix).copied().unwrap_or(0);
         let evicted = if held >= self.limits.max_pending_per_prefix.max(1) {
@@ -175,7 +177,7 @@ mod tests {
         HandshakeGate::new(GateLimits {
             max_pending,
             max_pending_per_prefix: per_prefix,
-            per_source_per_minute: per_minute,
+            per_source_per_minute: Some(per_minute),
         })
     }
 
@@ -279,5 +281,20 @@ mod tests {
         }
         g.prune(t0 + Duration::from_secs(600));
         assert!(g.buckets.is_empty(), "idle sources are forgotten");
+    }
+
+    #[test]
+    fn without_a_rate_only_the_slots_limit() {
+        let t0 = Instant::now();
+        let mut g = HandshakeGate::new(GateLimits {
+            max_pending: 2,
+            max_pending_per_prefix: usize::MAX,
+            per_source_per_minute: None,
+        });
+        for id in 0..1000 {
+            g.admit(t0, id, ip("10.0.0.1")).unwrap();
+        }
+        assert_eq!(g.pending(), 2);
+        assert!(g.buckets.is_empty());
     }
 }

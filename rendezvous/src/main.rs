@@ -29,6 +29,10 @@ struct Args {
     /// Handshakes in progress at most; when full the oldest of the busiest source is evicted.
     #[arg(long, default_value_t = config::DEFAULT_MAX_HANDSHAKES)]
     max_handshakes: usize,
+    /// Connections waiting for message 1 at most; when full the oldest of the busiest source
+    /// is dropped.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_WAITING_CONNECTIONS)]
+    max_waiting_connections: usize,
     /// Handshakes in progress per source (IPv4 address or IPv6 /64).
     #[arg(long, default_value_t = config::DEFAULT_MAX_PENDING_HANDSHAKES_PER_PREFIX)]
     max_pending_handshakes_per_prefix: usize,
@@ -81,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
     config.max_connections_per_ip = args.max_connections_per_ip;
     config.punch_requests_per_minute = args.punch_requests_per_minute;
     config.max_handshakes = args.max_handshakes.max(1);
+    config.max_waiting_connections = args.max_waiting_connections.max(1);
     config.max_pending_handshakes_per_prefix = args.max_pending_handshakes_per_prefix.max(1);
     config.handshakes_per_source_per_minute = args.handshakes_per_source_per_minute.max(1);
     config.first_message_timeout = Duration::from_secs(args.first_message_timeout_secs.max(1));

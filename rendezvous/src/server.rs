@@ -91,6 +91,9 @@ struct State {
     per_ip: HashMap<Prefix, usize>,
     next_conn: ConnId,
     gate: HandshakeGate,
+    /// Connections waiting for message 1 (the same fair eviction, no rate), by handshake id;
+    /// their cancel tokens are in `pending` too.
+    waiting: HandshakeGate,
     /// Cancels each admitted, pending handshake (for eviction), by handshake id.
     pending: HashMap<u64, (CancellationToken, Prefix)>,
     next_handshake: u64,
@@ -148,19 +151,53 @@ impl Drop for IpSlot {
     }
 }
 
-/// Releases an admitted handshake's slot in the gate on drop.
+/// Releases a slot in the gate (or, `waiting`, in the gate of connections waiting for
+/// message 1) on drop.
 #[derive(Debug)]
 struct HandshakeSlot {
     shared: Arc<Shared>,
     id: u64,
+    waiting: bool,
 }
 
 impl Drop for HandshakeSlot {
     fn drop(&mut self) {
         let mut state = self.shared.lock();
-        state.gate.finish(self.id);
+        if self.waiting {
+            state.waiting.finish(self.id);
+        } else {
+            state.gate.finish(self.id);
+        }
         state.pending.remove(&self.id);
     }
+}
+
+/// Takes a place among the connections waiting for message 1, evicting the oldest waiting
+/// connection of the busiest prefix when all are taken.
+fn admit_waiting(shared: &Arc<Shared>, addr: SocketAddr) -> (HandshakeSlot, CancellationToken) {
+    let prefix = Prefix::of(addr.ip());
+    let mut state = shared.lock();
+    let id = state.next_handshake;
+    state.next_handshake += 1;
+    // No rate is configured for this gate, so it never refuses.
+    if let Ok(admitted) = state.waiting.admit(Instant::now(), id, addr.ip()) {
+        if let Some(old) = admitted.evicted {
+            if let Some((token, old_prefix)) = state.pending.remove(&old) {
+                token.cancel();
+                state.refusals.record(Reason::Evicted, old_prefix);
+            }
+            shared.counters.evicted.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let token = CancellationToken::new();
+    state.pending.insert(id, (token.clone(), prefix));
+    drop(state);
+    let slot = HandshakeSlot {
+        shared: shared.clone(),
+        id,
+        waiting: true,
+    };
+    (slot, token)
 }
 
 /// A running rendezvous server. Dropping it shuts the server down.
@@ -246,7 +283,13 @@ fn new_shared(config: Config) -> Arc<Shared> {
     let gate = HandshakeGate::new(GateLimits {
         max_pending: config.max_handshakes,
         max_pending_per_prefix: config.max_pending_handshakes_per_prefix,
-        per_source_per_minute: config.handshakes_per_source_per_minute,
+        per_source_per_minute: Some(config.handshakes_per_source_per_minute),
+    });
+    let waiting = HandshakeGate::new(GateLimits {
+        max_pending: config.max_waiting_connections,
+        // The per-IP connection limit already applies to every connection.
+        max_pending_per_prefix: usize::MAX,
+        per_source_per_minute: None,
     });
     Arc::new(Shared {
         state: Mutex::new(State {
@@ -255,6 +298,7 @@ fn new_shared(config: Config) -> Arc<Shared> {
             per_ip: HashMap::new(),
             next_conn: 1,
             gate,
+            waiting,
             pending: HashMap::new(),
             next_handshake: 1,
             refusals: RefusalLog::new(
@@ -298,6 +342,7 @@ async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationT
                 let now = Instant::now();
                 state.registry.prune(now);
                 state.gate.prune(now);
+                state.waiting.prune(now);
             }
             _ = summary.tick() => {
                 let s = shared.lock().refusals.summary(Instant::now());
@@ -376,6 +421,7 @@ fn admit_handshake(
             let slot = HandshakeSlot {
                 shared: shared.clone(),
                 id,
+                waiting: false,
             };
             Some((slot, token))
         }
@@ -394,8 +440,13 @@ async fn handle_conn(
     let deadline = tokio::time::Instant::now() + config.handshake_timeout;
     let first_deadline =
         tokio::time::Instant::now() + config.first_message_timeout.min(config.handshake_timeout);
+    let (wait_slot, dropped) = admit_waiting(&shared, addr);
     let head = tokio::select! {
         _ = shutdown.cancelled() => return,
+        _ = dropped.cancelled() => {
+            debug!("closed: waiting for message 1, dropped for a newer connection");
+            return;
+        }
         res = tokio::time::timeout_at(first_deadline, read_first_message(&mut stream)) => match res {
             Err(_) => {
                 shared.counters.silent.fetch_add(1, Ordering::Relaxed);
@@ -412,6 +463,7 @@ async fn handle_conn(
             Ok(Ok(head)) => head,
         },
     };
+    drop(wait_slot);
     let Some((permit, evict)) = admit_handshake(&shared, addr) else {
         return;
     };

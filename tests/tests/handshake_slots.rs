@@ -4,6 +4,8 @@
 //!   server's (deliberately small) handshake slots: silent ones hold only a socket, half-open
 //!   ones are evicted oldest-first from the busiest sources, and two honest clients from other
 //!   addresses still register, get a punch offer and are answered.
+//! - Silent connections from 20 sources beyond the places for connections waiting for
+//!   message 1: the oldest of the busiest sources are dropped, honest clients get in.
 //! - A replay flood of one recorded message 1 from 20 sources: only each source's handshake
 //!   budget is answered, everything else is refused, the refusals and the failures beyond a
 //!   small budget of lines appear as a few summary lines (not one line each), and an honest
@@ -170,6 +172,50 @@ async fn silent_and_half_open_floods_do_not_lock_out_honest_clients() {
         "{lines} log lines for {half_open} half-open handshakes"
     );
     drop(held);
+}
+
+/// Connections waiting for message 1 that the server keeps in the waiting test.
+const WAITING: usize = 16;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_from_many_sources_are_dropped_oldest_first() {
+    let waiting = WAITING.to_string();
+    let server = RendezvousProcess::spawn(&[
+        "--max-waiting-connections",
+        &waiting,
+        "--first-message-timeout-secs",
+        "60",
+        "--refusal-log-interval-secs",
+        "1",
+    ]);
+    let (addr, id) = (server.addr(), server.identity());
+    let mut held = Vec::new();
+    for src in 1..=SOURCES {
+        for _ in 0..SILENT_PER_SOURCE {
+            held.push(connect_from(&format!("127.0.3.{src}"), addr).await.unwrap());
+        }
+    }
+    let silent = usize::from(SOURCES) * SILENT_PER_SOURCE;
+    // The server accepts in order, so the silent ones are all placed before the first honest
+    // client, which evicts one more; the second finds the place the first has left.
+    let mut a = honest_from("127.0.0.52", addr, &id).await;
+    let mut b = honest_from("127.0.0.53", addr, &id).await;
+    a.ping().await.unwrap();
+    b.ping().await.unwrap();
+    let want = (silent - WAITING + 1) as u64;
+    let evicted = wait_summed(&server, " (evicted)", want).await;
+    assert_eq!(evicted, want, "silent connections dropped for newer ones");
+    // The dropped ones are closed by the server: the oldest is among them.
+    let mut buf = [0u8; 1];
+    let first = tokio::time::timeout(RECV_TIMEOUT, held[0].read(&mut buf))
+        .await
+        .expect("the oldest silent connection was closed");
+    assert!(matches!(first, Ok(0) | Err(_)), "closed, not answered");
+    let lines = server.log_text().lines().count();
+    assert!(
+        lines < 50,
+        "{lines} log lines for {silent} silent connections"
+    );
 }
 
 /// Replayed messages 1 in the flood, how many are in flight at once (under the per-IP limit
