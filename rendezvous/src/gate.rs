@@ -7,8 +7,8 @@
 //!    Diffie-Hellman and a log line; one source may only make so many per minute);
 //! 2. if the source's prefix already holds its share of pending handshakes, its own oldest
 //!    pending handshake is evicted (new ones are likelier alive; a flood only churns itself);
-//! 3. if every slot is taken, the oldest pending handshake of the prefix holding the most is
-//!    evicted, so a prefix holding one slot loses it only when every prefix holds one.
+//! 3. if every slot is taken, the oldest pending handshake among the prefixes holding the most
+//!    is evicted, so a prefix holding one slot loses it only when every prefix holds one.
 //!
 //! Sources are keyed by [`Prefix`]: an IPv4 address (/32: carrier-grade NAT already puts many
 //! honest users on one address, so grouping /24s would punish them for their neighbours) or an
@@ -117,7 +117,7 @@ impl HandshakeGate {
         let evicted = if held >= self.limits.max_pending_per_prefix.max(1) {
             self.oldest_of(prefix)
         } else if self.pending.len() >= self.limits.max_pending.max(1) {
-            self.largest_prefix().and_then(|p| self.oldest_of(p))
+            self.oldest_of_largest()
         } else {
             None
         };
@@ -147,12 +147,15 @@ impl HandshakeGate {
         self.buckets.retain(|_, b| !b.is_full(now));
     }
 
-    /// The prefix holding the most pending handshakes (ties: the smallest, for determinism).
-    fn largest_prefix(&self) -> Option<Prefix> {
-        self.per_prefix
+    /// The oldest pending handshake among the prefixes holding the most (ties: the lowest id).
+    /// Oldest, not any: a source cannot pick an address that makes others lose the tie.
+    fn oldest_of_largest(&self) -> Option<u64> {
+        let most = self.per_prefix.values().copied().max()?;
+        self.pending
             .iter()
-            .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
-            .map(|(p, _)| *p)
+            .filter(|(_, p)| self.per_prefix.get(&p.prefix) == Some(&most))
+            .min_by_key(|(id, p)| (p.since, **id))
+            .map(|(id, _)| *id)
     }
 
     /// The oldest pending handshake of `prefix` (ties: the lowest id).
@@ -241,10 +244,10 @@ mod tests {
             g.admit(t0 + 11 * s, 21, ip("10.0.0.3")).unwrap().evicted,
             Some(2)
         );
-        // Every prefix holds one: the tie goes to the smallest prefix, its oldest.
+        // Every prefix holds one: equal shares, so the oldest of all goes.
         assert_eq!(
             g.admit(t0 + 12 * s, 22, ip("10.0.0.4")).unwrap().evicted,
-            Some(3)
+            Some(10)
         );
         assert_eq!(g.pending(), 4);
     }

@@ -35,7 +35,7 @@ use crate::first_message::{read_first_message, Rewound};
 use crate::gate::{GateLimits, HandshakeGate, Prefix};
 use crate::refusal_log::{Reason, RefusalLog};
 use crate::registry::{Action, ConnId, Limits, Registry};
-use admission::{admit, admit_handshake, admit_waiting, IpSlot};
+use admission::{admit, admit_handshake, admit_waiting, HandshakeSlot, IpSlot};
 
 /// A write to a client that takes longer than this means the client is not reading: drop it.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -263,10 +263,13 @@ async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationT
                     }
                 };
                 if let Some(slot) = admit(&shared, addr) {
+                    // In accept order, so the oldest waiting connections really are the oldest.
+                    let waiting = admit_waiting(&shared, addr);
                     let span = info_span!("conn", %addr, peer = tracing::field::Empty);
                     let token = shutdown.child_token();
                     tasks.spawn(
-                        handle_conn(stream, addr, shared.clone(), slot, token).instrument(span),
+                        handle_conn(stream, addr, shared.clone(), slot, waiting, token)
+                            .instrument(span),
                     );
                 }
             }
@@ -298,6 +301,7 @@ async fn handle_conn(
     addr: SocketAddr,
     shared: Arc<Shared>,
     _slot: IpSlot,
+    (wait_slot, dropped): (HandshakeSlot, CancellationToken),
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
@@ -305,7 +309,6 @@ async fn handle_conn(
     let deadline = tokio::time::Instant::now() + config.handshake_timeout;
     let first_deadline =
         tokio::time::Instant::now() + config.first_message_timeout.min(config.handshake_timeout);
-    let (wait_slot, dropped) = admit_waiting(&shared, addr);
     let head = tokio::select! {
         _ = shutdown.cancelled() => return,
         _ = dropped.cancelled() => {
