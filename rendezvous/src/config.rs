@@ -10,9 +10,35 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:7717";
 /// Registered peers at most. Each costs well under 1 KiB of state; 10,000 bounds memory to a
 /// few MiB against an identity flood (identities are free to make).
 pub const DEFAULT_MAX_PEERS: usize = 10_000;
-/// Handshakes in progress at most: bounds the memory and tasks that half-open connections
-/// (slowloris, SYN-then-nothing) can pin before the handshake timeout frees them.
+/// Handshakes in progress (message 1 received) at most: bounds the Noise state and tasks that
+/// half-open handshakes can pin before the handshake timeout frees them. When full, the oldest
+/// handshake of the prefix holding the most is evicted, so a flood cannot lock honest peers out.
 pub const DEFAULT_MAX_HANDSHAKES: usize = 512;
+/// Connections waiting for their message 1 at most (each holds only a socket and a small
+/// task): bounds file descriptors against silent floods from many addresses (an IPv6 /48 is
+/// 65,536 /64s); when full the oldest waiting connection of the prefix holding the most is
+/// dropped. 512 keeps the descriptor footprint the old handshake cap had.
+pub const DEFAULT_MAX_WAITING_CONNECTIONS: usize = 512;
+/// Pending handshakes per source prefix (IPv4 address or IPv6 /64): a handshake lasts 1.5
+/// round trips, so even a large CGNAT rarely has more than a few at once; 16 leaves room for
+/// bursts while 32 prefixes are needed to fill the default 512 slots.
+pub const DEFAULT_MAX_PENDING_HANDSHAKES_PER_PREFIX: usize = 16;
+/// Handshakes (message 1 answered) each source prefix may start per minute, also the burst:
+/// an honest node reconnects a few times an hour; 120 covers a CGNAT full of them, while a
+/// replay flood is cut to 2 Diffie-Hellmans (and log lines) a second.
+pub const DEFAULT_HANDSHAKES_PER_SOURCE_PER_MINUTE: u32 = 120;
+/// A connection must deliver its complete message 1 within this of being accepted, or it is
+/// dropped having cost only a socket. Message 1 leaves with the client's last SYN-handshake
+/// ACK; 3 s covers one lost-and-retransmitted segment on a 1 s RTT path (initial RTO 1 s).
+pub const DEFAULT_FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Refusals (rate, per-IP limit, evicted, silent) are logged as one summary per this interval
+/// instead of one line each: a flood wrote 100,000 lines; 10 s keeps a flood visible in the log
+/// at six lines a minute.
+pub const DEFAULT_REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// Failed handshakes logged one line each per refusal-log interval; the rest are counted in
+/// the summary. 50 per 10 s shows every failure of normal operation while many sources, each
+/// within its handshake rate, write at most ~1 KiB/s of log.
+pub const DEFAULT_FAILURE_LOG_LINES_PER_INTERVAL: u64 = 50;
 /// Open connections per source IP. Generous because a carrier-grade NAT puts many honest
 /// peers behind one address; low enough that one host cannot take all handshake slots.
 pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 32;
@@ -46,8 +72,20 @@ pub struct Config {
     pub keypair: Keypair,
     /// Why: bounds registry memory against identity floods.
     pub max_peers: usize,
-    /// Why: bounds half-open handshakes (slowloris, connection floods).
+    /// Why: bounds half-open handshakes (slowloris, connection floods); evicts when full.
     pub max_handshakes: usize,
+    /// Why: silent connections from many addresses cannot exhaust file descriptors.
+    pub max_waiting_connections: usize,
+    /// Why: one source prefix cannot take the handshake slots of everyone else.
+    pub max_pending_handshakes_per_prefix: usize,
+    /// Why: each message 1 costs a Diffie-Hellman and a log line; replay floods are cut.
+    pub handshakes_per_source_per_minute: u32,
+    /// Why: silent connections cost a socket only briefly, and never a handshake slot.
+    pub first_message_timeout: Duration,
+    /// Why: refusal floods become a summary per interval, not a line per connection.
+    pub refusal_log_interval: Duration,
+    /// Why: failure lines stay bounded however many sources fail their handshakes.
+    pub failure_log_lines_per_interval: u64,
     /// Why: one address cannot take every slot; CGNAT users still fit.
     pub max_connections_per_ip: usize,
     /// Why: a connection that does not authenticate in time is closed (slowloris).
@@ -74,6 +112,12 @@ impl Config {
             keypair,
             max_peers: DEFAULT_MAX_PEERS,
             max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            max_pending_handshakes_per_prefix: DEFAULT_MAX_PENDING_HANDSHAKES_PER_PREFIX,
+            max_waiting_connections: DEFAULT_MAX_WAITING_CONNECTIONS,
+            handshakes_per_source_per_minute: DEFAULT_HANDSHAKES_PER_SOURCE_PER_MINUTE,
+            first_message_timeout: DEFAULT_FIRST_MESSAGE_TIMEOUT,
+            refusal_log_interval: DEFAULT_REFUSAL_LOG_INTERVAL,
+            failure_log_lines_per_interval: DEFAULT_FAILURE_LOG_LINES_PER_INTERVAL,
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             ping_interval: DEFAULT_PING_INTERVAL,

@@ -8,12 +8,18 @@
 //! - [`config`]: limits and timeouts with safe defaults.
 //! - [`registry`]: the pure registry and coordinator (no I/O, no clock).
 //! - [`limiter`]: token buckets fed timestamps.
+//! - [`first_message`]: waiting for message 1 with nothing but a socket.
+//! - [`gate`]: the pure admission of handshakes (per-prefix shares, eviction, per-source rate).
+//! - [`refusal_log`]: refusals summarised once per interval instead of logged one by one.
 //! - [`server`]: the tokio accept loop and per-connection drivers.
 //!
 //! [offer]: punch_proto::message::Offer
 
 pub mod config;
+pub mod first_message;
+pub mod gate;
 pub mod limiter;
+pub mod refusal_log;
 pub mod registry;
 pub mod server;
 #[doc(hidden)]

@@ -26,6 +26,28 @@ struct Args {
     /// Maximum simultaneous connections from one IP address.
     #[arg(long, default_value_t = config::DEFAULT_MAX_CONNECTIONS_PER_IP)]
     max_connections_per_ip: usize,
+    /// Handshakes in progress at most; when full the oldest of the busiest source is evicted.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_HANDSHAKES)]
+    max_handshakes: usize,
+    /// Connections waiting for message 1 at most; when full the oldest of the busiest source
+    /// is dropped.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_WAITING_CONNECTIONS)]
+    max_waiting_connections: usize,
+    /// Handshakes in progress per source (IPv4 address or IPv6 /64).
+    #[arg(long, default_value_t = config::DEFAULT_MAX_PENDING_HANDSHAKES_PER_PREFIX)]
+    max_pending_handshakes_per_prefix: usize,
+    /// Handshakes each source (IPv4 address or IPv6 /64) may start per minute (also the burst).
+    #[arg(long, default_value_t = config::DEFAULT_HANDSHAKES_PER_SOURCE_PER_MINUTE)]
+    handshakes_per_source_per_minute: u32,
+    /// Seconds a new connection has to deliver Noise message 1 (it holds no slot meanwhile).
+    #[arg(long, default_value_t = config::DEFAULT_FIRST_MESSAGE_TIMEOUT.as_secs())]
+    first_message_timeout_secs: u64,
+    /// Seconds between summaries of refused connections (instead of a line per refusal).
+    #[arg(long, default_value_t = config::DEFAULT_REFUSAL_LOG_INTERVAL.as_secs())]
+    refusal_log_interval_secs: u64,
+    /// Failed handshakes logged one line each per summary interval (the rest are counted).
+    #[arg(long, default_value_t = config::DEFAULT_FAILURE_LOG_LINES_PER_INTERVAL)]
+    failure_log_lines_per_interval: u64,
     /// Punch requests each identity may make per minute.
     #[arg(long, default_value_t = config::DEFAULT_PUNCH_REQUESTS_PER_MINUTE)]
     punch_requests_per_minute: u32,
@@ -62,6 +84,13 @@ async fn main() -> anyhow::Result<()> {
     config.max_peers = args.max_peers;
     config.max_connections_per_ip = args.max_connections_per_ip;
     config.punch_requests_per_minute = args.punch_requests_per_minute;
+    config.max_handshakes = args.max_handshakes.max(1);
+    config.max_waiting_connections = args.max_waiting_connections.max(1);
+    config.max_pending_handshakes_per_prefix = args.max_pending_handshakes_per_prefix.max(1);
+    config.handshakes_per_source_per_minute = args.handshakes_per_source_per_minute.max(1);
+    config.first_message_timeout = Duration::from_secs(args.first_message_timeout_secs.max(1));
+    config.refusal_log_interval = Duration::from_secs(args.refusal_log_interval_secs.max(1));
+    config.failure_log_lines_per_interval = args.failure_log_lines_per_interval;
     config.handshake_timeout = Duration::from_secs(args.handshake_timeout_secs.max(1));
     config.ping_interval = Duration::from_secs(args.ping_interval_secs.max(1));
     config.idle_timeout = Duration::from_secs(args.idle_timeout_secs.max(2));

@@ -1,14 +1,20 @@
 //! The rendezvous server: accept loop, one driver task per control connection.
 //!
-//! Per connection: per-IP limit and a handshake slot are taken at accept; the Noise XK
-//! handshake must finish within the handshake timeout; then the peer is registered with the
-//! address the server *observed* and the driver loops over (outbound messages queued by the
-//! registry, inbound client messages, ping timer, idle deadline) until either side ends it.
-//! Every way a connection ends is logged once, with the reason, in the connection's span.
+//! Per connection: the per-IP connection limit is checked at accept, and then the connection
+//! costs only its socket until its complete message 1 arrives (within the first-message
+//! timeout). Only then does the [`HandshakeGate`] decide whether it may take a handshake slot
+//! (per-source rate, per-prefix share, evicting the oldest of the largest holder when full);
+//! an evicted handshake is cancelled through its token. The Noise XK handshake must finish
+//! within the handshake timeout of accept; then the peer is registered with the address the
+//! server *observed* and the driver loops over (outbound messages queued by the registry,
+//! inbound client messages, ping timer, idle deadline) until either side ends it.
+//! Every way an admitted connection ends is logged once, with the reason, in the connection's
+//! span; refusals before admission (rate, per-IP, evicted, silent) are counted by the
+//! [`RefusalLog`] and logged as one summary per interval.
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -17,13 +23,19 @@ use punch_proto::channel::{server_handshake, Channel, ChannelError};
 use punch_proto::message::{ClientMsg, DecodeError, ErrorReply, Registered, ServerMsg};
 use punch_proto::PeerId;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+mod admission;
+
 use crate::config::Config;
+use crate::first_message::{read_first_message, Rewound};
+use crate::gate::{GateLimits, HandshakeGate, Prefix};
+use crate::refusal_log::{Reason, RefusalLog};
 use crate::registry::{Action, ConnId, Limits, Registry};
+use admission::{admit, admit_handshake, admit_waiting, HandshakeSlot, IpSlot};
 
 /// A write to a client that takes longer than this means the client is not reading: drop it.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -33,6 +45,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 const PRUNE_INTERVAL: Duration = Duration::from_secs(30);
 /// Pause after an accept error (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+
+/// A connection's stream once its first bytes were read.
+type Conn = Rewound<TcpStream>;
 
 #[derive(Debug)]
 enum Outbound {
@@ -44,7 +59,9 @@ enum Outbound {
 struct Counters {
     accepted: AtomicU64,
     rejected_ip_limit: AtomicU64,
-    rejected_busy: AtomicU64,
+    rejected_rate: AtomicU64,
+    evicted: AtomicU64,
+    silent: AtomicU64,
     handshake_failed: AtomicU64,
     protocol_errors: AtomicU64,
     active: AtomicU64,
@@ -57,7 +74,12 @@ pub struct ServerStats {
     pub active_connections: u64,
     pub accepted: u64,
     pub rejected_ip_limit: u64,
-    pub rejected_busy: u64,
+    /// Handshakes refused because their source's rate was spent.
+    pub rejected_rate: u64,
+    /// Pending handshakes evicted for newer ones when their prefix or the server was full.
+    pub evicted: u64,
+    /// Connections closed for not sending message 1 in time (also counted as failed).
+    pub silent: u64,
     pub handshake_failed: u64,
     pub protocol_errors: u64,
     pub offers: u64,
@@ -69,15 +91,22 @@ pub struct ServerStats {
 struct State {
     registry: Registry,
     conns: HashMap<ConnId, mpsc::Sender<Outbound>>,
-    per_ip: HashMap<IpAddr, usize>,
+    per_ip: HashMap<Prefix, usize>,
     next_conn: ConnId,
+    gate: HandshakeGate,
+    /// Connections waiting for message 1 (the same fair eviction, no rate), by handshake id;
+    /// their cancel tokens are in `pending` too.
+    waiting: HandshakeGate,
+    /// Cancels each admitted, pending handshake (for eviction), by handshake id.
+    pending: HashMap<u64, (CancellationToken, Prefix)>,
+    next_handshake: u64,
+    refusals: RefusalLog,
 }
 
 #[derive(Debug)]
 struct Shared {
     config: Config,
     state: Mutex<State>,
-    handshakes: Arc<Semaphore>,
     counters: Counters,
 }
 
@@ -102,26 +131,6 @@ impl Shared {
                 }
             }
         }
-    }
-}
-
-/// Releases a per-IP connection slot on drop.
-#[derive(Debug)]
-struct IpSlot {
-    shared: Arc<Shared>,
-    ip: IpAddr,
-}
-
-impl Drop for IpSlot {
-    fn drop(&mut self) {
-        let mut state = self.shared.lock();
-        if let Some(n) = state.per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                state.per_ip.remove(&self.ip);
-            }
-        }
-        self.shared.counters.active.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -172,7 +181,9 @@ impl Server {
             active_connections: c.active.load(Ordering::Relaxed),
             accepted: c.accepted.load(Ordering::Relaxed),
             rejected_ip_limit: c.rejected_ip_limit.load(Ordering::Relaxed),
-            rejected_busy: c.rejected_busy.load(Ordering::Relaxed),
+            rejected_rate: c.rejected_rate.load(Ordering::Relaxed),
+            evicted: c.evicted.load(Ordering::Relaxed),
+            silent: c.silent.load(Ordering::Relaxed),
             handshake_failed: c.handshake_failed.load(Ordering::Relaxed),
             protocol_errors: c.protocol_errors.load(Ordering::Relaxed),
             offers: r.offers,
@@ -203,13 +214,32 @@ fn new_shared(config: Config) -> Arc<Shared> {
         offers_per_target_per_minute: config.offers_per_target_per_minute,
         dial_margin: config.dial_margin,
     };
+    let gate = HandshakeGate::new(GateLimits {
+        max_pending: config.max_handshakes,
+        max_pending_per_prefix: config.max_pending_handshakes_per_prefix,
+        per_source_per_minute: Some(config.handshakes_per_source_per_minute),
+    });
+    let waiting = HandshakeGate::new(GateLimits {
+        max_pending: config.max_waiting_connections,
+        // The per-IP connection limit already applies to every connection.
+        max_pending_per_prefix: usize::MAX,
+        per_source_per_minute: None,
+    });
     Arc::new(Shared {
-        handshakes: Arc::new(Semaphore::new(config.max_handshakes)),
         state: Mutex::new(State {
             registry: Registry::new(limits, rand::random()),
             conns: HashMap::new(),
             per_ip: HashMap::new(),
             next_conn: 1,
+            gate,
+            waiting,
+            pending: HashMap::new(),
+            next_handshake: 1,
+            refusals: RefusalLog::new(
+                config.refusal_log_interval,
+                config.failure_log_lines_per_interval,
+                Instant::now(),
+            ),
         }),
         counters: Counters::default(),
         config,
@@ -219,6 +249,7 @@ fn new_shared(config: Config) -> Arc<Shared> {
 async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
     let mut tasks = JoinSet::new();
     let mut prune = tokio::time::interval(PRUNE_INTERVAL);
+    let mut summary = tokio::time::interval(shared.config.refusal_log_interval);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -231,17 +262,31 @@ async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationT
                         continue;
                     }
                 };
-                if let Some((slot, permit)) = admit(&shared, addr) {
+                if let Some(slot) = admit(&shared, addr) {
+                    // In accept order, so the oldest waiting connections really are the oldest.
+                    let waiting = admit_waiting(&shared, addr);
                     let span = info_span!("conn", %addr, peer = tracing::field::Empty);
                     let token = shutdown.child_token();
                     tasks.spawn(
-                        handle_conn(stream, addr, shared.clone(), slot, permit, token)
+                        handle_conn(stream, addr, shared.clone(), slot, waiting, token)
                             .instrument(span),
                     );
                 }
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            _ = prune.tick() => shared.lock().registry.prune(Instant::now()),
+            _ = prune.tick() => {
+                let mut state = shared.lock();
+                let now = Instant::now();
+                state.registry.prune(now);
+                state.gate.prune(now);
+                state.waiting.prune(now);
+            }
+            _ = summary.tick() => {
+                let s = shared.lock().refusals.summary(Instant::now());
+                if let Some(s) = s {
+                    warn!("{s}");
+                }
+            }
         }
     }
     info!(connections = tasks.len(), "shutting down");
@@ -251,67 +296,69 @@ async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationT
     }
 }
 
-/// Takes a per-IP slot and a handshake slot, or refuses the connection (it is dropped, which
-/// closes it: nothing is sent before the client proves it knows the server key).
-fn admit(shared: &Arc<Shared>, addr: SocketAddr) -> Option<(IpSlot, OwnedSemaphorePermit)> {
-    shared.counters.accepted.fetch_add(1, Ordering::Relaxed);
-    {
-        let mut state = shared.lock();
-        let n = state.per_ip.entry(addr.ip()).or_insert(0);
-        if *n >= shared.config.max_connections_per_ip {
-            drop(state);
-            shared
-                .counters
-                .rejected_ip_limit
-                .fetch_add(1, Ordering::Relaxed);
-            info!(%addr, "refused: too many connections from this address");
-            return None;
-        }
-        *n += 1;
-    }
-    shared.counters.active.fetch_add(1, Ordering::Relaxed);
-    let slot = IpSlot {
-        shared: shared.clone(),
-        ip: addr.ip(),
-    };
-    match shared.handshakes.clone().try_acquire_owned() {
-        Ok(permit) => Some((slot, permit)),
-        Err(_) => {
-            shared
-                .counters
-                .rejected_busy
-                .fetch_add(1, Ordering::Relaxed);
-            warn!(%addr, "refused: all handshake slots are taken");
-            None
-        }
-    }
-}
-
 async fn handle_conn(
-    stream: TcpStream,
+    mut stream: TcpStream,
     addr: SocketAddr,
     shared: Arc<Shared>,
     _slot: IpSlot,
-    permit: OwnedSemaphorePermit,
+    (wait_slot, dropped): (HandshakeSlot, CancellationToken),
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
     let config = &shared.config;
-    let handshake = server_handshake(stream, &config.keypair);
+    let deadline = tokio::time::Instant::now() + config.handshake_timeout;
+    let first_deadline =
+        tokio::time::Instant::now() + config.first_message_timeout.min(config.handshake_timeout);
+    let head = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        _ = dropped.cancelled() => {
+            debug!("closed: waiting for message 1, dropped for a newer connection");
+            return;
+        }
+        res = tokio::time::timeout_at(first_deadline, read_first_message(&mut stream)) => match res {
+            Err(_) => {
+                shared.counters.silent.fetch_add(1, Ordering::Relaxed);
+                shared.counters.handshake_failed.fetch_add(1, Ordering::Relaxed);
+                shared.lock().refusals.record(Reason::Silent, Prefix::of(addr.ip()));
+                debug!("closed: no message 1 in time");
+                return;
+            }
+            Ok(Err(e)) => {
+                shared.counters.handshake_failed.fetch_add(1, Ordering::Relaxed);
+                debug!(error = %e, "closed: read failed before message 1");
+                return;
+            }
+            Ok(Ok(head)) => head,
+        },
+    };
+    drop(wait_slot);
+    let Some((permit, evict)) = admit_handshake(&shared, addr) else {
+        return;
+    };
+    let handshake = server_handshake(Rewound::new(head, stream), &config.keypair);
     let accepted = tokio::select! {
         _ = shutdown.cancelled() => {
             info!("closed: server shutting down during the handshake");
             return;
         }
-        res = tokio::time::timeout(config.handshake_timeout, handshake) => match res {
+        _ = evict.cancelled() => {
+            shared.counters.handshake_failed.fetch_add(1, Ordering::Relaxed);
+            debug!("closed: pending handshake evicted for a newer one");
+            return;
+        }
+        res = tokio::time::timeout_at(deadline, handshake) => match res {
             Err(_) => {
                 shared.counters.handshake_failed.fetch_add(1, Ordering::Relaxed);
-                info!(timeout = ?config.handshake_timeout, "closed: handshake timed out");
+                if shared.lock().refusals.may_log_failure() {
+                    info!(timeout = ?config.handshake_timeout, "closed: handshake timed out");
+                }
                 return;
             }
             Ok(Err(e)) => {
                 shared.counters.handshake_failed.fetch_add(1, Ordering::Relaxed);
-                info!(error = %e, "closed: handshake failed");
+                if shared.lock().refusals.may_log_failure() {
+                    info!(error = %e, "closed: handshake failed");
+                }
                 return;
             }
             Ok(Ok(accepted)) => accepted,
@@ -398,7 +445,7 @@ enum ConnError {
 }
 
 /// Sends one message, bounded by [`WRITE_TIMEOUT`].
-async fn send(channel: &mut Channel<TcpStream>, msg: ServerMsg) -> Result<(), ConnError> {
+async fn send(channel: &mut Channel<Conn>, msg: ServerMsg) -> Result<(), ConnError> {
     match tokio::time::timeout(WRITE_TIMEOUT, channel.send(&msg.encode())).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(ConnError::Write(e)),
@@ -409,7 +456,7 @@ async fn send(channel: &mut Channel<TcpStream>, msg: ServerMsg) -> Result<(), Co
 /// The registered connection's loop. Returns why it ended: `Ok` for orderly reasons, `Err` for
 /// a client that broke the protocol or stopped reading.
 async fn drive(
-    channel: &mut Channel<TcpStream>,
+    channel: &mut Channel<Conn>,
     shared: &Shared,
     peer: PeerId,
     observed: SocketAddr,

@@ -1,0 +1,175 @@
+//! Refusal summaries: one log line per interval instead of one per refused connection.
+//!
+//! A flood is refused by the thousand per second; one line each made a log of megabytes per
+//! minute from one client. The driver records each refusal here with its reason and source
+//! and, on its timer, asks [`RefusalLog::summary`] for at most one summary per interval.
+//! Failed handshakes (admitted, then broken) keep their own line, which names the failure, but
+//! only up to a budget per interval ([`RefusalLog::may_log_failure`]); the rest are counted
+//! in the summary, so many sources each within their handshake rate cannot flood the log.
+//! Pure: fed `now`, no clock, no I/O.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use crate::gate::Prefix;
+
+/// Why a connection was refused or dropped before its handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The source's handshake rate was spent.
+    Rate,
+    /// The source already had its maximum of open connections.
+    PerIp,
+    /// Its pending handshake was evicted for a newer one.
+    Evicted,
+    /// It sent no complete message 1 within the first-message timeout.
+    Silent,
+}
+
+/// Refusals counted over one interval.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub rate: u64,
+    pub per_ip: u64,
+    pub evicted: u64,
+    pub silent: u64,
+    /// Failed handshakes beyond the interval's budget of lines (not logged one by one).
+    pub failed_unlogged: u64,
+    /// Distinct source prefixes among the refusals.
+    pub sources: usize,
+    pub interval: Duration,
+}
+
+impl Summary {
+    pub fn total(&self) -> u64 {
+        self.rate + self.per_ip + self.evicted + self.silent
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "refused {} connections from {} sources in the last {} s: {} (rate), {} (per-ip), \
+             {} (evicted), {} (silent); {} failed handshakes not logged one by one",
+            self.total(),
+            self.sources,
+            self.interval.as_secs(),
+            self.rate,
+            self.per_ip,
+            self.evicted,
+            self.silent,
+            self.failed_unlogged
+        )
+    }
+}
+
+/// Counts refusals and hands out a summary at most once per interval.
+#[derive(Debug)]
+pub struct RefusalLog {
+    interval: Duration,
+    failure_lines: u64,
+    failure_lines_left: u64,
+    since: Instant,
+    counts: Summary,
+    sources: HashSet<Prefix>,
+}
+
+/// Distinct sources remembered per interval; beyond this the count is a lower bound
+/// (memory stays bounded under an IPv6 flood).
+const MAX_TRACKED_SOURCES: usize = 4096;
+
+impl RefusalLog {
+    /// Summaries every `interval`; at most `failure_lines` failed handshakes logged one by one
+    /// per interval.
+    pub fn new(interval: Duration, failure_lines: u64, now: Instant) -> Self {
+        Self {
+            interval,
+            failure_lines,
+            failure_lines_left: failure_lines,
+            since: now,
+            counts: Summary::default(),
+            sources: HashSet::new(),
+        }
+    }
+
+    pub fn record(&mut self, reason: Reason, source: Prefix) {
+        match reason {
+            Reason::Rate => self.counts.rate += 1,
+            Reason::PerIp => self.counts.per_ip += 1,
+            Reason::Evicted => self.counts.evicted += 1,
+            Reason::Silent => self.counts.silent += 1,
+        }
+        if self.sources.len() < MAX_TRACKED_SOURCES {
+            self.sources.insert(source);
+        }
+    }
+
+    /// A handshake failed: whether its own line may be written (else it is counted).
+    pub fn may_log_failure(&mut self) -> bool {
+        if self.failure_lines_left > 0 {
+            self.failure_lines_left -= 1;
+            true
+        } else {
+            self.counts.failed_unlogged += 1;
+            false
+        }
+    }
+
+    /// The summary of the interval that has ended by `now`, if it has and anything was refused;
+    /// counting starts again from `now`.
+    pub fn summary(&mut self, now: Instant) -> Option<Summary> {
+        let elapsed = now.saturating_duration_since(self.since);
+        if elapsed < self.interval {
+            return None;
+        }
+        let mut out = std::mem::take(&mut self.counts);
+        out.sources = self.sources.len();
+        out.interval = elapsed;
+        self.sources.clear();
+        self.since = now;
+        self.failure_lines_left = self.failure_lines;
+        (out.total() + out.failed_unlogged > 0).then_some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_of_refusals_make_one_line_per_interval() {
+        let t0 = Instant::now();
+        let mut log = RefusalLog::new(Duration::from_secs(10), 2, t0);
+        for i in 0..1234u32 {
+            let ip = std::net::IpAddr::from([127, 0, 0, (i % 17) as u8]);
+            log.record(Reason::Rate, Prefix::of(ip));
+        }
+        for _ in 0..3 {
+            log.record(Reason::Evicted, Prefix::of([10, 0, 0, 1].into()));
+        }
+        // Two failures get their own line, the third is only counted.
+        assert!(log.may_log_failure());
+        assert!(log.may_log_failure());
+        assert!(!log.may_log_failure());
+        assert_eq!(log.summary(t0 + Duration::from_secs(9)), None, "not yet");
+        let s = log.summary(t0 + Duration::from_secs(10)).unwrap();
+        assert_eq!((s.rate, s.evicted, s.per_ip, s.silent), (1234, 3, 0, 0));
+        assert_eq!(s.failed_unlogged, 1);
+        assert_eq!(s.sources, 18);
+        assert_eq!(
+            s.to_string(),
+            "refused 1237 connections from 18 sources in the last 10 s: 1234 (rate), 0 (per-ip), \
+             3 (evicted), 0 (silent); 1 failed handshakes not logged one by one"
+        );
+        // A new interval, a new budget of lines.
+        assert!(log.may_log_failure());
+        // Counting restarted; a quiet interval says nothing.
+        assert_eq!(log.summary(t0 + Duration::from_secs(25)), None);
+        log.record(Reason::Silent, Prefix::of([10, 0, 0, 1].into()));
+        assert_eq!(log.summary(t0 + Duration::from_secs(30)), None, "too soon");
+        let s = log.summary(t0 + Duration::from_secs(35)).unwrap();
+        assert_eq!((s.silent, s.sources, s.total()), (1, 1, 1));
+    }
+}
