@@ -12,6 +12,12 @@
 //! A peer controls its own SRTT (it can answer pings late), so each estimate is capped at
 //! [`MAX_OWD`]: one side's claimed delay cannot hold the other's dial back by more than that.
 //!
+//! Local addresses. A peer's claimed local addresses are not verified, and its partner dials
+//! every one it is given, so they are a lever for making others dial hosts the claimant
+//! chooses. They are passed on only to a partner seen from the same public IP (both behind
+//! one NAT, the only case where a LAN address can be the better path), only private ones
+//! ([`is_dialable_local`]), and at most [`MAX_LOCAL_CANDIDATES`].
+//!
 //! Session ids are random (from an RNG the registry owns, seeded at construction so tests and
 //! the simulator stay deterministic), never 0, so they reveal neither how many sessions the
 //! server has coordinated nor which id comes next.
@@ -87,6 +93,11 @@ const MINUTE: Duration = Duration::from_secs(60);
 /// `MAX_OWD + dial_margin` after its offer arrives.
 pub const MAX_OWD: Duration = Duration::from_millis(500);
 
+/// The most claimed local addresses passed on in one offer. A host behind one NAT has one or
+/// two LAN addresses (an interface per family, sometimes a VPN or container bridge); four
+/// covers that, while bounding how many hosts on the partner's LAN one offer makes it dial.
+pub const MAX_LOCAL_CANDIDATES: usize = 4;
+
 impl Registry {
     /// `session_seed` seeds the RNG that draws session ids; the server seeds it randomly, so
     /// ids are unpredictable and ids from before a restart do not repeat (a stale punched
@@ -147,6 +158,7 @@ impl Registry {
             .iter()
             .copied()
             .filter(|a| is_dialable_local(a, &observed))
+            .take(MAX_LOCAL_CANDIDATES)
             .collect();
         self.peers.insert(
             peer,
@@ -297,6 +309,7 @@ impl Registry {
         let at = owd_a.max(owd_b) + limits.dial_margin;
         let session_id = next_session_id(&mut self.sessions);
         self.stats.offers += 1;
+        let (a_local, b_local) = local_candidates(a, b);
         Ok(vec![
             Action::Send {
                 conn: a.conn,
@@ -305,7 +318,7 @@ impl Registry {
                     request_id,
                     peer: target,
                     peer_observed: b.observed,
-                    peer_local: b.local.clone(),
+                    peer_local: b_local,
                     role: Role::Initiator,
                     dial_delay: at - owd_a,
                 }),
@@ -317,7 +330,7 @@ impl Registry {
                     request_id: 0,
                     peer: from,
                     peer_observed: a.observed,
-                    peer_local: a.local.clone(),
+                    peer_local: a_local,
                     role: Role::Responder,
                     dial_delay: at - owd_b,
                 }),
@@ -333,6 +346,16 @@ impl Registry {
             .retain(|id, b| peers.contains_key(id) || !b.is_full(now));
         self.offer_buckets
             .retain(|id, b| peers.contains_key(id) || !b.is_full(now));
+    }
+}
+
+/// The local addresses of `a` and `b` their partners get: both lists when the two were seen
+/// from the same public IP (one NAT), none otherwise (see the module doc).
+fn local_candidates(a: &Peer, b: &Peer) -> (Vec<SocketAddr>, Vec<SocketAddr>) {
+    if a.observed.ip() == b.observed.ip() {
+        (a.local.clone(), b.local.clone())
+    } else {
+        (Vec::new(), Vec::new())
     }
 }
 
@@ -440,8 +463,8 @@ mod tests {
         assert_eq!((oa.peer, ob.peer), (id(2), id(1)));
         assert_eq!((oa.peer_observed, ob.peer_observed), (b_obs, a_obs));
         assert_eq!((oa.role, ob.role), (Role::Initiator, Role::Responder));
-        // The public third-party address claimed as "local" is not passed on.
-        assert_eq!(ob.peer_local, vec!["192.168.1.10:4000".parse().unwrap()]);
+        // Seen from different public IPs: no local address is passed on either way.
+        assert!(oa.peer_local.is_empty() && ob.peer_local.is_empty());
         // Both dial at the same server time: receive time (owd) + delay is equal.
         assert_eq!(
             Duration::from_millis(10) + oa.dial_delay,
@@ -658,6 +681,36 @@ mod tests {
         assert_eq!(r.request_buckets.len(), 1, "recently limited: kept");
         r.prune(now + MINUTE * 2);
         assert!(r.request_buckets.is_empty());
+    }
+
+    #[test]
+    fn local_addresses_only_behind_one_nat_private_and_capped() {
+        let mut r = Registry::new(limits(), 10);
+        let nat: SocketAddr = "203.0.113.1:1000".parse().unwrap();
+        let elsewhere: SocketAddr = "198.51.100.4:1000".parse().unwrap();
+        // An attacker claims ten private hosts, and a public one.
+        let mut claims = reg(true);
+        claims.local_addrs = (1..=10)
+            .map(|i| SocketAddr::from(([10, 0, 0, i], 22)))
+            .chain(["198.51.100.9:22".parse().unwrap()])
+            .collect();
+        r.register(1, id(1), nat, &claims, Duration::ZERO).unwrap();
+        r.register(2, id(2), nat, &reg(true), Duration::ZERO)
+            .unwrap();
+        r.register(3, id(3), elsewhere, &reg(true), Duration::ZERO)
+            .unwrap();
+        let now = Instant::now();
+        // Same public IP (one NAT, another port): the first four private claims, both ways.
+        let actions = r.connect(now, 1, id(1), 1, id(2), |_| true);
+        let (oa, ob) = offers(&actions);
+        let first_four: Vec<SocketAddr> = claims.local_addrs[..MAX_LOCAL_CANDIDATES].to_vec();
+        assert_eq!(ob.peer_local, first_four);
+        assert_eq!(oa.peer_local, vec!["192.168.1.10:4000".parse().unwrap()]);
+        // Another public IP: nothing local, in either direction.
+        let actions = r.connect(now, 1, id(1), 2, id(3), |_| true);
+        let (oa, ob) = offers(&actions);
+        assert!(oa.peer_local.is_empty());
+        assert!(ob.peer_local.is_empty());
     }
 
     #[test]
