@@ -8,8 +8,10 @@
 //! documentation, then checks:
 //! - dials happen only in `[start, deadline)`, only for candidates, in preference order, each
 //!   due candidate exactly once per poll loop, never one with a dial in flight, connected or
-//!   failed for good; a refused dial is redialed at once for the first [`FAST_REDIALS`]
-//!   refusals of a candidate, any other failed dial `retry_interval` later, not sooner;
+//!   failed for good; a refused dial of an observed candidate is redialed at once for the
+//!   first [`FAST_REDIALS`] refusals, any other failed dial `retry_interval` later, not sooner;
+//!   a local candidate is never redialed at once and given up after [`LOCAL_REFUSALS`]
+//!   refusals; a candidate whose stream got a bad preamble (another service) is given up;
 //! - `poll_timeout` is the earliest due retry or the deadline, whichever comes first (never
 //!   past the deadline, never a busy loop once due dials are drained);
 //! - a connected stream is authenticated, and abandoned (its candidate redialed
@@ -31,7 +33,7 @@ use std::time::{Duration, Instant};
 use arbitrary::Arbitrary;
 use punch::attempt::{
     Action, Attempt, CandidateError, Failure, GaveUp, Schedule, StreamId, Tried, CONFIRM_TIMEOUT,
-    FAST_REDIALS,
+    FAST_REDIALS, LOCAL_REFUSALS,
 };
 use punch::auth::AuthError;
 use punch_proto::Role;
@@ -53,6 +55,7 @@ pub struct Scenario {
     retry_ms: u16,
     auth_ms: u16,
     initiator: bool,
+    /// Candidate addresses; with the high bit set, a local address the peer claimed.
     candidates: Vec<u8>,
     legal: bool,
     events: Vec<Event>,
@@ -66,6 +69,8 @@ pub enum Event {
     /// A dial in flight fails; `true`: refused (RST).
     DialFailed(u8, bool),
     Connected(u8),
+    /// A stream fails authentication: `true`, a wrong key; `false`, it broke, or with the
+    /// pick's high bit set, the far end sent a bad preamble (another service).
     AuthFailed(u8, bool),
     /// A call for an address or stream outside the contract (chaos) or outside the attempt
     /// (driver).
@@ -114,6 +119,7 @@ struct Cand {
     tried: Tried,
     state: State,
     refusals: u32,
+    local: bool,
 }
 
 pub fn run(s: Scenario) {
@@ -130,12 +136,22 @@ pub fn run(s: Scenario) {
         Role::Responder
     };
     let deadline = schedule.start + schedule.window;
-    let addrs: Vec<SocketAddr> = s.candidates.iter().take(16).map(|&i| addr(i)).collect();
-    let mut attempt = Attempt::new(schedule, role, addrs.iter().copied());
+    let picks = s.candidates.iter().take(16);
+    let (local, observed): (Vec<u8>, Vec<u8>) = picks.partition(|&&i| i & 0x80 != 0);
+    let observed: Vec<SocketAddr> = observed.into_iter().map(addr).collect();
+    let local: Vec<SocketAddr> = local.into_iter().map(addr).collect();
+    let mut attempt = Attempt::with_local(
+        schedule,
+        role,
+        observed.iter().copied(),
+        local.iter().copied(),
+    );
     let mut verdict = Verdict::default();
     assert_eq!(attempt.deadline(), deadline);
+    // Observed addresses first; an address in both lists is observed.
     let mut model: Vec<Cand> = Vec::new();
-    for a in &addrs {
+    let tagged = observed.iter().map(|a| (a, false));
+    for (a, is_local) in tagged.chain(local.iter().map(|a| (a, true))) {
         if !model.iter().any(|c| c.tried.addr == *a) {
             model.push(Cand {
                 tried: Tried {
@@ -145,6 +161,7 @@ pub fn run(s: Scenario) {
                 },
                 state: State::Idle(schedule.start),
                 refusals: 0,
+                local: is_local,
             });
         }
     }
@@ -305,9 +322,13 @@ fn driver_step(
                     Failure::Other
                 };
                 attempt.on_dial_failed(*now, c.tried.addr, failure, error);
-                let fast = *refused && c.refusals < FAST_REDIALS;
+                let fast = *refused && !c.local && c.refusals < FAST_REDIALS;
                 c.refusals += u32::from(*refused);
-                c.state = State::Idle(if fast { *now } else { *now + retry });
+                c.state = if c.local && c.refusals >= LOCAL_REFUSALS {
+                    State::Failed
+                } else {
+                    State::Idle(if fast { *now } else { *now + retry })
+                };
                 c.tried.last_error = Some(CandidateError::Dial(error));
             }
         }
@@ -328,10 +349,15 @@ fn driver_step(
                 let State::Connected(id, _) = model[i].state else {
                     unreachable!("filtered")
                 };
-                let e = auth_error(*final_);
+                let foreign = !*final_ && pick & 0x80 != 0;
+                let e = if foreign {
+                    AuthError::Preamble
+                } else {
+                    auth_error(*final_)
+                };
                 model[i].tried.last_error = Some(CandidateError::Auth(e.kind()));
                 attempt.on_auth_failed(*now, id, e);
-                model[i].state = if *final_ {
+                model[i].state = if *final_ || foreign {
                     State::Failed
                 } else {
                     State::Idle(*now + retry)

@@ -12,6 +12,12 @@
 //! trip (the RST took that long to come back), up to [`FAST_REDIALS`] times per candidate; other
 //! failures, and refusals beyond that, wait [`Schedule::retry_interval`].
 //!
+//! Local candidates are claims the peer made and nobody checked, pointing into our own LAN, so
+//! they are dialed sparingly: no fast redials (there is no NAT between us to open), and after
+//! [`LOCAL_REFUSALS`] refusals never again (the peer's listener would have answered the first
+//! dial). Any candidate whose far end answers with bytes that are not a punch preamble is a
+//! different service and is not dialed again either.
+//!
 //! Choosing the stream. Every stream that connects, dialed or accepted, gets a [`StreamId`] and
 //! is authenticated (preamble and Noise KK, [`crate::auth`]), within
 //! [`Schedule::auth_timeout`]. The initiator confirms the first stream that authenticates
@@ -44,6 +50,12 @@ use crate::auth::{AuthError, AuthErrorKind};
 /// Refused dials of one candidate that are redialed at once (see the module doc). 32 round
 /// trips cover the peer's dial moment even with a few RTTs of clock or scheduling error.
 pub const FAST_REDIALS: u32 = 32;
+
+/// Refused dials after which a local candidate is given up. On a shared LAN the peer's
+/// listener accepts the first dial that arrives, so a RST means the address is not (or no
+/// longer) the peer's; three allow for a peer that rebinds its port. With it, one offer makes
+/// us dial an unanswering LAN host at most this many times, not once per round trip.
+pub const LOCAL_REFUSALS: u32 = 3;
 
 /// How long a confirm may take on an authenticated stream. Sending it is one small frame on a
 /// connection that just carried the handshake, and receiving it is one one-way trip after our
@@ -146,7 +158,7 @@ enum State {
     Dialing,
     /// Connected; its stream is being authenticated or confirmed.
     Connected(StreamId),
-    /// Authentication failed for good on this address: not dialed again.
+    /// Given up (a wrong key, another service, or a local address refusing): not dialed again.
     Failed,
 }
 
@@ -155,6 +167,8 @@ struct Candidate {
     tried: Tried,
     state: State,
     refusals: u32,
+    /// A local address the peer claimed (not the address the rendezvous observed).
+    local: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,15 +205,27 @@ pub struct Attempt {
 }
 
 impl Attempt {
-    /// Candidates are deduplicated and kept in order (preferred first). `role` is ours, as
-    /// the rendezvous assigned it.
+    /// Candidates are deduplicated and kept in order (preferred first), all treated as
+    /// observed addresses. `role` is ours, as the rendezvous assigned it.
     pub fn new(
         schedule: Schedule,
         role: Role,
         addrs: impl IntoIterator<Item = SocketAddr>,
     ) -> Self {
+        Self::with_local(schedule, role, addrs, [])
+    }
+
+    /// Like [`Attempt::new`], with the peer's claimed local addresses after the observed
+    /// ones (dialed sparingly, see the module doc). An address in both lists is observed.
+    pub fn with_local(
+        schedule: Schedule,
+        role: Role,
+        observed: impl IntoIterator<Item = SocketAddr>,
+        local: impl IntoIterator<Item = SocketAddr>,
+    ) -> Self {
         let mut candidates: Vec<Candidate> = Vec::new();
-        for addr in addrs {
+        let addrs = observed.into_iter().map(|a| (a, false));
+        for (addr, local) in addrs.chain(local.into_iter().map(|a| (a, true))) {
             if !candidates.iter().any(|c| c.tried.addr == addr) {
                 candidates.push(Candidate {
                     tried: Tried {
@@ -209,6 +235,7 @@ impl Attempt {
                     },
                     state: State::Waiting(schedule.start),
                     refusals: 0,
+                    local,
                 });
             }
         }
@@ -347,7 +374,7 @@ impl Attempt {
     }
 
     /// A dial failed: redial at once if it was refused and the fast budget lasts, else after
-    /// the retry interval.
+    /// the retry interval; a local candidate never at once, and not after [`LOCAL_REFUSALS`].
     pub fn on_dial_failed(
         &mut self,
         now: Instant,
@@ -359,11 +386,14 @@ impl Attempt {
         if let Some(c) = self.candidate(addr) {
             c.tried.last_error = Some(CandidateError::Dial(error));
             if c.state == State::Dialing {
-                let fast = failure == Failure::Refused && c.refusals < FAST_REDIALS;
-                if failure == Failure::Refused {
-                    c.refusals += 1;
-                }
-                c.state = State::Waiting(if fast { now } else { paced });
+                let refused = failure == Failure::Refused;
+                let fast = refused && !c.local && c.refusals < FAST_REDIALS;
+                c.refusals += u32::from(refused);
+                c.state = if c.local && c.refusals >= LOCAL_REFUSALS {
+                    State::Failed
+                } else {
+                    State::Waiting(if fast { now } else { paced })
+                };
             }
         }
     }
@@ -435,7 +465,8 @@ impl Attempt {
     }
 
     /// The stream did not authenticate (the driver has dropped it). A wrong key stays wrong,
-    /// so its address is not dialed again; a stream that merely broke is redialed.
+    /// and a far end that is not speaking the punch protocol (bad preamble) is some other
+    /// service: neither address is dialed again. A stream that merely broke is redialed.
     pub fn on_auth_failed(&mut self, now: Instant, id: StreamId, error: AuthError) {
         let Some(entry) = self.streams.iter().find(|e| e.id == id) else {
             return;
@@ -445,8 +476,9 @@ impl Attempt {
         }
         let Some(entry) = self.remove(id) else { return };
         let final_ = error.is_final();
+        let foreign = matches!(error, AuthError::Preamble);
         if entry.dialed {
-            if final_ {
+            if final_ || foreign {
                 if let Some(c) = self.candidate(entry.addr) {
                     c.tried.last_error = Some(CandidateError::Auth(error.kind()));
                     c.state = State::Failed;
@@ -662,6 +694,107 @@ mod tests {
         assert_eq!(dial(&mut a, t), None, "budget used: paced now");
         assert_eq!(a.poll_timeout(), t + ms(250));
         assert_eq!(a.tried()[0].dials, FAST_REDIALS + 1);
+    }
+
+    /// Runs an attempt in which every dial is refused at once, polling every millisecond
+    /// over the whole window; returns the dials per candidate.
+    fn dials_when_everything_refuses(a: &mut Attempt, t0: Instant) -> Vec<u32> {
+        let mut t = t0;
+        while !a.is_expired(t) {
+            while let Some(action) = a.poll(t) {
+                if let Action::Dial(x) = action {
+                    a.on_dial_failed(
+                        t,
+                        x,
+                        Failure::Refused,
+                        std::io::ErrorKind::ConnectionRefused,
+                    );
+                }
+            }
+            t += ms(1);
+        }
+        a.tried().iter().map(|c| c.dials).collect()
+    }
+
+    #[test]
+    fn local_candidates_get_no_fast_redials_and_few_refusals() {
+        let t0 = Instant::now();
+        let observed = addr("203.0.113.9:7");
+        let locals = [addr("10.0.0.5:22"), addr("10.0.0.6:80"), observed];
+        let mut a = Attempt::with_local(
+            schedule(t0, ms(12_500), ms(250)),
+            Role::Responder,
+            [observed],
+            locals,
+        );
+        let dials = dials_when_everything_refuses(&mut a, t0);
+        // The observed address: 1 + FAST_REDIALS at once (within the first millisecond),
+        // then one every 250 ms. The locals (the duplicate of the observed one stays
+        // observed): LOCAL_REFUSALS each, 250 ms apart, then never again.
+        assert_eq!(dials.len(), 3);
+        assert_eq!(dials[0], 1 + FAST_REDIALS + 12_499 / 250);
+        assert_eq!(dials[1..], [LOCAL_REFUSALS, LOCAL_REFUSALS]);
+        let mut b = Attempt::with_local(
+            schedule(t0, ms(12_500), ms(250)),
+            Role::Responder,
+            [observed],
+            [addr("10.0.0.5:22")],
+        );
+        assert_eq!(
+            b.poll(t0)
+                .map(|x| matches!(x, Action::Dial(d) if d == observed)),
+            Some(true)
+        );
+        assert!(matches!(b.poll(t0), Some(Action::Dial(_))));
+        b.on_dial_failed(
+            t0,
+            addr("10.0.0.5:22"),
+            Failure::Refused,
+            std::io::ErrorKind::ConnectionRefused,
+        );
+        assert!(
+            b.poll(t0).is_none(),
+            "a refused local is not redialed at once"
+        );
+        assert_eq!(b.poll_timeout(), t0 + ms(250));
+    }
+
+    #[test]
+    fn a_candidate_answering_with_foreign_bytes_is_not_redialed() {
+        let t0 = Instant::now();
+        let (observed, ssh) = (addr("203.0.113.9:7"), addr("10.0.0.5:22"));
+        let mut a = Attempt::with_local(
+            schedule(t0, ms(5000), ms(250)),
+            Role::Initiator,
+            [observed],
+            [ssh],
+        );
+        assert_eq!(dial(&mut a, t0), Some(observed));
+        assert_eq!(dial(&mut a, t0), Some(ssh));
+        let s = a.on_connected(t0 + ms(1), ssh);
+        drain(&mut a, t0 + ms(1));
+        a.on_auth_failed(t0 + ms(2), s, AuthError::Preamble);
+        // Also the observed address, should a non-punch service sit there.
+        let o = a.on_connected(t0 + ms(3), observed);
+        drain(&mut a, t0 + ms(3));
+        a.on_auth_failed(t0 + ms(4), o, AuthError::Preamble);
+        let mut t = t0 + ms(4);
+        while t < a.deadline() {
+            assert_eq!(dial(&mut a, t), None, "redialed at {:?}", t - t0);
+            t += ms(50);
+        }
+        let tried = a.tried();
+        assert_eq!((tried[0].dials, tried[1].dials), (1, 1));
+        assert_eq!(
+            tried[1].last_error,
+            Some(CandidateError::Auth(AuthErrorKind::Preamble))
+        );
+        // Not a wrong key: the attempt ends in a timeout, not an authentication failure.
+        let deadline = a.deadline();
+        assert!(matches!(
+            drain(&mut a, deadline)[..],
+            [Action::Fail(GaveUp::Timeout { .. })]
+        ));
     }
 
     #[test]

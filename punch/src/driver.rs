@@ -76,7 +76,7 @@ pub(crate) async fn run(
         peer: offer.peer,
         session_id: offer.session_id,
     });
-    let mut attempt = Attempt::new(
+    let mut attempt = Attempt::with_local(
         Schedule {
             start: now() + offer.dial_delay,
             window: config.punch_window,
@@ -84,7 +84,8 @@ pub(crate) async fn run(
             auth_timeout: config.auth_timeout,
         },
         offer.role,
-        std::iter::once(offer.peer_observed).chain(offer.peer_local.iter().copied()),
+        [offer.peer_observed],
+        offer.peer_local.iter().copied(),
     );
     debug!(
         delay_ms = offer.dial_delay.as_millis() as u64,
