@@ -15,7 +15,10 @@
 //!   most; no eviction otherwise;
 //! - `pending()` equals the model's count, never over `cap`, and no prefix holds over `share`.
 //!
-//! The gate's internal maps are private; `pending()` is the only size it exposes.
+//! - memory (checked at prunes, formatting the gate is slow): the gate keeps no rate state without a rate, never more than one bucket per prefix
+//!   seen, and after `prune(now)` only the buckets of prefixes that tried within the last
+//!   minute (plus rounding slack). The maps are private and `pending()` is the only size the
+//!   gate exposes, so the buckets are counted in its `Debug` output.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -27,6 +30,8 @@ use punch_rendezvous::gate::{Admitted, GateLimits, HandshakeGate, Prefix, Refusa
 /// Events per input; the rate check is quadratic in the admissions of one prefix.
 const MAX_EVENTS: usize = 512;
 const MINUTE: Duration = Duration::from_secs(60);
+/// A bucket refills in at most a minute; floating-point rounding may take it a hair longer.
+const PRUNE_SLACK: Duration = Duration::from_millis(1);
 
 #[derive(Debug, Arbitrary)]
 pub struct Scenario {
@@ -91,12 +96,26 @@ pub fn run(s: Scenario) {
     let mut pending: HashMap<u64, Pending> = HashMap::new();
     let mut admitted: HashMap<Prefix, Vec<Instant>> = HashMap::new();
     let slack = Duration::from_micros(1);
+    // The last admission attempt of each prefix, with a rate configured.
+    let mut tried: HashMap<Prefix, Instant> = HashMap::new();
 
     for event in s.events.iter().take(MAX_EVENTS) {
         match *event {
             Event::AdvanceMillis(ms) => now += Duration::from_millis(u64::from(ms)),
             Event::AdvanceSecs(secs) => now += Duration::from_secs(u64::from(secs)),
-            Event::Prune => gate.prune(now),
+            Event::Prune => {
+                assert!(buckets(&gate) <= tried.len(), "more buckets than sources");
+                gate.prune(now);
+                let recent = tried
+                    .values()
+                    .filter(|t| now.saturating_duration_since(**t) < MINUTE + PRUNE_SLACK)
+                    .count();
+                let kept = buckets(&gate);
+                assert!(
+                    kept <= recent,
+                    "{kept} buckets kept by a prune, {recent} sources active"
+                );
+            }
             Event::FinishUnknown { id } => {
                 // Ids at or above `next_id` were never handed out.
                 gate.finish(next_id + u64::from(id));
@@ -115,6 +134,9 @@ pub fn run(s: Scenario) {
                 let prefix = Prefix::of(ip);
                 let id = next_id;
                 next_id += 1;
+                if rate.is_some() {
+                    tried.insert(prefix, now);
+                }
                 let times = admitted.entry(prefix).or_default();
                 let recent = times
                     .iter()
@@ -196,4 +218,9 @@ fn oldest(pending: &HashMap<u64, Pending>, f: impl Fn(&Pending) -> bool) -> Opti
         .filter(|(_, p)| f(p))
         .min_by_key(|(id, p)| (p.since, **id))
         .map(|(id, _)| *id)
+}
+
+/// The token buckets the gate holds, counted in its `Debug` output (the map is private).
+fn buckets(gate: &HandshakeGate) -> usize {
+    format!("{gate:?}").matches("TokenBucket").count()
 }
