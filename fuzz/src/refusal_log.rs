@@ -21,6 +21,9 @@ use punch_rendezvous::gate::Prefix;
 use punch_rendezvous::refusal_log::{Reason, RefusalLog, Summary};
 
 const MAX_EVENTS: usize = 1024;
+/// Refusals fed by floods per input: enough to pass the bound on sources twice, few enough to
+/// keep inputs fast.
+const MAX_FLOODED: u32 = 2 * MAX_TRACKED_SOURCES as u32 + 64;
 /// The module's bound on distinct sources remembered per interval (private there).
 const MAX_TRACKED_SOURCES: usize = 4096;
 
@@ -38,7 +41,7 @@ pub enum Event {
         src: u16,
     },
     /// `32 * (n + 1)` refusals at once from distinct sources (up to 8192: past the bound on
-    /// sources remembered).
+    /// sources remembered), within `MAX_FLOODED` per input.
     Flood {
         reason: Why,
         first: u16,
@@ -131,6 +134,7 @@ pub fn run(s: Scenario) {
     let mut fed = Totals::default();
     let mut reported = Totals::default();
     let mut last_summary: Option<Instant> = None;
+    let mut flooded = 0u32;
 
     for event in s.events.iter().take(MAX_EVENTS) {
         match *event {
@@ -142,7 +146,9 @@ pub fn run(s: Scenario) {
                 sources.insert(source(src));
             }
             Event::Flood { reason, first, n } => {
-                for i in 0..32 * (u16::from(n) + 1) {
+                let count = (32 * (u32::from(n) + 1)).min(MAX_FLOODED - flooded);
+                flooded += count;
+                for i in 0..count as u16 {
                     let src = source(first.wrapping_add(i.wrapping_mul(17)));
                     log.record(reason.reason(), src);
                     current.add(reason);
