@@ -341,6 +341,28 @@ impl TestClient {
         }
     }
 
+    /// Asks the server to punch to `peer` (request 1) and checks that both sides got an offer
+    /// for the same session: the server served the pair. Pings meanwhile are answered.
+    pub async fn punch_offers_with(&mut self, peer: &mut TestClient) -> anyhow::Result<()> {
+        self.send(&ClientMsg::Connect {
+            request_id: 1,
+            peer: peer.id(),
+        })
+        .await?;
+        let (ra, rb) = tokio::join!(
+            self.recv_skip_pings(RECV_TIMEOUT),
+            peer.recv_skip_pings(RECV_TIMEOUT)
+        );
+        match (ra?, rb?) {
+            (ServerMsg::Offer(oa), ServerMsg::Offer(ob)) if oa.session_id == ob.session_id => {
+                Ok(())
+            }
+            other => Err(anyhow!(
+                "expected two offers for one session, got {other:?}"
+            )),
+        }
+    }
+
     /// Like [`TestClient::try_recv_skip_pings`], but nothing arriving is an error.
     pub async fn recv_skip_pings(&mut self, timeout: Duration) -> anyhow::Result<ServerMsg> {
         self.try_recv_skip_pings(timeout)

@@ -18,7 +18,6 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use punch_proto::message::{ClientMsg, ServerMsg};
 use punch_proto::noise::Handshake;
 use punch_proto::{Keypair, PeerId};
 use punch_tests::{default_register, RendezvousProcess, TestClient, RECV_TIMEOUT};
@@ -141,20 +140,7 @@ async fn silent_and_half_open_floods_do_not_lock_out_honest_clients() {
     // Honest clients from two other addresses register and are served through the attack.
     let mut a = honest_from("127.0.0.50", addr, &id).await;
     let mut b = honest_from("127.0.0.51", addr, &id).await;
-    a.send(&ClientMsg::Connect {
-        request_id: 1,
-        peer: b.id(),
-    })
-    .await
-    .unwrap();
-    let (ra, rb) = tokio::join!(
-        a.recv_skip_pings(RECV_TIMEOUT),
-        b.recv_skip_pings(RECV_TIMEOUT)
-    );
-    match (ra.unwrap(), rb.unwrap()) {
-        (ServerMsg::Offer(oa), ServerMsg::Offer(ob)) => assert_eq!(oa.session_id, ob.session_id),
-        other => panic!("expected two offers, got {other:?}"),
-    }
+    a.punch_offers_with(&mut b).await.unwrap();
     a.ping().await.unwrap();
     b.ping().await.unwrap();
 

@@ -12,10 +12,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use punch_proto::message::{ClientMsg, ServerMsg};
 use punch_proto::noise::Handshake;
 use punch_proto::{Keypair, PeerId};
-use punch_tests::{rss_kib, RendezvousProcess, TestClient, RECV_TIMEOUT};
+use punch_tests::{rss_kib, RendezvousProcess, TestClient};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -345,20 +344,7 @@ async fn survives_a_thousand_garbage_connections() {
     let mut a = TestClient::connect(addr, &server_id).await.unwrap();
     let mut b = TestClient::connect(addr, &server_id).await.unwrap();
     assert_eq!(a.registered().observed, a.local_addr());
-    a.send(&ClientMsg::Connect {
-        request_id: 1,
-        peer: b.id(),
-    })
-    .await
-    .unwrap();
-    let (ra, rb) = tokio::join!(
-        a.recv_skip_pings(RECV_TIMEOUT),
-        b.recv_skip_pings(RECV_TIMEOUT)
-    );
-    match (ra.unwrap(), rb.unwrap()) {
-        (ServerMsg::Offer(oa), ServerMsg::Offer(ob)) => assert_eq!(oa.session_id, ob.session_id),
-        other => panic!("expected two offers, got {other:?}"),
-    }
+    a.punch_offers_with(&mut b).await.unwrap();
     a.ping().await.unwrap();
     assert!(server.log_text().contains("registered"));
     assert!(server.exited().is_none(), "the server died");
