@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
 use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
@@ -67,20 +67,12 @@ pub(super) fn admit_waiting(
     let id = state.next_handshake;
     state.next_handshake += 1;
     // No rate is configured for this gate, so it never refuses.
-    if let Ok(admitted) = state.waiting.admit(Instant::now(), id, addr.ip()) {
-        if let Some(old) = admitted.evicted {
-            evict(shared, &mut state, old);
-        }
-    }
-    let token = CancellationToken::new();
-    state.pending.insert(id, (token.clone(), prefix));
-    drop(state);
-    let slot = HandshakeSlot {
-        shared: shared.clone(),
-        id,
-        waiting: true,
-    };
-    (slot, token)
+    let evicted = state
+        .waiting
+        .admit(Instant::now(), id, addr.ip())
+        .ok()
+        .and_then(|admitted| admitted.evicted);
+    take_slot(shared, state, id, prefix, evicted, true)
 }
 
 /// Takes a per-IP connection slot (IPv6 keyed on the /64), or refuses the connection (it is
@@ -131,21 +123,40 @@ pub(super) fn admit_handshake(
             debug!("refused: handshake rate of this source spent");
             None
         }
-        Ok(admitted) => {
-            if let Some(old) = admitted.evicted {
-                evict(shared, &mut state, old);
-            }
-            let token = CancellationToken::new();
-            state.pending.insert(id, (token.clone(), prefix));
-            drop(state);
-            let slot = HandshakeSlot {
-                shared: shared.clone(),
-                id,
-                waiting: false,
-            };
-            Some((slot, token))
-        }
+        Ok(admitted) => Some(take_slot(
+            shared,
+            state,
+            id,
+            prefix,
+            admitted.evicted,
+            false,
+        )),
     }
+}
+
+/// Carries out an admission (of a waiting connection or of a handshake): drops the
+/// connection the gate evicted for it, and registers `id` with a cancel token the eviction of
+/// a later one can fire.
+fn take_slot(
+    shared: &Arc<Shared>,
+    mut state: MutexGuard<'_, State>,
+    id: u64,
+    prefix: Prefix,
+    evicted: Option<u64>,
+    waiting: bool,
+) -> (HandshakeSlot, CancellationToken) {
+    if let Some(old) = evicted {
+        evict(shared, &mut state, old);
+    }
+    let token = CancellationToken::new();
+    state.pending.insert(id, (token.clone(), prefix));
+    drop(state);
+    let slot = HandshakeSlot {
+        shared: shared.clone(),
+        id,
+        waiting,
+    };
+    (slot, token)
 }
 
 /// Cancels the connection the gate evicted and counts it.
