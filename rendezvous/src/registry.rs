@@ -427,6 +427,17 @@ mod tests {
         }
     }
 
+    /// Peers 1, 2 and 3, on connections 1, 2 and 3, all accepting and seen from one address.
+    fn three_peers() -> Registry {
+        let mut r = Registry::new(limits(), 10);
+        let obs: SocketAddr = "203.0.113.1:1000".parse().unwrap();
+        for i in 1..=3 {
+            r.register(u64::from(i), id(i), obs, &reg(true), Duration::ZERO)
+                .unwrap();
+        }
+        r
+    }
+
     fn error_code(actions: &[Action]) -> Option<ErrorCode> {
         match actions {
             [Action::Send {
@@ -507,12 +518,7 @@ mod tests {
 
     #[test]
     fn session_ids_are_random_non_zero_and_distinct() {
-        let mut r = Registry::new(limits(), 10);
-        let obs: SocketAddr = "203.0.113.1:1000".parse().unwrap();
-        for i in 1..=3 {
-            r.register(u64::from(i), id(i), obs, &reg(true), Duration::ZERO)
-                .unwrap();
-        }
+        let mut r = three_peers();
         let now = Instant::now();
         let mut ids = Vec::new();
         for (t, from) in [(0, 1), (0, 3), (1, 1), (1, 3)] {
@@ -564,13 +570,8 @@ mod tests {
 
     #[test]
     fn offers_per_target_are_limited() {
-        let mut r = Registry::new(limits(), 10);
+        let mut r = three_peers();
         let now = Instant::now();
-        let obs: SocketAddr = "203.0.113.1:1000".parse().unwrap();
-        for i in 1..=3 {
-            r.register(u64::from(i), id(i), obs, &reg(true), Duration::ZERO)
-                .unwrap();
-        }
         // Peers 1 and 3 each ask twice for peer 2: the fourth offer exceeds 3 per minute.
         assert_eq!(r.connect(now, 1, id(1), 1, id(2), |_| true).len(), 2);
         assert_eq!(r.connect(now, 1, id(1), 2, id(2), |_| true).len(), 2);
@@ -583,13 +584,8 @@ mod tests {
 
     #[test]
     fn both_offers_or_neither() {
-        let mut r = Registry::new(limits(), 10);
+        let mut r = three_peers();
         let now = Instant::now();
-        let obs: SocketAddr = "203.0.113.1:1000".parse().unwrap();
-        for i in 1..=3 {
-            r.register(u64::from(i), id(i), obs, &reg(true), Duration::ZERO)
-                .unwrap();
-        }
         // Peer 2's queue is full: peer 1 gets one error, and peer 2 no offer.
         let actions = r.connect(now, 1, id(1), 7, id(2), |c| c != 2);
         let [Action::Send {
@@ -609,12 +605,8 @@ mod tests {
 
     #[test]
     fn replacement_and_capacity() {
-        let mut r = Registry::new(limits(), 10);
+        let mut r = three_peers();
         let obs: SocketAddr = "203.0.113.1:1000".parse().unwrap();
-        for i in 1..=3 {
-            r.register(u64::from(i), id(i), obs, &reg(true), Duration::ZERO)
-                .unwrap();
-        }
         assert_eq!(
             r.register(4, id(4), obs, &reg(true), Duration::ZERO),
             Err(ErrorCode::ServerFull)
