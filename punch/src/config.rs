@@ -85,6 +85,8 @@ pub struct Config {
     pub stream_window: u32,
     /// See [`DEFAULT_MAX_STREAMS_PER_SESSION`].
     pub max_streams_per_session: usize,
+    /// What one session may make us hold for a hostile or stalled peer; see [`crate::guard`].
+    pub guard: crate::guard::GuardLimits,
 }
 
 impl Config {
@@ -111,6 +113,7 @@ impl Config {
             max_pending_inbound: DEFAULT_MAX_PENDING_INBOUND,
             stream_window: crate::session::DEFAULT_STREAM_WINDOW,
             max_streams_per_session: DEFAULT_MAX_STREAMS_PER_SESSION,
+            guard: crate::guard::GuardLimits::default(),
         }
     }
 }

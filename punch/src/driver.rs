@@ -259,7 +259,7 @@ fn established(ctx: &PunchCtx, offer: &Offer, auth: Authenticated, started: Inst
     ctx.emit(Event::Established(info.clone()));
     let yamux =
         crate::session::yamux_config(ctx.config.stream_window, ctx.config.max_streams_per_session);
-    Session::start(auth.into_secure(), info, yamux)
+    Session::start(auth.into_secure(), info, yamux, ctx.config.guard.clone())
 }
 
 /// The one clock of the drivers: tokio's (which `tokio::time::pause` controls), as the `std`

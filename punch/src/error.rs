@@ -138,6 +138,28 @@ pub enum SessionError {
     /// Opening a stream failed: the session has ended, or the peer refused more streams.
     #[error("could not open a stream: {0}")]
     Open(#[source] tokio_yamux::error::Error),
+    /// The peer's fault: it broke yamux in a way that would cost us memory (sent beyond the
+    /// window we granted, acknowledged a ping we never sent, opened too many streams).
+    #[error("peer broke the yamux protocol: {0}")]
+    PeerViolation(#[from] crate::guard::Violation),
+    /// The peer's fault: our writes made no progress for this long (it stopped reading).
+    #[error("peer stopped reading: no write progress for {0:?}")]
+    PeerNotReading(Duration),
+    /// Our fault (the local application): the session's unread budget stayed full, nothing
+    /// read, for `stalled`; reading had stopped, so the session was ended.
+    #[error("local reader stalled: {unread} bytes unread for {stalled:?}")]
+    ReaderStalled { stalled: Duration, unread: u64 },
+}
+
+impl From<crate::guard::Verdict> for SessionError {
+    fn from(v: crate::guard::Verdict) -> Self {
+        match v {
+            crate::guard::Verdict::PeerNotReading { stalled } => Self::PeerNotReading(stalled),
+            crate::guard::Verdict::ReaderStalled { stalled, unread } => {
+                Self::ReaderStalled { stalled, unread }
+            }
+        }
+    }
 }
 
 fn retry_hint(retry_after: Option<Duration>) -> String {

@@ -11,14 +11,15 @@
 //! - [`attempt`]: the pure decisions of one punch (dials, which stream wins, which error);
 //!   `driver` carries them out.
 //! - [`auth`]: preamble, Noise KK and choosing the winning stream.
-//! - [`secure`]: the encrypted byte stream; [`session`]: yamux over it.
+//! - [`secure`]: the encrypted byte stream; [`session`]: yamux over it; [`guard`]: the pure
+//!   ledger between them that bounds what a hostile peer can make yamux hold.
 //! - [`control`]: the pure state machine of the control connection to the rendezvous.
 //! - [`client`]: its driver and the public handle; [`event`]: what the client reports.
 //! - [`forward`]: forwarding punched streams to a local service with limits (`punch listen`)
 //!   and local connections to streams.
 //! - [`throttle`]: rate-limited reporting of refusals.
 //!
-//! Time: pure state machines ([`attempt`], [`control`]) take `std::time::Instant` values and
+//! Time: pure state machines ([`attempt`], [`control`], [`guard`]) take `std::time::Instant` values and
 //! never read a clock; drivers read tokio's clock (`tokio::time::Instant::now()`, converted with
 //! `into_std()` for the machines), so `tokio::time::pause` controls every timer.
 
@@ -31,6 +32,7 @@ mod driver;
 pub mod error;
 pub mod event;
 pub mod forward;
+pub mod guard;
 mod routes;
 pub mod secure;
 pub mod session;

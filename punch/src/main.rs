@@ -85,6 +85,15 @@ struct Common {
     /// Seconds to wait for the first registration with the rendezvous.
     #[arg(long, default_value_t = 10)]
     register_timeout_secs: u64,
+    /// Seconds a session may stay stuck before it is ended: our writes making no progress
+    /// (the peer stopped reading) or our reading paused with its unread budget full (the local
+    /// service stopped reading). Under yamux's 30 s ping timeout, so the log says which.
+    #[arg(long, default_value_t = punch::guard::DEFAULT_WRITE_STALL.as_secs(), value_name = "SECS")]
+    session_stall_secs: u64,
+    /// Bytes one session may hold unread (all its streams) before we stop reading from the
+    /// peer, which then waits (TCP back-pressure).
+    #[arg(long, default_value_t = punch::guard::DEFAULT_MAX_UNREAD, value_name = "BYTES")]
+    session_unread_bytes: u64,
 }
 
 fn init_tracing() {
@@ -171,6 +180,18 @@ async fn start(
     let mut config = Config::new(rendezvous, common.rendezvous_key, keypair);
     config.accept_inbound = accept_inbound;
     config.allow = allow;
+    anyhow::ensure!(
+        common.session_stall_secs > 0,
+        "--session-stall-secs must be at least 1"
+    );
+    anyhow::ensure!(
+        common.session_unread_bytes >= u64::from(config.stream_window),
+        "--session-unread-bytes must be at least one stream window ({} bytes)",
+        config.stream_window
+    );
+    config.guard.write_stall = Duration::from_secs(common.session_stall_secs);
+    config.guard.read_stall = Duration::from_secs(common.session_stall_secs);
+    config.guard.max_unread = common.session_unread_bytes;
     if let Some(bind) = common.bind {
         config.bind = bind;
     }

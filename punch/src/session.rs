@@ -27,6 +27,13 @@
 //! Known limit, left alone: after the *remote* half-closes a stream, tokio-yamux stops
 //! processing that stream's frames entirely, so we can send at most one more window (16 MiB)
 //! on it. Protocols that half-close then stream large replies need a full-duplex close.
+//!
+//! A hostile peer: between yamux and the encrypted stream sits [`crate::guard::Guard`], fed
+//! every plaintext byte in both directions. It enforces the receive window yamux only checks
+//! when the application reads, stops reading the socket while too many replies are owed (a
+//! ping flood from a peer that does not read) or too many bytes are unread (back-pressure to
+//! the peer, per session), and ends a session whose writes or reads stay stuck, with a typed
+//! [`SessionError`] ([`Session::end_reason`]).
 
 use std::io;
 use std::net::SocketAddr;
@@ -44,7 +51,10 @@ use tokio_yamux::{Config as YamuxConfig, Control, StreamHandle};
 use tracing::{debug, warn, Instrument};
 
 use crate::error::{Error, SessionError};
+use crate::guard::{Guard, GuardLimits};
+use crate::lock;
 use crate::secure::SecureStream;
+use crate::throttle::LogThrottle;
 
 /// Per-stream receive window (see the module doc).
 pub const DEFAULT_STREAM_WINDOW: u32 = 16 * 1024 * 1024;
@@ -59,18 +69,52 @@ pub const ACCEPT_BACKLOG: usize = 256;
 pub const LINGER_IDLE: Duration = Duration::from_millis(500);
 /// Upper bound of the linger, however busy the connection is.
 pub const LINGER_MAX: Duration = Duration::from_secs(30);
+/// How often the driver asks the guard whether a stall has lasted too long: the stall limits
+/// are tens of seconds, so a second of slack is nothing.
+const STALL_CHECK: Duration = Duration::from_secs(1);
+/// Sessions ended for misbehaviour are logged at most once per this interval (process-wide):
+/// a peer that gets itself cut off again and again must not flood the log.
+const END_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+static END_LOG: std::sync::LazyLock<std::sync::Mutex<LogThrottle>> =
+    std::sync::LazyLock::new(|| std::sync::Mutex::new(LogThrottle::new(END_LOG_INTERVAL)));
+
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
 
 /// Shared by the session handle, its openers and its streams. Dropping the last one drops the
 /// sender, which wakes the driver.
 #[derive(Debug)]
-struct Released(#[allow(dead_code)] oneshot::Sender<()>);
+struct HandleState {
+    _released: oneshot::Sender<()>,
+    guard: SharedGuard,
+}
 
-type Handles = Arc<Released>;
+type Handles = Arc<HandleState>;
 
-/// The socket side of the session, noting when it last wrote.
+/// The guard and the waker of a socket read it paused, shared by the socket side (polled in
+/// the driver task) and the streams (polled by the application), which lift pauses.
+struct Shared {
+    guard: Guard,
+    paused_reader: Option<Waker>,
+}
+
+type SharedGuard = Arc<std::sync::Mutex<Shared>>;
+
+/// Wakes the paused socket read when `lifted`.
+fn wake_if(shared: &mut Shared, lifted: bool) {
+    if lifted {
+        if let Some(w) = shared.paused_reader.take() {
+            w.wake();
+        }
+    }
+}
+
+/// The socket side of the session: every plaintext byte passes the guard.
 struct Tracked {
     inner: SecureStream<TcpStream>,
-    last_write: Arc<std::sync::Mutex<Instant>>,
+    shared: SharedGuard,
 }
 
 impl AsyncRead for Tracked {
@@ -79,7 +123,30 @@ impl AsyncRead for Tracked {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        {
+            let mut shared = lock(&self.shared);
+            if !shared.guard.may_read(now()) {
+                if shared.paused_reader.is_none() {
+                    debug!(
+                        unread = shared.guard.unread(),
+                        replies_owed = shared.guard.pending_replies(),
+                        "reading paused"
+                    );
+                }
+                shared.paused_reader = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            shared.paused_reader = None;
+        }
+        let before = buf.filled().len();
+        std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        let new = &buf.filled()[before..];
+        if !new.is_empty() {
+            if let Err(v) = lock(&self.shared).guard.on_read(new) {
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, v)));
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -90,14 +157,24 @@ impl AsyncWrite for Tracked {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            *self.last_write.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        let mut shared = lock(&self.shared);
+        match &res {
+            Poll::Ready(Ok(n)) => shared.guard.on_written(&buf[..*n], now()),
+            Poll::Pending => shared.guard.on_write_blocked(now()),
+            Poll::Ready(Err(_)) => {}
         }
         res
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let res = Pin::new(&mut self.inner).poll_flush(cx);
+        let mut shared = lock(&self.shared);
+        match &res {
+            Poll::Ready(Ok(())) => shared.guard.on_written(&[], now()),
+            Poll::Pending => shared.guard.on_write_blocked(now()),
+            Poll::Ready(Err(_)) => {}
+        }
+        res
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -151,8 +228,9 @@ pub struct Session {
     info: SessionInfo,
     control: Opener,
     incoming: mpsc::Receiver<Stream>,
-    /// Its sender lives in the driver task: dropped (closing the channel) when it ends.
-    ended: watch::Receiver<()>,
+    /// Its sender lives in the driver task: it sends why the session ended (when that was a
+    /// decision, not the peer closing) and is dropped (closing the channel) when it ends.
+    ended: watch::Receiver<Option<Arc<SessionError>>>,
     _handles: Handles,
 }
 
@@ -178,40 +256,63 @@ impl Opener {
     }
 }
 
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("unread", &self.guard.unread())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Logs (rate-limited, process-wide) why a session was ended.
+fn log_end(reason: &SessionError) {
+    if let Some(held_back) = lock(&END_LOG).hit(now()) {
+        warn!(%reason, held_back, "session ended");
+    }
+}
+
 impl Session {
     pub(crate) fn start(
         secure: SecureStream<TcpStream>,
         info: SessionInfo,
         config: YamuxConfig,
+        limits: GuardLimits,
     ) -> Self {
-        let last_write = Arc::new(std::sync::Mutex::new(Instant::now()));
+        let shared: SharedGuard = Arc::new(std::sync::Mutex::new(Shared {
+            guard: Guard::new(limits, config.max_stream_count, now()),
+            paused_reader: None,
+        }));
         let tracked = Tracked {
             inner: secure,
-            last_write: last_write.clone(),
+            shared: shared.clone(),
         };
         let mut session = match info.role {
             Role::Initiator => tokio_yamux::Session::new_client(tracked, config),
             Role::Responder => tokio_yamux::Session::new_server(tracked, config),
         };
         let (released_tx, released) = oneshot::channel();
-        let handles: Handles = Arc::new(Released(released_tx));
+        let handles: Handles = Arc::new(HandleState {
+            _released: released_tx,
+            guard: shared.clone(),
+        });
         let control = Opener(session.control(), handles.clone());
         let (tx, incoming) = mpsc::channel(ACCEPT_BACKLOG);
-        let (ended_tx, ended) = watch::channel(());
+        let (ended_tx, ended) = watch::channel(None);
         let span = tracing::info_span!("session", peer = %info.peer.short(), remote = %info.remote);
         let watch = Arc::downgrade(&handles);
         let driver = async move {
-            let _ended = ended_tx;
             let mut released = released;
             let mut released_at: Option<Instant> = None;
-            loop {
+            let mut check = tokio::time::interval(STALL_CHECK);
+            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let reason: Option<SessionError> = loop {
                 // After the release: close once writes have been idle LINGER_IDLE, or at
                 // LINGER_MAX. Re-armed whenever it fires early because something was written.
                 let close_at = released_at.map(|at| {
-                    let last = *last_write.lock().unwrap_or_else(|e| e.into_inner());
+                    let last = lock(&shared).guard.last_write();
                     (last + LINGER_IDLE).max(at).min(at + LINGER_MAX)
                 });
-                let wake = tokio::time::Instant::from_std(close_at.unwrap_or_else(Instant::now));
+                let wake = tokio::time::Instant::from_std(close_at.unwrap_or_else(now));
                 tokio::select! {
                     next = session.next() => match next {
                         Some(Ok(handle)) => match watch.upgrade() {
@@ -220,28 +321,48 @@ impl Session {
                                     warn!("inbound stream backlog full; stream reset");
                                 }
                             }
-                            None => debug!("inbound stream after the session was dropped; reset"),
+                            None => {
+                                lock(&shared).guard.on_released(handle.id());
+                                debug!("inbound stream after the session was dropped; reset");
+                            }
                         },
                         Some(Err(e)) => {
-                            debug!(error = ?e, "session ended");
-                            break;
+                            let violation = lock(&shared).guard.violation();
+                            match violation {
+                                Some(v) => break Some(SessionError::PeerViolation(v)),
+                                None => {
+                                    debug!(error = ?e, "session ended");
+                                    break None;
+                                }
+                            }
                         }
-                        None => break,
+                        None => break None,
                     },
                     _ = &mut released, if released_at.is_none() => {
-                        released_at = Some(Instant::now());
+                        released_at = Some(now());
+                    }
+                    _ = check.tick() => {
+                        let verdict = lock(&shared).guard.verdict(now());
+                        if let Some(v) = verdict {
+                            break Some(v.into());
+                        }
                     }
                     _ = tokio::time::sleep_until(wake), if close_at.is_some() => {
-                        let now = Instant::now();
-                        let last = *last_write.lock().unwrap_or_else(|e| e.into_inner());
-                        let since = released_at.map_or(Duration::ZERO, |at| now.duration_since(at));
-                        if now.duration_since(last) >= LINGER_IDLE || since >= LINGER_MAX {
+                        let at = now();
+                        let last = lock(&shared).guard.last_write();
+                        let since = released_at.map_or(Duration::ZERO, |r| at.duration_since(r));
+                        if at.duration_since(last) >= LINGER_IDLE || since >= LINGER_MAX {
                             debug!("all handles dropped and writes flushed; closing");
-                            break;
+                            break None;
                         }
                     }
                 }
+            };
+            if let Some(reason) = reason {
+                log_end(&reason);
+                let _ = ended_tx.send(Some(Arc::new(reason)));
             }
+            drop(session);
             debug!("session closed");
         };
         // Not kept: see the module doc (bounded by the connection and by LINGER_MAX).
@@ -285,6 +406,13 @@ impl Session {
         let mut ended = self.ended.clone();
         async move { while ended.changed().await.is_ok() {} }
     }
+
+    /// Why we ended the session, when we did: the peer broke the protocol, stopped reading,
+    /// or the application stopped reading. `None` while it runs and when it ended otherwise
+    /// (the peer closed it, the connection broke, yamux's keepalive failed).
+    pub fn end_reason(&self) -> Option<Arc<SessionError>> {
+        self.ended.borrow().clone()
+    }
 }
 
 /// One multiplexed stream. Reading and writing work independently (see the module doc).
@@ -294,7 +422,7 @@ pub struct Stream {
     /// Waker of a reader parked in `poll_read`, so a blocked writer that polls the read side
     /// (and so takes over the frame-channel wakeup) can hand the wakeup back.
     parked_reader: Option<Waker>,
-    _handles: Handles,
+    handles: Handles,
 }
 
 impl Stream {
@@ -302,16 +430,22 @@ impl Stream {
         Self {
             inner,
             parked_reader: None,
-            _handles: handles,
+            handles,
         }
     }
-}
 
-impl Stream {
     /// How many bytes we may send before the peer grants more (yamux flow control). Starts at
     /// 256 KiB and grows up to the peer's configured window as the peer reads.
     pub fn send_window(&self) -> u32 {
         self.inner.send_window()
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let mut shared = lock(&self.handles.guard);
+        let lifted = shared.guard.on_released(self.inner.id());
+        wake_if(&mut shared, lifted);
     }
 }
 
@@ -321,11 +455,18 @@ impl AsyncRead for Stream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
         self.parked_reader = match res {
             Poll::Pending => Some(cx.waker().clone()),
             Poll::Ready(_) => None,
         };
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            let mut shared = lock(&self.handles.guard);
+            let lifted = shared.guard.on_delivered(self.inner.id(), n);
+            wake_if(&mut shared, lifted);
+        }
         res
     }
 }
@@ -409,6 +550,7 @@ mod tests {
                     DEFAULT_STREAM_WINDOW,
                     crate::config::DEFAULT_MAX_STREAMS_PER_SESSION,
                 ),
+                GuardLimits::default(),
             )
         };
         (

@@ -8,6 +8,7 @@
 //!   kept in a file. Killed and cleaned up on drop.
 //! - [`TestClient`]: a control-protocol client built straight on `punch_proto`'s channel, with
 //!   no client-library logic, so tests see exactly what the server sends.
+//! - [`ListenProcess`]: the real `punch listen`, killed on drop, its log kept in a file.
 //! - [`rss_kib`]: a process's resident memory, for "memory stays flat" checks.
 //! - [`natlab`]: network-namespace NAT lab for the real-network tests.
 
@@ -403,6 +404,103 @@ impl TestClient {
                 other => bail!("expected the connection to close, got {other:?}"),
             }
         }
+    }
+}
+
+/// The real `punch listen`, killed on drop; its log (stderr) kept in a file.
+#[derive(Debug)]
+pub struct ListenProcess {
+    child: Child,
+    /// Its identity.
+    pub id: PeerId,
+    dir: PathBuf,
+    log: PathBuf,
+}
+
+impl ListenProcess {
+    /// Starts `punch listen --forward FORWARD` registered at `rv`, allowing `allow`, with
+    /// `extra` arguments; returns once it printed that it listens.
+    pub fn spawn(
+        rv: &RendezvousProcess,
+        forward: SocketAddr,
+        allow: &[PeerId],
+        extra: &[&str],
+    ) -> Self {
+        let dir = unique_temp_dir("punch-listen");
+        let key = Keypair::generate().expect("a fresh identity");
+        key.save(&dir.join("listen.key"))
+            .expect("writing the key file");
+        let log = dir.join("listen.log");
+        let mut cmd = Command::new(bin_path("punch"));
+        cmd.arg("listen")
+            .arg("--forward")
+            .arg(forward.to_string())
+            .arg("--rendezvous")
+            .arg(rv.addr().to_string())
+            .arg("--rendezvous-key")
+            .arg(rv.identity().to_string())
+            .arg("--key-file")
+            .arg(dir.join("listen.key"))
+            .arg("--bind")
+            .arg("127.0.0.1:0");
+        for id in allow {
+            cmd.arg("--allow").arg(id.to_string());
+        }
+        cmd.args(extra);
+        let mut child = cmd
+            .env("RUST_LOG", "punch=debug,warn")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(
+                File::create(&log).expect("creating the log file"),
+            ))
+            .spawn()
+            .expect("starting punch listen");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let listener = Self {
+            child,
+            id: key.public(),
+            dir,
+            log,
+        };
+        let line = rx.recv_timeout(STARTUP_TIMEOUT).unwrap_or_else(|_| {
+            panic!("punch listen did not start; log:\n{}", listener.log_text())
+        });
+        assert!(line.starts_with("listening as "), "{line}");
+        listener
+    }
+
+    /// Its log (stderr) so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Its open file descriptors now.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .expect("reading /proc/PID/fd")
+            .count()
+    }
+}
+
+impl ListenProcess {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ListenProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

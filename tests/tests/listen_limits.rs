@@ -13,11 +13,7 @@
 //!   ones keep working.
 #![allow(clippy::unwrap_used)]
 
-use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,8 +21,8 @@ use std::time::{Duration, Instant};
 use punch::forward::{DEFAULT_FORWARDS_PER_SESSION, DEFAULT_SESSIONS_PER_PEER};
 use punch::{Client, Config, Error, Session};
 use punch_proto::message::{ClientMsg, Register, ServerMsg, PROTOCOL_VERSION};
-use punch_proto::{Keypair, PeerId};
-use punch_tests::{bin_path, init_tracing, unique_temp_dir, RendezvousProcess, TestClient};
+use punch_proto::Keypair;
+use punch_tests::{init_tracing, ListenProcess, RendezvousProcess, TestClient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -64,82 +60,6 @@ async fn echo_service() -> (SocketAddr, Arc<Echo>) {
     (addr, echo)
 }
 
-/// The real `punch listen`, killed on drop; its log (stderr) kept in a file.
-struct Listener {
-    child: Child,
-    id: PeerId,
-    dir: PathBuf,
-    log: PathBuf,
-}
-
-impl Listener {
-    fn spawn(rv: &RendezvousProcess, forward: SocketAddr, allow: &[PeerId]) -> Self {
-        let dir = unique_temp_dir("punch-listen");
-        let key = Keypair::generate().unwrap();
-        key.save(&dir.join("listen.key")).unwrap();
-        let log = dir.join("listen.log");
-        let mut cmd = Command::new(bin_path("punch"));
-        cmd.arg("listen")
-            .arg("--forward")
-            .arg(forward.to_string())
-            .arg("--rendezvous")
-            .arg(rv.addr().to_string())
-            .arg("--rendezvous-key")
-            .arg(rv.identity().to_string())
-            .arg("--key-file")
-            .arg(dir.join("listen.key"))
-            .arg("--bind")
-            .arg("127.0.0.1:0");
-        for id in allow {
-            cmd.arg("--allow").arg(id.to_string());
-        }
-        let mut child = cmd
-            .env("RUST_LOG", "punch=debug,warn")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(File::create(&log).unwrap()))
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let listener = Self {
-            child,
-            id: key.public(),
-            dir,
-            log,
-        };
-        let line = rx.recv_timeout(HANG).unwrap_or_else(|_| {
-            panic!("punch listen did not start; log:\n{}", listener.log_text())
-        });
-        assert!(line.starts_with("listening as "), "{line}");
-        listener
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn open_fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
-            .unwrap()
-            .count()
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 async fn client(rv: &RendezvousProcess, keypair: Keypair) -> Client {
     let mut config = Config::new(rv.addr(), rv.identity(), keypair);
     config.bind = "127.0.0.1:0".parse().unwrap();
@@ -169,7 +89,7 @@ async fn a_stranger_is_never_dialed_while_the_allowed_peer_is_served() {
     let rv = RendezvousProcess::spawn(&[]);
     let (service, _echo) = echo_service().await;
     let alice = Keypair::generate().unwrap();
-    let listener = Listener::spawn(&rv, service, &[alice.public()]);
+    let listener = ListenProcess::spawn(&rv, service, &[alice.public()], &[]);
 
     // Stranger 1, a raw protocol client whose only local address is a trap: a dial by the
     // listener would land there.
@@ -237,7 +157,7 @@ async fn a_stream_flood_is_capped_and_an_honest_peer_still_punches() {
     let rv = RendezvousProcess::spawn(&[]);
     let (service, echo) = echo_service().await;
     let (mallory, carol) = (Keypair::generate().unwrap(), Keypair::generate().unwrap());
-    let listener = Listener::spawn(&rv, service, &[mallory.public(), carol.public()]);
+    let listener = ListenProcess::spawn(&rv, service, &[mallory.public(), carol.public()], &[]);
 
     let mallory = client(&rv, mallory).await;
     let flood = tokio::time::timeout(HANG, mallory.connect(listener.id))
@@ -315,7 +235,7 @@ async fn sessions_beyond_the_per_peer_cap_are_closed() {
     let rv = RendezvousProcess::spawn(&[]);
     let (service, _echo) = echo_service().await;
     let mallory = Keypair::generate().unwrap();
-    let listener = Listener::spawn(&rv, service, &[mallory.public()]);
+    let listener = ListenProcess::spawn(&rv, service, &[mallory.public()], &[]);
 
     let mut sessions = Vec::new();
     for _ in 0..DEFAULT_SESSIONS_PER_PEER + 2 {
