@@ -54,6 +54,8 @@ enum Command {
         /// Serve any peer the rendezvous introduces (a public service).
         #[arg(long, conflicts_with = "allow")]
         allow_any: bool,
+        #[command(flatten)]
+        limits: ListenCaps,
     },
     /// Punch to a peer. With --local, expose a local TCP listener whose connections become
     /// streams to the peer's forwarded service; without it, pipe stdin/stdout over one stream.
@@ -66,6 +68,31 @@ enum Command {
         #[arg(long, value_name = "HOST:PORT")]
         local: Option<SocketAddr>,
     },
+}
+
+/// The caps of `punch listen`; over a cap the newest session or stream is closed at once.
+#[derive(Debug, Args)]
+struct ListenCaps {
+    /// Sessions one peer may hold at once (a reconnecting node needs two).
+    #[arg(long, default_value_t = punch::forward::DEFAULT_SESSIONS_PER_PEER, value_parser = at_least_one)]
+    max_sessions_per_peer: usize,
+    /// Sessions at once, all peers.
+    #[arg(long, default_value_t = punch::forward::DEFAULT_SESSIONS_TOTAL, value_parser = at_least_one)]
+    max_sessions: usize,
+    /// Streams of one session forwarded to the service at once.
+    #[arg(long, default_value_t = punch::forward::DEFAULT_FORWARDS_PER_SESSION, value_parser = at_least_one)]
+    max_forwards_per_session: usize,
+    /// Streams forwarded to the service at once, all sessions (each is a connection to it).
+    #[arg(long, default_value_t = punch::forward::DEFAULT_FORWARDS_TOTAL, value_parser = at_least_one)]
+    max_forwards: usize,
+}
+
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -142,13 +169,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             forward,
             allow,
             allow_any,
+            limits,
         } => {
             let allow = if allow_any {
                 Allow::Any
             } else {
                 Allow::Only(allow.into_iter().collect())
             };
-            listen(common, forward, allow).await
+            let limits = ListenLimits {
+                sessions_per_peer: limits.max_sessions_per_peer,
+                sessions_total: limits.max_sessions,
+                forwards_per_session: limits.max_forwards_per_session,
+                forwards_total: limits.max_forwards,
+            };
+            listen(common, forward, allow, limits).await
         }
         Command::Connect {
             peer,
@@ -218,7 +252,12 @@ fn describe(session: &Session) -> String {
     )
 }
 
-async fn listen(common: Common, forward: String, allow: Allow) -> anyhow::Result<()> {
+async fn listen(
+    common: Common,
+    forward: String,
+    allow: Allow,
+    limits: ListenLimits,
+) -> anyhow::Result<()> {
     let target = tokio::net::lookup_host(&forward)
         .await
         .with_context(|| format!("resolving --forward {forward}"))?
@@ -236,7 +275,7 @@ async fn listen(common: Common, forward: String, allow: Allow) -> anyhow::Result
             eprintln!("punch: shutting down");
             Ok(())
         }
-        _ = punch::forward::serve(incoming, target, ListenLimits::default()) => bail!("client stopped"),
+        _ = punch::forward::serve(incoming, target, limits) => bail!("client stopped"),
     }
 }
 

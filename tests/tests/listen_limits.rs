@@ -265,3 +265,68 @@ async fn sessions_beyond_the_per_peer_cap_are_closed() {
     let log = listener.log_text();
     assert!(log.contains("too many sessions"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_total_caps_hold_across_peers_and_are_set_by_flags() {
+    init_tracing();
+    let rv = RendezvousProcess::spawn(&[]);
+    let (service, echo) = echo_service().await;
+    let keys: Vec<Keypair> = (0..3).map(|_| Keypair::generate().unwrap()).collect();
+    let ids: Vec<_> = keys.iter().map(Keypair::public).collect();
+    let listener = ListenProcess::spawn(
+        &rv,
+        service,
+        &ids,
+        &["--max-sessions", "2", "--max-forwards", "3"],
+    );
+
+    // Three peers, each one session: the third is over the total and closed at once.
+    let mut clients = Vec::new();
+    let mut sessions = Vec::new();
+    for key in &keys {
+        let c = client(&rv, key.clone()).await;
+        let session = tokio::time::timeout(HANG, c.connect(listener.id))
+            .await
+            .unwrap()
+            .unwrap();
+        sessions.push(session);
+        clients.push(c);
+    }
+    tokio::time::timeout(HANG, sessions[2].closed())
+        .await
+        .expect("the session beyond --max-sessions is closed by the listener");
+
+    // The two served peers open three streams each and hold them: at most three reach the
+    // service at once, whichever peer opened them.
+    let mut held = Vec::new();
+    for session in &sessions[..2] {
+        for i in 0..3 {
+            let mut s = session.open_stream().await.unwrap();
+            s.write_all(format!("held {i}\n").as_bytes()).await.unwrap();
+            held.push(s);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while echo.accepted.load(Ordering::SeqCst) < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Give any stream beyond the cap time to reach the service if it wrongly could.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        echo.most.load(Ordering::SeqCst),
+        3,
+        "service connections at once"
+    );
+
+    // Once the held streams are gone, both peers are served again.
+    drop(held);
+    let deadline = Instant::now() + HANG;
+    while echo.open.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    echo_once(&sessions[0], b"first peer again\n").await;
+    echo_once(&sessions[1], b"second peer again\n").await;
+    let log = listener.log_text();
+    assert!(log.contains("too many sessions"), "{log}");
+    assert!(log.contains("too many forwarded streams"), "{log}");
+}
