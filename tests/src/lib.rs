@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context};
 use punch_proto::channel::{client_handshake, Channel};
 use punch_proto::message::PROTOCOL_VERSION;
-use punch_proto::message::{ClientMsg, ErrorReply, Register, Registered, ServerMsg};
+use punch_proto::message::{ClientMsg, ErrorReply, Offer, Register, Registered, ServerMsg};
 use punch_proto::{Keypair, PeerId};
 use tokio::net::TcpStream;
 
@@ -342,6 +342,20 @@ impl TestClient {
         }
     }
 
+    /// Asks the server to punch to `peer` (request 1) and returns our offer; anything else
+    /// (a refusal, nothing) is an error.
+    pub async fn request_offer(&mut self, peer: PeerId) -> anyhow::Result<Offer> {
+        self.send(&ClientMsg::Connect {
+            request_id: 1,
+            peer,
+        })
+        .await?;
+        match self.recv_skip_pings(RECV_TIMEOUT).await? {
+            ServerMsg::Offer(offer) => Ok(offer),
+            other => Err(anyhow!("expected an offer, got {other:?}")),
+        }
+    }
+
     /// Asks the server to punch to `peer` (request 1) and checks that both sides got an offer
     /// for the same session: the server served the pair. Pings meanwhile are answered.
     pub async fn punch_offers_with(&mut self, peer: &mut TestClient) -> anyhow::Result<()> {
@@ -502,6 +516,41 @@ impl Drop for ListenProcess {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// How long [`punch_client`] and [`echo_once`] wait for what must come: loopback punches and
+/// echoes take milliseconds.
+pub const PUNCH_HANG: Duration = Duration::from_secs(20);
+
+/// A registered `punch::Client` on 127.0.0.1 that does not accept punches, as the peer that
+/// punches to a [`ListenProcess`]. Its punch window is 3 s, so a refused punch fails quickly.
+pub async fn punch_client(rv: &RendezvousProcess, keypair: Keypair) -> punch::Client {
+    let mut config = punch::Config::new(rv.addr(), rv.identity(), keypair);
+    config.bind = "127.0.0.1:0".parse().expect("a literal address");
+    config.accept_inbound = false;
+    config.punch_window = Duration::from_secs(3);
+    let (client, _incoming) = punch::Client::start(config)
+        .await
+        .expect("starting the client");
+    client
+        .wait_registered(PUNCH_HANG)
+        .await
+        .expect("registered in time");
+    client
+}
+
+/// Sends `line` through a fresh stream of `session` and checks that an echo service behind
+/// the peer sends it back.
+pub async fn echo_once(session: &punch::Session, line: &[u8]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = session.open_stream().await.expect("opening a stream");
+    stream.write_all(line).await.expect("writing the line");
+    let mut back = vec![0; line.len()];
+    tokio::time::timeout(PUNCH_HANG, stream.read_exact(&mut back))
+        .await
+        .expect("the echo came back in time")
+        .expect("reading the echo");
+    assert_eq!(back, line);
 }
 
 /// Resident memory of process `pid` in KiB (`VmRSS` in `/proc/PID/status`; Linux only).

@@ -19,10 +19,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use punch::forward::{DEFAULT_FORWARDS_PER_SESSION, DEFAULT_SESSIONS_PER_PEER};
-use punch::{Client, Config, Error, Session};
-use punch_proto::message::{ClientMsg, Register, ServerMsg, PROTOCOL_VERSION};
+use punch::Error;
+use punch_proto::message::{Register, PROTOCOL_VERSION};
 use punch_proto::Keypair;
-use punch_tests::{init_tracing, ListenProcess, RendezvousProcess, TestClient};
+use punch_tests::{
+    echo_once, init_tracing, punch_client, ListenProcess, RendezvousProcess, TestClient,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -60,29 +62,6 @@ async fn echo_service() -> (SocketAddr, Arc<Echo>) {
     (addr, echo)
 }
 
-async fn client(rv: &RendezvousProcess, keypair: Keypair) -> Client {
-    let mut config = Config::new(rv.addr(), rv.identity(), keypair);
-    config.bind = "127.0.0.1:0".parse().unwrap();
-    config.accept_inbound = false;
-    // A refused punch fails after this window instead of the default 10 s.
-    config.punch_window = Duration::from_secs(3);
-    let (client, _incoming) = Client::start(config).await.unwrap();
-    client.wait_registered(HANG).await.unwrap();
-    client
-}
-
-/// One line through a fresh stream of `session`, to the echo service and back.
-async fn echo_once(session: &Session, line: &[u8]) {
-    let mut stream = session.open_stream().await.unwrap();
-    stream.write_all(line).await.unwrap();
-    let mut back = vec![0; line.len()];
-    tokio::time::timeout(HANG, stream.read_exact(&mut back))
-        .await
-        .expect("the echo came back in time")
-        .unwrap();
-    assert_eq!(back, line);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stranger_is_never_dialed_while_the_allowed_peer_is_served() {
     init_tracing();
@@ -107,18 +86,9 @@ async fn a_stranger_is_never_dialed_while_the_allowed_peer_is_served() {
     )
     .await
     .unwrap();
-    raw.send(&ClientMsg::Connect {
-        request_id: 1,
-        peer: listener.id,
-    })
-    .await
-    .unwrap();
-    let offer = match raw.recv_skip_pings(HANG).await.unwrap() {
-        ServerMsg::Offer(offer) => offer,
-        other => panic!("expected the offer, got {other:?}"),
-    };
+    let offer = raw.request_offer(listener.id).await.unwrap();
     // Stranger 2, the real client library: its punch fails with a typed error.
-    let stranger = client(&rv, Keypair::generate().unwrap()).await;
+    let stranger = punch_client(&rv, Keypair::generate().unwrap()).await;
     let started = Instant::now();
     let refused = stranger.connect(listener.id).await;
     assert!(
@@ -135,7 +105,7 @@ async fn a_stranger_is_never_dialed_while_the_allowed_peer_is_served() {
     );
 
     // The allowed peer is served.
-    let alice = client(&rv, alice).await;
+    let alice = punch_client(&rv, alice).await;
     let session = tokio::time::timeout(HANG, alice.connect(listener.id))
         .await
         .unwrap()
@@ -159,7 +129,7 @@ async fn a_stream_flood_is_capped_and_an_honest_peer_still_punches() {
     let (mallory, carol) = (Keypair::generate().unwrap(), Keypair::generate().unwrap());
     let listener = ListenProcess::spawn(&rv, service, &[mallory.public(), carol.public()], &[]);
 
-    let mallory = client(&rv, mallory).await;
+    let mallory = punch_client(&rv, mallory).await;
     let flood = tokio::time::timeout(HANG, mallory.connect(listener.id))
         .await
         .unwrap()
@@ -209,7 +179,7 @@ async fn a_stream_flood_is_capped_and_an_honest_peer_still_punches() {
     );
 
     // During the flood (all its streams still held), an honest peer punches and is served.
-    let carol = client(&rv, carol).await;
+    let carol = punch_client(&rv, carol).await;
     let session = tokio::time::timeout(HANG, carol.connect(listener.id))
         .await
         .unwrap()
@@ -241,7 +211,7 @@ async fn sessions_beyond_the_per_peer_cap_are_closed() {
     for _ in 0..DEFAULT_SESSIONS_PER_PEER + 2 {
         // Each client has its own punch port, so each session is a new connection; the
         // session outlives its client.
-        let c = client(&rv, mallory.clone()).await;
+        let c = punch_client(&rv, mallory.clone()).await;
         let session = tokio::time::timeout(HANG, c.connect(listener.id))
             .await
             .unwrap()
@@ -284,7 +254,7 @@ async fn the_total_caps_hold_across_peers_and_are_set_by_flags() {
     let mut clients = Vec::new();
     let mut sessions = Vec::new();
     for key in &keys {
-        let c = client(&rv, key.clone()).await;
+        let c = punch_client(&rv, key.clone()).await;
         let session = tokio::time::timeout(HANG, c.connect(listener.id))
             .await
             .unwrap()

@@ -20,10 +20,12 @@ use std::time::{Duration, Instant};
 use punch::auth::{authenticate, AuthContext};
 use punch::guard::encode_header;
 use punch::secure::SecureStream;
-use punch::{Client, Config, Session};
-use punch_proto::message::{ClientMsg, Register, ServerMsg, PROTOCOL_VERSION};
+use punch::{Client, Session};
+use punch_proto::message::{Register, PROTOCOL_VERSION};
 use punch_proto::{Keypair, Role};
-use punch_tests::{init_tracing, rss_kib, ListenProcess, RendezvousProcess, TestClient};
+use punch_tests::{
+    echo_once, init_tracing, punch_client, rss_kib, ListenProcess, RendezvousProcess, TestClient,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -72,27 +74,6 @@ async fn service() -> SocketAddr {
     addr
 }
 
-async fn honest_client(rv: &RendezvousProcess, keypair: Keypair) -> Client {
-    let mut config = Config::new(rv.addr(), rv.identity(), keypair);
-    config.bind = "127.0.0.1:0".parse().unwrap();
-    config.accept_inbound = false;
-    let (client, _incoming) = Client::start(config).await.unwrap();
-    client.wait_registered(HANG).await.unwrap();
-    client
-}
-
-/// One line through a fresh stream, to the echo service and back.
-async fn echo_once(session: &Session, line: &[u8]) {
-    let mut stream = session.open_stream().await.unwrap();
-    stream.write_all(line).await.unwrap();
-    let mut back = vec![0; line.len()];
-    tokio::time::timeout(HANG, stream.read_exact(&mut back))
-        .await
-        .expect("the echo came back in time")
-        .unwrap();
-    assert_eq!(back, line);
-}
-
 /// The attacker's side of a real punch to the listener: registered with the rendezvous from
 /// 127.0.0.2, asks for the listener, dials it and authenticates with the offer's role. Returns
 /// the raw encrypted stream (yamux is ours to speak) and the attacker's yamux role.
@@ -112,16 +93,7 @@ async fn punched_raw(
     let mut raw = TestClient::handshake(control, &rv.identity(), keypair.clone(), &register)
         .await
         .unwrap();
-    raw.send(&ClientMsg::Connect {
-        request_id: 1,
-        peer: listener.id,
-    })
-    .await
-    .unwrap();
-    let offer = match raw.recv_skip_pings(HANG).await.unwrap() {
-        ServerMsg::Offer(offer) => offer,
-        other => panic!("expected an offer, got {other:?}"),
-    };
+    let offer = raw.request_offer(listener.id).await.unwrap();
     let expect = AuthContext {
         role: offer.role,
         keypair: keypair.clone(),
@@ -209,7 +181,7 @@ async fn scene(extra: &[&str]) -> Scene {
         &[attacker.public(), honest_key.public()],
         &args,
     );
-    let honest_client = honest_client(&rv, honest_key).await;
+    let honest_client = punch_client(&rv, honest_key).await;
     let honest = honest_client.connect(listener.id).await.unwrap();
     echo_once(&honest, b"Ebefore the attack\n").await;
     Scene {
