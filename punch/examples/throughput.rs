@@ -1,10 +1,12 @@
 //! Bulk throughput of one punched stream against raw TCP in the same run, on loopback.
 //!
-//! `cargo run --release -p punch --example throughput -- [MIB] [WINDOW_MIB] [ROUNDS]`
+//! `cargo run --release -p punch --example throughput -- [MIB] [WINDOW_MIB] [ROUNDS] [tunnel]`
 //! (defaults 1024, 16, 3): starts an in-process rendezvous and two clients, punches, then sends
 //! MIB MiB over one stream (the receiver counts every byte) and the same over a plain loopback
-//! TCP connection, alternating, ROUNDS times; prints each run and the median ratio. Only public
-//! API, so the same file measures older commits.
+//! TCP connection, alternating, ROUNDS times; prints each run and the median ratio. With
+//! `tunnel`, a third measurement runs what `punch connect --local` -> `punch listen --forward`
+//! do (TCP -> `forward::splice` -> stream -> `forward::serve` -> TCP), on a second session, and
+//! its ratio to the stream. Only public API, so the same file measures older commits.
 #![allow(clippy::unwrap_used)] // a measuring tool: any failure is fatal and says where
 
 use std::time::{Duration, Instant};
@@ -60,8 +62,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 #[tokio::main]
 async fn main() {
+    let tunnel = std::env::args().any(|a| a == "tunnel");
     let args: Vec<u64> = std::env::args()
         .skip(1)
+        .filter(|a| a != "tunnel")
         .map(|a| a.parse().expect("numbers: MIB WINDOW_MIB ROUNDS"))
         .collect();
     let mib = args.first().copied().unwrap_or(1024);
@@ -93,22 +97,64 @@ async fn main() {
     let (sa, sb) = tokio::join!(a.connect(b.id()), b_in.next());
     let (sa, mut sb) = (sa.unwrap(), sb.unwrap());
 
-    let (mut punch_runs, mut tcp_runs) = (Vec::new(), Vec::new());
+    // The tunnel: a sink service behind `forward::serve` on a second listening client, and a
+    // local listener whose connections `forward::splice` puts on streams of a second session.
+    let local = if tunnel {
+        let sink = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sink_addr = sink.local_addr().unwrap();
+        let (c, _) = client(false).await.unwrap();
+        let (d, d_in) = client(true).await.unwrap();
+        c.wait_registered(Duration::from_secs(10)).await.unwrap();
+        d.wait_registered(Duration::from_secs(10)).await.unwrap();
+        tokio::spawn(punch::forward::serve(
+            d_in,
+            sink_addr,
+            punch::forward::ListenLimits::default(),
+        ));
+        let session = c.connect(d.id()).await.unwrap();
+        let local = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let local_addr = local.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = local.accept().await {
+                let stream = session.open_stream().await.unwrap();
+                tokio::spawn(punch::forward::splice(tcp, stream));
+            }
+        });
+        // Both clients live until the process exits.
+        std::mem::forget((c, d));
+        Some((local_addr, sink))
+    } else {
+        None
+    };
+
+    let (mut punch_runs, mut tcp_runs, mut tunnel_runs) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
         let w = sa.open_stream().await.unwrap();
         let r = sb.accept_stream().await.unwrap();
         let p = pump(w, r, total).await;
         let t = raw_tcp(total).await;
-        println!(
+        print!(
             "round {round}: punch stream {p:.0} MB/s, raw TCP {t:.0} MB/s, ratio {:.3}",
             p / t
         );
+        if let Some((local_addr, sink)) = &local {
+            let w = TcpStream::connect(local_addr).await.unwrap();
+            let (r, _) = sink.accept().await.unwrap();
+            let u = pump(w, r, total).await;
+            print!("; tunnel {u:.0} MB/s, {:.3} of the stream", u / p);
+            tunnel_runs.push(u / p);
+        }
+        println!();
         punch_runs.push(p);
         tcp_runs.push(t);
     }
     let (p, t) = (median(punch_runs), median(tcp_runs));
-    println!(
+    print!(
         "median of {rounds}: punch stream {p:.0} MB/s ({mib} MiB, {window_mib} MiB window), raw TCP {t:.0} MB/s, ratio {:.3}",
         p / t
     );
+    if tunnel {
+        print!("; tunnel/stream {:.3}", median(tunnel_runs));
+    }
+    println!();
 }
