@@ -18,6 +18,20 @@
 //! one NAT, the only case where a LAN address can be the better path), only private ones
 //! ([`is_dialable_local`]), and at most [`MAX_LOCAL_CANDIDATES`].
 //!
+//! Sybils. Identities are free, so no limit may be per identity alone. A target's
+//! registration carries its allow-list (at most [`MAX_ALLOW`] identities, empty: anyone),
+//! checked before any budget is charged: a requester not on it gets `NotAllowed` and the
+//! target never hears of it. Punch requests are limited per identity, per source (IPv4
+//! address, IPv6 /64) and per network (IPv4 /24, IPv6 /48); offers to one target are budgeted
+//! per (target, requesting source) and per (target, requesting network), so requesters from
+//! one block of addresses cannot spend the budget of everyone else. Registrations are capped
+//! per source and per network, so a block of addresses cannot fill `max_peers`.
+//!
+//! Memory: `peers` holds at most `max_peers` entries (each with at most [`MAX_ALLOW`] allowed
+//! identities, 2 KiB); the per-source and per-network registration counts at most one entry
+//! per peer; each of the five rate tables at most `max_rate_keys` keys ([`RateTable`]), and
+//! [`Registry::prune`] drops keys idle for a minute.
+//!
 //! Session ids are random (from an RNG the registry owns, seeded at construction so tests and
 //! the simulator stay deterministic), never 0, so they reveal neither how many sessions the
 //! server has coordinated nor which id comes next.
@@ -29,10 +43,14 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use punch_proto::message::{ErrorCode, ErrorReply, Offer, Register, ServerMsg, PROTOCOL_VERSION};
+use punch_proto::message::{
+    ErrorCode, ErrorReply, Offer, Register, ServerMsg, MAX_ALLOW, PROTOCOL_VERSION,
+};
 use punch_proto::{PeerId, Role};
 
-use crate::limiter::TokenBucket;
+use crate::config;
+use crate::gate::Prefix;
+use crate::limiter::{Limited, RateTable};
 
 /// Identifies one control connection (a registration of an identity may move between them).
 pub type ConnId = u64;
@@ -46,13 +64,46 @@ pub enum Action {
     Close { conn: ConnId, reason: &'static str },
 }
 
-/// Limits the registry enforces.
+/// Limits the registry enforces (the server's [`crate::Config`] documents each default).
+/// "Source" is an IPv4 address or IPv6 /64, "network" an IPv4 /24 or IPv6 /48 ([`Prefix`]).
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_peers: usize,
+    pub max_registrations_per_source: usize,
+    pub max_registrations_per_network: usize,
+    /// Per requesting identity.
     pub punch_requests_per_minute: u32,
-    pub offers_per_target_per_minute: u32,
+    pub punch_requests_per_source_per_minute: u32,
+    pub punch_requests_per_network_per_minute: u32,
+    /// Offers to one target from requesters of one source.
+    pub offers_per_target_per_source_per_minute: u32,
+    /// Offers to one target from requesters of one network.
+    pub offers_per_target_per_network_per_minute: u32,
+    /// Keys each rate table holds at most.
+    pub max_rate_keys: usize,
     pub dial_margin: Duration,
+}
+
+impl Default for Limits {
+    /// The server's defaults.
+    fn default() -> Self {
+        Self {
+            max_peers: config::DEFAULT_MAX_PEERS,
+            max_registrations_per_source: config::DEFAULT_MAX_REGISTRATIONS_PER_SOURCE,
+            max_registrations_per_network: config::DEFAULT_MAX_REGISTRATIONS_PER_NETWORK,
+            punch_requests_per_minute: config::DEFAULT_PUNCH_REQUESTS_PER_MINUTE,
+            punch_requests_per_source_per_minute:
+                config::DEFAULT_PUNCH_REQUESTS_PER_SOURCE_PER_MINUTE,
+            punch_requests_per_network_per_minute:
+                config::DEFAULT_PUNCH_REQUESTS_PER_NETWORK_PER_MINUTE,
+            offers_per_target_per_source_per_minute:
+                config::DEFAULT_OFFERS_PER_TARGET_PER_SOURCE_PER_MINUTE,
+            offers_per_target_per_network_per_minute:
+                config::DEFAULT_OFFERS_PER_TARGET_PER_NETWORK_PER_MINUTE,
+            max_rate_keys: config::DEFAULT_MAX_RATE_KEYS,
+            dial_margin: config::DEFAULT_DIAL_MARGIN,
+        }
+    }
 }
 
 /// Counters, exported by the binary.
@@ -61,7 +112,14 @@ pub struct Stats {
     pub registrations: u64,
     pub replaced: u64,
     pub offers: u64,
+    /// Punch requests answered with an error (any code, including the two below).
     pub refused: u64,
+    /// Punch requests refused by the target's allow-list (the target was not told).
+    pub not_allowed: u64,
+    /// Punch requests refused by a request or offer budget.
+    pub rate_limited: u64,
+    /// Registrations refused for their source's or network's cap (`NetworkFull`).
+    pub network_full: u64,
 }
 
 #[derive(Debug)]
@@ -70,6 +128,8 @@ struct Peer {
     observed: SocketAddr,
     local: Vec<SocketAddr>,
     accept_inbound: bool,
+    /// Who may punch to this peer; empty: anyone.
+    allow: Vec<PeerId>,
     srtt: Duration,
 }
 
@@ -78,13 +138,45 @@ struct Peer {
 pub struct Registry {
     limits: Limits,
     peers: HashMap<PeerId, Peer>,
-    request_buckets: HashMap<PeerId, TokenBucket>,
-    offer_buckets: HashMap<PeerId, TokenBucket>,
+    /// Registered peers per source and per network (entries at zero are removed).
+    per_source: HashMap<Prefix, usize>,
+    per_network: HashMap<Prefix, usize>,
+    requests_by_id: RateTable<PeerId>,
+    requests_by_source: RateTable<Prefix>,
+    requests_by_network: RateTable<Prefix>,
+    offers_by_source: RateTable<(PeerId, Prefix)>,
+    offers_by_network: RateTable<(PeerId, Prefix)>,
     sessions: StdRng,
     stats: Stats,
 }
 
-const MINUTE: Duration = Duration::from_secs(60);
+/// A refusal of a punch request: code, detail for the requester, retry time.
+type Refusal = (ErrorCode, String, Option<Duration>);
+
+/// A rate table's refusal as the requester's error.
+fn rate_refusal(what: impl FnOnce() -> String) -> impl FnOnce(Limited) -> Refusal {
+    move |limited| match limited {
+        Limited::Wait(wait) => (ErrorCode::RateLimited, what(), Some(wait)),
+        Limited::TableFull(wait) => (
+            ErrorCode::RateLimited,
+            "the rendezvous's rate tables are full; retry later".into(),
+            Some(wait),
+        ),
+    }
+}
+
+fn count_up(map: &mut HashMap<Prefix, usize>, key: Prefix) {
+    *map.entry(key).or_insert(0) += 1;
+}
+
+fn count_down(map: &mut HashMap<Prefix, usize>, key: Prefix) {
+    if let Some(n) = map.get_mut(&key) {
+        *n -= 1;
+        if *n == 0 {
+            map.remove(&key);
+        }
+    }
+}
 
 /// The largest one-way delay the dial schedule believes. Real paths stay below it (a
 /// geostationary satellite hop is about 300 ms one way); a larger SRTT is a slow or lying
@@ -103,11 +195,20 @@ impl Registry {
     /// ids are unpredictable and ids from before a restart do not repeat (a stale punched
     /// stream then fails the Noise prologue). Tests pass a fixed seed for determinism.
     pub fn new(limits: Limits, session_seed: u64) -> Self {
+        let keys = limits.max_rate_keys;
         Self {
+            requests_by_id: RateTable::new(limits.punch_requests_per_minute, keys),
+            requests_by_source: RateTable::new(limits.punch_requests_per_source_per_minute, keys),
+            requests_by_network: RateTable::new(limits.punch_requests_per_network_per_minute, keys),
+            offers_by_source: RateTable::new(limits.offers_per_target_per_source_per_minute, keys),
+            offers_by_network: RateTable::new(
+                limits.offers_per_target_per_network_per_minute,
+                keys,
+            ),
             limits,
             peers: HashMap::new(),
-            request_buckets: HashMap::new(),
-            offer_buckets: HashMap::new(),
+            per_source: HashMap::new(),
+            per_network: HashMap::new(),
             sessions: StdRng::seed_from_u64(session_seed),
             stats: Stats::default(),
         }
@@ -131,7 +232,9 @@ impl Registry {
     }
 
     /// Registers `peer` on `conn`, seen from `observed`, replacing an older registration of the
-    /// same identity (whose connection is closed). Returns the registration error to send, if any.
+    /// same identity (whose connection is closed). Returns the registration error to send, if
+    /// any: `UnsupportedVersion`, `NetworkFull` (the source or network holds its maximum of
+    /// registrations; a replacement does not count its own old registration), `ServerFull`.
     pub fn register(
         &mut self,
         conn: ConnId,
@@ -143,12 +246,27 @@ impl Registry {
         if register.version != PROTOCOL_VERSION {
             return Err(ErrorCode::UnsupportedVersion);
         }
+        let (source, network) = (Prefix::of(observed.ip()), Prefix::network(observed.ip()));
+        let old = self.peers.get(&peer).map(|p| p.observed.ip());
+        let held = |map: &HashMap<Prefix, usize>, key: Prefix, of: fn(IpAddr) -> Prefix| {
+            let own = old.is_some_and(|ip| of(ip) == key);
+            map.get(&key).copied().unwrap_or(0) - usize::from(own)
+        };
+        if held(&self.per_source, source, Prefix::of) >= self.limits.max_registrations_per_source
+            || held(&self.per_network, network, Prefix::network)
+                >= self.limits.max_registrations_per_network
+        {
+            self.stats.network_full += 1;
+            return Err(ErrorCode::NetworkFull);
+        }
         let mut actions = Vec::new();
-        if let Some(old) = self.peers.get(&peer) {
+        if let Some(old) = self.peers.remove(&peer) {
             actions.push(Action::Close {
                 conn: old.conn,
                 reason: "replaced by a newer registration of the same identity",
             });
+            count_down(&mut self.per_source, Prefix::of(old.observed.ip()));
+            count_down(&mut self.per_network, Prefix::network(old.observed.ip()));
             self.stats.replaced += 1;
         } else if self.peers.len() >= self.limits.max_peers {
             return Err(ErrorCode::ServerFull);
@@ -167,17 +285,32 @@ impl Registry {
                 observed,
                 local,
                 accept_inbound: register.accept_inbound,
+                allow: register.allow.iter().take(MAX_ALLOW).copied().collect(),
                 srtt: rtt,
             },
         );
+        count_up(&mut self.per_source, source);
+        count_up(&mut self.per_network, network);
         self.stats.registrations += 1;
         Ok(actions)
+    }
+
+    /// Peers registered now from `observed`'s source and network.
+    pub fn registered_from(&self, observed: IpAddr) -> (usize, usize) {
+        let get = |map: &HashMap<Prefix, usize>, key| map.get(&key).copied().unwrap_or(0);
+        (
+            get(&self.per_source, Prefix::of(observed)),
+            get(&self.per_network, Prefix::network(observed)),
+        )
     }
 
     /// Forgets `peer` if it is still registered on `conn` (a replaced registration is not touched).
     pub fn unregister(&mut self, peer: &PeerId, conn: ConnId) {
         if self.is_registered(peer, conn) {
-            self.peers.remove(peer);
+            if let Some(old) = self.peers.remove(peer) {
+                count_down(&mut self.per_source, Prefix::of(old.observed.ip()));
+                count_down(&mut self.per_network, Prefix::network(old.observed.ip()));
+            }
         }
     }
 
@@ -213,6 +346,11 @@ impl Registry {
             Ok(actions) => actions,
             Err((code, detail, retry_after)) => {
                 self.stats.refused += 1;
+                match code {
+                    ErrorCode::NotAllowed => self.stats.not_allowed += 1,
+                    ErrorCode::RateLimited => self.stats.rate_limited += 1,
+                    _ => {}
+                }
                 vec![Action::Send {
                     conn,
                     msg: ServerMsg::Error(ErrorReply {
@@ -234,31 +372,51 @@ impl Registry {
         request_id: u64,
         target: PeerId,
         can_send: impl Fn(ConnId) -> bool,
-    ) -> Result<Vec<Action>, (ErrorCode, String, Option<Duration>)> {
+    ) -> Result<Vec<Action>, Refusal> {
         // A connection replaced by a newer registration of the same identity may still send a
         // request before it reads its Close: it must not act for the new connection.
-        if !self.is_registered(&from, conn) {
+        let Some(a) = self.peers.get(&from).filter(|a| a.conn == conn) else {
             return Err((
                 ErrorCode::BadRequest,
                 "this connection's registration was replaced".into(),
                 None,
             ));
-        }
+        };
+        let ip = a.observed.ip();
+        let (source, network) = (Prefix::of(ip), Prefix::network(ip));
         let limits = &self.limits;
-        self.request_buckets
-            .entry(from)
-            .or_insert_with(|| TokenBucket::new(limits.punch_requests_per_minute, MINUTE, now))
-            .try_take(now)
-            .map_err(|wait| {
-                (
-                    ErrorCode::RateLimited,
-                    format!(
-                        "more than {} punch requests per minute",
-                        limits.punch_requests_per_minute
-                    ),
-                    Some(wait),
+        // Request limits: all three are checked before any is charged, so a request refused
+        // by one costs no token of the others.
+        self.requests_by_id
+            .check(now, &from)
+            .map_err(rate_refusal(|| {
+                format!(
+                    "more than {} punch requests per minute from this identity",
+                    limits.punch_requests_per_minute
                 )
-            })?;
+            }))?;
+        self.requests_by_source
+            .check(now, &source)
+            .map_err(rate_refusal(|| {
+                format!(
+                    "more than {} punch requests per minute from {source}",
+                    limits.punch_requests_per_source_per_minute
+                )
+            }))?;
+        self.requests_by_network
+            .check(now, &network)
+            .map_err(rate_refusal(|| {
+                format!(
+                    "more than {} punch requests per minute from {network}",
+                    limits.punch_requests_per_network_per_minute
+                )
+            }))?;
+        let taken = [
+            self.requests_by_id.take(now, from),
+            self.requests_by_source.take(now, source),
+            self.requests_by_network.take(now, network),
+        ];
+        debug_assert!(taken.iter().all(Result::is_ok), "{taken:?}");
         if from == target {
             return Err((
                 ErrorCode::SelfConnect,
@@ -266,12 +424,7 @@ impl Registry {
                 None,
             ));
         }
-        let a = self.peers.get(&from).ok_or((
-            ErrorCode::BadRequest,
-            "requester is not registered".into(),
-            None,
-        ))?;
-        debug_assert_eq!(a.conn, conn);
+        let a = &self.peers[&from];
         let b = self.peers.get(&target).ok_or_else(|| {
             (
                 ErrorCode::PeerOffline,
@@ -286,6 +439,18 @@ impl Registry {
                 None,
             ));
         }
+        // Before any budget: a stranger to the target's allow-list spends nobody's budget
+        // and the target never hears of the request.
+        if !b.allow.is_empty() && !b.allow.contains(&from) {
+            return Err((
+                ErrorCode::NotAllowed,
+                format!(
+                    "peer {} accepts punches only from the peers it names",
+                    target.short()
+                ),
+                None,
+            ));
+        }
         if !can_send(a.conn) || !can_send(b.conn) {
             return Err((
                 ErrorCode::PeerOffline,
@@ -293,17 +458,25 @@ impl Registry {
                 None,
             ));
         }
-        self.offer_buckets
-            .entry(target)
-            .or_insert_with(|| TokenBucket::new(limits.offers_per_target_per_minute, MINUTE, now))
-            .try_take(now)
-            .map_err(|wait| {
-                (
-                    ErrorCode::RateLimited,
-                    format!("peer {} receives too many punch requests", target.short()),
-                    Some(wait),
+        let too_many = |from: Prefix| {
+            move || {
+                format!(
+                    "peer {} receives too many punch requests from {from}",
+                    target.short()
                 )
-            })?;
+            }
+        };
+        self.offers_by_source
+            .check(now, &(target, source))
+            .map_err(rate_refusal(too_many(source)))?;
+        self.offers_by_network
+            .check(now, &(target, network))
+            .map_err(rate_refusal(too_many(network)))?;
+        let taken = [
+            self.offers_by_source.take(now, (target, source)),
+            self.offers_by_network.take(now, (target, network)),
+        ];
+        debug_assert!(taken.iter().all(Result::is_ok), "{taken:?}");
 
         let (owd_a, owd_b) = (owd(a.srtt), owd(b.srtt));
         let at = owd_a.max(owd_b) + limits.dial_margin;
@@ -338,14 +511,26 @@ impl Registry {
         ])
     }
 
-    /// Forgets rate-limit state of identities that are idle (full bucket) and gone, so the
-    /// maps stay bounded by the live peers plus those limited in the last minute.
+    /// Forgets rate-limit state that is idle (a full bucket, so forgetting it changes no
+    /// answer): every table then holds only keys used in the last minute.
     pub fn prune(&mut self, now: Instant) {
-        let peers = &self.peers;
-        self.request_buckets
-            .retain(|id, b| peers.contains_key(id) || !b.is_full(now));
-        self.offer_buckets
-            .retain(|id, b| peers.contains_key(id) || !b.is_full(now));
+        self.requests_by_id.prune(now);
+        self.requests_by_source.prune(now);
+        self.requests_by_network.prune(now);
+        self.offers_by_source.prune(now);
+        self.offers_by_network.prune(now);
+    }
+
+    /// Keys held by the five rate tables (requests by identity, source, network; offers by
+    /// target and source, target and network), for tests and metrics.
+    pub fn rate_keys(&self) -> [usize; 5] {
+        [
+            self.requests_by_id.len(),
+            self.requests_by_source.len(),
+            self.requests_by_network.len(),
+            self.offers_by_source.len(),
+            self.offers_by_network.len(),
+        ]
     }
 }
 
@@ -403,11 +588,19 @@ pub fn is_dialable_local(addr: &SocketAddr, observed: &SocketAddr) -> bool {
 mod tests {
     use super::*;
 
+    const MINUTE: Duration = Duration::from_secs(60);
+
     fn limits() -> Limits {
         Limits {
             max_peers: 3,
+            max_registrations_per_source: 100,
+            max_registrations_per_network: 100,
             punch_requests_per_minute: 2,
-            offers_per_target_per_minute: 3,
+            punch_requests_per_source_per_minute: 100,
+            punch_requests_per_network_per_minute: 100,
+            offers_per_target_per_source_per_minute: 3,
+            offers_per_target_per_network_per_minute: 100,
+            max_rate_keys: 100,
             dial_margin: Duration::from_millis(50),
         }
     }
@@ -424,6 +617,7 @@ mod tests {
                 "198.51.100.9:22".parse().unwrap(),
             ],
             accept_inbound: accept,
+            allow: vec![],
         }
     }
 
@@ -670,9 +864,9 @@ mod tests {
         r.connect(now, 1, id(1), 1, id(7), |_| true);
         r.unregister(&id(1), 1);
         r.prune(now);
-        assert_eq!(r.request_buckets.len(), 1, "recently limited: kept");
+        assert_eq!(r.rate_keys(), [1, 1, 1, 0, 0], "recently used: kept");
         r.prune(now + MINUTE * 2);
-        assert!(r.request_buckets.is_empty());
+        assert_eq!(r.rate_keys(), [0; 5]);
     }
 
     #[test]
@@ -703,6 +897,203 @@ mod tests {
         let (oa, ob) = offers(&actions);
         assert!(oa.peer_local.is_empty());
         assert!(ob.peer_local.is_empty());
+    }
+
+    fn at(ip: [u8; 4]) -> SocketAddr {
+        SocketAddr::from((ip, 1000))
+    }
+
+    fn allowing(ids: &[PeerId]) -> Register {
+        Register {
+            allow: ids.to_vec(),
+            ..reg(true)
+        }
+    }
+
+    #[test]
+    fn strangers_to_the_allow_list_are_refused_before_any_budget() {
+        let mut r = Registry::new(
+            Limits {
+                max_peers: 100,
+                punch_requests_per_minute: 100,
+                ..limits()
+            },
+            10,
+        );
+        let now = Instant::now();
+        // Target 2 serves only peer 1; peer 3 is a stranger from the same address.
+        r.register(
+            2,
+            id(2),
+            at([203, 0, 113, 2]),
+            &allowing(&[id(1)]),
+            Duration::ZERO,
+        )
+        .unwrap();
+        r.register(1, id(1), at([203, 0, 113, 1]), &reg(true), Duration::ZERO)
+            .unwrap();
+        r.register(3, id(3), at([203, 0, 113, 1]), &reg(true), Duration::ZERO)
+            .unwrap();
+        for i in 0..50 {
+            let actions = r.connect(now, 3, id(3), i, id(2), |_| true);
+            assert_eq!(error_code(&actions), Some(ErrorCode::NotAllowed));
+            // Only the requester hears of it.
+            assert!(matches!(actions[..], [Action::Send { conn: 3, .. }]));
+        }
+        assert_eq!(r.stats().not_allowed, 50);
+        assert_eq!(r.stats().offers, 0);
+        // The offer budget of (2, 203.0.113.1) is untouched: peer 1 gets its 3.
+        for i in 0..3 {
+            assert_eq!(r.connect(now, 1, id(1), i, id(2), |_| true).len(), 2);
+        }
+        assert_eq!(
+            error_code(&r.connect(now, 1, id(1), 9, id(2), |_| true)),
+            Some(ErrorCode::RateLimited)
+        );
+        // An empty list is "anyone".
+        assert_eq!(r.connect(now, 2, id(2), 1, id(3), |_| true).len(), 2);
+    }
+
+    #[test]
+    fn offer_budgets_are_per_target_and_requesting_source_and_network() {
+        let mut r = Registry::new(
+            Limits {
+                max_peers: 100,
+                punch_requests_per_minute: 100,
+                offers_per_target_per_source_per_minute: 2,
+                offers_per_target_per_network_per_minute: 3,
+                ..limits()
+            },
+            10,
+        );
+        let now = Instant::now();
+        r.register(1, id(1), at([198, 51, 100, 9]), &reg(true), Duration::ZERO)
+            .unwrap();
+        // Sybils 10..=13 on two addresses of 203.0.113.0/24; honest peer 20 in another /24.
+        for (i, last) in [(10, 1), (11, 1), (12, 2), (13, 2)] {
+            r.register(
+                u64::from(i),
+                id(i),
+                at([203, 0, 113, last]),
+                &reg(true),
+                Duration::ZERO,
+            )
+            .unwrap();
+        }
+        r.register(20, id(20), at([203, 0, 114, 1]), &reg(true), Duration::ZERO)
+            .unwrap();
+        let ask = |r: &mut Registry, from: u8| {
+            let actions = r.connect(now, u64::from(from), id(from), 1, id(1), |_| true);
+            error_code(&actions)
+        };
+        // Two identities of one address share its budget of 2.
+        assert_eq!(ask(&mut r, 10), None);
+        assert_eq!(ask(&mut r, 11), None);
+        assert_eq!(ask(&mut r, 10), Some(ErrorCode::RateLimited));
+        assert_eq!(ask(&mut r, 11), Some(ErrorCode::RateLimited));
+        // The other address of the /24 has its own 2, but the /24 only 3 in all.
+        assert_eq!(ask(&mut r, 12), None);
+        assert_eq!(ask(&mut r, 13), Some(ErrorCode::RateLimited));
+        // Another network is untouched by all of it.
+        assert_eq!(ask(&mut r, 20), None);
+        assert_eq!(ask(&mut r, 20), None);
+        // And the target itself can still reach the Sybils (budgets are per target).
+        assert_eq!(r.connect(now, 1, id(1), 2, id(10), |_| true).len(), 2);
+        assert_eq!(r.stats().rate_limited, 3);
+    }
+
+    #[test]
+    fn requests_are_limited_per_source_and_network_whatever_the_identities() {
+        let mut r = Registry::new(
+            Limits {
+                max_peers: 100,
+                punch_requests_per_minute: 100,
+                punch_requests_per_source_per_minute: 3,
+                punch_requests_per_network_per_minute: 5,
+                ..limits()
+            },
+            10,
+        );
+        let now = Instant::now();
+        for (i, ip) in [
+            (1, [203, 0, 113, 1]),
+            (2, [203, 0, 113, 1]),
+            (3, [203, 0, 113, 2]),
+        ] {
+            r.register(i, id(i as u8), at(ip), &reg(true), Duration::ZERO)
+                .unwrap();
+        }
+        r.register(9, id(9), at([198, 51, 100, 1]), &reg(true), Duration::ZERO)
+            .unwrap();
+        let ask = |r: &mut Registry, from: u8| {
+            let actions = r.connect(now, u64::from(from), id(from), 1, id(42), |_| true);
+            error_code(&actions)
+        };
+        // Requests for an offline peer still count: they are what a scan makes.
+        for from in [1, 2, 1] {
+            assert_eq!(ask(&mut r, from), Some(ErrorCode::PeerOffline));
+        }
+        assert_eq!(
+            ask(&mut r, 2),
+            Some(ErrorCode::RateLimited),
+            "the address's 3"
+        );
+        for _ in 0..2 {
+            assert_eq!(ask(&mut r, 3), Some(ErrorCode::PeerOffline));
+        }
+        assert_eq!(ask(&mut r, 3), Some(ErrorCode::RateLimited), "the /24's 5");
+        assert_eq!(
+            ask(&mut r, 9),
+            Some(ErrorCode::PeerOffline),
+            "another network"
+        );
+        // A refusal by one table took no token from the others: peer 9's identity table
+        // holds only its own request.
+        assert_eq!(r.rate_keys()[..3], [4, 3, 2]);
+    }
+
+    #[test]
+    fn registrations_are_capped_per_source_and_network() {
+        let mut r = Registry::new(
+            Limits {
+                max_peers: 100,
+                max_registrations_per_source: 2,
+                max_registrations_per_network: 3,
+                ..limits()
+            },
+            10,
+        );
+        let reg_at = |r: &mut Registry, i: u8, ip: [u8; 4]| {
+            r.register(u64::from(i), id(i), at(ip), &reg(true), Duration::ZERO)
+                .map(|_| ())
+        };
+        assert_eq!(reg_at(&mut r, 1, [203, 0, 113, 1]), Ok(()));
+        assert_eq!(reg_at(&mut r, 2, [203, 0, 113, 1]), Ok(()));
+        assert_eq!(
+            reg_at(&mut r, 3, [203, 0, 113, 1]),
+            Err(ErrorCode::NetworkFull)
+        );
+        assert_eq!(reg_at(&mut r, 3, [203, 0, 113, 2]), Ok(()));
+        assert_eq!(
+            reg_at(&mut r, 4, [203, 0, 113, 3]),
+            Err(ErrorCode::NetworkFull)
+        );
+        assert_eq!(reg_at(&mut r, 4, [203, 0, 114, 3]), Ok(()));
+        assert_eq!(r.stats().network_full, 2);
+        // A replacement does not count its own old registration, even from a full network.
+        assert_eq!(reg_at(&mut r, 1, [203, 0, 113, 1]), Ok(()));
+        assert_eq!(reg_at(&mut r, 2, [203, 0, 113, 2]), Ok(()));
+        assert_eq!(r.registered_from("203.0.113.2".parse().unwrap()), (2, 3));
+        assert_eq!(r.registered_from("203.0.113.1".parse().unwrap()), (1, 3));
+        // Leaving frees the slot.
+        r.unregister(&id(3), 3);
+        assert_eq!(reg_at(&mut r, 5, [203, 0, 113, 7]), Ok(()));
+        assert_eq!(r.len(), 4);
+        for i in [1, 2, 4, 5] {
+            r.unregister(&id(i), u64::from(i));
+        }
+        assert!(r.is_empty());
+        assert!(r.per_source.is_empty() && r.per_network.is_empty());
     }
 
     #[test]
