@@ -987,6 +987,20 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         ("server_msg", "pong", ServerMsg::Pong { nonce: 9 }.encode()),
         ("register_msg", "register", register.clone()),
         (
+            "register_msg",
+            "register_allow",
+            Register {
+                version: PROTOCOL_VERSION,
+                local_addrs: vec![],
+                accept_inbound: true,
+                allow: vec![
+                    keys().server.public(),
+                    punch_proto::identity::public_key(&[2; 32]),
+                ],
+            }
+            .encode(),
+        ),
+        (
             "noise_control_responder",
             "message1_payload",
             cat(&[&[1, 0, 5], b"hello", &reg_len, &register, &[0, 0, 0]]),

@@ -250,7 +250,12 @@ pub fn run(s: Scenario) {
                           now: Instant| {
         requests.record(from, now, request_cap, "requests");
         sources.record(Prefix::of(ip), now, source_cap, "requests from a source");
-        networks.record(Prefix::network(ip), now, network_cap, "requests from a network");
+        networks.record(
+            Prefix::network(ip),
+            now,
+            network_cap,
+            "requests from a network",
+        );
     };
 
     for event in s.events.iter().take(MAX_EVENTS) {
@@ -470,9 +475,11 @@ pub fn run(s: Scenario) {
                             let d = e.detail.as_str();
                             let (n, cap) = if d.ends_with("per minute from this identity") {
                                 (requests.count(&from, since, now), request_cap)
-                            } else if d.ends_with(&format!("punch requests per minute from {src}")) {
+                            } else if d.ends_with(&format!("punch requests per minute from {src}"))
+                            {
                                 (source_requests.count(&src, since, now), source_cap)
-                            } else if d.ends_with(&format!("punch requests per minute from {net}")) {
+                            } else if d.ends_with(&format!("punch requests per minute from {net}"))
+                            {
                                 (network_requests.count(&net, since, now), network_cap)
                             } else {
                                 assert_eq!(expected, None, "target limit before {expected:?}");
@@ -485,13 +492,19 @@ pub fn run(s: Scenario) {
                                     now,
                                 );
                                 if d.ends_with(&format!("too many punch requests from {src}")) {
-                                    (source_offers.count(&(target, src), since, now), offer_source_cap)
+                                    (
+                                        source_offers.count(&(target, src), since, now),
+                                        offer_source_cap,
+                                    )
                                 } else {
                                     assert!(
                                         d.ends_with(&format!("too many punch requests from {net}")),
                                         "rate limited for {d:?}"
                                     );
-                                    (network_offers.count(&(target, net), since, now), offer_network_cap)
+                                    (
+                                        network_offers.count(&(target, net), since, now),
+                                        offer_network_cap,
+                                    )
                                 }
                             };
                             assert!(n as f64 >= cap, "limited after {n}: {d}");
