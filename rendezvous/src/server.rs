@@ -416,8 +416,8 @@ async fn handle_conn(
         Err(code) => {
             let detail = match code {
                 ErrorCode::NetworkFull => format!(
-                    "registration refused: this address holds {} or its network {} \
-                     registrations, the most the server takes from one",
+                    "registration refused: your address (or IPv6 /64) or network (IPv4 /24, \
+                     IPv6 /48) already holds its {} or {} registrations",
                     config.max_registrations_per_source, config.max_registrations_per_network
                 ),
                 code => format!("registration refused: {code:?}"),
