@@ -5,8 +5,8 @@
 //! - [`proto_checks`]: framing, control messages, the Noise handshakes and transport, the
 //!   control channel handshake over a stream;
 //! - [`punch_checks`]: the punched-stream preamble and `SecureStream`;
-//! - [`registry`], [`attempt`], [`token_bucket`], [`gate`], [`refusal_log`], [`throttle`],
-//!   [`yamux_guard`]: the state machines, with `arbitrary` events.
+//! - [`registry`], [`attempt`], [`token_bucket`], [`rate_table`], [`gate`], [`refusal_log`],
+//!   [`throttle`], [`yamux_guard`]: the state machines, with `arbitrary` events.
 //!
 //! The byte-level modules ([`input`], [`common`], [`proto_checks`], [`punch_checks`]) use only
 //! what the workspace crates depend on, so `proto/tests/fuzz_regressions.rs` and
@@ -19,6 +19,7 @@ pub mod gate;
 pub mod input;
 pub mod proto_checks;
 pub mod punch_checks;
+pub mod rate_table;
 pub mod refusal_log;
 pub mod registry;
 pub mod throttle;

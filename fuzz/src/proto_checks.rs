@@ -18,7 +18,7 @@ use punch_proto::channel::{server_handshake, ChannelError, XK_MESSAGE1_LEN};
 use punch_proto::frame::{FrameCodec, FrameError, HEADER_LEN, MAX_CONTROL_FRAME};
 use punch_proto::message::{
     ClientMsg, DecodeError, ErrorCode, ErrorReply, Offer, Register, Registered, ServerMsg,
-    MAX_DETAIL_LEN, MAX_LOCAL_ADDRS, PROTOCOL_VERSION,
+    MAX_ALLOW, MAX_DETAIL_LEN, MAX_LOCAL_ADDRS, PROTOCOL_VERSION,
 };
 use punch_proto::noise::{
     Handshake, NoiseError, Transport, MAX_MESSAGE_LEN, MAX_PLAINTEXT_LEN, TAG_LEN,
@@ -317,11 +317,16 @@ pub fn register_msg(data: &[u8]) -> bool {
         version: input.u32(),
         accept_inbound: input.bool(),
         local_addrs: build_addrs(&mut input),
+        // Up to 79 identities: more than the 64 the encoder keeps.
+        allow: (0..input.u8() % 80)
+            .map(|_| build_peer(&mut input))
+            .collect(),
     };
     let wire = built.encode();
     assert!(wire.len() <= MAX_CONTROL_PLAINTEXT);
     let mut want = built.clone();
     want.local_addrs.truncate(MAX_LOCAL_ADDRS);
+    want.allow.truncate(MAX_ALLOW);
     match Register::decode(&wire) {
         Ok(got) => assert_eq!(got, want),
         Err(DecodeError::Address { port: 0, .. }) if has_port0(&want.local_addrs) => {}
@@ -928,6 +933,7 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             "[fd00::1]:4000".parse().expect("addr"),
         ],
         accept_inbound: true,
+        allow: vec![],
     }
     .encode();
     let reg_len = u16::try_from(register.len()).expect("small").to_be_bytes();
@@ -980,6 +986,20 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         ("server_msg", "registered", registered.encode()),
         ("server_msg", "pong", ServerMsg::Pong { nonce: 9 }.encode()),
         ("register_msg", "register", register.clone()),
+        (
+            "register_msg",
+            "register_allow",
+            Register {
+                version: PROTOCOL_VERSION,
+                local_addrs: vec![],
+                accept_inbound: true,
+                allow: vec![
+                    keys().server.public(),
+                    punch_proto::identity::public_key(&[2; 32]),
+                ],
+            }
+            .encode(),
+        ),
         (
             "noise_control_responder",
             "message1_payload",

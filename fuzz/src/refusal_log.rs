@@ -58,6 +58,10 @@ pub enum Why {
     PerIp,
     Evicted,
     Silent,
+    RequestRate,
+    NotAllowed,
+    NetworkFull,
+    ServerFull,
 }
 
 impl Why {
@@ -67,7 +71,16 @@ impl Why {
             Why::PerIp => Reason::PerIp,
             Why::Evicted => Reason::Evicted,
             Why::Silent => Reason::Silent,
+            Why::RequestRate => Reason::RequestRate,
+            Why::NotAllowed => Reason::NotAllowed,
+            Why::NetworkFull => Reason::NetworkFull,
+            Why::ServerFull => Reason::ServerFull,
         }
+    }
+
+    /// Its place in [`Totals`].
+    fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -81,42 +94,41 @@ fn source(n: u16) -> Prefix {
     Prefix::of(ip)
 }
 
+/// Counts per [`Why`] (in its order), then failed handshakes not logged one by one.
 #[derive(Default)]
-struct Totals {
-    rate: u64,
-    per_ip: u64,
-    evicted: u64,
-    silent: u64,
-    failed_unlogged: u64,
-}
+struct Totals([u64; 9]);
+
+const FAILED: usize = 8;
 
 impl Totals {
     fn add(&mut self, why: Why) {
-        match why {
-            Why::Rate => self.rate += 1,
-            Why::PerIp => self.per_ip += 1,
-            Why::Evicted => self.evicted += 1,
-            Why::Silent => self.silent += 1,
-        }
+        self.0[why.index()] += 1;
     }
 
     fn add_summary(&mut self, s: &Summary) {
-        self.rate += s.rate;
-        self.per_ip += s.per_ip;
-        self.evicted += s.evicted;
-        self.silent += s.silent;
-        self.failed_unlogged += s.failed_unlogged;
+        for (t, n) in self.0.iter_mut().zip(counts(s)) {
+            *t += n;
+        }
     }
 
-    fn as_tuple(&self) -> (u64, u64, u64, u64, u64) {
-        (
-            self.rate,
-            self.per_ip,
-            self.evicted,
-            self.silent,
-            self.failed_unlogged,
-        )
+    fn as_tuple(&self) -> [u64; 9] {
+        self.0
     }
+}
+
+/// A summary's counts in [`Totals`]' order.
+fn counts(s: &Summary) -> [u64; 9] {
+    [
+        s.rate,
+        s.per_ip,
+        s.evicted,
+        s.silent,
+        s.request_rate,
+        s.not_allowed,
+        s.network_full,
+        s.server_full,
+        s.failed_unlogged,
+    ]
 }
 
 pub fn run(s: Scenario) {
@@ -167,8 +179,8 @@ pub fn run(s: Scenario) {
                 if may {
                     lines_used += 1;
                 } else {
-                    current.failed_unlogged += 1;
-                    fed.failed_unlogged += 1;
+                    current.0[FAILED] += 1;
+                    fed.0[FAILED] += 1;
                 }
             }
             Event::Summary => {
@@ -181,22 +193,12 @@ pub fn run(s: Scenario) {
                     );
                     continue;
                 }
-                let quiet = current.as_tuple() == (0, 0, 0, 0, 0);
+                let quiet = current.as_tuple() == [0; 9];
                 match &got {
                     None => assert!(quiet, "no summary after refusals"),
                     Some(sum) => {
                         assert!(!quiet, "a summary of a quiet interval: {sum:?}");
-                        assert_eq!(
-                            (
-                                sum.rate,
-                                sum.per_ip,
-                                sum.evicted,
-                                sum.silent,
-                                sum.failed_unlogged
-                            ),
-                            current.as_tuple(),
-                            "summary counts"
-                        );
+                        assert_eq!(counts(sum), current.as_tuple(), "summary counts");
                         assert_eq!(sum.interval, elapsed, "summary interval");
                         assert_eq!(
                             sum.sources,
@@ -206,6 +208,10 @@ pub fn run(s: Scenario) {
                         assert_eq!(
                             sum.total(),
                             sum.rate + sum.per_ip + sum.evicted + sum.silent
+                        );
+                        assert_eq!(
+                            sum.registry_total(),
+                            sum.request_rate + sum.not_allowed + sum.network_full + sum.server_full
                         );
                         if let Some(last) = last_summary {
                             assert!(
@@ -225,16 +231,13 @@ pub fn run(s: Scenario) {
             }
         }
         let (r, c) = (reported.as_tuple(), current.as_tuple());
-        assert_eq!(
-            (r.0 + c.0, r.1 + c.1, r.2 + c.2, r.3 + c.3, r.4 + c.4),
-            fed.as_tuple(),
-            "refusals lost or doubled"
-        );
+        let sum: Vec<u64> = r.iter().zip(c).map(|(a, b)| a + b).collect();
+        assert_eq!(sum, fed.as_tuple(), "refusals lost or doubled");
     }
     // Whatever is still counting comes out in full once the interval has ended.
     let end = now + interval;
     let got = log.summary(end);
-    if current.as_tuple() == (0, 0, 0, 0, 0) {
+    if current.as_tuple() == [0; 9] {
         assert_eq!(got, None);
     } else {
         let sum = got.expect("no final summary after refusals");

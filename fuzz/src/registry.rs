@@ -6,8 +6,10 @@
 //! Invariants after every event:
 //! - the registry holds exactly the model's peers (never more than `max_peers`), each on the
 //!   connection of its latest registration, and its `Stats` count what happened;
-//! - a registration fails exactly with `UnsupportedVersion` (other version) or `ServerFull`
-//!   (new identity, full registry), and replacing an identity closes its old connection;
+//! - a registration fails exactly with `UnsupportedVersion` (other version), `NetworkFull`
+//!   (its source, IPv4 address or IPv6 /64, or its network, IPv4 /24 or IPv6 /48, already holds
+//!   its cap of other peers) or `ServerFull` (new identity, full registry), and replacing an
+//!   identity closes its old connection;
 //! - an RTT sample moves the smoothed RTT one eighth of the way to the sample, and only on the
 //!   identity's current connection;
 //! - a punch request gives either two offers or one typed error to the requesting connection:
@@ -21,12 +23,16 @@
 //!   control frame and survives encoding;
 //! - an error is `BadRequest` for a connection that is not the requester's registration
 //!   (before any rate limit, costing no token), else the first of `SelfConnect`, `PeerOffline`,
-//!   `PeerRefuses` that applies, then `PeerOffline` when either side's outbound queue is full
-//!   (both offers or neither), or `RateLimited` with a retry time, and only when the requester
-//!   (or target) really used up its bucket in the last minute; no requester or target ever
-//!   exceeds its rate (burst plus refill) over any window.
+//!   `PeerRefuses`, `NotAllowed` (a non-empty allow-list of the target without the requester)
+//!   that applies, then `PeerOffline` when either side's outbound queue is full
+//!   (both offers or neither), or `RateLimited` with a retry time, and only when the requester's
+//!   identity, source or network (or the target's budget for that source or network) really
+//!   used up its bucket in the last minute; no identity, source, network, (target, source) or
+//!   (target, network) ever exceeds its rate (burst plus refill) over any window, and a
+//!   refused request takes no token.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -35,6 +41,7 @@ use punch_proto::frame::MAX_CONTROL_FRAME;
 use punch_proto::message::{ErrorCode, Register, ServerMsg, PROTOCOL_VERSION};
 use punch_proto::noise::TAG_LEN;
 use punch_proto::{PeerId, Role};
+use punch_rendezvous::gate::Prefix;
 use punch_rendezvous::registry::{self, Action, ConnId, Limits, Registry, Stats};
 
 /// Events per input: enough to fill and churn a small registry; the rate checks are quadratic.
@@ -46,8 +53,13 @@ const MINUTE: Duration = Duration::from_secs(60);
 #[derive(Debug, Arbitrary)]
 pub struct Scenario {
     max_peers: u8,
+    max_per_source: u8,
+    max_per_network: u8,
     punch_requests_per_minute: u8,
-    offers_per_target_per_minute: u8,
+    requests_per_source: u8,
+    requests_per_network: u8,
+    offers_per_source: u8,
+    offers_per_network: u8,
     dial_margin_ms: u16,
     session_seed: u64,
     events: Vec<Event>,
@@ -61,6 +73,8 @@ pub enum Event {
         observed: Addr,
         locals: Vec<Addr>,
         accept_inbound: bool,
+        /// Bit `p` set: peer `p` is on the allow-list (none set: anyone).
+        allow: u8,
         other_version: Option<u32>,
         rtt_ms: u32,
     },
@@ -159,14 +173,21 @@ struct ModelPeer {
     observed: SocketAddr,
     local: Vec<SocketAddr>,
     accept_inbound: bool,
+    allow: Vec<PeerId>,
 }
 
 /// Counts events in sliding windows, for the rate-limit checks.
-#[derive(Debug, Default)]
-struct Window(HashMap<PeerId, Vec<Instant>>);
+#[derive(Debug)]
+struct Window<K>(HashMap<K, Vec<Instant>>);
 
-impl Window {
-    fn count(&self, id: &PeerId, from: Instant, to: Instant) -> usize {
+impl<K> Default for Window<K> {
+    fn default() -> Self {
+        Self(HashMap::new())
+    }
+}
+
+impl<K: Hash + Eq> Window<K> {
+    fn count(&self, id: &K, from: Instant, to: Instant) -> usize {
         self.0.get(id).map_or(0, |ts| {
             ts.iter().filter(|t| **t >= from && **t <= to).count()
         })
@@ -174,7 +195,7 @@ impl Window {
 
     /// Records an event and checks that no window ending now holds more than the bucket
     /// allows: `capacity` at once plus `capacity` per minute.
-    fn record(&mut self, id: PeerId, now: Instant, capacity: f64, what: &str) {
+    fn record(&mut self, id: K, now: Instant, capacity: f64, what: &str) {
         let ts = self.0.entry(id).or_default();
         ts.push(now);
         for &start in ts.iter() {
@@ -192,20 +213,50 @@ impl Window {
 pub fn run(s: Scenario) {
     let limits = Limits {
         max_peers: usize::from(s.max_peers % 8),
+        max_registrations_per_source: usize::from(s.max_per_source % 8),
+        max_registrations_per_network: usize::from(s.max_per_network % 8),
         punch_requests_per_minute: u32::from(s.punch_requests_per_minute % 6),
-        offers_per_target_per_minute: u32::from(s.offers_per_target_per_minute % 6),
+        punch_requests_per_source_per_minute: u32::from(s.requests_per_source % 8),
+        punch_requests_per_network_per_minute: u32::from(s.requests_per_network % 10),
+        offers_per_target_per_source_per_minute: u32::from(s.offers_per_source % 6),
+        offers_per_target_per_network_per_minute: u32::from(s.offers_per_network % 8),
+        // Never reached here: more keys than events.
+        max_rate_keys: 4 * MAX_EVENTS,
         dial_margin: Duration::from_millis(u64::from(s.dial_margin_ms)),
     };
     // A bucket of capacity 0 holds one token (`TokenBucket::new`).
-    let request_cap = f64::from(limits.punch_requests_per_minute.max(1));
-    let offer_cap = f64::from(limits.offers_per_target_per_minute.max(1));
+    let cap = |c: u32| f64::from(c.max(1));
+    let request_cap = cap(limits.punch_requests_per_minute);
+    let source_cap = cap(limits.punch_requests_per_source_per_minute);
+    let network_cap = cap(limits.punch_requests_per_network_per_minute);
+    let offer_source_cap = cap(limits.offers_per_target_per_source_per_minute);
+    let offer_network_cap = cap(limits.offers_per_target_per_network_per_minute);
     let mut r = Registry::new(limits.clone(), s.session_seed);
     let mut now = Instant::now();
     let mut model: HashMap<PeerId, ModelPeer> = HashMap::new();
     let mut stats = Stats::default();
     let mut sessions = HashSet::new();
-    let mut requests = Window::default();
-    let mut offers = Window::default();
+    let mut requests: Window<PeerId> = Window::default();
+    let mut source_requests: Window<Prefix> = Window::default();
+    let mut network_requests: Window<Prefix> = Window::default();
+    let mut source_offers: Window<(PeerId, Prefix)> = Window::default();
+    let mut network_offers: Window<(PeerId, Prefix)> = Window::default();
+    // Records a request that passed the request limits (it took a token of each).
+    let record_request = |requests: &mut Window<PeerId>,
+                          sources: &mut Window<Prefix>,
+                          networks: &mut Window<Prefix>,
+                          from: PeerId,
+                          ip: IpAddr,
+                          now: Instant| {
+        requests.record(from, now, request_cap, "requests");
+        sources.record(Prefix::of(ip), now, source_cap, "requests from a source");
+        networks.record(
+            Prefix::network(ip),
+            now,
+            network_cap,
+            "requests from a network",
+        );
+    };
 
     for event in s.events.iter().take(MAX_EVENTS) {
         match event {
@@ -215,6 +266,7 @@ pub fn run(s: Scenario) {
                 observed,
                 locals,
                 accept_inbound,
+                allow,
                 other_version,
                 rtt_ms,
             } => {
@@ -228,12 +280,28 @@ pub fn run(s: Scenario) {
                     version: other_version.unwrap_or(PROTOCOL_VERSION),
                     local_addrs: locals.iter().take(20).map(Addr::get).collect(),
                     accept_inbound: *accept_inbound,
+                    allow: (0..PEERS)
+                        .filter(|i| allow & (1 << i) != 0)
+                        .map(peer)
+                        .collect(),
                 };
                 let rtt = Duration::from_millis(u64::from(*rtt_ms));
                 let res = r.register(c, p, observed, &register, rtt);
                 let old = model.get(&p).map(|m| m.conn);
+                // Other peers registered from the same source and network.
+                let others = |of: fn(IpAddr) -> Prefix| {
+                    model
+                        .iter()
+                        .filter(|(id, m)| **id != p && of(m.observed.ip()) == of(observed.ip()))
+                        .count()
+                };
                 if register.version != PROTOCOL_VERSION {
                     assert_eq!(res, Err(ErrorCode::UnsupportedVersion));
+                } else if others(Prefix::of) >= limits.max_registrations_per_source
+                    || others(Prefix::network) >= limits.max_registrations_per_network
+                {
+                    assert_eq!(res, Err(ErrorCode::NetworkFull));
+                    stats.network_full += 1;
                 } else if old.is_none() && model.len() >= limits.max_peers {
                     assert_eq!(res, Err(ErrorCode::ServerFull));
                 } else {
@@ -260,6 +328,7 @@ pub fn run(s: Scenario) {
                             observed,
                             local,
                             accept_inbound: *accept_inbound,
+                            allow: register.allow.clone(),
                         },
                     );
                     assert_eq!(r.srtt(&p), Some(rtt));
@@ -315,6 +384,9 @@ pub fn run(s: Scenario) {
                     Some(ErrorCode::PeerOffline)
                 } else if !model[&target].accept_inbound {
                     Some(ErrorCode::PeerRefuses)
+                } else if !model[&target].allow.is_empty() && !model[&target].allow.contains(&from)
+                {
+                    Some(ErrorCode::NotAllowed)
                 } else if !can_send(c) || !can_send(model[&target].conn) {
                     Some(ErrorCode::PeerOffline)
                 } else {
@@ -372,8 +444,18 @@ pub fn run(s: Scenario) {
                             assert!(skew < Duration::from_millis(1), "wire skew {skew:?}");
                         }
                         stats.offers += 1;
-                        requests.record(from, now, request_cap, "requests");
-                        offers.record(target, now, offer_cap, "offers");
+                        let ip = a.observed.ip();
+                        record_request(
+                            &mut requests,
+                            &mut source_requests,
+                            &mut network_requests,
+                            from,
+                            ip,
+                            now,
+                        );
+                        let (src, net) = (Prefix::of(ip), Prefix::network(ip));
+                        source_offers.record((target, src), now, offer_source_cap, "offers");
+                        network_offers.record((target, net), now, offer_network_cap, "offers");
                     }
                     [Action::Send {
                         conn: ce,
@@ -385,21 +467,62 @@ pub fn run(s: Scenario) {
                         if e.code == ErrorCode::RateLimited {
                             assert!(current, "rate limited a request from a stale connection");
                             assert!(e.retry_after.is_some(), "rate limited without retry time");
+                            stats.rate_limited += 1;
                             let since = now.checked_sub(MINUTE + Duration::from_millis(1));
                             let since = since.unwrap_or(now);
-                            if e.detail.contains("punch requests per minute") {
-                                let n = requests.count(&from, since, now);
-                                assert!(n as f64 >= request_cap, "limited after {n} requests");
+                            let ip = model[&from].observed.ip();
+                            let (src, net) = (Prefix::of(ip), Prefix::network(ip));
+                            let d = e.detail.as_str();
+                            let (n, cap) = if d.ends_with("per minute from this identity") {
+                                (requests.count(&from, since, now), request_cap)
+                            } else if d.ends_with(&format!("punch requests per minute from {src}"))
+                            {
+                                (source_requests.count(&src, since, now), source_cap)
+                            } else if d.ends_with(&format!("punch requests per minute from {net}"))
+                            {
+                                (network_requests.count(&net, since, now), network_cap)
                             } else {
                                 assert_eq!(expected, None, "target limit before {expected:?}");
-                                requests.record(from, now, request_cap, "requests");
-                                let n = offers.count(&target, since, now);
-                                assert!(n as f64 >= offer_cap, "limited after {n} offers");
-                            }
+                                record_request(
+                                    &mut requests,
+                                    &mut source_requests,
+                                    &mut network_requests,
+                                    from,
+                                    ip,
+                                    now,
+                                );
+                                if d.ends_with(&format!("too many punch requests from {src}")) {
+                                    (
+                                        source_offers.count(&(target, src), since, now),
+                                        offer_source_cap,
+                                    )
+                                } else {
+                                    assert!(
+                                        d.ends_with(&format!("too many punch requests from {net}")),
+                                        "rate limited for {d:?}"
+                                    );
+                                    (
+                                        network_offers.count(&(target, net), since, now),
+                                        offer_network_cap,
+                                    )
+                                }
+                            };
+                            assert!(n as f64 >= cap, "limited after {n}: {d}");
                         } else {
                             assert_eq!(Some(e.code), expected);
+                            if e.code == ErrorCode::NotAllowed {
+                                stats.not_allowed += 1;
+                            }
                             if current {
-                                requests.record(from, now, request_cap, "requests");
+                                let ip = model[&from].observed.ip();
+                                record_request(
+                                    &mut requests,
+                                    &mut source_requests,
+                                    &mut network_requests,
+                                    from,
+                                    ip,
+                                    now,
+                                );
                             }
                         }
                     }

@@ -164,6 +164,7 @@ mod tests {
             version: PROTOCOL_VERSION,
             local_addrs: vec![],
             accept_inbound: true,
+            allow: vec![],
         };
         let server_pub = server.public();
         let client_task =
@@ -189,6 +190,7 @@ mod tests {
             version: PROTOCOL_VERSION,
             local_addrs: vec![],
             accept_inbound: false,
+            allow: vec![],
         };
         let client_task =
             tokio::spawn(async move { client_handshake(a, &client, &wrong, &reg).await });

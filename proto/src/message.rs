@@ -27,6 +27,11 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// At most this many local addresses per peer: a host with more interfaces than this is rare,
 /// and every address is a dial the other side makes.
 pub const MAX_LOCAL_ADDRS: usize = 16;
+/// At most this many identities in a registration's allow-list. A node names the few peers
+/// it serves (a Kaspa node keeps 8 outbound and some dozens of inbound peers); 64 covers that
+/// and bounds what the server stores per registered peer (64 x 32 bytes = 2 KiB). A peer that
+/// must serve more uses an empty list (anyone) and filters itself.
+pub const MAX_ALLOW: usize = 64;
 /// Error details are for humans and logs; longer text is truncated when encoding and refused
 /// when decoding.
 pub const MAX_DETAIL_LEN: usize = 256;
@@ -67,6 +72,9 @@ pub struct Register {
     pub version: u32,
     pub local_addrs: Vec<SocketAddr>,
     pub accept_inbound: bool,
+    /// Who may punch to this peer; empty: anyone. At most [`MAX_ALLOW`] (encoding keeps the
+    /// first [`MAX_ALLOW`], decoding refuses more).
+    pub allow: Vec<PeerId>,
 }
 
 /// Messages from a client after the handshake.
@@ -110,6 +118,10 @@ pub enum ErrorCode {
     ServerFull,
     UnsupportedVersion,
     TooManyConnections,
+    /// The target's allow-list does not name the requester.
+    NotAllowed,
+    /// Registration refused: too many registrations from the client's address or network.
+    NetworkFull,
     /// A code this version does not know (a newer server).
     Unknown(i32),
 }
@@ -198,6 +210,8 @@ fn code_to_pb(code: ErrorCode) -> i32 {
         ErrorCode::ServerFull => P::ServerFull,
         ErrorCode::UnsupportedVersion => P::UnsupportedVersion,
         ErrorCode::TooManyConnections => P::TooManyConnections,
+        ErrorCode::NotAllowed => P::NotAllowed,
+        ErrorCode::NetworkFull => P::NetworkFull,
         ErrorCode::Unknown(raw) => return raw,
     }) as i32
 }
@@ -213,6 +227,8 @@ fn code_from_pb(raw: i32) -> ErrorCode {
         Ok(P::ServerFull) => ErrorCode::ServerFull,
         Ok(P::UnsupportedVersion) => ErrorCode::UnsupportedVersion,
         Ok(P::TooManyConnections) => ErrorCode::TooManyConnections,
+        Ok(P::NotAllowed) => ErrorCode::NotAllowed,
+        Ok(P::NetworkFull) => ErrorCode::NetworkFull,
         Ok(P::Unspecified) | Err(_) => ErrorCode::Unknown(raw),
     }
 }
@@ -232,16 +248,34 @@ impl Register {
                 .map(addr_to_pb)
                 .collect(),
             accept_inbound: self.accept_inbound,
+            allow: self
+                .allow
+                .iter()
+                .take(MAX_ALLOW)
+                .map(|p| p.as_bytes().to_vec())
+                .collect(),
         }
         .encode_to_vec()
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let m = pb::Register::decode(bytes)?;
+        if m.allow.len() > MAX_ALLOW {
+            return Err(DecodeError::TooMany {
+                field: "allow",
+                len: m.allow.len(),
+                max: MAX_ALLOW,
+            });
+        }
         Ok(Self {
             version: m.version,
             local_addrs: addrs_from_pb("local_addrs", &m.local_addrs)?,
             accept_inbound: m.accept_inbound,
+            allow: m
+                .allow
+                .iter()
+                .map(|p| PeerId::try_from(&p[..]))
+                .collect::<Result<_, _>>()?,
         })
     }
 }
@@ -410,6 +444,18 @@ mod tests {
                 retry_after: Some(Duration::from_millis(1500)),
             }),
             ServerMsg::Error(ErrorReply {
+                request_id: 4,
+                code: ErrorCode::NotAllowed,
+                detail: "not on the allow-list".into(),
+                retry_after: None,
+            }),
+            ServerMsg::Error(ErrorReply {
+                request_id: 0,
+                code: ErrorCode::NetworkFull,
+                detail: String::new(),
+                retry_after: None,
+            }),
+            ServerMsg::Error(ErrorReply {
                 request_id: 0,
                 code: ErrorCode::Unknown(99),
                 detail: String::new(),
@@ -437,8 +483,25 @@ mod tests {
             version: PROTOCOL_VERSION,
             local_addrs: vec!["10.0.0.2:1234".parse().unwrap()],
             accept_inbound: true,
+            allow: vec![peer(5)],
         };
         assert_eq!(Register::decode(&reg.encode()).unwrap(), reg);
+    }
+
+    #[test]
+    fn the_largest_registration_fits_message_three() {
+        let v6: SocketAddr = "[2001:db8:ffff:ffff:ffff:ffff:ffff:ffff]:65535"
+            .parse()
+            .unwrap();
+        let reg = Register {
+            version: u32::MAX,
+            local_addrs: vec![v6; MAX_LOCAL_ADDRS],
+            accept_inbound: true,
+            allow: (0..MAX_ALLOW as u8).map(|i| peer(0x10 + i)).collect(),
+        };
+        // Noise XK message 3: the encrypted static key (32 + 16) and the payload's tag (16).
+        let len = reg.encode().len() + 32 + 2 * crate::noise::TAG_LEN;
+        assert!(len <= crate::frame::MAX_CONTROL_FRAME, "{len}");
     }
 
     #[test]
@@ -459,12 +522,24 @@ mod tests {
             version: 1,
             local_addrs: vec!["10.0.0.2:80".parse().unwrap()],
             accept_inbound: true,
+            allow: vec![],
         }
         .encode();
         assert_eq!(
             reg,
             [0x08, 0x01, 0x12, 0x08, 0x0a, 0x04, 10, 0, 0, 2, 0x10, 80, 0x18, 0x01]
         );
+        // The allow-list is field 4, each identity its 32 raw bytes.
+        let reg = Register {
+            version: 1,
+            local_addrs: vec![],
+            accept_inbound: true,
+            allow: vec![peer(0x11)],
+        }
+        .encode();
+        let mut expected = vec![0x08, 0x01, 0x18, 0x01, 0x22, 32];
+        expected.extend_from_slice(&[0x11; 32]);
+        assert_eq!(reg, expected);
     }
 
     #[test]
@@ -515,6 +590,7 @@ mod tests {
             version: 1,
             local_addrs: vec![],
             accept_inbound: false,
+            allow: vec![],
         };
         let mut pbm = pb::Register::decode(&many.encode()[..]).unwrap();
         pbm.local_addrs = vec![addr_to_pb(&"10.0.0.1:1".parse().unwrap()); MAX_LOCAL_ADDRS + 1];
@@ -522,6 +598,29 @@ mod tests {
             Register::decode(&pbm.encode_to_vec()),
             Err(DecodeError::TooMany { .. })
         ));
+        // An allow-list longer than MAX_ALLOW, and one naming a low-order key.
+        let mut pbm = pb::Register::decode(&many.encode()[..]).unwrap();
+        pbm.allow = vec![vec![0x11; 32]; MAX_ALLOW + 1];
+        assert!(matches!(
+            Register::decode(&pbm.encode_to_vec()),
+            Err(DecodeError::TooMany {
+                field: "allow",
+                len: 65,
+                max: MAX_ALLOW
+            })
+        ));
+        pbm.allow = vec![vec![0x11; 32], vec![0; 32]];
+        assert!(matches!(
+            Register::decode(&pbm.encode_to_vec()),
+            Err(DecodeError::Peer(KeyError::LowOrder))
+        ));
+        // Encoding keeps the first MAX_ALLOW entries, so what we send always decodes.
+        let long = Register {
+            allow: (0..100u8).map(|i| peer(0x10 + i)).collect(),
+            ..many.clone()
+        };
+        let back = Register::decode(&long.encode()).unwrap();
+        assert_eq!(back.allow, long.allow[..MAX_ALLOW]);
         // An offer with an unspecified role.
         let mut o = pb::ServerMessage::decode(&ServerMsg::Offer(offer()).encode()[..]).unwrap();
         if let Some(pb::server_message::Kind::Offer(ref mut inner)) = o.kind {

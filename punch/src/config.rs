@@ -31,8 +31,11 @@ pub const DEFAULT_MAX_PENDING_INBOUND: usize = 64;
 /// and tokio-yamux's own 65,535 let one peer turn a session into thousands of connections.
 pub const DEFAULT_MAX_STREAMS_PER_SESSION: usize = 256;
 
-/// Which peers may punch to us. Checked when the rendezvous's offer arrives, before anything
-/// is dialed: a refused peer costs us one log line at most, never a connection.
+/// Which peers may punch to us. Sent to the rendezvous in the registration (at most
+/// [`punch_proto::message::MAX_ALLOW`] ids), which refuses other requesters before they cost
+/// us anything or spend any budget; checked again here when an offer arrives, before anything
+/// is dialed (a rendezvous that does not filter, or a longer list): a refused peer costs us
+/// one log line at most, never a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Allow {
     /// Any peer the rendezvous introduces (a public service).

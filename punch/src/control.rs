@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use punch_proto::message::{
-    ClientMsg, ErrorCode, ErrorReply, Offer, Register, ServerMsg, PROTOCOL_VERSION,
+    ClientMsg, ErrorCode, ErrorReply, Offer, Register, ServerMsg, MAX_ALLOW, PROTOCOL_VERSION,
 };
 use punch_proto::PeerId;
 use rand::rngs::StdRng;
@@ -90,12 +90,35 @@ impl From<&Config> for ControlConfig {
 
 impl ControlConfig {
     /// The registration sent in the third handshake message, once the connection's local
-    /// address is known.
+    /// address is known. It carries the allow-list, so the rendezvous refuses strangers
+    /// before charging any budget and before telling us ([`Allow::Only`] of at most
+    /// [`MAX_ALLOW`] ids, sorted so the message is the same each time). An empty
+    /// [`Allow::Only`] serves nobody: sent as "inbound off". A list longer than
+    /// [`MAX_ALLOW`] cannot be sent: the registration says "anyone" and the list is only
+    /// checked here (`punch listen` refuses such a list; a warning is logged).
     pub fn register_message(&self, local: SocketAddr) -> Register {
+        let (accept_inbound, allow) = match &self.allow {
+            Allow::Any => (self.accept_inbound, Vec::new()),
+            Allow::Only(ids) if ids.is_empty() => (false, Vec::new()),
+            Allow::Only(ids) if ids.len() > MAX_ALLOW => {
+                warn!(
+                    allowed = ids.len(),
+                    max = MAX_ALLOW,
+                    "allow-list too long to register; the rendezvous will not filter for us"
+                );
+                (self.accept_inbound, Vec::new())
+            }
+            Allow::Only(ids) => {
+                let mut ids: Vec<PeerId> = ids.iter().copied().collect();
+                ids.sort_unstable_by_key(|id| *id.as_bytes());
+                (self.accept_inbound, ids)
+            }
+        };
         Register {
             version: PROTOCOL_VERSION,
             local_addrs: vec![local],
-            accept_inbound: self.accept_inbound,
+            accept_inbound,
+            allow,
         }
     }
 }
@@ -547,6 +570,7 @@ impl<T> Control<T> {
         let error = match e.code {
             ErrorCode::PeerOffline => Error::PeerOffline { peer: p.peer },
             ErrorCode::PeerRefuses => Error::PeerRefuses { peer: p.peer },
+            ErrorCode::NotAllowed => Error::NotAllowed { peer: p.peer },
             ErrorCode::RateLimited => Error::RateLimited {
                 retry_after: e.retry_after,
             },

@@ -328,6 +328,7 @@ fn refusals_map_to_typed_errors() {
     let codes = [
         ErrorCode::PeerOffline,
         ErrorCode::PeerRefuses,
+        ErrorCode::NotAllowed,
         ErrorCode::RateLimited,
         ErrorCode::SelfConnect,
     ];
@@ -350,7 +351,8 @@ fn refusals_map_to_typed_errors() {
         assert_eq!(*token, i as u32);
         match (code, error) {
             (ErrorCode::PeerOffline, Error::PeerOffline { peer: p })
-            | (ErrorCode::PeerRefuses, Error::PeerRefuses { peer: p }) => assert_eq!(*p, peer(2)),
+            | (ErrorCode::PeerRefuses, Error::PeerRefuses { peer: p })
+            | (ErrorCode::NotAllowed, Error::NotAllowed { peer: p }) => assert_eq!(*p, peer(2)),
             (ErrorCode::RateLimited, Error::RateLimited { retry_after }) => {
                 assert_eq!(*retry_after, Some(Duration::from_secs(3)))
             }
@@ -378,7 +380,7 @@ fn refusals_map_to_typed_errors() {
     assert!(disconnected_reason(&actions)
         .unwrap()
         .starts_with("rendezvous error (BadRequest)"));
-    assert_eq!(c.stats().refused, 4);
+    assert_eq!(c.stats().refused, codes.len() as u64);
 }
 
 #[test]
@@ -575,4 +577,35 @@ fn inbound_offers_from_peers_off_the_allow_list_start_nothing() {
         .iter()
         .any(|a| matches!(a, Action::StartPunch { reply: Some(1), .. })));
     assert_eq!(c.stats().inbound_refused, 100);
+}
+
+#[test]
+fn the_registration_carries_the_allow_list() {
+    let with = |allow, accept_inbound| {
+        ControlConfig {
+            allow,
+            accept_inbound,
+            ..config()
+        }
+        .register_message(local())
+    };
+    let any = with(Allow::Any, true);
+    assert_eq!((any.accept_inbound, any.allow.len()), (true, 0));
+    assert_eq!(any.local_addrs, vec![local()]);
+    // Sorted, so the message does not depend on the set's order.
+    let two = with(Allow::Only([peer(9), peer(4)].into_iter().collect()), true);
+    assert_eq!(
+        (two.accept_inbound, two.allow),
+        (true, vec![peer(4), peer(9)])
+    );
+    // An empty list serves nobody: registered as inbound off, not as "anyone".
+    let nobody = with(Allow::Only(Default::default()), true);
+    assert_eq!((nobody.accept_inbound, nobody.allow.len()), (false, 0));
+    // Too long to send: the rendezvous cannot filter, the machine still does.
+    let many = (0..=MAX_ALLOW as u8).map(|i| peer(0x10 + i)).collect();
+    let long = with(Allow::Only(many), true);
+    assert_eq!((long.accept_inbound, long.allow.len()), (true, 0));
+    // Inbound off stays off whatever the list.
+    let off = with(Allow::Only([peer(4)].into_iter().collect()), false);
+    assert!(!off.accept_inbound);
 }

@@ -35,6 +35,10 @@ pub enum Error {
     /// The peer is registered but does not take inbound punches.
     #[error("peer {peer} does not accept inbound punches")]
     PeerRefuses { peer: PeerId },
+    /// The peer takes inbound punches only from the peers its allow-list names, and not from
+    /// us (refused by the rendezvous; the peer was not told).
+    #[error("peer {peer} does not accept punches from us (not on its allow-list)")]
+    NotAllowed { peer: PeerId },
     #[error("rate limited by the rendezvous{}", retry_hint(*retry_after))]
     RateLimited { retry_after: Option<Duration> },
     /// Another refusal from the rendezvous (`detail` is the rendezvous's own text).

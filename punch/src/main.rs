@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use punch::forward::ListenLimits;
 use punch::{Allow, Client, Config, Session};
+use punch_proto::message::MAX_ALLOW;
 use punch_proto::{Keypair, PeerId};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
@@ -47,8 +48,9 @@ enum Command {
         /// Service that punched streams are forwarded to, e.g. 127.0.0.1:16111.
         #[arg(long, value_name = "HOST:PORT")]
         forward: String,
-        /// A peer id (as printed by `punch id`) that may punch to us; repeat for more. Offers
-        /// from other peers are refused before anything is dialed.
+        /// A peer id (as printed by `punch id`) that may punch to us; repeat for more (at most
+        /// 64). The list is sent to the rendezvous, which refuses other requesters before they
+        /// cost us anything; offers from other peers are refused here too, before any dial.
         #[arg(long, value_name = "ID")]
         allow: Vec<PeerId>,
         /// Serve any peer the rendezvous introduces (a public service).
@@ -174,7 +176,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let allow = if allow_any {
                 Allow::Any
             } else {
-                Allow::Only(allow.into_iter().collect())
+                let ids: std::collections::HashSet<PeerId> = allow.into_iter().collect();
+                if ids.len() > MAX_ALLOW {
+                    bail!(
+                        "{} --allow ids, more than the {MAX_ALLOW} a registration carries; \
+                         use --allow-any and filter in the service, or split the peers",
+                        ids.len()
+                    );
+                }
+                Allow::Only(ids)
             };
             let limits = ListenLimits {
                 sessions_per_peer: limits.max_sessions_per_peer,

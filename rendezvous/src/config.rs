@@ -7,8 +7,10 @@ use punch_proto::Keypair;
 
 /// Where the server listens by default: all interfaces, a fixed port operators can open.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:7717";
-/// Registered peers at most. Each costs well under 1 KiB of state; 10,000 bounds memory to a
-/// few MiB against an identity flood (identities are free to make).
+/// Registered peers at most. Each costs about 18 KB of server memory (measured: socket
+/// buffers, its task, Noise state) and one file descriptor; 10,000 bounds memory to about
+/// 180 MB against an identity flood (identities are free to make). The server checks at start
+/// that its file-descriptor limit covers this (see `FD_RESERVE`).
 pub const DEFAULT_MAX_PEERS: usize = 10_000;
 /// Handshakes in progress (message 1 received) at most: bounds the Noise state and tasks that
 /// half-open handshakes can pin before the handshake timeout frees them. When full, the oldest
@@ -53,9 +55,42 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Punch requests each identity may make per minute: a node keeping a few peers connected
 /// re-punches rarely; more than this is a scan or a bug, and each request makes the target dial.
 pub const DEFAULT_PUNCH_REQUESTS_PER_MINUTE: u32 = 20;
-/// Offers one peer may receive per minute, from all requesters together: stops many
-/// identities from making one victim dial without pause.
-pub const DEFAULT_OFFERS_PER_TARGET_PER_MINUTE: u32 = 60;
+/// Punch requests per minute from one source (IPv4 address or IPv6 /64), all its identities
+/// together: identities are free, so the per-identity limit alone does not bound a host. 120 is
+/// six identities at their full rate; a CGNAT address full of honest nodes, each re-punching a
+/// few times an hour, stays far below.
+pub const DEFAULT_PUNCH_REQUESTS_PER_SOURCE_PER_MINUTE: u32 = 120;
+/// Punch requests per minute from one network (IPv4 /24 or IPv6 /48): five sources at their
+/// full rate. A block of addresses then gets five times one address's share, not 256 times.
+pub const DEFAULT_PUNCH_REQUESTS_PER_NETWORK_PER_MINUTE: u32 = 600;
+/// Offers one target may receive per minute from the requesters of one source (IPv4 address
+/// or IPv6 /64): the per-identity request rate, so extra identities on one address buy no
+/// extra dials of the victim.
+pub const DEFAULT_OFFERS_PER_TARGET_PER_SOURCE_PER_MINUTE: u32 = 20;
+/// Offers one target may receive per minute from the requesters of one network (IPv4 /24 or
+/// IPv6 /48). Budgets used to be per target, shared by all requesters, and 60 Sybil identities
+/// from 2 addresses kept them empty (0 of 5 honest punches got through); now a network spends
+/// only its own budget. 60 is the old whole-target budget: one network alone can still do
+/// what all requesters together could. A target that should not be dialed by strangers at all
+/// registers an allow-list (`punch listen --allow`), checked before any budget.
+pub const DEFAULT_OFFERS_PER_TARGET_PER_NETWORK_PER_MINUTE: u32 = 60;
+/// Registered peers per source (IPv4 address or IPv6 /64): the per-IP connection limit, since
+/// every registration holds a connection; stated again so the registry bounds itself.
+pub const DEFAULT_MAX_REGISTRATIONS_PER_SOURCE: usize = DEFAULT_MAX_CONNECTIONS_PER_IP;
+/// Registered peers per network (IPv4 /24 or IPv6 /48). 10,000 Sybil identities from 313
+/// addresses filled `max_peers` in 8.7 s; with 256 per network, filling the default 10,000
+/// takes 40 distinct /24s. 256 is one peer per address of a /24, or eight CGNAT addresses each
+/// holding its full 32.
+pub const DEFAULT_MAX_REGISTRATIONS_PER_NETWORK: usize = 256;
+/// Keys each of the registry's five rate tables (requests per identity, source, network;
+/// offers per target and source, target and network) holds at most. A key costs about 100
+/// bytes, so the five stay under 35 MiB; keys idle for a minute are dropped, so filling a
+/// table takes 65,536 distinct keys a minute, more than 100 networks at their full request rate.
+/// A new key arriving at a full table is refused (`RateLimited`), never an old one forgotten.
+pub const DEFAULT_MAX_RATE_KEYS: usize = 65_536;
+/// File descriptors the server keeps beyond one per registered peer, waiting connection and
+/// handshake: the listener, stdio, log files, the runtime's own.
+pub const FD_RESERVE: u64 = 64;
 /// Extra time added to the later side's one-way delay before both dial: absorbs jitter and the
 /// time a client needs to bind its sockets. 50 ms is a few scheduler slices plus typical jitter.
 pub const DEFAULT_DIAL_MARGIN: Duration = Duration::from_millis(50);
@@ -96,8 +131,20 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Why: a punch request makes another peer dial; limits scans and request floods.
     pub punch_requests_per_minute: u32,
-    /// Why: limits how often anyone can make one victim dial.
-    pub offers_per_target_per_minute: u32,
+    /// Why: identities are free; one host cannot multiply its rate by making more of them.
+    pub punch_requests_per_source_per_minute: u32,
+    /// Why: a block of addresses cannot multiply its rate by the addresses it holds.
+    pub punch_requests_per_network_per_minute: u32,
+    /// Why: limits how often one source can make one victim dial, however many identities.
+    pub offers_per_target_per_source_per_minute: u32,
+    /// Why: requesters of one network spend their own budget for a target, not everyone's.
+    pub offers_per_target_per_network_per_minute: u32,
+    /// Why: one address cannot hold registrations beyond its share.
+    pub max_registrations_per_source: usize,
+    /// Why: a block of addresses cannot fill `max_peers` with Sybil identities.
+    pub max_registrations_per_network: usize,
+    /// Why: bounds the memory of the registry's rate tables.
+    pub max_rate_keys: usize,
     /// Why: jitter allowance so both SYNs leave together even if an estimate is a bit off.
     pub dial_margin: Duration,
     /// Why: a client that does not read its messages is dropped, not buffered for.
@@ -105,6 +152,18 @@ pub struct Config {
 }
 
 impl Config {
+    /// File descriptors this configuration can hold at once: one per registered peer, per
+    /// connection waiting for message 1 and per handshake, plus [`FD_RESERVE`]. The binary
+    /// checks it against its open-files limit at start: past the limit, accepts fail and
+    /// honest peers are locked out while the registry still has room.
+    pub fn fds_needed(&self) -> u64 {
+        let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+        n(self.max_peers)
+            .saturating_add(n(self.max_waiting_connections))
+            .saturating_add(n(self.max_handshakes))
+            .saturating_add(FD_RESERVE)
+    }
+
     /// Defaults for everything but the key and listen address.
     pub fn new(listen: SocketAddr, keypair: Keypair) -> Self {
         Self {
@@ -123,7 +182,15 @@ impl Config {
             ping_interval: DEFAULT_PING_INTERVAL,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             punch_requests_per_minute: DEFAULT_PUNCH_REQUESTS_PER_MINUTE,
-            offers_per_target_per_minute: DEFAULT_OFFERS_PER_TARGET_PER_MINUTE,
+            punch_requests_per_source_per_minute: DEFAULT_PUNCH_REQUESTS_PER_SOURCE_PER_MINUTE,
+            punch_requests_per_network_per_minute: DEFAULT_PUNCH_REQUESTS_PER_NETWORK_PER_MINUTE,
+            offers_per_target_per_source_per_minute:
+                DEFAULT_OFFERS_PER_TARGET_PER_SOURCE_PER_MINUTE,
+            offers_per_target_per_network_per_minute:
+                DEFAULT_OFFERS_PER_TARGET_PER_NETWORK_PER_MINUTE,
+            max_registrations_per_source: DEFAULT_MAX_REGISTRATIONS_PER_SOURCE,
+            max_registrations_per_network: DEFAULT_MAX_REGISTRATIONS_PER_NETWORK,
+            max_rate_keys: DEFAULT_MAX_RATE_KEYS,
             dial_margin: DEFAULT_DIAL_MARGIN,
             outbound_queue: DEFAULT_OUTBOUND_QUEUE,
         }

@@ -22,14 +22,54 @@ use std::time::{Duration, Instant};
 
 use crate::limiter::TokenBucket;
 
-/// The unit sources are limited by: an IPv4 address or an IPv6 /64.
+/// The unit sources are limited by: an IPv4 address or an IPv6 /64 ([`Prefix::of`]); and the
+/// wider unit, a network: an IPv4 /24 or an IPv6 /48 ([`Prefix::network`]).
+///
+/// Why two: an attacker with a few dozen addresses usually has them in a few /24s (one hosting
+/// provider's block), and an IPv6 /48 is one site's allocation holding 65,536 /64s. Limits per
+/// address keep one CGNAT address from crowding out the rest of its /24; limits per network
+/// keep a block of addresses from multiplying its share by the addresses it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Prefix {
     V4([u8; 4]),
     V6([u8; 8]),
+    /// An IPv4 /24.
+    V4Net([u8; 3]),
+    /// An IPv6 /48.
+    V6Net([u8; 6]),
+}
+
+impl std::fmt::Display for Prefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v6 = |bytes: &[u8]| {
+            let mut o = [0u8; 16];
+            o[..bytes.len()].copy_from_slice(bytes);
+            std::net::Ipv6Addr::from(o)
+        };
+        match self {
+            Prefix::V4(o) => write!(f, "{}", std::net::Ipv4Addr::from(*o)),
+            Prefix::V6(o) => write!(f, "{}/64", v6(o)),
+            Prefix::V4Net([a, b, c]) => write!(f, "{a}.{b}.{c}.0/24"),
+            Prefix::V6Net(o) => write!(f, "{}/48", v6(o)),
+        }
+    }
 }
 
 impl Prefix {
+    /// The network `ip` is in: its IPv4 /24 or IPv6 /48 (IPv4-mapped IPv6 counts as IPv4).
+    pub fn network(ip: IpAddr) -> Self {
+        match Prefix::of(ip) {
+            Prefix::V4([a, b, c, _]) => Prefix::V4Net([a, b, c]),
+            Prefix::V6(p) => {
+                let mut n = [0u8; 6];
+                n.copy_from_slice(&p[..6]);
+                Prefix::V6Net(n)
+            }
+            net => net,
+        }
+    }
+
+    /// The source `ip` is: its IPv4 address or IPv6 /64.
     pub fn of(ip: IpAddr) -> Self {
         match ip {
             IpAddr::V4(v4) => Prefix::V4(v4.octets()),
@@ -199,6 +239,25 @@ mod tests {
             Prefix::of(ip("::ffff:10.0.0.1")),
             Prefix::of(ip("10.0.0.1"))
         );
+    }
+
+    #[test]
+    fn networks_are_the_ipv4_24_and_the_ipv6_48() {
+        let net = |s| Prefix::network(ip(s));
+        assert_eq!(net("127.0.0.1"), net("127.0.0.200"));
+        assert_ne!(net("127.0.0.1"), net("127.0.1.1"));
+        assert_eq!(net("::ffff:10.0.0.1"), net("10.0.0.9"));
+        assert_eq!(net("2001:db8:1:2::1"), net("2001:db8:1:ffff::1"));
+        assert_ne!(net("2001:db8:1::1"), net("2001:db8:2::1"));
+        // A network never equals an address, even 10.0.0.0 and its /24.
+        assert_ne!(net("10.0.0.0"), Prefix::of(ip("10.0.0.0")));
+        assert_eq!(net("127.0.1.9").to_string(), "127.0.1.0/24");
+        assert_eq!(net("2001:db8:1:2::1").to_string(), "2001:db8:1::/48");
+        assert_eq!(
+            Prefix::of(ip("2001:db8:1:2::1")).to_string(),
+            "2001:db8:1:2::/64"
+        );
+        assert_eq!(Prefix::of(ip("10.1.2.3")).to_string(), "10.1.2.3");
     }
 
     #[test]

@@ -51,6 +51,30 @@ struct Args {
     /// Punch requests each identity may make per minute.
     #[arg(long, default_value_t = config::DEFAULT_PUNCH_REQUESTS_PER_MINUTE)]
     punch_requests_per_minute: u32,
+    /// Punch requests per minute from one source (IPv4 address or IPv6 /64), all identities.
+    #[arg(long, default_value_t = config::DEFAULT_PUNCH_REQUESTS_PER_SOURCE_PER_MINUTE)]
+    punch_requests_per_source_per_minute: u32,
+    /// Punch requests per minute from one network (IPv4 /24 or IPv6 /48), all identities.
+    #[arg(long, default_value_t = config::DEFAULT_PUNCH_REQUESTS_PER_NETWORK_PER_MINUTE)]
+    punch_requests_per_network_per_minute: u32,
+    /// Offers one target may receive per minute from requesters of one source.
+    #[arg(long, default_value_t = config::DEFAULT_OFFERS_PER_TARGET_PER_SOURCE_PER_MINUTE)]
+    offers_per_target_per_source_per_minute: u32,
+    /// Offers one target may receive per minute from requesters of one network.
+    #[arg(long, default_value_t = config::DEFAULT_OFFERS_PER_TARGET_PER_NETWORK_PER_MINUTE)]
+    offers_per_target_per_network_per_minute: u32,
+    /// Registered peers at most from one source (IPv4 address or IPv6 /64).
+    #[arg(long, default_value_t = config::DEFAULT_MAX_REGISTRATIONS_PER_SOURCE)]
+    max_registrations_per_source: usize,
+    /// Registered peers at most from one network (IPv4 /24 or IPv6 /48): Sybils from a block
+    /// of addresses cannot fill --max-peers.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_REGISTRATIONS_PER_NETWORK)]
+    max_registrations_per_network: usize,
+    /// Start even if the open-files limit (after raising the soft limit to the hard one) is
+    /// below what --max-peers, --max-waiting-connections and --max-handshakes need; by
+    /// default the server refuses to start then.
+    #[arg(long)]
+    ignore_fd_limit: bool,
     /// Seconds a client has to finish the Noise handshake.
     #[arg(long, default_value_t = config::DEFAULT_HANDSHAKE_TIMEOUT.as_secs())]
     handshake_timeout_secs: u64,
@@ -84,6 +108,12 @@ async fn main() -> anyhow::Result<()> {
     config.max_peers = args.max_peers;
     config.max_connections_per_ip = args.max_connections_per_ip;
     config.punch_requests_per_minute = args.punch_requests_per_minute;
+    config.punch_requests_per_source_per_minute = args.punch_requests_per_source_per_minute;
+    config.punch_requests_per_network_per_minute = args.punch_requests_per_network_per_minute;
+    config.offers_per_target_per_source_per_minute = args.offers_per_target_per_source_per_minute;
+    config.offers_per_target_per_network_per_minute = args.offers_per_target_per_network_per_minute;
+    config.max_registrations_per_source = args.max_registrations_per_source;
+    config.max_registrations_per_network = args.max_registrations_per_network;
     config.max_handshakes = args.max_handshakes.max(1);
     config.max_waiting_connections = args.max_waiting_connections.max(1);
     config.max_pending_handshakes_per_prefix = args.max_pending_handshakes_per_prefix.max(1);
@@ -94,6 +124,8 @@ async fn main() -> anyhow::Result<()> {
     config.handshake_timeout = Duration::from_secs(args.handshake_timeout_secs.max(1));
     config.ping_interval = Duration::from_secs(args.ping_interval_secs.max(1));
     config.idle_timeout = Duration::from_secs(args.idle_timeout_secs.max(2));
+
+    check_fd_limit(&config, args.ignore_fd_limit)?;
 
     let server = Server::spawn(config)
         .await
@@ -118,6 +150,52 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!("signal received, shutting down");
     server.shutdown().await;
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard limit (every registered peer holds a
+/// descriptor, and 1,024, a common default, is few), then checks that it covers what the
+/// configuration can hold ([`Config::fds_needed`]). Past the limit accepts fail: an identity
+/// flood would lock honest peers out while `--max-peers` still has room (with a 1,024 limit,
+/// 33 addresses were enough). Refuses to start then, unless `--ignore-fd-limit`.
+fn check_fd_limit(config: &Config, ignore: bool) -> anyhow::Result<()> {
+    let (soft, hard) = match rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        Ok(limits) => limits,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the open files limit; not checked");
+            return Ok(());
+        }
+    };
+    let limit = match rlimit::increase_nofile_limit(hard) {
+        Ok(now) => {
+            if now > soft {
+                tracing::info!(before = soft, after = now, "open files limit raised");
+            }
+            now
+        }
+        Err(e) => {
+            tracing::warn!(soft, hard, error = %e, "could not raise the open files limit");
+            soft
+        }
+    };
+    let need = config.fds_needed();
+    if need <= limit {
+        return Ok(());
+    }
+    let msg = format!(
+        "--max-peers {} (+ --max-waiting-connections {}, --max-handshakes {}, {} spare) needs \
+         {need} open files, but the limit is {limit} (hard limit {hard}): raise it (ulimit -n, \
+         systemd LimitNOFILE=) or lower --max-peers",
+        config.max_peers,
+        config.max_waiting_connections,
+        config.max_handshakes,
+        config::FD_RESERVE
+    );
+    if ignore {
+        tracing::warn!("{msg}; starting anyway (--ignore-fd-limit)");
+        Ok(())
+    } else {
+        anyhow::bail!("{msg}; or pass --ignore-fd-limit to start anyway")
+    }
 }
 
 async fn shutdown_signal() -> anyhow::Result<()> {

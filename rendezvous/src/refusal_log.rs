@@ -6,6 +6,9 @@
 //! Failed handshakes (admitted, then broken) keep their own line, which names the failure, but
 //! only up to a budget per interval ([`RefusalLog::may_log_failure`]); the rest are counted
 //! in the summary, so many sources each within their handshake rate cannot flood the log.
+//! The registry's refusals of registered peers (punch requests over a budget or refused by the
+//! target's allow-list, registrations over a network's cap or `max_peers`) are counted here
+//! too: a Sybil flood makes them by the thousand as well.
 //! Pure: fed `now`, no clock, no I/O.
 
 use std::collections::HashSet;
@@ -25,6 +28,14 @@ pub enum Reason {
     Evicted,
     /// It sent no complete message 1 within the first-message timeout.
     Silent,
+    /// A punch request over a request or offer budget (`RateLimited`).
+    RequestRate,
+    /// A punch request from a peer the target's allow-list does not name (`NotAllowed`).
+    NotAllowed,
+    /// A registration over its source's or network's cap (`NetworkFull`).
+    NetworkFull,
+    /// A registration of a new identity with `max_peers` reached (`ServerFull`).
+    ServerFull,
 }
 
 /// Refusals counted over one interval.
@@ -34,6 +45,10 @@ pub struct Summary {
     pub per_ip: u64,
     pub evicted: u64,
     pub silent: u64,
+    pub request_rate: u64,
+    pub not_allowed: u64,
+    pub network_full: u64,
+    pub server_full: u64,
     /// Failed handshakes beyond the interval's budget of lines (not logged one by one).
     pub failed_unlogged: u64,
     /// Distinct source prefixes among the refusals.
@@ -42,8 +57,14 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// Connections refused before their handshake.
     pub fn total(&self) -> u64 {
         self.rate + self.per_ip + self.evicted + self.silent
+    }
+
+    /// Refusals of registered or registering peers by the registry.
+    pub fn registry_total(&self) -> u64 {
+        self.request_rate + self.not_allowed + self.network_full + self.server_full
     }
 }
 
@@ -61,7 +82,16 @@ impl fmt::Display for Summary {
             self.evicted,
             self.silent,
             self.failed_unlogged
-        )
+        )?;
+        if self.registry_total() > 0 {
+            write!(
+                f,
+                "; punch requests refused: {} (rate), {} (not on the target's allow-list); \
+                 registrations refused: {} (network full), {} (server full)",
+                self.request_rate, self.not_allowed, self.network_full, self.server_full
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -100,6 +130,10 @@ impl RefusalLog {
             Reason::PerIp => self.counts.per_ip += 1,
             Reason::Evicted => self.counts.evicted += 1,
             Reason::Silent => self.counts.silent += 1,
+            Reason::RequestRate => self.counts.request_rate += 1,
+            Reason::NotAllowed => self.counts.not_allowed += 1,
+            Reason::NetworkFull => self.counts.network_full += 1,
+            Reason::ServerFull => self.counts.server_full += 1,
         }
         if self.sources.len() < MAX_TRACKED_SOURCES {
             self.sources.insert(source);
@@ -130,7 +164,7 @@ impl RefusalLog {
         self.sources.clear();
         self.since = now;
         self.failure_lines_left = self.failure_lines;
-        (out.total() + out.failed_unlogged > 0).then_some(out)
+        (out.total() + out.registry_total() + out.failed_unlogged > 0).then_some(out)
     }
 }
 
@@ -171,5 +205,27 @@ mod tests {
         assert_eq!(log.summary(t0 + Duration::from_secs(30)), None, "too soon");
         let s = log.summary(t0 + Duration::from_secs(35)).unwrap();
         assert_eq!((s.silent, s.sources, s.total()), (1, 1, 1));
+    }
+
+    #[test]
+    fn registry_refusals_are_summarised_too() {
+        let t0 = Instant::now();
+        let mut log = RefusalLog::new(Duration::from_secs(10), 2, t0);
+        let src = Prefix::of([127, 0, 0, 2].into());
+        for _ in 0..500 {
+            log.record(Reason::NotAllowed, src);
+        }
+        log.record(Reason::RequestRate, src);
+        log.record(Reason::NetworkFull, src);
+        log.record(Reason::ServerFull, src);
+        let s = log.summary(t0 + Duration::from_secs(10)).unwrap();
+        assert_eq!((s.total(), s.registry_total(), s.sources), (0, 503, 1));
+        assert_eq!(
+            s.to_string(),
+            "refused 0 connections from 1 sources in the last 10 s: 0 (rate), 0 (per-ip), \
+             0 (evicted), 0 (silent); 0 failed handshakes not logged one by one; \
+             punch requests refused: 1 (rate), 500 (not on the target's allow-list); \
+             registrations refused: 1 (network full), 1 (server full)"
+        );
     }
 }

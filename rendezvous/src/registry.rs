@@ -18,6 +18,20 @@
 //! one NAT, the only case where a LAN address can be the better path), only private ones
 //! ([`is_dialable_local`]), and at most [`MAX_LOCAL_CANDIDATES`].
 //!
+//! Sybils. Identities are free, so no limit may be per identity alone. A target's
+//! registration carries its allow-list (at most [`MAX_ALLOW`] identities, empty: anyone),
+//! checked before any budget is charged: a requester not on it gets `NotAllowed` and the
+//! target never hears of it. Punch requests are limited per identity, per source (IPv4
+//! address, IPv6 /64) and per network (IPv4 /24, IPv6 /48); offers to one target are budgeted
+//! per (target, requesting source) and per (target, requesting network), so requesters from
+//! one block of addresses cannot spend the budget of everyone else. Registrations are capped
+//! per source and per network, so a block of addresses cannot fill `max_peers`.
+//!
+//! Memory: `peers` holds at most `max_peers` entries (each with at most [`MAX_ALLOW`] allowed
+//! identities, 2 KiB); the per-source and per-network registration counts at most one entry
+//! per peer; each of the five rate tables at most `max_rate_keys` keys ([`RateTable`]), and
+//! [`Registry::prune`] drops keys idle for a minute.
+//!
 //! Session ids are random (from an RNG the registry owns, seeded at construction so tests and
 //! the simulator stay deterministic), never 0, so they reveal neither how many sessions the
 //! server has coordinated nor which id comes next.
@@ -29,10 +43,14 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use punch_proto::message::{ErrorCode, ErrorReply, Offer, Register, ServerMsg, PROTOCOL_VERSION};
+use punch_proto::message::{
+    ErrorCode, ErrorReply, Offer, Register, ServerMsg, MAX_ALLOW, PROTOCOL_VERSION,
+};
 use punch_proto::{PeerId, Role};
 
-use crate::limiter::TokenBucket;
+use crate::config;
+use crate::gate::Prefix;
+use crate::limiter::{Limited, RateTable};
 
 /// Identifies one control connection (a registration of an identity may move between them).
 pub type ConnId = u64;
@@ -46,13 +64,46 @@ pub enum Action {
     Close { conn: ConnId, reason: &'static str },
 }
 
-/// Limits the registry enforces.
+/// Limits the registry enforces (the server's [`crate::Config`] documents each default).
+/// "Source" is an IPv4 address or IPv6 /64, "network" an IPv4 /24 or IPv6 /48 ([`Prefix`]).
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_peers: usize,
+    pub max_registrations_per_source: usize,
+    pub max_registrations_per_network: usize,
+    /// Per requesting identity.
     pub punch_requests_per_minute: u32,
-    pub offers_per_target_per_minute: u32,
+    pub punch_requests_per_source_per_minute: u32,
+    pub punch_requests_per_network_per_minute: u32,
+    /// Offers to one target from requesters of one source.
+    pub offers_per_target_per_source_per_minute: u32,
+    /// Offers to one target from requesters of one network.
+    pub offers_per_target_per_network_per_minute: u32,
+    /// Keys each rate table holds at most.
+    pub max_rate_keys: usize,
     pub dial_margin: Duration,
+}
+
+impl Default for Limits {
+    /// The server's defaults.
+    fn default() -> Self {
+        Self {
+            max_peers: config::DEFAULT_MAX_PEERS,
+            max_registrations_per_source: config::DEFAULT_MAX_REGISTRATIONS_PER_SOURCE,
+            max_registrations_per_network: config::DEFAULT_MAX_REGISTRATIONS_PER_NETWORK,
+            punch_requests_per_minute: config::DEFAULT_PUNCH_REQUESTS_PER_MINUTE,
+            punch_requests_per_source_per_minute:
+                config::DEFAULT_PUNCH_REQUESTS_PER_SOURCE_PER_MINUTE,
+            punch_requests_per_network_per_minute:
+                config::DEFAULT_PUNCH_REQUESTS_PER_NETWORK_PER_MINUTE,
+            offers_per_target_per_source_per_minute:
+                config::DEFAULT_OFFERS_PER_TARGET_PER_SOURCE_PER_MINUTE,
+            offers_per_target_per_network_per_minute:
+                config::DEFAULT_OFFERS_PER_TARGET_PER_NETWORK_PER_MINUTE,
+            max_rate_keys: config::DEFAULT_MAX_RATE_KEYS,
+            dial_margin: config::DEFAULT_DIAL_MARGIN,
+        }
+    }
 }
 
 /// Counters, exported by the binary.
@@ -61,7 +112,14 @@ pub struct Stats {
     pub registrations: u64,
     pub replaced: u64,
     pub offers: u64,
+    /// Punch requests answered with an error (any code, including the two below).
     pub refused: u64,
+    /// Punch requests refused by the target's allow-list (the target was not told).
+    pub not_allowed: u64,
+    /// Punch requests refused by a request or offer budget.
+    pub rate_limited: u64,
+    /// Registrations refused for their source's or network's cap (`NetworkFull`).
+    pub network_full: u64,
 }
 
 #[derive(Debug)]
@@ -70,6 +128,8 @@ struct Peer {
     observed: SocketAddr,
     local: Vec<SocketAddr>,
     accept_inbound: bool,
+    /// Who may punch to this peer; empty: anyone.
+    allow: Vec<PeerId>,
     srtt: Duration,
 }
 
@@ -78,13 +138,45 @@ struct Peer {
 pub struct Registry {
     limits: Limits,
     peers: HashMap<PeerId, Peer>,
-    request_buckets: HashMap<PeerId, TokenBucket>,
-    offer_buckets: HashMap<PeerId, TokenBucket>,
+    /// Registered peers per source and per network (entries at zero are removed).
+    per_source: HashMap<Prefix, usize>,
+    per_network: HashMap<Prefix, usize>,
+    requests_by_id: RateTable<PeerId>,
+    requests_by_source: RateTable<Prefix>,
+    requests_by_network: RateTable<Prefix>,
+    offers_by_source: RateTable<(PeerId, Prefix)>,
+    offers_by_network: RateTable<(PeerId, Prefix)>,
     sessions: StdRng,
     stats: Stats,
 }
 
-const MINUTE: Duration = Duration::from_secs(60);
+/// A refusal of a punch request: code, detail for the requester, retry time.
+type Refusal = (ErrorCode, String, Option<Duration>);
+
+/// A rate table's refusal as the requester's error.
+fn rate_refusal(what: impl FnOnce() -> String) -> impl FnOnce(Limited) -> Refusal {
+    move |limited| match limited {
+        Limited::Wait(wait) => (ErrorCode::RateLimited, what(), Some(wait)),
+        Limited::TableFull(wait) => (
+            ErrorCode::RateLimited,
+            "the rendezvous's rate tables are full; retry later".into(),
+            Some(wait),
+        ),
+    }
+}
+
+fn count_up(map: &mut HashMap<Prefix, usize>, key: Prefix) {
+    *map.entry(key).or_insert(0) += 1;
+}
+
+fn count_down(map: &mut HashMap<Prefix, usize>, key: Prefix) {
+    if let Some(n) = map.get_mut(&key) {
+        *n -= 1;
+        if *n == 0 {
+            map.remove(&key);
+        }
+    }
+}
 
 /// The largest one-way delay the dial schedule believes. Real paths stay below it (a
 /// geostationary satellite hop is about 300 ms one way); a larger SRTT is a slow or lying
@@ -103,11 +195,20 @@ impl Registry {
     /// ids are unpredictable and ids from before a restart do not repeat (a stale punched
     /// stream then fails the Noise prologue). Tests pass a fixed seed for determinism.
     pub fn new(limits: Limits, session_seed: u64) -> Self {
+        let keys = limits.max_rate_keys;
         Self {
+            requests_by_id: RateTable::new(limits.punch_requests_per_minute, keys),
+            requests_by_source: RateTable::new(limits.punch_requests_per_source_per_minute, keys),
+            requests_by_network: RateTable::new(limits.punch_requests_per_network_per_minute, keys),
+            offers_by_source: RateTable::new(limits.offers_per_target_per_source_per_minute, keys),
+            offers_by_network: RateTable::new(
+                limits.offers_per_target_per_network_per_minute,
+                keys,
+            ),
             limits,
             peers: HashMap::new(),
-            request_buckets: HashMap::new(),
-            offer_buckets: HashMap::new(),
+            per_source: HashMap::new(),
+            per_network: HashMap::new(),
             sessions: StdRng::seed_from_u64(session_seed),
             stats: Stats::default(),
         }
@@ -131,7 +232,9 @@ impl Registry {
     }
 
     /// Registers `peer` on `conn`, seen from `observed`, replacing an older registration of the
-    /// same identity (whose connection is closed). Returns the registration error to send, if any.
+    /// same identity (whose connection is closed). Returns the registration error to send, if
+    /// any: `UnsupportedVersion`, `NetworkFull` (the source or network holds its maximum of
+    /// registrations; a replacement does not count its own old registration), `ServerFull`.
     pub fn register(
         &mut self,
         conn: ConnId,
@@ -143,12 +246,27 @@ impl Registry {
         if register.version != PROTOCOL_VERSION {
             return Err(ErrorCode::UnsupportedVersion);
         }
+        let (source, network) = (Prefix::of(observed.ip()), Prefix::network(observed.ip()));
+        let old = self.peers.get(&peer).map(|p| p.observed.ip());
+        let held = |map: &HashMap<Prefix, usize>, key: Prefix, of: fn(IpAddr) -> Prefix| {
+            let own = old.is_some_and(|ip| of(ip) == key);
+            map.get(&key).copied().unwrap_or(0) - usize::from(own)
+        };
+        if held(&self.per_source, source, Prefix::of) >= self.limits.max_registrations_per_source
+            || held(&self.per_network, network, Prefix::network)
+                >= self.limits.max_registrations_per_network
+        {
+            self.stats.network_full += 1;
+            return Err(ErrorCode::NetworkFull);
+        }
         let mut actions = Vec::new();
-        if let Some(old) = self.peers.get(&peer) {
+        if let Some(old) = self.peers.remove(&peer) {
             actions.push(Action::Close {
                 conn: old.conn,
                 reason: "replaced by a newer registration of the same identity",
             });
+            count_down(&mut self.per_source, Prefix::of(old.observed.ip()));
+            count_down(&mut self.per_network, Prefix::network(old.observed.ip()));
             self.stats.replaced += 1;
         } else if self.peers.len() >= self.limits.max_peers {
             return Err(ErrorCode::ServerFull);
@@ -167,17 +285,32 @@ impl Registry {
                 observed,
                 local,
                 accept_inbound: register.accept_inbound,
+                allow: register.allow.iter().take(MAX_ALLOW).copied().collect(),
                 srtt: rtt,
             },
         );
+        count_up(&mut self.per_source, source);
+        count_up(&mut self.per_network, network);
         self.stats.registrations += 1;
         Ok(actions)
+    }
+
+    /// Peers registered now from `observed`'s source and network.
+    pub fn registered_from(&self, observed: IpAddr) -> (usize, usize) {
+        let get = |map: &HashMap<Prefix, usize>, key| map.get(&key).copied().unwrap_or(0);
+        (
+            get(&self.per_source, Prefix::of(observed)),
+            get(&self.per_network, Prefix::network(observed)),
+        )
     }
 
     /// Forgets `peer` if it is still registered on `conn` (a replaced registration is not touched).
     pub fn unregister(&mut self, peer: &PeerId, conn: ConnId) {
         if self.is_registered(peer, conn) {
-            self.peers.remove(peer);
+            if let Some(old) = self.peers.remove(peer) {
+                count_down(&mut self.per_source, Prefix::of(old.observed.ip()));
+                count_down(&mut self.per_network, Prefix::network(old.observed.ip()));
+            }
         }
     }
 
@@ -213,6 +346,11 @@ impl Registry {
             Ok(actions) => actions,
             Err((code, detail, retry_after)) => {
                 self.stats.refused += 1;
+                match code {
+                    ErrorCode::NotAllowed => self.stats.not_allowed += 1,
+                    ErrorCode::RateLimited => self.stats.rate_limited += 1,
+                    _ => {}
+                }
                 vec![Action::Send {
                     conn,
                     msg: ServerMsg::Error(ErrorReply {
@@ -234,31 +372,51 @@ impl Registry {
         request_id: u64,
         target: PeerId,
         can_send: impl Fn(ConnId) -> bool,
-    ) -> Result<Vec<Action>, (ErrorCode, String, Option<Duration>)> {
+    ) -> Result<Vec<Action>, Refusal> {
         // A connection replaced by a newer registration of the same identity may still send a
         // request before it reads its Close: it must not act for the new connection.
-        if !self.is_registered(&from, conn) {
+        let Some(a) = self.peers.get(&from).filter(|a| a.conn == conn) else {
             return Err((
                 ErrorCode::BadRequest,
                 "this connection's registration was replaced".into(),
                 None,
             ));
-        }
+        };
+        let ip = a.observed.ip();
+        let (source, network) = (Prefix::of(ip), Prefix::network(ip));
         let limits = &self.limits;
-        self.request_buckets
-            .entry(from)
-            .or_insert_with(|| TokenBucket::new(limits.punch_requests_per_minute, MINUTE, now))
-            .try_take(now)
-            .map_err(|wait| {
-                (
-                    ErrorCode::RateLimited,
-                    format!(
-                        "more than {} punch requests per minute",
-                        limits.punch_requests_per_minute
-                    ),
-                    Some(wait),
+        // Request limits: all three are checked before any is charged, so a request refused
+        // by one costs no token of the others.
+        self.requests_by_id
+            .check(now, &from)
+            .map_err(rate_refusal(|| {
+                format!(
+                    "more than {} punch requests per minute from this identity",
+                    limits.punch_requests_per_minute
                 )
-            })?;
+            }))?;
+        self.requests_by_source
+            .check(now, &source)
+            .map_err(rate_refusal(|| {
+                format!(
+                    "more than {} punch requests per minute from {source}",
+                    limits.punch_requests_per_source_per_minute
+                )
+            }))?;
+        self.requests_by_network
+            .check(now, &network)
+            .map_err(rate_refusal(|| {
+                format!(
+                    "more than {} punch requests per minute from {network}",
+                    limits.punch_requests_per_network_per_minute
+                )
+            }))?;
+        let taken = [
+            self.requests_by_id.take(now, from),
+            self.requests_by_source.take(now, source),
+            self.requests_by_network.take(now, network),
+        ];
+        debug_assert!(taken.iter().all(Result::is_ok), "{taken:?}");
         if from == target {
             return Err((
                 ErrorCode::SelfConnect,
@@ -266,12 +424,7 @@ impl Registry {
                 None,
             ));
         }
-        let a = self.peers.get(&from).ok_or((
-            ErrorCode::BadRequest,
-            "requester is not registered".into(),
-            None,
-        ))?;
-        debug_assert_eq!(a.conn, conn);
+        let a = &self.peers[&from];
         let b = self.peers.get(&target).ok_or_else(|| {
             (
                 ErrorCode::PeerOffline,
@@ -286,6 +439,18 @@ impl Registry {
                 None,
             ));
         }
+        // Before any budget: a stranger to the target's allow-list spends nobody's budget
+        // and the target never hears of the request.
+        if !b.allow.is_empty() && !b.allow.contains(&from) {
+            return Err((
+                ErrorCode::NotAllowed,
+                format!(
+                    "peer {} accepts punches only from the peers it names",
+                    target.short()
+                ),
+                None,
+            ));
+        }
         if !can_send(a.conn) || !can_send(b.conn) {
             return Err((
                 ErrorCode::PeerOffline,
@@ -293,17 +458,25 @@ impl Registry {
                 None,
             ));
         }
-        self.offer_buckets
-            .entry(target)
-            .or_insert_with(|| TokenBucket::new(limits.offers_per_target_per_minute, MINUTE, now))
-            .try_take(now)
-            .map_err(|wait| {
-                (
-                    ErrorCode::RateLimited,
-                    format!("peer {} receives too many punch requests", target.short()),
-                    Some(wait),
+        let too_many = |from: Prefix| {
+            move || {
+                format!(
+                    "peer {} receives too many punch requests from {from}",
+                    target.short()
                 )
-            })?;
+            }
+        };
+        self.offers_by_source
+            .check(now, &(target, source))
+            .map_err(rate_refusal(too_many(source)))?;
+        self.offers_by_network
+            .check(now, &(target, network))
+            .map_err(rate_refusal(too_many(network)))?;
+        let taken = [
+            self.offers_by_source.take(now, (target, source)),
+            self.offers_by_network.take(now, (target, network)),
+        ];
+        debug_assert!(taken.iter().all(Result::is_ok), "{taken:?}");
 
         let (owd_a, owd_b) = (owd(a.srtt), owd(b.srtt));
         let at = owd_a.max(owd_b) + limits.dial_margin;
@@ -338,14 +511,26 @@ impl Registry {
         ])
     }
 
-    /// Forgets rate-limit state of identities that are idle (full bucket) and gone, so the
-    /// maps stay bounded by the live peers plus those limited in the last minute.
+    /// Forgets rate-limit state that is idle (a full bucket, so forgetting it changes no
+    /// answer): every table then holds only keys used in the last minute.
     pub fn prune(&mut self, now: Instant) {
-        let peers = &self.peers;
-        self.request_buckets
-            .retain(|id, b| peers.contains_key(id) || !b.is_full(now));
-        self.offer_buckets
-            .retain(|id, b| peers.contains_key(id) || !b.is_full(now));
+        self.requests_by_id.prune(now);
+        self.requests_by_source.prune(now);
+        self.requests_by_network.prune(now);
+        self.offers_by_source.prune(now);
+        self.offers_by_network.prune(now);
+    }
+
+    /// Keys held by the five rate tables (requests by identity, source, network; offers by
+    /// target and source, target and network), for tests and metrics.
+    pub fn rate_keys(&self) -> [usize; 5] {
+        [
+            self.requests_by_id.len(),
+            self.requests_by_source.len(),
+            self.requests_by_network.len(),
+            self.offers_by_source.len(),
+            self.offers_by_network.len(),
+        ]
     }
 }
 
@@ -400,322 +585,5 @@ pub fn is_dialable_local(addr: &SocketAddr, observed: &SocketAddr) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn limits() -> Limits {
-        Limits {
-            max_peers: 3,
-            punch_requests_per_minute: 2,
-            offers_per_target_per_minute: 3,
-            dial_margin: Duration::from_millis(50),
-        }
-    }
-
-    fn id(b: u8) -> PeerId {
-        PeerId::from_bytes([b; 32]).unwrap()
-    }
-
-    fn reg(accept: bool) -> Register {
-        Register {
-            version: PROTOCOL_VERSION,
-            local_addrs: vec![
-                "192.168.1.10:4000".parse().unwrap(),
-                "198.51.100.9:22".parse().unwrap(),
-            ],
-            accept_inbound: accept,
-        }
-    }
-
-    /// Peers 1, 2 and 3, on connections 1, 2 and 3, all accepting and seen from one address.
-    fn three_peers() -> Registry {
-        let mut r = Registry::new(limits(), 10);
-        let obs: SocketAddr = "203.0.113.1:1000".parse().unwrap();
-        for i in 1..=3 {
-            r.register(u64::from(i), id(i), obs, &reg(true), Duration::ZERO)
-                .unwrap();
-        }
-        r
-    }
-
-    fn error_code(actions: &[Action]) -> Option<ErrorCode> {
-        match actions {
-            [Action::Send {
-                msg: ServerMsg::Error(e),
-                ..
-            }] => Some(e.code),
-            _ => None,
-        }
-    }
-
-    #[test]
-    fn offers_are_consistent_and_synchronized() {
-        let mut r = Registry::new(limits(), 10);
-        let a_obs: SocketAddr = "203.0.113.1:1000".parse().unwrap();
-        let b_obs: SocketAddr = "203.0.113.2:2000".parse().unwrap();
-        r.register(1, id(1), a_obs, &reg(true), Duration::from_millis(20))
-            .unwrap();
-        r.register(2, id(2), b_obs, &reg(true), Duration::from_millis(200))
-            .unwrap();
-        let now = Instant::now();
-        let actions = r.connect(now, 1, id(1), 42, id(2), |_| true);
-        let [Action::Send {
-            conn: 1,
-            msg: ServerMsg::Offer(oa),
-        }, Action::Send {
-            conn: 2,
-            msg: ServerMsg::Offer(ob),
-        }] = &actions[..]
-        else {
-            panic!("expected two offers, got {actions:?}");
-        };
-        assert_eq!(oa.session_id, ob.session_id);
-        assert_eq!((oa.request_id, ob.request_id), (42, 0));
-        assert_eq!((oa.peer, ob.peer), (id(2), id(1)));
-        assert_eq!((oa.peer_observed, ob.peer_observed), (b_obs, a_obs));
-        assert_eq!((oa.role, ob.role), (Role::Initiator, Role::Responder));
-        // Seen from different public IPs: no local address is passed on either way.
-        assert!(oa.peer_local.is_empty() && ob.peer_local.is_empty());
-        // Both dial at the same server time: receive time (owd) + delay is equal.
-        assert_eq!(
-            Duration::from_millis(10) + oa.dial_delay,
-            Duration::from_millis(100) + ob.dial_delay
-        );
-        assert_eq!(ob.dial_delay, Duration::from_millis(50));
-    }
-
-    fn offers(actions: &[Action]) -> (&Offer, &Offer) {
-        match actions {
-            [Action::Send {
-                msg: ServerMsg::Offer(oa),
-                ..
-            }, Action::Send {
-                msg: ServerMsg::Offer(ob),
-                ..
-            }] => (oa, ob),
-            _ => panic!("expected two offers, got {actions:?}"),
-        }
-    }
-
-    #[test]
-    fn a_claimed_rtt_cannot_delay_the_other_dial_beyond_the_cap() {
-        let mut r = Registry::new(limits(), 10);
-        let obs: SocketAddr = "203.0.113.1:1000".parse().unwrap();
-        // The requester answers pings 4.6 s late; the target is 20 ms away.
-        r.register(1, id(1), obs, &reg(true), Duration::from_millis(4600))
-            .unwrap();
-        r.register(2, id(2), obs, &reg(true), Duration::from_millis(20))
-            .unwrap();
-        let actions = r.connect(Instant::now(), 1, id(1), 1, id(2), |_| true);
-        let (oa, ob) = offers(&actions);
-        let margin = limits().dial_margin;
-        assert_eq!(ob.dial_delay, MAX_OWD + margin - Duration::from_millis(10));
-        assert_eq!(oa.dial_delay, margin);
-        assert!(ob.dial_delay <= MAX_OWD + margin);
-        assert_eq!(owd(Duration::from_secs(60)), MAX_OWD);
-        assert_eq!(owd(Duration::from_millis(300)), Duration::from_millis(150));
-    }
-
-    #[test]
-    fn session_ids_are_random_non_zero_and_distinct() {
-        let mut r = three_peers();
-        let now = Instant::now();
-        let mut ids = Vec::new();
-        for (t, from) in [(0, 1), (0, 3), (1, 1), (1, 3)] {
-            let at = now + MINUTE * t;
-            let actions = r.connect(at, u64::from(from), id(from), 1, id(2), |_| true);
-            ids.push(offers(&actions).0.session_id);
-        }
-        assert!(ids.iter().all(|&i| i != 0));
-        let mut sorted = ids.clone();
-        sorted.sort_unstable();
-        sorted.dedup();
-        assert_eq!(sorted.len(), ids.len(), "{ids:?}");
-        // Not a sequence: consecutive ids do not differ by a constant step.
-        let steps: Vec<u64> = ids.windows(2).map(|w| w[1].wrapping_sub(w[0])).collect();
-        assert!(steps.windows(2).any(|s| s[0] != s[1]), "{ids:?}");
-        // Deterministic for a seed, different across seeds.
-        let first = |seed| next_session_id(&mut StdRng::seed_from_u64(seed));
-        assert_eq!(first(10), ids[0]);
-        assert_ne!(first(10), first(11));
-    }
-
-    #[test]
-    fn typed_errors() {
-        let mut r = Registry::new(limits(), 10);
-        let now = Instant::now();
-        let obs: SocketAddr = "203.0.113.1:1000".parse().unwrap();
-        r.register(1, id(1), obs, &reg(true), Duration::ZERO)
-            .unwrap();
-        r.register(2, id(2), obs, &reg(false), Duration::ZERO)
-            .unwrap();
-        assert_eq!(
-            error_code(&r.connect(now, 1, id(1), 1, id(9), |_| true)),
-            Some(ErrorCode::PeerOffline)
-        );
-        assert_eq!(
-            error_code(&r.connect(now, 1, id(1), 2, id(2), |_| true)),
-            Some(ErrorCode::PeerRefuses)
-        );
-        assert_eq!(
-            error_code(&r.connect(now, 1, id(1), 3, id(1), |_| true)),
-            Some(ErrorCode::RateLimited)
-        );
-        assert_eq!(
-            error_code(&r.connect(now + MINUTE, 2, id(2), 1, id(2), |_| true)),
-            Some(ErrorCode::SelfConnect)
-        );
-        assert_eq!(r.stats().refused, 4);
-    }
-
-    #[test]
-    fn offers_per_target_are_limited() {
-        let mut r = three_peers();
-        let now = Instant::now();
-        // Peers 1 and 3 each ask twice for peer 2: the fourth offer exceeds 3 per minute.
-        assert_eq!(r.connect(now, 1, id(1), 1, id(2), |_| true).len(), 2);
-        assert_eq!(r.connect(now, 1, id(1), 2, id(2), |_| true).len(), 2);
-        assert_eq!(r.connect(now, 3, id(3), 3, id(2), |_| true).len(), 2);
-        assert_eq!(
-            error_code(&r.connect(now, 3, id(3), 4, id(2), |_| true)),
-            Some(ErrorCode::RateLimited)
-        );
-    }
-
-    #[test]
-    fn both_offers_or_neither() {
-        let mut r = three_peers();
-        let now = Instant::now();
-        // Peer 2's queue is full: peer 1 gets one error, and peer 2 no offer.
-        let actions = r.connect(now, 1, id(1), 7, id(2), |c| c != 2);
-        let [Action::Send {
-            conn: 1,
-            msg: ServerMsg::Error(e),
-        }] = &actions[..]
-        else {
-            panic!("expected one error to the requester, got {actions:?}");
-        };
-        assert_eq!((e.request_id, e.code), (7, ErrorCode::PeerOffline));
-        assert_eq!(r.stats().offers, 0);
-        // The refusal did not use peer 2's offer budget (3 a minute): three more offers fit.
-        assert_eq!(r.connect(now, 3, id(3), 1, id(2), |_| true).len(), 2);
-        assert_eq!(r.connect(now, 3, id(3), 2, id(2), |_| true).len(), 2);
-        assert_eq!(r.connect(now, 1, id(1), 8, id(2), |_| true).len(), 2);
-    }
-
-    #[test]
-    fn replacement_and_capacity() {
-        let mut r = three_peers();
-        let obs: SocketAddr = "203.0.113.1:1000".parse().unwrap();
-        assert_eq!(
-            r.register(4, id(4), obs, &reg(true), Duration::ZERO),
-            Err(ErrorCode::ServerFull)
-        );
-        // Same identity on a new connection: replaces cleanly even when full.
-        let actions = r
-            .register(5, id(1), obs, &reg(true), Duration::ZERO)
-            .unwrap();
-        assert!(matches!(actions[..], [Action::Close { conn: 1, .. }]));
-        // The old connection going away does not remove the new registration.
-        r.unregister(&id(1), 1);
-        assert!(r.is_registered(&id(1), 5));
-        r.unregister(&id(1), 5);
-        assert!(!r.is_registered(&id(1), 5));
-        assert_eq!(r.len(), 2);
-        let mut bad = reg(true);
-        bad.version = 99;
-        assert_eq!(
-            r.register(6, id(6), obs, &bad, Duration::ZERO),
-            Err(ErrorCode::UnsupportedVersion)
-        );
-    }
-
-    #[test]
-    fn replaced_connection_cannot_request() {
-        let mut r = Registry::new(limits(), 10);
-        let obs: SocketAddr = "203.0.113.1:1000".parse().unwrap();
-        r.register(1, id(1), obs, &reg(true), Duration::ZERO)
-            .unwrap();
-        r.register(2, id(2), obs, &reg(true), Duration::ZERO)
-            .unwrap();
-        r.register(3, id(1), obs, &reg(true), Duration::ZERO)
-            .unwrap();
-        let actions = r.connect(Instant::now(), 1, id(1), 42, id(2), |_| true);
-        assert_eq!(error_code(&actions), Some(ErrorCode::BadRequest));
-        assert!(matches!(actions[..], [Action::Send { conn: 1, .. }]));
-        // The new connection still has its full rate budget.
-        assert_eq!(
-            r.connect(Instant::now(), 3, id(1), 43, id(2), |_| true)
-                .len(),
-            2
-        );
-        assert_eq!(
-            r.connect(Instant::now(), 3, id(1), 44, id(2), |_| true)
-                .len(),
-            2
-        );
-    }
-
-    #[test]
-    fn rtt_smoothing_and_prune() {
-        let mut r = Registry::new(limits(), 10);
-        let obs: SocketAddr = "203.0.113.1:1000".parse().unwrap();
-        r.register(1, id(1), obs, &reg(true), Duration::from_millis(80))
-            .unwrap();
-        r.rtt_sample(&id(1), 1, Duration::from_millis(160));
-        assert_eq!(r.srtt(&id(1)), Some(Duration::from_millis(90)));
-        r.rtt_sample(&id(1), 99, Duration::from_secs(10));
-        assert_eq!(r.srtt(&id(1)), Some(Duration::from_millis(90)));
-        let now = Instant::now();
-        r.connect(now, 1, id(1), 1, id(7), |_| true);
-        r.unregister(&id(1), 1);
-        r.prune(now);
-        assert_eq!(r.request_buckets.len(), 1, "recently limited: kept");
-        r.prune(now + MINUTE * 2);
-        assert!(r.request_buckets.is_empty());
-    }
-
-    #[test]
-    fn local_addresses_only_behind_one_nat_private_and_capped() {
-        let mut r = Registry::new(limits(), 10);
-        let nat: SocketAddr = "203.0.113.1:1000".parse().unwrap();
-        let elsewhere: SocketAddr = "198.51.100.4:1000".parse().unwrap();
-        // An attacker claims ten private hosts, and a public one.
-        let mut claims = reg(true);
-        claims.local_addrs = (1..=10)
-            .map(|i| SocketAddr::from(([10, 0, 0, i], 22)))
-            .chain(["198.51.100.9:22".parse().unwrap()])
-            .collect();
-        r.register(1, id(1), nat, &claims, Duration::ZERO).unwrap();
-        r.register(2, id(2), nat, &reg(true), Duration::ZERO)
-            .unwrap();
-        r.register(3, id(3), elsewhere, &reg(true), Duration::ZERO)
-            .unwrap();
-        let now = Instant::now();
-        // Same public IP (one NAT, another port): the first four private claims, both ways.
-        let actions = r.connect(now, 1, id(1), 1, id(2), |_| true);
-        let (oa, ob) = offers(&actions);
-        let first_four: Vec<SocketAddr> = claims.local_addrs[..MAX_LOCAL_CANDIDATES].to_vec();
-        assert_eq!(ob.peer_local, first_four);
-        assert_eq!(oa.peer_local, vec!["192.168.1.10:4000".parse().unwrap()]);
-        // Another public IP: nothing local, in either direction.
-        let actions = r.connect(now, 1, id(1), 2, id(3), |_| true);
-        let (oa, ob) = offers(&actions);
-        assert!(oa.peer_local.is_empty());
-        assert!(ob.peer_local.is_empty());
-    }
-
-    #[test]
-    fn local_address_filter() {
-        let public: SocketAddr = "203.0.113.1:1000".parse().unwrap();
-        let lo: SocketAddr = "127.0.0.1:1000".parse().unwrap();
-        let ok = |a: &str, o: &SocketAddr| is_dialable_local(&a.parse().unwrap(), o);
-        assert!(ok("10.1.2.3:5", &public));
-        assert!(ok("100.64.0.1:5", &public));
-        assert!(ok("[fd00::1]:5", &public));
-        assert!(!ok("127.0.0.1:5", &public));
-        assert!(ok("127.0.0.1:5", &lo));
-        assert!(!ok("8.8.8.8:53", &public));
-        assert!(!ok("10.1.2.3:0", &public));
-    }
-}
+#[path = "registry_tests.rs"]
+mod tests;

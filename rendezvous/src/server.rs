@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use punch_proto::channel::{server_handshake, Channel, ChannelError};
-use punch_proto::message::{ClientMsg, DecodeError, ErrorReply, Registered, ServerMsg};
+use punch_proto::message::{ClientMsg, DecodeError, ErrorCode, ErrorReply, Registered, ServerMsg};
 use punch_proto::PeerId;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -84,6 +84,12 @@ pub struct ServerStats {
     pub protocol_errors: u64,
     pub offers: u64,
     pub refused: u64,
+    /// Punch requests refused by the target's allow-list.
+    pub not_allowed: u64,
+    /// Punch requests refused by a request or offer budget.
+    pub rate_limited: u64,
+    /// Registrations refused for their source's or network's cap.
+    pub network_full: u64,
     pub replaced: u64,
 }
 
@@ -188,6 +194,9 @@ impl Server {
             protocol_errors: c.protocol_errors.load(Ordering::Relaxed),
             offers: r.offers,
             refused: r.refused,
+            not_allowed: r.not_allowed,
+            rate_limited: r.rate_limited,
+            network_full: r.network_full,
             replaced: r.replaced,
         }
     }
@@ -210,8 +219,14 @@ impl Drop for Server {
 fn new_shared(config: Config) -> Arc<Shared> {
     let limits = Limits {
         max_peers: config.max_peers,
+        max_registrations_per_source: config.max_registrations_per_source,
+        max_registrations_per_network: config.max_registrations_per_network,
         punch_requests_per_minute: config.punch_requests_per_minute,
-        offers_per_target_per_minute: config.offers_per_target_per_minute,
+        punch_requests_per_source_per_minute: config.punch_requests_per_source_per_minute,
+        punch_requests_per_network_per_minute: config.punch_requests_per_network_per_minute,
+        offers_per_target_per_source_per_minute: config.offers_per_target_per_source_per_minute,
+        offers_per_target_per_network_per_minute: config.offers_per_target_per_network_per_minute,
+        max_rate_keys: config.max_rate_keys,
         dial_margin: config.dial_margin,
     };
     let gate = HandshakeGate::new(GateLimits {
@@ -383,20 +398,39 @@ async fn handle_conn(
                 Shared::dispatch(&mut state, actions);
                 Ok(conn)
             }
-            Err(code) => Err(code),
+            Err(code) => {
+                let reason = match code {
+                    ErrorCode::NetworkFull => Some(Reason::NetworkFull),
+                    ErrorCode::ServerFull => Some(Reason::ServerFull),
+                    _ => None,
+                };
+                if let Some(reason) = reason {
+                    state.refusals.record(reason, Prefix::of(addr.ip()));
+                }
+                Err(code)
+            }
         }
     };
     let conn = match registered {
         Ok(conn) => conn,
         Err(code) => {
+            let detail = match code {
+                ErrorCode::NetworkFull => format!(
+                    "registration refused: your address (or IPv6 /64) or network (IPv4 /24, \
+                     IPv6 /48) already holds its {} or {} registrations",
+                    config.max_registrations_per_source, config.max_registrations_per_network
+                ),
+                code => format!("registration refused: {code:?}"),
+            };
             let reply = ServerMsg::Error(ErrorReply {
                 request_id: 0,
                 code,
-                detail: format!("registration refused: {code:?}"),
+                detail,
                 retry_after: None,
             });
             let _ = tokio::time::timeout(WRITE_TIMEOUT, channel.send(&reply.encode())).await;
-            info!(?code, "closed: registration refused");
+            // Counted in the refusal summary; a flood of them must not write a line each.
+            debug!(?code, "closed: registration refused");
             return;
         }
     };
@@ -421,6 +455,22 @@ async fn handle_conn(
                 .fetch_add(1, Ordering::Relaxed);
             warn!(reason = %error, "closed: protocol error");
         }
+    }
+}
+
+/// The refusal-summary reason of a punch request's answer, if it is one the summary counts
+/// (budgets and allow-lists: what a Sybil flood makes by the thousand).
+fn refusal_reason(actions: &[Action]) -> Option<Reason> {
+    match actions {
+        [Action::Send {
+            msg: ServerMsg::Error(e),
+            ..
+        }] => match e.code {
+            ErrorCode::RateLimited => Some(Reason::RequestRate),
+            ErrorCode::NotAllowed => Some(Reason::NotAllowed),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
@@ -526,6 +576,9 @@ async fn drive(
                         let actions = state.registry.connect(Instant::now(), conn, peer, request_id, target, |c| {
                             conns.get(&c).is_some_and(|tx| tx.capacity() > 0)
                         });
+                        if let Some(reason) = refusal_reason(&actions) {
+                            state.refusals.record(reason, Prefix::of(observed.ip()));
+                        }
                         Shared::dispatch(state, actions);
                     }
                     other => return Err(ConnError::Unexpected(Box::new(other))),

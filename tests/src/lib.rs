@@ -215,6 +215,7 @@ pub fn default_register() -> Register {
         version: PROTOCOL_VERSION,
         local_addrs: Vec::new(),
         accept_inbound: true,
+        allow: vec![],
     }
 }
 

@@ -51,6 +51,7 @@ async fn attacker(rv: &RendezvousProcess, ip: &str) -> TestClient {
             .map(|i| SocketAddr::new(format!("fd00:dead::{i}").parse().unwrap(), 22))
             .collect(),
         accept_inbound: false,
+        allow: vec![],
     };
     let socket = TcpSocket::new_v4().unwrap();
     socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();

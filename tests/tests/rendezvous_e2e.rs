@@ -47,6 +47,7 @@ fn register(local_addrs: &[&str], accept_inbound: bool) -> Register {
             .map(|a| a.parse().expect("a socket address"))
             .collect(),
         accept_inbound,
+        allow: vec![],
     }
 }
 
@@ -303,7 +304,7 @@ async fn punch_requests_are_rate_limited_per_identity() {
 #[tokio::test]
 async fn offers_to_one_target_are_rate_limited() {
     let mut cfg = config();
-    cfg.offers_per_target_per_minute = 2;
+    cfg.offers_per_target_per_source_per_minute = 2;
     let server = Server::spawn(cfg).await.unwrap();
     let mut a = client(&server).await;
     let mut b = client(&server).await;

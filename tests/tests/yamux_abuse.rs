@@ -86,6 +86,7 @@ async fn punched_raw(
         version: PROTOCOL_VERSION,
         local_addrs: vec![],
         accept_inbound: false,
+        allow: vec![],
     };
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();

@@ -182,13 +182,7 @@ pub fn control_config() -> ControlConfig {
 
 /// The registry limits of the simulated rendezvous: the server's defaults.
 pub fn limits() -> Limits {
-    use punch_rendezvous::config::*;
-    Limits {
-        max_peers: DEFAULT_MAX_PEERS,
-        punch_requests_per_minute: DEFAULT_PUNCH_REQUESTS_PER_MINUTE,
-        offers_per_target_per_minute: DEFAULT_OFFERS_PER_TARGET_PER_MINUTE,
-        dial_margin: DEFAULT_DIAL_MARGIN,
-    }
+    Limits::default()
 }
 
 impl Sim {
