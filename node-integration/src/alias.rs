@@ -481,4 +481,62 @@ mod tests {
         assert_eq!(t.len(), 4);
         assert_eq!(t.stats().evicted, 5_000 - 3);
     }
+
+    /// Random acquire/release sequences against a model of who is live: the table's two
+    /// maps agree, no alias has two holders, a live identity's alias never changes, an
+    /// identity keeps its alias while it has an entry, and a refusal happens only when every
+    /// entry is live.
+    #[test]
+    fn random_operations_keep_the_invariants() {
+        use rand::{rngs::StdRng, Rng, SeedableRng};
+        let mut rng = StdRng::seed_from_u64(10);
+        let ids: Vec<PeerId> = (0..9).map(|_| id()).collect();
+        for (range_len, capacity) in [(5, 4), (4, 8), (3, 3), (64, 2)] {
+            let mut t = AliasTable::new(range([127, 5, 0, 1], range_len), capacity, 2);
+            let cap = capacity.min(range_len as usize);
+            let mut live = vec![0usize; ids.len()];
+            let mut held: Vec<Option<Ipv4Addr>> = vec![None; ids.len()];
+            for _ in 0..20_000 {
+                let i = rng.gen_range(0..ids.len());
+                if rng.gen_bool(0.55) {
+                    let before = t.get(&ids[i]);
+                    let live_entries = live.iter().filter(|&&n| n > 0).count();
+                    match t.acquire(ids[i]) {
+                        Ok(a) => {
+                            if let Some(b) = before {
+                                assert_eq!(a, b, "kept while known");
+                            }
+                            live[i] += 1;
+                            held[i] = Some(a);
+                        }
+                        Err(AliasError::Full { .. }) => {
+                            assert!(before.is_none());
+                            assert_eq!(live_entries, cap, "refused with an idle entry");
+                        }
+                        Err(e) => panic!("{e}"),
+                    }
+                } else if live[i] > 0 {
+                    t.release(&ids[i]);
+                    live[i] -= 1;
+                }
+                let mut aliases = HashSet::new();
+                for (j, p) in ids.iter().enumerate() {
+                    assert_eq!(t.is_live(p), live[j] > 0);
+                    if let Some(a) = t.get(p) {
+                        assert!(aliases.insert(a), "{a} has two holders");
+                        assert_eq!(t.holder(a), Some(*p));
+                    }
+                    if live[j] > 0 {
+                        assert_eq!(t.get(p), held[j], "a live alias moved");
+                    }
+                }
+                assert!(t.len() <= cap);
+            }
+            let st = t.stats();
+            assert!(
+                st.evicted > 0 && st.refused > 0,
+                "both paths exercised: {st:?}"
+            );
+        }
+    }
 }
