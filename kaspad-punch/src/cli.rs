@@ -8,7 +8,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Arg, ArgAction, ArgMatches, Command};
-use punch_node::link::DEFAULT_MAX_INBOUND;
+use std::time::Duration;
+
+use punch_node::link::{DEFAULT_INBOUND_IDLE_TIMEOUT, DEFAULT_MAX_INBOUND};
 use punch_proto::PeerId;
 
 /// Punch flags: (long name, takes a value).
@@ -19,6 +21,7 @@ const PUNCH_FLAGS: &[(&str, bool)] = &[
     ("punch-peer", true),
     ("punch-accept", false),
     ("punch-max-inbound", true),
+    ("punch-inbound-idle-secs", true),
 ];
 
 /// What the punch flags ask for.
@@ -30,6 +33,7 @@ pub struct PunchArgs {
     pub peers: Vec<PeerId>,
     pub accept: bool,
     pub max_inbound: usize,
+    pub inbound_idle_timeout: Duration,
 }
 
 /// kaspad's command with the punch flags added (so `--help` lists both).
@@ -75,6 +79,16 @@ pub fn command() -> Command {
                 .value_parser(clap::value_parser!(usize))
                 .help(format!("Punch: inbound punched peers at most [default: {DEFAULT_MAX_INBOUND}]")),
         )
+        .arg(
+            Arg::new("punch-inbound-idle-secs")
+                .long("punch-inbound-idle-secs")
+                .value_name("SECS")
+                .value_parser(clap::value_parser!(u64).range(1..))
+                .help(format!(
+                    "Punch: close an inbound punched session that carries no Kaspa connection for this long, freeing its slot [default: {}]",
+                    DEFAULT_INBOUND_IDLE_TIMEOUT.as_secs()
+                )),
+        )
 }
 
 /// The punch flags, if punch is enabled (`--punch-rendezvous` given).
@@ -111,6 +125,10 @@ pub fn punch_args(m: &ArgMatches) -> anyhow::Result<Option<PunchArgs>> {
             .get_one::<usize>("punch-max-inbound")
             .copied()
             .unwrap_or(DEFAULT_MAX_INBOUND),
+        inbound_idle_timeout: m
+            .get_one::<u64>("punch-inbound-idle-secs")
+            .map(|s| Duration::from_secs(*s))
+            .unwrap_or(DEFAULT_INBOUND_IDLE_TIMEOUT),
     }))
 }
 
@@ -155,6 +173,7 @@ mod tests {
             "/tmp/x",
             "--punch-max-inbound",
             "3",
+            "--punch-inbound-idle-secs=10",
         ]
         .map(OsString::from);
         let kept: Vec<String> = kaspad_argv(argv)
@@ -171,6 +190,7 @@ mod tests {
             "--punch-rendezvous",
             "--punch-peer",
             "--punch-accept",
+            "--punch-inbound-idle-secs",
             "--appdir",
             "--connect",
             "--listen",

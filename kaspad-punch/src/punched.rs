@@ -6,7 +6,7 @@
 //! It runs on its own thread with its own tokio runtime: kaspad's `Core` owns the main thread
 //! and its runtimes, and punch must not depend on their life cycle.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
@@ -58,6 +58,23 @@ impl NodeDialer for RpcDialer {
             rpc.add_peer(ContextualNetAddress::from(NetAddress::from(addr)), false)
                 .await
                 .map_err(|e| DialError::new(addr, e))
+        })
+    }
+
+    fn has_peer_at(&self, ip: IpAddr) -> BoxFuture<'static, bool> {
+        let rpc = self.0.clone();
+        Box::pin(async move {
+            match rpc.get_connected_peer_info().await {
+                Ok(info) => info
+                    .peer_info
+                    .iter()
+                    .any(|p| SocketAddr::from(p.address).ip().to_canonical() == ip),
+                Err(error) => {
+                    // Cannot tell: keep the session (a local fault must not cut peers).
+                    warn!(%error, "GetConnectedPeerInfo failed; idle punched sessions kept");
+                    true
+                }
+            }
         })
     }
 }
@@ -119,6 +136,7 @@ async fn run(
     let bridge = Bridge::new(BridgeConfig::new(node_p2p))?;
     let mut link_config = LinkConfig::new(args.peers);
     link_config.max_inbound = args.max_inbound;
+    link_config.inbound_idle_timeout = args.inbound_idle_timeout;
     let link = Link::spawn(
         client,
         incoming,
@@ -143,6 +161,7 @@ async fn run(
                 Ok(LinkEvent::Ended { peer, outbound }) => {
                     info!(peer = %peer.short(), outbound, "punched peer disconnected")
                 }
+                // IdleClosed is logged by the link itself, rate-limited (a Sybil flood).
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     warn!(missed = n, "punch events dropped from the log")

@@ -128,7 +128,7 @@ fn tokio_stream(
 async fn seam(sizes: H2Sizes, total: usize) -> (f64, Duration) {
     let (a, b, _clients) = pair().await;
     let (mut acceptor, incoming) = Acceptor::new(RemoteAddr::Alias);
-    acceptor.add(b);
+    acceptor.add(b).expect("an alias for the peer");
     let svc = P2pServer::new(Sink).max_decoding_message_size(MAX_MESSAGE);
     let server = tokio::spawn(
         sizes

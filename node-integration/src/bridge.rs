@@ -23,11 +23,9 @@
 //! is closed when the session ends. One driver task per bridged peer owns the session, the
 //! listener and the splices; dropping the [`BridgedPeer`] aborts it and closes everything.
 
-use crate::lock;
-use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use punch::{Session, SessionInfo};
@@ -37,7 +35,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::alias::peer_alias;
+use crate::alias::{AliasError, AliasLease, AliasRange, Aliases, DEFAULT_CAPACITY};
 
 /// Kaspa connections bridged per session at once: one is normal; a few more cover a node
 /// that reconnects before it has noticed that its previous connection died.
@@ -66,6 +64,11 @@ pub struct BridgeConfig {
     /// a node told to keep that address connected reconnects by itself after a re-punch; a
     /// second live session with the same peer then fails with [`BridgeError::Bind`].
     pub dial_port: u16,
+    /// Aliases handed to peers: the whole space by default (Linux routes all of
+    /// 127.0.0.0/8 to `lo`); elsewhere, the loopback addresses configured for punch.
+    pub alias_range: AliasRange,
+    /// Identities whose alias is remembered, see [`DEFAULT_CAPACITY`].
+    pub alias_capacity: usize,
 }
 
 impl BridgeConfig {
@@ -75,6 +78,8 @@ impl BridgeConfig {
             max_streams_per_peer: DEFAULT_MAX_STREAMS_PER_PEER,
             node_connect_timeout: DEFAULT_NODE_CONNECT_TIMEOUT,
             dial_port: 0,
+            alias_range: AliasRange::ALL,
+            alias_capacity: DEFAULT_CAPACITY,
         }
     }
 }
@@ -86,13 +91,9 @@ pub enum BridgeError {
     /// Local configuration: the node must be reachable over IPv4 loopback.
     #[error("node P2P address {0} is not reachable from 127.0.0.0/8 (use an IPv4 or unspecified address)")]
     NodeAddress(SocketAddr),
-    /// Two live peers derive the same loopback address (rare; see `alias`).
-    #[error("peer {peer} derives loopback address {alias}, already used by live peer {holder}")]
-    AliasCollision {
-        alias: Ipv4Addr,
-        peer: PeerId,
-        holder: PeerId,
-    },
+    /// No alias for the peer: every alias is held by a live peer (see [`crate::alias`]).
+    #[error(transparent)]
+    Alias(#[from] AliasError),
     /// The listener on the peer's alias could not be bound (outside Linux, 127.0.0.0/8 other
     /// than 127.0.0.1 may need an alias on the loopback interface).
     #[error("cannot listen on {alias} for peer {peer}: {source}")]
@@ -129,7 +130,7 @@ pub struct Counts {
 pub struct Bridge {
     config: Arc<BridgeConfig>,
     node: SocketAddr,
-    live: Arc<Mutex<HashMap<Ipv4Addr, (PeerId, usize)>>>,
+    aliases: Aliases,
 }
 
 impl Bridge {
@@ -140,17 +141,25 @@ impl Bridge {
             IpAddr::V6(_) => return Err(BridgeError::NodeAddress(config.node_p2p)),
         };
         Ok(Self {
-            config: Arc::new(config),
             node,
-            live: Arc::default(),
+            aliases: Aliases::new(config.alias_range, config.alias_capacity),
+            config: Arc::new(config),
         })
     }
 
     /// Whether a session with `peer` is bridged right now.
     pub fn is_live(&self, peer: &PeerId) -> bool {
-        lock(&self.live)
-            .get(&peer_alias(peer))
-            .is_some_and(|(p, _)| p == peer)
+        self.aliases.is_live(peer)
+    }
+
+    /// The alias `peer` has on this machine (from its current or an earlier session).
+    pub fn alias_of(&self, peer: &PeerId) -> Option<Ipv4Addr> {
+        self.aliases.get(peer)
+    }
+
+    /// The bridge's alias table.
+    pub fn aliases(&self) -> &Aliases {
+        &self.aliases
     }
 
     /// Bridges `session`: as the Kaspa dialer if we requested the punch (initiator), else as
@@ -158,8 +167,8 @@ impl Bridge {
     pub async fn attach(&self, session: Session) -> Result<BridgedPeer, BridgeError> {
         let info = session.info().clone();
         let peer = info.peer;
-        let alias = peer_alias(&peer);
-        let guard = LiveGuard::claim(self.live.clone(), alias, peer)?;
+        let lease = self.aliases.lease(peer)?;
+        let alias = lease.alias();
         let (side, listener) = match info.role {
             Role::Initiator => {
                 let bind = |source| BridgeError::Bind {
@@ -185,7 +194,7 @@ impl Bridge {
             node: self.node,
             config: self.config.clone(),
             counts: counts_tx,
-            _guard: guard,
+            _lease: lease,
         };
         let task = tokio::spawn(driver.run().instrument(span));
         Ok(BridgedPeer {
@@ -258,46 +267,6 @@ impl Drop for BridgedPeer {
     }
 }
 
-/// Registration of a live alias; released when the driver ends.
-struct LiveGuard {
-    live: Arc<Mutex<HashMap<Ipv4Addr, (PeerId, usize)>>>,
-    alias: Ipv4Addr,
-}
-
-impl LiveGuard {
-    fn claim(
-        live: Arc<Mutex<HashMap<Ipv4Addr, (PeerId, usize)>>>,
-        alias: Ipv4Addr,
-        peer: PeerId,
-    ) -> Result<Self, BridgeError> {
-        {
-            let mut map = lock(&live);
-            let entry = map.entry(alias).or_insert((peer, 0));
-            if entry.0 != peer {
-                return Err(BridgeError::AliasCollision {
-                    alias,
-                    peer,
-                    holder: entry.0,
-                });
-            }
-            entry.1 += 1;
-        }
-        Ok(Self { live, alias })
-    }
-}
-
-impl Drop for LiveGuard {
-    fn drop(&mut self) {
-        let mut map = lock(&self.live);
-        if let Some(entry) = map.get_mut(&self.alias) {
-            entry.1 = entry.1.saturating_sub(1);
-            if entry.1 == 0 {
-                map.remove(&self.alias);
-            }
-        }
-    }
-}
-
 struct PeerDriver {
     session: Session,
     listener: Option<TcpListener>,
@@ -305,7 +274,8 @@ struct PeerDriver {
     node: SocketAddr,
     config: Arc<BridgeConfig>,
     counts: watch::Sender<Counts>,
-    _guard: LiveGuard,
+    /// The peer's alias, held until the driver ends.
+    _lease: AliasLease,
 }
 
 async fn accept(listener: &Option<TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {

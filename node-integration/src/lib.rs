@@ -2,12 +2,12 @@
 //!
 //! kaspa-p2p-lib (the P2P layer of rusty-kaspa's kaspad) speaks gRPC over real TCP only, so an
 //! unmodified Kaspa node is connected to punched peers through a loopback [`bridge`]: every
-//! punched peer gets its own address `127.a.b.c` ([`alias`]) on which the node dials it and
+//! punched peer gets its own address `127.a.b.c` (assigned by a table, [`alias`]) on which the node dials it and
 //! from which its connections reach the node, so Kaspa's per-IP rules act per punched peer.
 //!
 //! - [`seam`]: tonic over punched streams directly (`serve_with_incoming`, a connector), for
 //!   tonic nodes that accept a custom transport; HTTP/2 sizes matched to yamux.
-//! - [`alias`]: the per-peer loopback address.
+//! - [`alias`]: the per-peer loopback address, handed out by a local table.
 //! - [`bridge`]: punched sessions to and from a node's P2P port.
 //! - [`handshake`]: kaspad's handshake rules as a kaspa-p2p-lib `ConnectionInitializer`.
 //! - [`node`]: a minimal Kaspa P2P node (kaspa-p2p-lib's adaptor + that initializer).
@@ -23,7 +23,7 @@ pub mod link;
 pub mod node;
 pub mod seam;
 
-pub use alias::peer_alias;
+pub use alias::{AliasError, AliasRange, AliasTable, Aliases};
 pub use bridge::{Bridge, BridgeConfig, BridgeError, BridgedPeer};
 pub use node::{KaspaNode, NodeConfig};
 

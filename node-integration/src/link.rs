@@ -8,17 +8,19 @@
 //!         session ends -> back off (doubling, with jitter) -> re-punch
 //! inbound (one task): Incoming::next -> refuse beyond max_inbound -> Bridge::attach
 //!         (the peer dials; its connections reach the node from its alias) -> hold until
-//!         the session ends
+//!         the session ends, or close it once the node has had no Kaspa peer at its
+//!         alias for inbound_idle_timeout (an idle session must not keep a max_inbound slot)
 //! ```
 //!
 //! Every task belongs to the [`Link`]'s JoinSet; dropping the link stops them and closes
 //! every bridged session. What happened is reported as [`LinkEvent`]s.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use punch::throttle::LogThrottle;
 use punch::{Client, Incoming, PathKind};
 use punch_proto::PeerId;
 use tokio::sync::broadcast;
@@ -40,6 +42,14 @@ pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(60);
 /// on the bridge before the attempt counts as failed (kaspad's connection manager works in
 /// rounds of a few seconds).
 pub const DEFAULT_FIRST_CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// An inbound punched session whose peer has had no Kaspa connection with the node (no peer
+/// at its alias, see [`NodeDialer::has_peer_at`]) for this long is closed and its
+/// `max_inbound` slot freed (checked every quarter of it, so closed within 1.25 times it): keys are free, so without it a few idle sessions hold
+/// every slot. An honest peer's node dials as soon as its session is up (its link asks at
+/// once), and that peer itself gives up after [`DEFAULT_FIRST_CONNECTION_TIMEOUT`], also
+/// 30 s, so no honest peer is cut off before it would have given up; after its Kaspa
+/// connection drops the peer re-punches within seconds anyway.
+pub const DEFAULT_INBOUND_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Events kept for slow observers.
 pub const EVENT_BUFFER: usize = 256;
 
@@ -48,6 +58,13 @@ pub trait NodeDialer: Send + Sync + 'static {
     /// Asks the node to connect to `addr`. Returns an error if the node refused outright;
     /// `Ok` may mean "requested" for nodes that connect asynchronously.
     fn dial(&self, addr: SocketAddr) -> BoxFuture<'static, Result<(), DialError>>;
+
+    /// Whether the node has a Kaspa peer (handshake done) at `ip` now. An inbound punched
+    /// session counts as carrying a Kaspa connection only then: a bare TCP connection to
+    /// the node's P2P port, which the node's gRPC server keeps open without a request (no
+    /// timeout there), does not. An implementation that cannot tell (its query failed)
+    /// should answer `true`, so a local fault never closes an honest peer.
+    fn has_peer_at(&self, ip: IpAddr) -> BoxFuture<'static, bool>;
 }
 
 /// The node (or its RPC) refused to connect to a bridge listener: the node's side, with its
@@ -100,6 +117,14 @@ impl NodeDialer for Arc<crate::node::KaspaNode> {
                 .map_err(|e| DialError::new(addr, e))
         })
     }
+
+    fn has_peer_at(&self, ip: IpAddr) -> BoxFuture<'static, bool> {
+        let found = self
+            .peers()
+            .iter()
+            .any(|p| p.net_address().ip().to_canonical() == ip);
+        Box::pin(std::future::ready(found))
+    }
 }
 
 /// Configuration of a [`Link`].
@@ -116,6 +141,8 @@ pub struct LinkConfig {
     pub retry_max: Duration,
     /// See [`DEFAULT_FIRST_CONNECTION_TIMEOUT`].
     pub first_connection_timeout: Duration,
+    /// See [`DEFAULT_INBOUND_IDLE_TIMEOUT`].
+    pub inbound_idle_timeout: Duration,
 }
 
 impl LinkConfig {
@@ -126,6 +153,7 @@ impl LinkConfig {
             retry_min: DEFAULT_RETRY_MIN,
             retry_max: DEFAULT_RETRY_MAX,
             first_connection_timeout: DEFAULT_FIRST_CONNECTION_TIMEOUT,
+            inbound_idle_timeout: DEFAULT_INBOUND_IDLE_TIMEOUT,
         }
     }
 }
@@ -159,6 +187,9 @@ pub enum LinkEvent {
     },
     /// An inbound session was refused.
     Refused { peer: PeerId, reason: String },
+    /// An inbound session's peer had no Kaspa connection with the node for `idle`; the
+    /// session was closed, freeing its slot (sent instead of [`LinkEvent::Ended`]).
+    IdleClosed { peer: PeerId, idle: Duration },
 }
 
 /// Running link tasks. Dropping it stops them and closes every bridged session.
@@ -197,6 +228,8 @@ impl Link {
             incoming,
             bridge,
             config.max_inbound,
+            dialer,
+            config.inbound_idle_timeout,
             events.clone(),
         ));
         Link {
@@ -305,9 +338,13 @@ async fn accept_loop(
     mut incoming: Incoming,
     bridge: Bridge,
     max_inbound: usize,
+    node: Arc<dyn NodeDialer>,
+    idle_timeout: Duration,
     events: broadcast::Sender<LinkEvent>,
 ) {
-    let mut held: JoinSet<()> = JoinSet::new();
+    // Each held session's task returns the peer if it was closed for being idle.
+    let mut held: JoinSet<Option<PeerId>> = JoinSet::new();
+    let mut idle_log = LogThrottle::default();
     loop {
         tokio::select! {
             next = incoming.next() => {
@@ -323,9 +360,15 @@ async fn accept_loop(
                     Ok(bridged) => {
                         let _ = events.send(punched(&bridged, false));
                         let events = events.clone();
+                        let node = node.clone();
                         held.spawn(async move {
-                            bridged.closed().await;
+                            if idle(&bridged, &*node, idle_timeout).await {
+                                drop(bridged); // closes the session
+                                let _ = events.send(LinkEvent::IdleClosed { peer, idle: idle_timeout });
+                                return Some(peer);
+                            }
                             let _ = events.send(LinkEvent::Ended { peer, outbound: false });
+                            None
                         });
                     }
                     Err(e) => {
@@ -334,7 +377,33 @@ async fn accept_loop(
                     }
                 }
             }
-            Some(_) = held.join_next(), if !held.is_empty() => {}
+            Some(done) = held.join_next(), if !held.is_empty() => {
+                if let Ok(Some(peer)) = done {
+                    if let Some(held_back) = idle_log.hit(std::time::Instant::now()) {
+                        info!(peer = %peer.short(), idle_s = idle_timeout.as_secs_f32(), held_back, total = idle_log.total(), "idle inbound punched session closed (no Kaspa connection)");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Waits until `bridged`'s session ends (`false`) or the node has had no Kaspa peer at its
+/// alias for `limit` (`true`), counted from now; looks every quarter of `limit`.
+async fn idle(bridged: &BridgedPeer, node: &dyn NodeDialer, limit: Duration) -> bool {
+    let alias = IpAddr::V4(bridged.alias());
+    let every = (limit / 4).max(Duration::from_millis(50));
+    let mut last_used = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = bridged.closed() => return false,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let now = tokio::time::Instant::now();
+        if node.has_peer_at(alias).await {
+            last_used = now;
+        } else if now.duration_since(last_used) >= limit {
+            return true;
         }
     }
 }

@@ -11,8 +11,9 @@
 //! Each HTTP/2 connection is one yamux stream. tonic's request `remote_addr()` reads
 //! `TcpConnectInfo` from the request extensions, and kaspa-p2p-lib's inbound handler refuses a
 //! request without one, so [`PunchedIo`] reports `TcpConnectInfo` with a remote address: by
-//! default the peer's alias (`127.a.b.c`, see [`crate::alias`]) so that per-IP rules act per
-//! peer, or the punched connection's real remote address.
+//! default the peer's alias (`127.a.b.c` from the acceptor's own alias table, see
+//! [`crate::alias`]) so that per-IP rules act per peer, or the punched connection's real
+//! remote address.
 //!
 //! HTTP/2 sizes ([`H2_MAX_FRAME`], [`H2_STREAM_WINDOW`], [`H2_CONNECTION_WINDOW`]): the
 //! earlier libp2p prototype hit FRAME_SIZE_ERROR until it used 1 MiB frames, 8 MiB stream and
@@ -55,7 +56,7 @@ use tokio::task::JoinSet;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::transport::{Endpoint, Server, Uri};
 
-use crate::alias::peer_alias;
+use crate::alias::{AliasError, AliasLease, Aliases};
 
 /// HTTP/2 maximum frame size: 1 MiB (the protocol allows 16 KiB to 16 MiB - 1). Large Kaspa
 /// messages (blocks, UTXO chunks) then cross in few frames.
@@ -80,10 +81,18 @@ pub enum RemoteAddr {
 }
 
 impl RemoteAddr {
-    fn of(self, info: &SessionInfo) -> SocketAddr {
+    /// The address to report for `info`'s peer, with the alias lease that backs it.
+    fn of(
+        self,
+        info: &SessionInfo,
+        aliases: &Aliases,
+    ) -> Result<(SocketAddr, Option<AliasLease>), AliasError> {
         match self {
-            RemoteAddr::Alias => SocketAddr::from((peer_alias(&info.peer), 0)),
-            RemoteAddr::Punched => info.remote,
+            RemoteAddr::Alias => {
+                let lease = aliases.lease(info.peer)?;
+                Ok((SocketAddr::from((lease.alias(), 0)), Some(lease)))
+            }
+            RemoteAddr::Punched => Ok((info.remote, None)),
         }
     }
 }
@@ -148,6 +157,7 @@ pub struct Acceptor {
     tx: mpsc::Sender<PunchedIo>,
     tasks: JoinSet<()>,
     remote: RemoteAddr,
+    aliases: Aliases,
 }
 
 /// The stream of punched connections for `Server::serve_with_incoming`.
@@ -164,23 +174,32 @@ impl Acceptor {
                 tx,
                 tasks: JoinSet::new(),
                 remote,
+                aliases: Aliases::default(),
             },
             Incoming { rx },
         )
     }
 
-    /// Serves the streams `session`'s peer opens, until the session ends.
-    pub fn add(&mut self, mut session: Session) {
-        let remote = self.remote.of(session.info());
+    /// Serves the streams `session`'s peer opens, until the session ends. Refused (the
+    /// session is dropped) when the alias table has no alias for the peer.
+    pub fn add(&mut self, mut session: Session) -> Result<(), AliasError> {
+        let (remote, lease) = self.remote.of(session.info(), &self.aliases)?;
         let tx = self.tx.clone();
         while self.tasks.try_join_next().is_some() {}
         self.tasks.spawn(async move {
+            let _lease = lease;
             while let Some(stream) = session.accept_stream().await {
                 if tx.send(PunchedIo::new(stream, remote)).await.is_err() {
                     break;
                 }
             }
         });
+        Ok(())
+    }
+
+    /// The alias reported for `peer` (with [`RemoteAddr::Alias`], once it was added).
+    pub fn alias_of(&self, peer: &punch_proto::PeerId) -> Option<std::net::Ipv4Addr> {
+        self.aliases.get(peer)
     }
 }
 

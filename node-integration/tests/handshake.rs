@@ -12,7 +12,6 @@ use common::{drain, ip_of, punch, rendezvous, wait_event, wait_peers, Peer};
 use kaspa_p2p_lib::common::ProtocolError;
 use kaspa_p2p_lib::ConnectionError;
 use punch_node::handshake::Step;
-use punch_node::peer_alias;
 
 const SETTLE: Duration = Duration::from_secs(5);
 
@@ -26,7 +25,8 @@ async fn version_verack_ready_over_a_punched_session() {
     // Exactly one side dials at the Kaspa level: the one that asked for the punch.
     let dial = pa.dial_addr().expect("the requester dials");
     assert!(pb.dial_addr().is_none(), "the accepting side never dials");
-    assert_eq!(ip_of(dial), peer_alias(&b.client.id()));
+    assert_eq!(ip_of(dial), std::net::IpAddr::V4(pa.alias()));
+    assert_eq!(a.bridge.alias_of(&b.client.id()), Some(pa.alias()));
 
     a.node.connect(dial).await.unwrap();
     assert!(wait_peers(&a.node, 1, SETTLE).await);
@@ -38,7 +38,8 @@ async fn version_verack_ready_over_a_punched_session() {
     assert_eq!(at_a.identity(), b.node.node_id());
     let at_b = &b.node.peers()[0];
     assert!(!at_b.is_outbound());
-    assert_eq!(ip_of(at_b.net_address()), peer_alias(&a.client.id()));
+    assert_eq!(ip_of(at_b.net_address()), std::net::IpAddr::V4(pb.alias()));
+    assert_eq!(b.bridge.alias_of(&a.client.id()), Some(pb.alias()));
     assert_eq!(at_b.identity(), a.node.node_id());
     assert_eq!(at_b.properties().protocol_version, 11);
 
@@ -126,7 +127,7 @@ async fn second_connection_between_the_same_pair_is_a_duplicate() {
         matches!(&at_b.step, Step::Rejected { reason } if reason.contains("already exists")),
         "{at_b:?}"
     );
-    assert_eq!(ip_of(at_b.addr), peer_alias(&a.client.id()));
+    assert_eq!(ip_of(at_b.addr), std::net::IpAddr::V4(pb.alias()));
     assert_eq!(a.node.peers().len(), 1);
     assert_eq!(b.node.peers().len(), 1);
     // The refused connection is torn down; the first one stays.
@@ -186,7 +187,7 @@ async fn several_punched_peers_handshake_at_once() {
         .collect();
     let expected: HashSet<_> = spokes
         .iter()
-        .map(|s| std::net::IpAddr::V4(peer_alias(&s.client.id())))
+        .map(|s| std::net::IpAddr::V4(hub.bridge.alias_of(&s.client.id()).unwrap()))
         .collect();
     assert_eq!(
         seen, expected,
@@ -204,10 +205,10 @@ async fn a_ban_acts_on_one_punched_peer_only() {
     let mut hub = Peer::mainnet(&server, true).await;
     let banned = Peer::mainnet(&server, false).await;
     let other = Peer::mainnet(&server, false).await;
-    hub.node
-        .ban(std::net::IpAddr::V4(peer_alias(&banned.client.id())));
-
-    let (pb, _hb) = punch(&banned, &mut hub).await;
+    // The hub bans the alias its table gave the peer (before any Kaspa connection).
+    let (pb, hb) = punch(&banned, &mut hub).await;
+    let banned_alias = std::net::IpAddr::V4(hb.alias());
+    hub.node.ban(banned_alias);
     let err = banned.node.connect(pb.dial_addr().unwrap()).await;
     assert!(err.is_err(), "a banned peer must not connect");
     let (po, _ho) = punch(&other, &mut hub).await;
@@ -219,5 +220,5 @@ async fn a_ban_acts_on_one_punched_peer_only() {
         .filter(|e| matches!(&e.step, Step::Rejected { reason } if reason.contains("banned")))
         .collect();
     assert_eq!(rejected.len(), 1);
-    assert_eq!(ip_of(rejected[0].addr), peer_alias(&banned.client.id()));
+    assert_eq!(ip_of(rejected[0].addr), banned_alias);
 }

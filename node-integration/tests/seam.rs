@@ -16,7 +16,6 @@ use kaspa_p2p_lib::pb::p2p_client::P2pClient;
 use kaspa_p2p_lib::pb::p2p_server::{P2p, P2pServer};
 use kaspa_p2p_lib::pb::{KaspadMessage, RejectMessage};
 use punch::Session;
-use punch_node::peer_alias;
 use punch_node::seam::{Acceptor, Connector, H2Sizes, RemoteAddr};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -71,7 +70,7 @@ async fn echo_round_trip(sizes: H2Sizes, lens: &[usize]) {
     let (client_side, server_side, a, _b) = sessions().await;
     let echo = Echo::default();
     let (mut acceptor, incoming) = Acceptor::new(RemoteAddr::Alias);
-    acceptor.add(server_side);
+    acceptor.add(server_side).unwrap();
     let svc = P2pServer::new(echo.clone()).max_decoding_message_size(MAX_MESSAGE);
     let server = tokio::spawn(
         sizes
@@ -106,7 +105,10 @@ async fn echo_round_trip(sizes: H2Sizes, lens: &[usize]) {
     let remotes = echo.remotes.lock().unwrap().clone();
     assert_eq!(
         remotes,
-        vec![Some(SocketAddr::from((peer_alias(&a.id()), 0)))],
+        vec![Some(SocketAddr::from((
+            acceptor.alias_of(&a.id()).unwrap(),
+            0
+        )))],
         "the service sees the peer's alias as remote address"
     );
     server.abort();
