@@ -11,7 +11,8 @@
 #                      loads the C library libclang.so; libclang-cpp (the C++ interface, often
 #                      present on its own) is not enough, so presence is asked of the package
 #                      manager, never guessed from a file name.
-#   g++                RocksDB is compiled from C++ source by librocksdb-sys's build script
+#   g++                RocksDB is compiled from C++ source by librocksdb-sys's build script;
+#                      it brings gcc, which ring (snow's faster cipher) compiles its C with
 #
 # Kernel modules for the lab (conntrack, NAT, NFQUEUE for the delay helper, statistic for loss)
 # are loaded when possible; most kernels have them built in, so failure is tolerated.
