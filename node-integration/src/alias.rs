@@ -31,19 +31,18 @@
 //! - **A freed alias is not reissued soon**: new aliases come from a cursor that walks the
 //!   range in order (skipping held ones) and starts at a random place, so an evicted alias
 //!   comes back only after the cursor has gone round the whole range: with the default range,
-//!   16.5 million new identities later. Each needs a punched session accepted by us, and the
-//!   rendezvous grants at most 60 offers per minute per target by default: at least 191 days;
-//!   even a rendezvous granting more, with sessions cycled at 80 a second (8 slots, a 100 ms
-//!   punch each), needs 57 hours: beyond kaspad's ban duration (24 hours, `MAX_BANNED_TIME`
-//!   in kaspa-addressmanager).
+//!   16.5 million new identities later. Each needs a punched session accepted by us: with
+//!   sessions cycled at 80 a second (8 inbound slots, a 100 ms punch each: about the most the
+//!   slots allow, however many offers the rendezvous grants), that takes 57 hours: beyond
+//!   kaspad's ban duration (24 hours, `MAX_BANNED_TIME` in kaspa-addressmanager).
 //!   So a stranger does not inherit a ban on an evicted peer's alias, and a banned identity
 //!   that comes back while it has its entry gets the banned alias again. (An identity that is
 //!   evicted, or a fresh key, gets a new alias and so is not under the old ban: refusing
 //!   banned identities at the punch layer is another piece of work. Under a flood of fresh
-//!   identities at 60 offers a minute an idle entry survives 4096 / 60, about 68 minutes.) The table lives in
-//!   memory: after a restart the cursor starts at a new random place, and kaspad's persisted
-//!   bans then hit a new peer only if it lands on one of the few banned aliases (about
-//!   1 in 16.5 million per banned alias).
+//!   identities from one /24 (60 offers a minute) an idle entry survives 4096 / 60, about 68
+//!   minutes.) The table lives in memory: after a restart the cursor starts at a new random
+//!   place, and kaspad's persisted bans then hit a new peer only if it lands on one of the few
+//!   banned aliases (about 1 in 16.5 million per banned alias).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;

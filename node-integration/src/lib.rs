@@ -2,8 +2,9 @@
 //!
 //! kaspa-p2p-lib (the P2P layer of rusty-kaspa's kaspad) speaks gRPC over real TCP only, so an
 //! unmodified Kaspa node is connected to punched peers through a loopback [`bridge`]: every
-//! punched peer gets its own address `127.a.b.c` (assigned by a table, [`alias`]) on which the node dials it and
-//! from which its connections reach the node, so Kaspa's per-IP rules act per punched peer.
+//! punched peer gets its own address `127.a.b.c` (assigned by a table, [`alias`]) on which the
+//! node dials it and from which its connections reach the node, so Kaspa's per-IP rules act
+//! per punched peer.
 //!
 //! - [`seam`]: tonic over punched streams directly (`serve_with_incoming`, a connector), for
 //!   tonic nodes that accept a custom transport; HTTP/2 sizes matched to yamux.

@@ -44,11 +44,12 @@ pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(60);
 pub const DEFAULT_FIRST_CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// An inbound punched session whose peer has had no Kaspa connection with the node (no peer
 /// at its alias, see [`NodeDialer::has_peer_at`]) for this long is closed and its
-/// `max_inbound` slot freed (checked every quarter of it, so closed within 1.25 times it): keys are free, so without it a few idle sessions hold
-/// every slot. An honest peer's node dials as soon as its session is up (its link asks at
-/// once), and that peer itself gives up after [`DEFAULT_FIRST_CONNECTION_TIMEOUT`], also
-/// 30 s, so no honest peer is cut off before it would have given up; after its Kaspa
-/// connection drops the peer re-punches within seconds anyway.
+/// `max_inbound` slot freed (checked every quarter of it, so closed within 1.25 times it):
+/// keys are free, so without it a few idle sessions hold every slot. An honest peer's node
+/// dials as soon as its session is up (its link asks at once), and that peer itself gives up
+/// after [`DEFAULT_FIRST_CONNECTION_TIMEOUT`], also 30 s, so no honest peer is cut off before
+/// it would have given up; after its Kaspa connection drops the peer re-punches within
+/// seconds anyway.
 pub const DEFAULT_INBOUND_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Events kept for slow observers.
 pub const EVENT_BUFFER: usize = 256;
@@ -379,7 +380,7 @@ async fn accept_loop(
             }
             Some(done) = held.join_next(), if !held.is_empty() => {
                 if let Ok(Some(peer)) = done {
-                    if let Some(held_back) = idle_log.hit(std::time::Instant::now()) {
+                    if let Some(held_back) = idle_log.hit(tokio::time::Instant::now().into_std()) {
                         info!(peer = %peer.short(), idle_s = idle_timeout.as_secs_f32(), held_back, total = idle_log.total(), "idle inbound punched session closed (no Kaspa connection)");
                     }
                 }

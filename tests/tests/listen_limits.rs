@@ -278,11 +278,12 @@ async fn the_total_caps_hold_across_peers_and_are_set_by_flags() {
     for session in &sessions[..2] {
         for i in 0..3 {
             let mut s = session.open_stream().await.unwrap();
-            s.write_all(format!("held {i}\n").as_bytes()).await.unwrap();
+            // A stream over the cap may already be reset by the listener: the write can fail.
+            let _ = s.write_all(format!("held {i}\n").as_bytes()).await;
             held.push(s);
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + HANG;
     while echo.accepted.load(Ordering::SeqCst) < 3 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
