@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use punch::{Allow, Client, Config, Session};
+use punch::{Allow, Client, Config};
 use punch_proto::message::{ClientMsg, ErrorCode, Register, ServerMsg};
 use punch_proto::{Keypair, PeerId};
 use punch_tests::{default_register, RegistrationRefused, RendezvousProcess, TestClient};
@@ -158,17 +158,7 @@ pub async fn punch_client(
     client
 }
 
-/// One line through a fresh stream of `session`, echoed back by the peer.
-pub async fn echo_once(session: &Session, line: &[u8]) {
-    let mut stream = session.open_stream().await.expect("a stream opens");
-    stream.write_all(line).await.expect("the line is written");
-    let mut back = vec![0; line.len()];
-    tokio::time::timeout(HANG, stream.read_exact(&mut back))
-        .await
-        .expect("the echo came back in time")
-        .expect("the echo came back");
-    assert_eq!(back, line);
-}
+pub use punch_tests::echo_once;
 
 /// `from` punches to `to` `times` times, each time moving a line both ways; returns how many
 /// punches succeeded (each within [`HANG`]).
