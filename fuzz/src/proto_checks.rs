@@ -357,7 +357,9 @@ fn build_duration(input: &mut Input) -> Duration {
 }
 
 /// The codes of control.proto, numbered 1..=8 in this order.
-const KNOWN_CODES: [ErrorCode; 8] = [
+/// Every code the protocol names, in wire order (1, 2, ...): an `Unknown` raw value in
+/// `1..=KNOWN_CODES.len()` decodes as the named code.
+const KNOWN_CODES: [ErrorCode; 10] = [
     ErrorCode::PeerOffline,
     ErrorCode::PeerRefuses,
     ErrorCode::RateLimited,
@@ -366,6 +368,8 @@ const KNOWN_CODES: [ErrorCode; 8] = [
     ErrorCode::ServerFull,
     ErrorCode::UnsupportedVersion,
     ErrorCode::TooManyConnections,
+    ErrorCode::NotAllowed,
+    ErrorCode::NetworkFull,
 ];
 
 fn build_server_msg(input: &mut Input) -> ServerMsg {
@@ -390,7 +394,7 @@ fn build_server_msg(input: &mut Input) -> ServerMsg {
             peer_local: build_addrs(input),
         }),
         _ => {
-            let code = match usize::from(input.u8() % 10) {
+            let code = match usize::from(input.u8() % 12) {
                 i if i < KNOWN_CODES.len() => KNOWN_CODES[i],
                 _ => ErrorCode::Unknown(i32::from_be_bytes(input.array())),
             };
@@ -443,8 +447,14 @@ fn expected_server(m: &ServerMsg) -> Option<ServerMsg> {
             }
             e.detail.truncate(cut);
             e.retry_after = e.retry_after.map(wire_millis).filter(|d| !d.is_zero());
-            if let ErrorCode::Unknown(raw @ 1..=8) = e.code {
-                e.code = KNOWN_CODES[usize::try_from(raw - 1).expect("1..=8")];
+            if let ErrorCode::Unknown(raw) = e.code {
+                if let Some(&known) = usize::try_from(raw)
+                    .ok()
+                    .and_then(|r| r.checked_sub(1))
+                    .and_then(|i| KNOWN_CODES.get(i))
+                {
+                    e.code = known;
+                }
             }
             ServerMsg::Error(e)
         }
