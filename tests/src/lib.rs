@@ -526,17 +526,48 @@ pub const PUNCH_HANG: Duration = Duration::from_secs(20);
 /// A registered `punch::Client` on 127.0.0.1 that does not accept punches, as the peer that
 /// punches to a [`ListenProcess`]. Its punch window is 3 s, so a refused punch fails quickly.
 pub async fn punch_client(rv: &RendezvousProcess, keypair: Keypair) -> punch::Client {
+    punch_client_at(rv, "127.0.0.1", keypair, None).await
+}
+
+/// A registered `punch::Client` bound to `ip` (each 127.0.0.x is its own source to the
+/// rendezvous); it accepts punches when `allow` is given and echoes every stream of them back
+/// (in a background task that ends with the client). Its punch window is 3 s, so a punch
+/// toward a peer that never dials fails quickly.
+pub async fn punch_client_at(
+    rv: &RendezvousProcess,
+    ip: &str,
+    keypair: Keypair,
+    allow: Option<punch::Allow>,
+) -> punch::Client {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut config = punch::Config::new(rv.addr(), rv.identity(), keypair);
-    config.bind = "127.0.0.1:0".parse().expect("a literal address");
-    config.accept_inbound = false;
+    config.bind = SocketAddr::new(ip.parse().expect("an IP address"), 0);
+    config.accept_inbound = allow.is_some();
+    config.allow = allow.unwrap_or(punch::Allow::Any);
     config.punch_window = Duration::from_secs(3);
-    let (client, _incoming) = punch::Client::start(config)
+    let (client, mut incoming) = punch::Client::start(config)
         .await
         .expect("starting the client");
     client
         .wait_registered(PUNCH_HANG)
         .await
         .expect("registered in time");
+    tokio::spawn(async move {
+        while let Some(mut session) = incoming.next().await {
+            tokio::spawn(async move {
+                while let Some(mut stream) = session.accept_stream().await {
+                    tokio::spawn(async move {
+                        let mut buf = [0u8; 1024];
+                        while let Ok(n) = stream.read(&mut buf).await {
+                            if n == 0 || stream.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+            });
+        }
+    });
     client
 }
 

@@ -21,10 +21,11 @@ use punch::auth::{authenticate, AuthContext};
 use punch::guard::encode_header;
 use punch::secure::SecureStream;
 use punch::{Client, Session};
-use punch_proto::message::{Register, PROTOCOL_VERSION};
+use punch_proto::message::Register;
 use punch_proto::{Keypair, Role};
 use punch_tests::{
-    echo_once, init_tracing, punch_client, rss_kib, ListenProcess, RendezvousProcess, TestClient,
+    default_register, echo_once, init_tracing, punch_client, rss_kib, ListenProcess,
+    RendezvousProcess, TestClient,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -83,10 +84,8 @@ async fn punched_raw(
     listener: &ListenProcess,
 ) -> (SecureStream<TcpStream>, Role) {
     let register = Register {
-        version: PROTOCOL_VERSION,
-        local_addrs: vec![],
         accept_inbound: false,
-        allow: vec![],
+        ..default_register()
     };
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();

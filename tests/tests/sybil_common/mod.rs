@@ -8,11 +8,10 @@ use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use punch::{Allow, Client, Config};
+use punch::{Allow, Client};
 use punch_proto::message::{ClientMsg, ErrorCode, Register, ServerMsg};
 use punch_proto::{Keypair, PeerId};
 use punch_tests::{default_register, RegistrationRefused, RendezvousProcess, TestClient};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 /// Bounds every wait that must end: loopback punches and answers take milliseconds.
@@ -118,45 +117,7 @@ pub async fn flood(sybils: &mut [TestClient], target: PeerId, requests: u64) -> 
     answers
 }
 
-/// A real punch client bound to `ip`, registered; inbound when `allow` is given. Inbound
-/// sessions echo every stream back (in a background task that ends with the client).
-pub async fn punch_client(
-    rv: &RendezvousProcess,
-    ip: &str,
-    key: Keypair,
-    allow: Option<Allow>,
-) -> Client {
-    let mut config = Config::new(rv.addr(), rv.identity(), key);
-    config.bind = SocketAddr::new(ip.parse().expect("an IPv4 address"), 0);
-    config.accept_inbound = allow.is_some();
-    config.allow = allow.unwrap_or(Allow::Any);
-    // A punch toward a Sybil (which never dials) gives up after this, not the default 10 s.
-    config.punch_window = Duration::from_secs(3);
-    let (client, mut incoming) = Client::start(config)
-        .await
-        .expect("the punch client starts");
-    client
-        .wait_registered(HANG)
-        .await
-        .expect("the honest client registers");
-    tokio::spawn(async move {
-        while let Some(mut session) = incoming.next().await {
-            tokio::spawn(async move {
-                while let Some(mut stream) = session.accept_stream().await {
-                    tokio::spawn(async move {
-                        let mut buf = [0u8; 1024];
-                        while let Ok(n) = stream.read(&mut buf).await {
-                            if n == 0 || stream.write_all(&buf[..n]).await.is_err() {
-                                break;
-                            }
-                        }
-                    });
-                }
-            });
-        }
-    });
-    client
-}
+pub use punch_tests::punch_client_at as punch_client;
 
 pub use punch_tests::echo_once;
 
