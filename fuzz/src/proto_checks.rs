@@ -17,8 +17,8 @@ use bytes::BytesMut;
 use punch_proto::channel::{server_handshake, ChannelError, XK_MESSAGE1_LEN};
 use punch_proto::frame::{FrameCodec, FrameError, HEADER_LEN, MAX_CONTROL_FRAME};
 use punch_proto::message::{
-    ClientMsg, DecodeError, ErrorCode, ErrorReply, Offer, Register, Registered, ServerMsg,
-    MAX_ALLOW, MAX_DETAIL_LEN, MAX_LOCAL_ADDRS, PROTOCOL_VERSION,
+    ClientMsg, DecodeError, ErrorCode, ErrorReply, Offer, Register, Registered, RelayEnd,
+    RelayTicket, ServerMsg, MAX_ALLOW, MAX_DETAIL_LEN, MAX_LOCAL_ADDRS, PROTOCOL_VERSION,
 };
 use punch_proto::noise::{
     Handshake, NoiseError, Transport, MAX_MESSAGE_LEN, MAX_PLAINTEXT_LEN, TAG_LEN,
@@ -373,7 +373,7 @@ const KNOWN_CODES: [ErrorCode; 10] = [
 ];
 
 fn build_server_msg(input: &mut Input) -> ServerMsg {
-    match input.u8() % 5 {
+    match input.u8() % 6 {
         0 => ServerMsg::Ping { nonce: input.u64() },
         1 => ServerMsg::Pong { nonce: input.u64() },
         2 => ServerMsg::Registered(Registered {
@@ -392,7 +392,21 @@ fn build_server_msg(input: &mut Input) -> ServerMsg {
             },
             dial_delay: build_duration(input),
             peer_local: build_addrs(input),
+            relay: input.bool().then(|| RelayTicket {
+                token: input.array(),
+                after: build_duration(input),
+            }),
         }),
+        4 => ServerMsg::RelayEnded {
+            session_id: input.u64(),
+            reason: match input.u8() % 5 {
+                0 => RelayEnd::Bytes,
+                1 => RelayEnd::Duration,
+                2 => RelayEnd::Idle,
+                3 => RelayEnd::Shutdown,
+                _ => RelayEnd::Unknown(i32::from_be_bytes(input.array())),
+            },
+        },
         _ => {
             let code = match usize::from(input.u8() % 12) {
                 i if i < KNOWN_CODES.len() => KNOWN_CODES[i],
@@ -438,7 +452,28 @@ fn expected_server(m: &ServerMsg) -> Option<ServerMsg> {
                 return None;
             }
             o.dial_delay = wire_millis(o.dial_delay);
+            if let Some(t) = o.relay.as_mut() {
+                t.after = wire_millis(t.after);
+            }
             ServerMsg::Offer(o)
+        }
+        ServerMsg::RelayEnded {
+            session_id,
+            reason: RelayEnd::Unknown(raw),
+        } => {
+            // A raw code a known reason uses decodes as that reason.
+            let known = [
+                RelayEnd::Bytes,
+                RelayEnd::Duration,
+                RelayEnd::Idle,
+                RelayEnd::Shutdown,
+            ];
+            let reason = usize::try_from(raw)
+                .ok()
+                .and_then(|r| r.checked_sub(1))
+                .and_then(|i| known.get(i).copied())
+                .unwrap_or(RelayEnd::Unknown(raw));
+            ServerMsg::RelayEnded { session_id, reason }
         }
         ServerMsg::Error(mut e) => {
             let mut cut = e.detail.len().min(MAX_DETAIL_LEN);
@@ -955,6 +990,7 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         peer_local: vec!["10.0.0.2:4000".parse().expect("addr")],
         role: Role::Responder,
         dial_delay: Duration::from_millis(250),
+        relay: None,
     });
     let error = ServerMsg::Error(ErrorReply {
         request_id: 3,

@@ -5,12 +5,14 @@
 //! - [`noise`]: the typed Noise handshakes (XK to the rendezvous, KK between peers).
 //! - [`message`]: control messages as domain types; protobuf stays inside this crate.
 //! - [`channel`]: an encrypted, framed control channel over any async byte stream.
+//! - [`relay`]: the first bytes of a relay connection (hello, refusal).
 
 pub mod channel;
 pub mod frame;
 pub mod identity;
 pub mod message;
 pub mod noise;
+pub mod relay;
 
 /// Generated protobuf types. Private: other crates use the domain types in [`message`].
 mod pb {

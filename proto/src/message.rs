@@ -11,7 +11,11 @@
 //!   Ping / Pong                     <->    Ping / Pong        (both directions, RTT samples)
 //!   Connect { peer }                ->
 //!                                   <-     Offer (to both peers) | Error
+//!                                   <-     RelayEnded (to both peers of a relayed session)
 //! ```
+//!
+//! An offer may carry a [`RelayTicket`]: the relay connection's own bytes are in
+//! [`crate::relay`].
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -57,6 +61,12 @@ pub enum DecodeError {
         field: &'static str,
         len: usize,
         max: usize,
+    },
+    #[error("{field} is {len} bytes, not {expected}")]
+    Length {
+        field: &'static str,
+        len: usize,
+        expected: usize,
     },
     #[error("{field} is {len} bytes, more than {max}")]
     TooLong {
@@ -104,6 +114,48 @@ pub struct Offer {
     pub peer_local: Vec<SocketAddr>,
     pub role: Role,
     pub dial_delay: Duration,
+    /// The relay fallback for this punch, when the server relays.
+    pub relay: Option<RelayTicket>,
+}
+
+/// Length of a relay token.
+pub const RELAY_TOKEN_LEN: usize = 16;
+
+/// What one side of a punch presents to the rendezvous's relay (see [`crate::relay`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct RelayTicket {
+    /// Random, one per side of one punch: it names the side and the punch to the relay, and
+    /// only the two control channels carried it.
+    pub token: [u8; RELAY_TOKEN_LEN],
+    /// Open the relay connection when no direct stream has authenticated this long after
+    /// the dial moment.
+    pub after: Duration,
+}
+
+impl std::fmt::Debug for RelayTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token is a capability: logs show that there is one, not its bytes.
+        f.debug_struct("RelayTicket")
+            .field("after", &self.after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the relay ended a relayed session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayEnd {
+    #[error("the relay's byte limit per session was reached")]
+    Bytes,
+    #[error("the relay's time limit per session was reached")]
+    Duration,
+    #[error("nothing moved through the relay for its idle limit")]
+    Idle,
+    #[error("the relay is shutting down")]
+    Shutdown,
+    /// A reason this version does not know (a newer server).
+    #[error("the relay ended the session (reason {0})")]
+    Unknown(i32),
 }
 
 /// Typed reasons the server refuses something.
@@ -139,11 +191,42 @@ pub struct ErrorReply {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ServerMsg {
-    Ping { nonce: u64 },
-    Pong { nonce: u64 },
+    Ping {
+        nonce: u64,
+    },
+    Pong {
+        nonce: u64,
+    },
     Registered(Registered),
     Offer(Offer),
     Error(ErrorReply),
+    /// The relay ended a relayed session (a limit, shutdown); sent to both peers.
+    RelayEnded {
+        session_id: u64,
+        reason: RelayEnd,
+    },
+}
+
+fn relay_end_to_pb(reason: RelayEnd) -> i32 {
+    use pb::RelayEnd as P;
+    (match reason {
+        RelayEnd::Bytes => P::Bytes,
+        RelayEnd::Duration => P::Duration,
+        RelayEnd::Idle => P::Idle,
+        RelayEnd::Shutdown => P::Shutdown,
+        RelayEnd::Unknown(raw) => return raw,
+    }) as i32
+}
+
+fn relay_end_from_pb(raw: i32) -> RelayEnd {
+    use pb::RelayEnd as P;
+    match P::try_from(raw) {
+        Ok(P::Bytes) => RelayEnd::Bytes,
+        Ok(P::Duration) => RelayEnd::Duration,
+        Ok(P::Idle) => RelayEnd::Idle,
+        Ok(P::Shutdown) => RelayEnd::Shutdown,
+        Ok(P::Unspecified) | Err(_) => RelayEnd::Unknown(raw),
+    }
 }
 
 fn addr_to_pb(addr: &SocketAddr) -> pb::SocketAddr {
@@ -331,6 +414,16 @@ impl ServerMsg {
                     .collect(),
                 role: role_to_pb(o.role) as i32,
                 dial_delay_ms: millis(o.dial_delay),
+                relay_token: o
+                    .relay
+                    .as_ref()
+                    .map(|t| t.token.to_vec())
+                    .unwrap_or_default(),
+                relay_after_ms: o.relay.as_ref().map(|t| millis(t.after)).unwrap_or(0),
+            }),
+            ServerMsg::RelayEnded { session_id, reason } => Kind::RelayEnded(pb::RelayEnded {
+                session_id: *session_id,
+                reason: relay_end_to_pb(*reason),
             }),
             ServerMsg::Error(e) => {
                 let mut detail = e.detail.clone();
@@ -382,7 +475,29 @@ impl ServerMsg {
                     _ => return Err(DecodeError::Role(o.role)),
                 },
                 dial_delay: Duration::from_millis(u64::from(o.dial_delay_ms)),
+                relay: match o.relay_token.len() {
+                    0 => None,
+                    RELAY_TOKEN_LEN => {
+                        let mut token = [0u8; RELAY_TOKEN_LEN];
+                        token.copy_from_slice(&o.relay_token);
+                        Some(RelayTicket {
+                            token,
+                            after: Duration::from_millis(u64::from(o.relay_after_ms)),
+                        })
+                    }
+                    len => {
+                        return Err(DecodeError::Length {
+                            field: "relay_token",
+                            len,
+                            expected: RELAY_TOKEN_LEN,
+                        })
+                    }
+                },
             }),
+            Kind::RelayEnded(r) => ServerMsg::RelayEnded {
+                session_id: r.session_id,
+                reason: relay_end_from_pb(r.reason),
+            },
             Kind::Error(e) => {
                 if e.detail.len() > MAX_DETAIL_LEN {
                     return Err(DecodeError::TooLong {
@@ -424,6 +539,10 @@ mod tests {
             ],
             role: Role::Responder,
             dial_delay: Duration::from_millis(250),
+            relay: Some(RelayTicket {
+                token: [7; RELAY_TOKEN_LEN],
+                after: Duration::from_millis(120),
+            }),
         }
     }
 
@@ -437,6 +556,18 @@ mod tests {
                 ping_interval: Duration::from_secs(5),
             }),
             ServerMsg::Offer(offer()),
+            ServerMsg::Offer(Offer {
+                relay: None,
+                ..offer()
+            }),
+            ServerMsg::RelayEnded {
+                session_id: 9,
+                reason: RelayEnd::Bytes,
+            },
+            ServerMsg::RelayEnded {
+                session_id: 10,
+                reason: RelayEnd::Unknown(77),
+            },
             ServerMsg::Error(ErrorReply {
                 request_id: 3,
                 code: ErrorCode::RateLimited,
@@ -629,6 +760,19 @@ mod tests {
         assert!(matches!(
             ServerMsg::decode(&o.encode_to_vec()),
             Err(DecodeError::Role(0))
+        ));
+        // A relay token of the wrong length.
+        let mut o = pb::ServerMessage::decode(&ServerMsg::Offer(offer()).encode()[..]).unwrap();
+        if let Some(pb::server_message::Kind::Offer(ref mut inner)) = o.kind {
+            inner.relay_token = vec![1; 15];
+        }
+        assert!(matches!(
+            ServerMsg::decode(&o.encode_to_vec()),
+            Err(DecodeError::Length {
+                field: "relay_token",
+                len: 15,
+                expected: RELAY_TOKEN_LEN
+            })
         ));
     }
 }

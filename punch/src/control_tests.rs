@@ -65,6 +65,7 @@ fn offer(request_id: u64, peer: PeerId, role: Role) -> Offer {
         peer_local: vec![],
         role,
         dial_delay: 50 * MS,
+        relay: None,
     }
 }
 

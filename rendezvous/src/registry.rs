@@ -494,6 +494,7 @@ impl Registry {
                     peer_local: b_local,
                     role: Role::Initiator,
                     dial_delay: at - owd_a,
+                    relay: None,
                 }),
             },
             Action::Send {
@@ -506,6 +507,7 @@ impl Registry {
                     peer_local: a_local,
                     role: Role::Responder,
                     dial_delay: at - owd_b,
+                    relay: None,
                 }),
             },
         ])

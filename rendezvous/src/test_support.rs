@@ -58,6 +58,7 @@ impl LyingRendezvous {
                         peer_local: vec![],
                         role: Role::Responder,
                         dial_delay: Duration::ZERO,
+                        relay: None,
                     });
                     if acc.channel.send(&offer.encode()).await.is_err() {
                         return;
