@@ -259,7 +259,14 @@ fn established(ctx: &PunchCtx, offer: &Offer, auth: Authenticated, started: Inst
     ctx.emit(Event::Established(info.clone()));
     let yamux =
         crate::session::yamux_config(ctx.config.stream_window, ctx.config.max_streams_per_session);
-    Session::start(auth.into_secure(), info, yamux, ctx.config.guard.clone())
+    Session::start(
+        auth.into_secure(),
+        info,
+        yamux,
+        ctx.config.guard.clone(),
+        None,
+    )
+    .0
 }
 
 /// The one clock of the drivers: tokio's (which `tokio::time::pause` controls), as the `std`

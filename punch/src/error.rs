@@ -153,6 +153,10 @@ pub enum SessionError {
     /// read, for `stalled`; reading had stopped, so the session was ended.
     #[error("local reader stalled: {unread} bytes unread for {stalled:?}")]
     ReaderStalled { stalled: Duration, unread: u64 },
+    /// The relay's decision: it ended the relayed session (a limit of the relay's, or its
+    /// shutdown) and told both peers why.
+    #[error("relay ended the session: {0}")]
+    RelayEnded(punch_proto::message::RelayEnd),
 }
 
 impl From<crate::guard::Verdict> for SessionError {

@@ -3,6 +3,14 @@
 //! Wire format: a sequence of frames, each a 2-byte big-endian length and one Noise transport
 //! message (ciphertext + 16-byte tag) carrying up to [`MAX_PLAINTEXT_LEN`] bytes. A frame that
 //! does not decrypt (tampering, a stale or foreign stream) is an error that ends the stream.
+//!
+//! A frame with an empty plaintext (only the tag) is the **path end** marker: the sender
+//! writes nothing more on this connection, and every byte it wrote before the marker has
+//! arrived. Data frames are never empty, so the marker cannot be confused with data, and it
+//! is authenticated like data, so a relay in the middle cannot forge it (it can only cut the
+//! connection, which is an error, not an end). The session moves its byte stream from one
+//! path to the next at the marker ([`crate::session`]). A reader that reaches it sees end of
+//! stream and [`SecureStream::peer_ended_path`] is true; any frame after it is an error.
 
 use std::io;
 use std::pin::Pin;
@@ -31,6 +39,10 @@ pub struct SecureStream<S> {
     write_buf: Vec<u8>,
     write_pos: usize,
     read_eof: bool,
+    /// The peer's path-end marker was read.
+    peer_ended: bool,
+    /// Our path-end marker was queued.
+    ended: bool,
     /// Socket reads land here first (no uninitialised memory without `unsafe`).
     scratch: Vec<u8>,
 }
@@ -60,12 +72,44 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SecureStream<S> {
             write_buf: Vec::new(),
             write_pos: 0,
             read_eof: false,
+            peer_ended: false,
+            ended: false,
             scratch: vec![0; READ_CHUNK],
         }
     }
 
     pub fn get_ref(&self) -> &S {
         &self.inner
+    }
+
+    /// Whether the peer ended this path with the marker (see the module doc) and what it sent
+    /// before has been read in full.
+    pub fn peer_ended_path(&self) -> bool {
+        self.peer_ended && self.plain_pos >= self.plain.len()
+    }
+
+    /// Writes everything queued, then our path-end marker, and flushes. Nothing may be
+    /// written after it. Idempotent once it returns ready.
+    pub fn poll_end_path(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.ended {
+            ready!(self.poll_flush_buf(cx))?;
+            self.push_frame(&[])?;
+            self.ended = true;
+        }
+        ready!(self.poll_flush_buf(cx))?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    /// Encrypts one frame of at most [`MAX_PLAINTEXT_LEN`] bytes into the write buffer.
+    fn push_frame(&mut self, chunk: &[u8]) -> io::Result<()> {
+        let at = self.write_buf.len();
+        self.write_buf.extend_from_slice(&[0; HEADER_LEN]);
+        self.transport
+            .encrypt(chunk, &mut self.write_buf)
+            .map_err(invalid)?;
+        let len = (self.write_buf.len() - at - HEADER_LEN) as u16;
+        self.write_buf[at..at + HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+        Ok(())
     }
 
     fn poll_flush_buf(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -102,15 +146,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for SecureStream<S> {
             this.plain.clear();
             this.plain_pos = 0;
             while let Some(frame) = this.codec.decode(&mut this.read_raw).map_err(invalid)? {
+                if this.peer_ended {
+                    return Poll::Ready(Err(invalid("data after the path-end marker")));
+                }
+                let before = this.plain.len();
                 this.transport
                     .decrypt(&frame, &mut this.plain)
                     .map_err(invalid)?;
+                if this.plain.len() == before {
+                    this.peer_ended = true;
+                    break;
+                }
                 if this.plain.len() >= READ_CHUNK {
                     break;
                 }
             }
             if !this.plain.is_empty() {
                 continue;
+            }
+            if this.peer_ended {
+                // End of this path's stream: what came before it was handed out in full.
+                return Poll::Ready(Ok(()));
             }
             if this.read_eof {
                 return if this.read_raw.is_empty() {
@@ -143,17 +199,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for SecureStream<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "write after the path-end marker",
+            )));
+        }
         // Backpressure: at most one batch of encrypted frames is buffered.
         ready!(this.poll_flush_buf(cx))?;
         let take = buf.len().min(READ_CHUNK);
         for chunk in buf[..take].chunks(MAX_PLAINTEXT_LEN) {
-            let at = this.write_buf.len();
-            this.write_buf.extend_from_slice(&[0; HEADER_LEN]);
-            this.transport
-                .encrypt(chunk, &mut this.write_buf)
-                .map_err(invalid)?;
-            let len = (this.write_buf.len() - at - HEADER_LEN) as u16;
-            this.write_buf[at..at + HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+            this.push_frame(chunk)?;
         }
         // Start writing; the data is accepted even if the socket is full right now.
         let _ = this.poll_flush_buf(cx)?;

@@ -34,6 +34,19 @@
 //! ping flood from a peer that does not read) or too many bytes are unread (back-pressure to
 //! the peer, per session), and ends a session whose writes or reads stay stuck, with a typed
 //! [`SessionError`] ([`Session::end_reason`]).
+//!
+//! Moving to another path: a session that started relayed moves to a direct connection as
+//! soon as one authenticates for it ([`PathControl::upgrade`]), under yamux, so open streams
+//! carry on. Each direction moves on its own: the writer flushes what it queued on the old
+//! path, writes the authenticated path-end marker there ([`crate::secure`]) and writes
+//! everything after it on the new path; the reader reads the old path up to the marker and
+//! then the new one, whose bytes wait in its socket until then. TCP delivers each path in
+//! order and the marker is the last byte of the old one, so no byte is lost, doubled or
+//! reordered, and the two ends need not switch at the same moment. Why not "new streams go
+//! direct, old ones drain on the relay": a Kaspa peer connection is one stream that lasts for
+//! days, so it would stay relayed for its whole life. A relay that cuts the old path before
+//! the marker ends the session with an error (nothing is silently lost). Once both markers
+//! have passed, the old connection is closed.
 
 use std::io;
 use std::net::SocketAddr;
@@ -43,6 +56,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use punch_proto::message::RelayEnd;
 use punch_proto::{PeerId, Role};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -72,6 +86,8 @@ pub const LINGER_MAX: Duration = Duration::from_secs(30);
 /// How often the driver asks the guard whether a stall has lasted too long: the stall limits
 /// are tens of seconds, so a second of slack is nothing.
 const STALL_CHECK: Duration = Duration::from_secs(1);
+/// How long a relayed session whose connection ended waits for the relay's reason.
+const RELAY_REASON_WAIT: Duration = Duration::from_secs(2);
 /// Sessions ended for misbehaviour are logged at most once per this interval (process-wide):
 /// a peer that gets itself cut off again and again must not flood the log.
 const END_LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -111,10 +127,101 @@ fn wake_if(shared: &mut Shared, lifted: bool) {
     }
 }
 
-/// The socket side of the session: every plaintext byte passes the guard.
+/// The socket side of the session: every plaintext byte passes the guard, over whichever
+/// path carries the session now (see "Moving to another path" in the module doc).
 struct Tracked {
-    inner: SecureStream<TcpStream>,
+    /// The path written to, and read from once the previous path has ended.
+    current: SecureStream<TcpStream>,
+    /// The previous path while the session moves off it.
+    old: Option<OldPath>,
+    /// New paths from the punch driver ([`PathControl::upgrade`]).
+    upgrades: mpsc::Receiver<SecureStream<TcpStream>>,
+    /// The punch driver is gone: no path will come.
+    no_more_paths: bool,
     shared: SharedGuard,
+}
+
+/// A path being left: read until the peer's end marker, ours written after the last byte.
+struct OldPath {
+    stream: SecureStream<TcpStream>,
+    wrote_end: bool,
+    read_done: bool,
+}
+
+impl Tracked {
+    /// Takes a new path if one came and no move is in progress.
+    fn poll_upgrade(&mut self, cx: &mut Context<'_>) {
+        if self.old.is_some() {
+            return;
+        }
+        if self.no_more_paths {
+            return;
+        }
+        match self.upgrades.poll_recv(cx) {
+            Poll::Ready(Some(next)) => {
+                let previous = std::mem::replace(&mut self.current, next);
+                debug!("moving the session to a new path");
+                self.old = Some(OldPath {
+                    // The peer may have moved first: then its part of the old path is read.
+                    read_done: previous.peer_ended_path(),
+                    stream: previous,
+                    wrote_end: false,
+                });
+            }
+            Poll::Ready(None) => self.no_more_paths = true,
+            Poll::Pending => {}
+        }
+    }
+
+    /// Ends our writing on the old path: what was queued, then the marker. Ready when done
+    /// (or when there is no old path); drops the old path once both directions ended on it.
+    fn poll_finish_old(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(old) = self.old.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        if !old.wrote_end {
+            std::task::ready!(old.stream.poll_end_path(cx))?;
+            old.wrote_end = true;
+        }
+        if old.read_done {
+            debug!("the old path ended both ways; closed");
+            self.old = None;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Reads from the old path until its end marker, then from the current one.
+    fn poll_read_paths(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if let Some(old) = self.old.as_mut().filter(|o| !o.read_done) {
+            let before = buf.filled().len();
+            std::task::ready!(Pin::new(&mut old.stream).poll_read(cx, buf))?;
+            if buf.filled().len() > before || !old.stream.peer_ended_path() {
+                // Data, or the old path's plain end of stream (it broke): yamux sees it.
+                return Poll::Ready(Ok(()));
+            }
+            old.read_done = true;
+            if old.wrote_end {
+                debug!("the old path ended both ways; closed");
+                self.old = None;
+            }
+        }
+        let before = buf.filled().len();
+        std::task::ready!(Pin::new(&mut self.current).poll_read(cx, buf))?;
+        if buf.filled().len() == before
+            && self.current.peer_ended_path()
+            && !self.no_more_paths
+            && self.old.is_none()
+        {
+            // The peer moved to the next path before we have it: the rest of its bytes are
+            // there. `poll_upgrade` registered this task for its arrival.
+            return Poll::Pending;
+        }
+        Poll::Ready(Ok(()))
+    }
 }
 
 impl AsyncRead for Tracked {
@@ -138,11 +245,18 @@ impl AsyncRead for Tracked {
             }
             shared.paused_reader = None;
         }
+        let this = &mut *self;
+        this.poll_upgrade(cx);
+        // Our marker goes out even while yamux has nothing to write; pending is fine here
+        // (the write side waits for it too).
+        if let Poll::Ready(Err(e)) = this.poll_finish_old(cx) {
+            return Poll::Ready(Err(e));
+        }
         let before = buf.filled().len();
-        std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        std::task::ready!(this.poll_read_paths(cx, buf))?;
         let new = &buf.filled()[before..];
         if !new.is_empty() {
-            if let Err(v) = lock(&self.shared).guard.on_read(new) {
+            if let Err(v) = lock(&this.shared).guard.on_read(new) {
                 return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, v)));
             }
         }
@@ -156,8 +270,14 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
-        let mut shared = lock(&self.shared);
+        let this = &mut *self;
+        this.poll_upgrade(cx);
+        let res = match this.poll_finish_old(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut this.current).poll_write(cx, buf),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        };
+        let mut shared = lock(&this.shared);
         match &res {
             Poll::Ready(Ok(n)) => shared.guard.on_written(&buf[..*n], now()),
             Poll::Pending => shared.guard.on_write_blocked(now()),
@@ -167,8 +287,13 @@ impl AsyncWrite for Tracked {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let res = Pin::new(&mut self.inner).poll_flush(cx);
-        let mut shared = lock(&self.shared);
+        let this = &mut *self;
+        this.poll_upgrade(cx);
+        let res = match this.poll_finish_old(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut this.current).poll_flush(cx),
+            other => other,
+        };
+        let mut shared = lock(&this.shared);
         match &res {
             Poll::Ready(Ok(())) => shared.guard.on_written(&[], now()),
             Poll::Pending => shared.guard.on_write_blocked(now()),
@@ -178,24 +303,57 @@ impl AsyncWrite for Tracked {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let this = &mut *self;
+        std::task::ready!(this.poll_finish_old(cx))?;
+        Pin::new(&mut this.current).poll_shutdown(cx)
     }
 }
 
-/// How a session reaches its peer. One kind today; a relayed path (through a relay when the
-/// punch fails) will be the second, hence `#[non_exhaustive]`.
+/// How a session reaches its peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PathKind {
     /// A punched (or directly dialed) TCP connection.
     Direct,
+    /// Through the rendezvous's relay, which sees only ciphertext.
+    Relayed,
 }
 
 impl std::fmt::Display for PathKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             PathKind::Direct => "direct",
+            PathKind::Relayed => "relayed",
         })
+    }
+}
+
+/// The path a session uses now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathState {
+    pub kind: PathKind,
+    /// The far end of the TCP connection: the peer (direct) or the relay.
+    pub remote: SocketAddr,
+}
+
+/// The punch driver's side of a session: moves it to a new path, and tells it why the relay
+/// ended it.
+#[derive(Debug)]
+pub(crate) struct PathControl {
+    upgrades: mpsc::Sender<SecureStream<TcpStream>>,
+    path: watch::Sender<PathState>,
+}
+
+impl PathControl {
+    /// Moves the session to `next` (a direct stream authenticated for the same punch). The
+    /// byte stream continues on it without loss (see the module doc). False if the session
+    /// has ended or a move is already queued.
+    pub fn upgrade(&self, next: SecureStream<TcpStream>, state: PathState) -> bool {
+        if self.upgrades.try_send(next).is_err() {
+            return false;
+        }
+        self.path.send_replace(state);
+        true
     }
 }
 
@@ -231,6 +389,7 @@ pub struct Session {
     /// Its sender lives in the driver task: it sends why the session ended (when that was a
     /// decision, not the peer closing) and is dropped (closing the channel) when it ends.
     ended: watch::Receiver<Option<Arc<SessionError>>>,
+    path: watch::Receiver<PathState>,
     _handles: Handles,
 }
 
@@ -264,6 +423,23 @@ impl std::fmt::Debug for Shared {
     }
 }
 
+/// After a relayed session's connection ended: the relay's reason, if it sends one within
+/// [`RELAY_REASON_WAIT`] (the relay writes it to the control connection just before it
+/// closes the relayed one, so it may arrive a little later).
+async fn relay_reason(
+    path: &watch::Receiver<PathState>,
+    notice: Option<oneshot::Receiver<RelayEnd>>,
+) -> Option<SessionError> {
+    let notice = notice?;
+    if path.borrow().kind != PathKind::Relayed {
+        return None;
+    }
+    match tokio::time::timeout(RELAY_REASON_WAIT, notice).await {
+        Ok(Ok(reason)) => Some(SessionError::RelayEnded(reason)),
+        _ => None,
+    }
+}
+
 /// Logs (rate-limited, process-wide) why a session was ended.
 fn log_end(reason: &SessionError) {
     if let Some(held_back) = lock(&END_LOG).hit(now()) {
@@ -272,18 +448,30 @@ fn log_end(reason: &SessionError) {
 }
 
 impl Session {
+    /// Starts yamux over `secure`. `relay_end` is where the client forwards the relay's
+    /// reason for ending a relayed session. The returned [`PathControl`] moves the session
+    /// to another path.
     pub(crate) fn start(
         secure: SecureStream<TcpStream>,
         info: SessionInfo,
         config: YamuxConfig,
         limits: GuardLimits,
-    ) -> Self {
+        relay_end: Option<oneshot::Receiver<RelayEnd>>,
+    ) -> (Self, PathControl) {
         let shared: SharedGuard = Arc::new(std::sync::Mutex::new(Shared {
             guard: Guard::new(limits, config.max_stream_count, now()),
             paused_reader: None,
         }));
+        let (upgrades_tx, upgrades) = mpsc::channel(1);
+        let (path_tx, path) = watch::channel(PathState {
+            kind: info.path,
+            remote: info.remote,
+        });
         let tracked = Tracked {
-            inner: secure,
+            current: secure,
+            old: None,
+            upgrades,
+            no_more_paths: false,
             shared: shared.clone(),
         };
         let mut session = match info.role {
@@ -300,7 +488,9 @@ impl Session {
         let (ended_tx, ended) = watch::channel(None);
         let span = tracing::info_span!("session", peer = %info.peer.short(), remote = %info.remote);
         let watch = Arc::downgrade(&handles);
+        let path_now = path.clone();
         let driver = async move {
+            let mut relay_end = relay_end;
             let mut released = released;
             let mut released_at: Option<Instant> = None;
             let mut check = tokio::time::interval(STALL_CHECK);
@@ -332,12 +522,21 @@ impl Session {
                                 Some(v) => break Some(SessionError::PeerViolation(v)),
                                 None => {
                                     debug!(error = ?e, "session ended");
-                                    break None;
+                                    break relay_reason(&path_now, relay_end.take()).await;
                                 }
                             }
                         }
-                        None => break None,
+                        None => break relay_reason(&path_now, relay_end.take()).await,
                     },
+                    reason = async { relay_end.as_mut().expect("guarded").await }, if relay_end.is_some() => {
+                        relay_end = None;
+                        if let Ok(reason) = reason {
+                            if path_now.borrow().kind == PathKind::Relayed {
+                                break Some(SessionError::RelayEnded(reason));
+                            }
+                            debug!(%reason, "the relay ended a path the session had left");
+                        }
+                    }
                     _ = &mut released, if released_at.is_none() => {
                         released_at = Some(now());
                     }
@@ -367,13 +566,30 @@ impl Session {
         };
         // Not kept: see the module doc (bounded by the connection and by LINGER_MAX).
         drop(tokio::spawn(driver.instrument(span)));
-        Self {
+        let session = Self {
             info,
             control,
             incoming,
             ended,
+            path,
             _handles: handles,
-        }
+        };
+        let control = PathControl {
+            upgrades: upgrades_tx,
+            path: path_tx,
+        };
+        (session, control)
+    }
+
+    /// The path the session uses now (it starts on [`SessionInfo::path`] and may move from
+    /// the relay to a direct connection).
+    pub fn path(&self) -> PathState {
+        *self.path.borrow()
+    }
+
+    /// Follows the session's path: `changed()` resolves when it moves.
+    pub fn path_updates(&self) -> watch::Receiver<PathState> {
+        self.path.clone()
     }
 
     pub fn info(&self) -> &SessionInfo {
@@ -508,7 +724,7 @@ impl AsyncWrite for Stream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::{authenticate, AuthContext};
+    use crate::auth::{authenticate, AuthContext, Authenticated};
     use punch_proto::Keypair;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
@@ -516,9 +732,11 @@ mod tests {
     /// Bounds a wait that must end, so a bug fails the test instead of hanging it.
     const HANG: Duration = Duration::from_secs(20);
 
-    /// Two ends of an authenticated session over loopback.
-    async fn pair() -> (Session, Session) {
-        let (ka, kb) = (Keypair::generate().unwrap(), Keypair::generate().unwrap());
+    type Keys = (Keypair, Keypair);
+
+    /// Two authenticated ends of one loopback connection (initiator with key a, responder b).
+    async fn authed(keys: &Keys, session_id: u64) -> (Authenticated, Authenticated) {
+        let (ka, kb) = keys;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
@@ -527,36 +745,146 @@ mod tests {
             role,
             keypair: keypair.clone(),
             peer: peer.public(),
-            session_id: 5,
+            session_id,
         };
         let (ea, eb) = (
-            expect(Role::Initiator, &ka, &kb),
-            expect(Role::Responder, &kb, &ka),
+            expect(Role::Initiator, ka, kb),
+            expect(Role::Responder, kb, ka),
         );
         let (a, b) = tokio::join!(authenticate(a, false, &ea), authenticate(b, false, &eb));
-        let start = |auth: crate::auth::Authenticated, role, peer: &Keypair| {
-            let info = SessionInfo {
-                peer: peer.public(),
-                remote: auth.remote,
-                path: PathKind::Direct,
-                role,
-                session_id: 5,
-                elapsed: Duration::ZERO,
-            };
-            Session::start(
-                auth.into_secure(),
-                info,
-                yamux_config(
-                    DEFAULT_STREAM_WINDOW,
-                    crate::config::DEFAULT_MAX_STREAMS_PER_SESSION,
-                ),
-                GuardLimits::default(),
-            )
+        (a.unwrap(), b.unwrap())
+    }
+
+    fn start(auth: Authenticated, role: Role, peer: &Keypair) -> (Session, PathControl) {
+        let info = SessionInfo {
+            peer: peer.public(),
+            remote: auth.remote,
+            path: PathKind::Relayed,
+            role,
+            session_id: 5,
+            elapsed: Duration::ZERO,
         };
-        (
-            start(a.unwrap(), Role::Initiator, &kb),
-            start(b.unwrap(), Role::Responder, &ka),
+        Session::start(
+            auth.into_secure(),
+            info,
+            yamux_config(
+                DEFAULT_STREAM_WINDOW,
+                crate::config::DEFAULT_MAX_STREAMS_PER_SESSION,
+            ),
+            GuardLimits::default(),
+            None,
         )
+    }
+
+    /// Two ends of an authenticated session over loopback, with their path controls.
+    async fn pair_with_paths() -> (Keys, (Session, PathControl), (Session, PathControl)) {
+        let keys = (Keypair::generate().unwrap(), Keypair::generate().unwrap());
+        let (a, b) = authed(&keys, 5).await;
+        let sa = start(a, Role::Initiator, &keys.1);
+        let sb = start(b, Role::Responder, &keys.0);
+        (keys, sa, sb)
+    }
+
+    async fn pair() -> (Session, Session) {
+        let (_, (a, _), (b, _)) = pair_with_paths().await;
+        (a, b)
+    }
+
+    /// A byte pattern no two offsets of which repeat within 251 bytes, so a lost, doubled
+    /// or reordered chunk shows.
+    fn pattern(offset: u64, len: usize) -> Vec<u8> {
+        (0..len as u64)
+            .map(|i| ((offset + i) % 251) as u8)
+            .collect()
+    }
+
+    /// Streams `total` bytes of the pattern in `chunk`-sized writes, pausing between them.
+    async fn send_pattern(stream: &mut Stream, total: u64, chunk: usize) {
+        let mut sent = 0u64;
+        while sent < total {
+            let n = chunk.min((total - sent) as usize);
+            stream.write_all(&pattern(sent, n)).await.unwrap();
+            sent += n as u64;
+            tokio::task::yield_now().await;
+        }
+        stream.shutdown().await.unwrap();
+    }
+
+    async fn check_pattern(stream: &mut Stream, total: u64) {
+        let mut got = 0u64;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = stream.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            assert_eq!(buf[..n], pattern(got, n)[..], "at offset {got}");
+            got += n as u64;
+        }
+        assert_eq!(got, total);
+    }
+
+    #[tokio::test]
+    async fn a_session_moves_to_a_new_path_without_losing_or_reordering_a_byte() {
+        const TOTAL: u64 = 48 * 1024 * 1024;
+        let (keys, (a, a_path), (mut b, b_path)) = pair_with_paths().await;
+        // Streams in both directions keep moving data while the session moves.
+        let mut up = a.open_stream().await.unwrap();
+        up.write_all(b"x").await.unwrap();
+        let mut up_far = tokio::time::timeout(HANG, b.accept_stream())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut one = [0u8; 1];
+        up_far.read_exact(&mut one).await.unwrap();
+        let mut down = b.open_stream().await.unwrap();
+        down.write_all(b"y").await.unwrap();
+        let mut a = a;
+        let mut down_far = tokio::time::timeout(HANG, a.accept_stream())
+            .await
+            .unwrap()
+            .unwrap();
+        down_far.read_exact(&mut one).await.unwrap();
+        let sending = tokio::spawn(async move {
+            tokio::join!(
+                send_pattern(&mut up, TOTAL, 7_777),
+                send_pattern(&mut down, TOTAL, 100_003)
+            );
+        });
+        let checking = tokio::spawn(async move {
+            tokio::join!(
+                check_pattern(&mut up_far, TOTAL),
+                check_pattern(&mut down_far, TOTAL)
+            );
+        });
+        // The new path: its own connection and handshake. The two ends switch at different
+        // moments, as they do after a punch (the initiator first).
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let (na, nb) = authed(&keys, 6).await;
+        let (ra, rb) = (na.remote, nb.remote);
+        let direct = |remote| PathState {
+            kind: PathKind::Direct,
+            remote,
+        };
+        assert!(a_path.upgrade(na.into_secure(), direct(ra)));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(b_path.upgrade(nb.into_secure(), direct(rb)));
+        assert_eq!(a.path().kind, PathKind::Direct);
+        assert_eq!(b.path(), direct(rb));
+        tokio::time::timeout(HANG, sending).await.unwrap().unwrap();
+        tokio::time::timeout(HANG, checking).await.unwrap().unwrap();
+        // The session still works, on the new path only.
+        let mut s = a.open_stream().await.unwrap();
+        s.write_all(b"after").await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut far = tokio::time::timeout(HANG, b.accept_stream())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut buf = Vec::new();
+        far.read_to_end(&mut buf).await.unwrap();
+        assert_eq!(buf, b"after");
+        assert!(!a.is_closed() && !b.is_closed());
     }
 
     #[tokio::test]
