@@ -34,6 +34,18 @@
 //! own dial can still reach our listener from an address the rendezvous did not know, until
 //! the window closes.
 //!
+//! The relay ([`Attempt::with_relay`]). When no direct stream has authenticated by the time
+//! the rendezvous's ticket names (a fraction of the round trip after the dial moment), the
+//! attempt opens one relay connection ([`Action::DialRelay`]); its stream is authenticated
+//! and confirmed like the others, so whichever authenticates first serves. A relayed winner
+//! starts the session at once ([`Action::Relayed`]) and the attempt goes on: the first
+//! direct stream confirmed before the window closes is the session's new path
+//! ([`Action::Upgrade`]). The initiator marks that confirm as an upgrade (UPGRADE, not
+//! CONFIRM, [`crate::auth`]): a responder that gets it before the relayed stream's confirm
+//! (the direct path is faster) holds it until the relayed session has started, so both
+//! sides start on the relay and move to the same direct stream. A relayed session whose
+//! window closes without a direct stream stays relayed; the attempt ends quietly.
+//!
 //! The driver calls [`Attempt::poll`] until it returns `None`, carrying out each action, then
 //! sleeps until [`Attempt::poll_timeout`] or the next outcome, and reports outcomes with the
 //! `on_*` methods. `poll` first expires timers, then returns queued actions in the order they
@@ -137,6 +149,17 @@ pub enum Action {
     Abandon(StreamId),
     /// The punch succeeded on this stream. The last action.
     Established(StreamId),
+    /// Open a relay connection to the rendezvous and present this side's ticket; report
+    /// [`Attempt::on_relay_connected`] or [`Attempt::on_relay_failed`].
+    DialRelay,
+    /// A session starts on this relayed stream; the attempt goes on for a direct stream
+    /// until its window closes.
+    Relayed(StreamId),
+    /// Initiator, after [`Action::Relayed`]: send the upgrade confirm on this authenticated
+    /// direct stream (report like [`Action::Confirm`]).
+    ConfirmUpgrade(StreamId),
+    /// The relayed session moves to this direct stream. The last action.
+    Upgrade(StreamId),
     /// The punch failed. The last action.
     Fail(GaveUp),
 }
@@ -179,6 +202,21 @@ enum Step {
     Backup,
     /// Confirm sent or awaited, until this time.
     Confirming(Instant),
+    /// Responder: the upgrade confirm came before the relayed stream's confirm; held until
+    /// the relayed session exists, at most until this time.
+    Held(Instant),
+}
+
+/// The relay fallback of an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Relay {
+    /// No relay for this punch.
+    Off,
+    /// Will be dialed at this time.
+    Waiting(Instant),
+    Dialing,
+    /// Connected (its stream is in `streams`), or done with.
+    Used,
 }
 
 #[derive(Debug)]
@@ -187,6 +225,8 @@ struct Entry {
     addr: SocketAddr,
     /// Dialed by us (its candidate is `addr`), or accepted by the listener.
     dialed: bool,
+    /// Through the relay.
+    relayed: bool,
     step: Step,
 }
 
@@ -202,6 +242,14 @@ pub struct Attempt {
     /// The first error that says "wrong peer", reported if nothing is established.
     auth_error: Option<(SocketAddr, AuthError)>,
     finished: bool,
+    relay: Relay,
+    /// The relay's address and what happened there, for the timeout error.
+    relay_tried: Option<Tried>,
+    /// Streams the peer dials or accepts directly are taken ([`Attempt::relay_only`]).
+    direct: bool,
+    /// A session runs on the relay ([`Action::Relayed`]); the attempt looks for a direct
+    /// stream to move it to.
+    relayed: bool,
 }
 
 impl Attempt {
@@ -248,7 +296,32 @@ impl Attempt {
             actions: VecDeque::new(),
             auth_error: None,
             finished: false,
+            relay: Relay::Off,
+            relay_tried: None,
+            direct: true,
+            relayed: false,
         }
+    }
+
+    /// Adds the relay fallback: [`Action::DialRelay`] at `at` (the rendezvous's ticket says
+    /// when), to the relay at `addr`. Whichever stream authenticates first serves; a relayed
+    /// session then moves to a direct stream if one authenticates before the window closes.
+    pub fn with_relay(mut self, at: Instant, addr: SocketAddr) -> Self {
+        self.relay = Relay::Waiting(at);
+        self.relay_tried = Some(Tried {
+            addr,
+            dials: 0,
+            last_error: None,
+        });
+        self
+    }
+
+    /// No direct streams: no dials, and streams the listener accepts are abandoned (to test
+    /// or diagnose the relay). Without a relay the attempt can only time out.
+    pub fn relay_only(mut self) -> Self {
+        self.direct = false;
+        self.candidates.clear();
+        self
     }
 
     /// When the attempt stops dialing and taking new streams.
@@ -274,6 +347,13 @@ impl Attempt {
         if self.finished || self.is_expired(now) {
             return None;
         }
+        if matches!(self.relay, Relay::Waiting(at) if at <= now) && !self.relayed {
+            self.relay = Relay::Dialing;
+            if let Some(t) = self.relay_tried.as_mut() {
+                t.dials += 1;
+            }
+            return Some(Action::DialRelay);
+        }
         let c = self
             .candidates
             .iter_mut()
@@ -296,10 +376,16 @@ impl Attempt {
             .min()
             .unwrap_or(deadline)
             .min(deadline);
+        let dials = match self.relay {
+            Relay::Waiting(at) => dials.min(at),
+            _ => dials,
+        };
         self.streams
             .iter()
             .filter_map(|e| match e.step {
-                Step::Authenticating(until) | Step::Confirming(until) => Some(until),
+                Step::Authenticating(until) | Step::Confirming(until) | Step::Held(until) => {
+                    Some(until)
+                }
                 Step::Backup => None,
             })
             .fold(dials, Instant::min)
@@ -314,7 +400,9 @@ impl Attempt {
         let expired: Vec<(StreamId, Step)> = self
             .streams
             .iter()
-            .filter(|e| matches!(e.step, Step::Authenticating(t) | Step::Confirming(t) if t <= now))
+            .filter(|e| {
+                matches!(e.step, Step::Authenticating(t) | Step::Confirming(t) | Step::Held(t) if t <= now)
+            })
             .map(|e| (e.id, e.step))
             .collect();
         for (id, step) in expired {
@@ -322,11 +410,20 @@ impl Attempt {
                 continue;
             };
             self.actions.push_back(Action::Abandon(id));
-            let (Step::Authenticating(at) | Step::Confirming(at)) = step else {
+            let (Step::Authenticating(at) | Step::Confirming(at) | Step::Held(at)) = step else {
                 continue;
             };
-            let confirming = matches!(step, Step::Confirming(_));
-            if entry.dialed {
+            let confirming = matches!(step, Step::Confirming(_) | Step::Held(_));
+            if entry.relayed {
+                let error = if confirming {
+                    CandidateError::ConfirmTimedOut
+                } else {
+                    CandidateError::AuthTimedOut
+                };
+                if let Some(t) = self.relay_tried.as_mut() {
+                    t.last_error = Some(error);
+                }
+            } else if entry.dialed {
                 let error = if confirming {
                     CandidateError::ConfirmTimedOut
                 } else {
@@ -338,8 +435,12 @@ impl Attempt {
                 self.confirm_next(now);
             }
         }
-        if self.is_expired(now) && self.streams.is_empty() {
+        if self.is_expired(now) && self.streams.is_empty() && self.relay != Relay::Dialing {
             self.finished = true;
+            if self.relayed {
+                // The relayed session serves; no direct stream this time.
+                return;
+            }
             let gave_up = match self.auth_error.take() {
                 Some((addr, error)) => GaveUp::AuthFailed { addr, error },
                 None => GaveUp::Timeout {
@@ -398,16 +499,25 @@ impl Attempt {
         }
     }
 
-    fn new_stream(&mut self, now: Instant, addr: SocketAddr, dialed: bool) -> StreamId {
+    fn new_stream(
+        &mut self,
+        now: Instant,
+        addr: SocketAddr,
+        dialed: bool,
+        relayed: bool,
+    ) -> StreamId {
         let id = self.next_stream;
         self.next_stream += 1;
-        if self.finished || self.is_expired(now) {
+        // A relay connection opened before the deadline may finish after it.
+        let late = self.is_expired(now) && !relayed;
+        if self.finished || late || (!relayed && !self.direct) {
             self.actions.push_back(Action::Abandon(id));
         } else {
             self.streams.push(Entry {
                 id,
                 addr,
                 dialed,
+                relayed,
                 step: Step::Authenticating(now + self.schedule.auth_timeout),
             });
             self.actions.push_back(Action::Authenticate(id));
@@ -428,7 +538,7 @@ impl Attempt {
             self.actions.push_back(Action::Abandon(id));
             return id;
         }
-        let id = self.new_stream(now, addr, true);
+        let id = self.new_stream(now, addr, true, false);
         if self.streams.iter().any(|e| e.id == id) {
             if let Some(c) = self.candidate(addr) {
                 c.state = State::Connected(id);
@@ -439,7 +549,35 @@ impl Attempt {
 
     /// The listener accepted a stream for this punch from `from`. Returns its id.
     pub fn on_accepted(&mut self, now: Instant, from: SocketAddr) -> StreamId {
-        self.new_stream(now, from, false)
+        self.new_stream(now, from, false, false)
+    }
+
+    /// The relay connection is open and our ticket sent. Returns its stream's id, to be
+    /// authenticated like any other (or abandoned, when a direct stream already won).
+    pub fn on_relay_connected(&mut self, now: Instant) -> StreamId {
+        if self.relay != Relay::Dialing {
+            let id = self.next_stream;
+            self.next_stream += 1;
+            self.actions.push_back(Action::Abandon(id));
+            return id;
+        }
+        self.relay = Relay::Used;
+        let addr = self
+            .relay_tried
+            .as_ref()
+            .map_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)), |t| t.addr);
+        self.new_stream(now, addr, false, true)
+    }
+
+    /// The relay connection could not be opened. It is not retried: the relay is the
+    /// rendezvous, which this client reached a moment ago.
+    pub fn on_relay_failed(&mut self, _now: Instant, error: std::io::ErrorKind) {
+        if self.relay == Relay::Dialing {
+            self.relay = Relay::Used;
+            if let Some(t) = self.relay_tried.as_mut() {
+                t.last_error = Some(CandidateError::Dial(error));
+            }
+        }
     }
 
     /// The stream's far end proved it holds the expected key.
@@ -460,7 +598,12 @@ impl Attempt {
             entry.step = Step::Backup;
         } else {
             entry.step = Step::Confirming(now + CONFIRM_TIMEOUT);
-            self.actions.push_back(Action::Confirm(id));
+            self.actions
+                .push_back(if self.role == Role::Initiator && self.relayed {
+                    Action::ConfirmUpgrade(id)
+                } else {
+                    Action::Confirm(id)
+                });
         }
     }
 
@@ -475,6 +618,16 @@ impl Attempt {
             return;
         }
         let Some(entry) = self.remove(id) else { return };
+        if entry.relayed {
+            // The relay refused, or the far end failed authentication through it.
+            if let Some(t) = self.relay_tried.as_mut() {
+                t.last_error = Some(CandidateError::Auth(error.kind()));
+            }
+            if error.is_final() && self.auth_error.is_none() {
+                self.auth_error = Some((entry.addr, error));
+            }
+            return;
+        }
         let final_ = error.is_final();
         let foreign = matches!(error, AuthError::Preamble);
         if entry.dialed {
@@ -492,22 +645,86 @@ impl Attempt {
         }
     }
 
-    /// The confirm went through on the stream: it wins.
-    pub fn on_confirmed(&mut self, _now: Instant, id: StreamId) {
-        let confirming = self
+    /// The confirm went through on the stream (initiator: sent; responder: the plain
+    /// confirm arrived): it wins. A relayed winner starts the session on the relay
+    /// ([`Action::Relayed`]) and the attempt goes on for a direct stream; the initiator's
+    /// confirm on a direct stream after that is the upgrade ([`Action::Upgrade`]).
+    pub fn on_confirmed(&mut self, now: Instant, id: StreamId) {
+        let Some(entry) = self
             .streams
             .iter()
-            .any(|e| e.id == id && matches!(e.step, Step::Confirming(_)));
-        if self.finished || !confirming {
+            .find(|e| e.id == id && matches!(e.step, Step::Confirming(_)))
+        else {
+            return;
+        };
+        if self.finished {
             return;
         }
+        if self.relayed {
+            // Initiator: the upgrade confirm went out. (A responder takes upgrades only
+            // through `on_upgrade_confirmed`; a plain confirm now is not from the protocol.)
+            if self.role == Role::Initiator && !entry.relayed {
+                self.finish(id, Action::Upgrade(id));
+            }
+            return;
+        }
+        if !entry.relayed {
+            self.finish(id, Action::Established(id));
+            return;
+        }
+        // The session starts on the relay; direct streams carry on.
+        self.relayed = true;
+        self.remove(id);
+        for e in std::mem::take(&mut self.streams) {
+            if e.relayed {
+                self.actions.push_back(Action::Abandon(e.id));
+            } else {
+                self.streams.push(e);
+            }
+        }
+        self.actions.push_back(Action::Relayed(id));
+        if self.role == Role::Initiator {
+            self.confirm_next(now);
+        } else if let Some(held) = self
+            .streams
+            .iter()
+            .find(|e| matches!(e.step, Step::Held(_)))
+        {
+            let held = held.id;
+            self.finish(held, Action::Upgrade(held));
+        }
+    }
+
+    /// Responder: the upgrade confirm arrived on a direct stream. After the relayed session
+    /// started it moves there; before (the relayed confirm is slower than the direct one),
+    /// it waits for the relayed confirm.
+    pub fn on_upgrade_confirmed(&mut self, now: Instant, id: StreamId) {
+        if self.finished || self.role != Role::Responder {
+            return;
+        }
+        let Some(entry) = self
+            .streams
+            .iter_mut()
+            .find(|e| e.id == id && !e.relayed && matches!(e.step, Step::Confirming(_)))
+        else {
+            return;
+        };
+        if self.relayed {
+            self.finish(id, Action::Upgrade(id));
+        } else {
+            entry.step = Step::Held(now + CONFIRM_TIMEOUT);
+        }
+    }
+
+    /// The attempt ends with `last` on stream `keep`; every other stream is abandoned first.
+    fn finish(&mut self, keep: StreamId, last: Action) {
         self.finished = true;
         for e in std::mem::take(&mut self.streams) {
-            if e.id != id {
+            if e.id != keep {
                 self.actions.push_back(Action::Abandon(e.id));
             }
         }
-        self.actions.push_back(Action::Established(id));
+        self.actions.push_back(last);
     }
 
     /// The confirm failed on the stream (the driver has dropped it): the initiator confirms
@@ -522,7 +739,11 @@ impl Attempt {
             return;
         }
         let Some(entry) = self.remove(id) else { return };
-        if entry.dialed {
+        if entry.relayed {
+            if let Some(t) = self.relay_tried.as_mut() {
+                t.last_error = Some(CandidateError::Confirm(error.kind()));
+            }
+        } else if entry.dialed {
             self.redial(entry.addr, now, CandidateError::Confirm(error.kind()));
         }
         self.confirm_next(now);
@@ -539,7 +760,11 @@ impl Attempt {
         }
         if let Some(e) = self.streams.iter_mut().find(|e| e.step == Step::Backup) {
             e.step = Step::Confirming(now + CONFIRM_TIMEOUT);
-            self.actions.push_back(Action::Confirm(e.id));
+            self.actions.push_back(if self.relayed {
+                Action::ConfirmUpgrade(e.id)
+            } else {
+                Action::Confirm(e.id)
+            });
         }
     }
 
@@ -549,9 +774,18 @@ impl Attempt {
         self.streams.iter().find(|e| e.id == id).map(|e| e.addr)
     }
 
-    /// What was tried, for the error report.
+    /// Whether the stream runs through the relay.
+    pub fn is_relayed(&self, id: StreamId) -> bool {
+        self.streams.iter().any(|e| e.id == id && e.relayed)
+    }
+
+    /// What was tried, for the error report: the candidates, then the relay (if any).
     pub fn tried(&self) -> Vec<Tried> {
-        self.candidates.iter().map(|c| c.tried.clone()).collect()
+        self.candidates
+            .iter()
+            .map(|c| c.tried.clone())
+            .chain(self.relay_tried.iter().filter(|t| t.dials > 0).cloned())
+            .collect()
     }
 }
 
@@ -970,6 +1204,175 @@ mod tests {
                 assert_eq!(tried[0].dials, 1);
             }
             other => panic!("expected a timeout, got {other:?}"),
+        }
+    }
+
+    const RELAY: &str = "198.51.100.250:7717";
+
+    #[test]
+    fn the_relay_is_dialed_at_its_time_and_a_relayed_session_moves_to_a_later_direct_stream() {
+        let t0 = Instant::now();
+        let peer = addr("203.0.113.9:7");
+        let mut a = Attempt::new(schedule(t0, ms(5000), ms(250)), Role::Initiator, [peer])
+            .with_relay(t0 + ms(100), addr(RELAY));
+        assert_eq!(dial(&mut a, t0), Some(peer));
+        assert_eq!(a.poll_timeout(), t0 + ms(100), "wakes for the relay");
+        assert!(drain(&mut a, t0 + ms(99)).is_empty());
+        assert!(matches!(
+            drain(&mut a, t0 + ms(100))[..],
+            [Action::DialRelay]
+        ));
+        let r = a.on_relay_connected(t0 + ms(110));
+        assert!(matches!(drain(&mut a, t0 + ms(110))[..], [Action::Authenticate(x)] if x == r));
+        assert!(a.is_relayed(r));
+        a.on_authenticated(t0 + ms(150), r);
+        assert!(matches!(drain(&mut a, t0 + ms(150))[..], [Action::Confirm(x)] if x == r));
+        a.on_confirmed(t0 + ms(151), r);
+        assert!(matches!(drain(&mut a, t0 + ms(151))[..], [Action::Relayed(x)] if x == r));
+        assert!(!a.is_finished(), "the attempt goes on for a direct stream");
+        // The direct dial keeps being retried, and its stream becomes the upgrade.
+        a.on_dial_failed(
+            t0 + ms(200),
+            peer,
+            Failure::Other,
+            std::io::ErrorKind::TimedOut,
+        );
+        assert_eq!(dial(&mut a, t0 + ms(450)), Some(peer));
+        let d = a.on_connected(t0 + ms(460), peer);
+        drain(&mut a, t0 + ms(460));
+        a.on_authenticated(t0 + ms(470), d);
+        assert!(matches!(drain(&mut a, t0 + ms(470))[..], [Action::ConfirmUpgrade(x)] if x == d));
+        a.on_confirmed(t0 + ms(471), d);
+        assert!(matches!(drain(&mut a, t0 + ms(471))[..], [Action::Upgrade(x)] if x == d));
+        assert!(a.is_finished());
+    }
+
+    #[test]
+    fn a_direct_stream_before_the_relay_time_means_no_relay_connection() {
+        let t0 = Instant::now();
+        let peer = addr("203.0.113.9:7");
+        let mut a = Attempt::new(schedule(t0, ms(5000), ms(250)), Role::Initiator, [peer])
+            .with_relay(t0 + ms(100), addr(RELAY));
+        assert_eq!(dial(&mut a, t0), Some(peer));
+        let d = a.on_connected(t0 + ms(5), peer);
+        drain(&mut a, t0 + ms(5));
+        a.on_authenticated(t0 + ms(10), d);
+        drain(&mut a, t0 + ms(10));
+        a.on_confirmed(t0 + ms(11), d);
+        assert!(matches!(drain(&mut a, t0 + ms(11))[..], [Action::Established(x)] if x == d));
+        assert!(
+            drain(&mut a, t0 + ms(200)).is_empty(),
+            "no relay dial after the win"
+        );
+        assert_eq!(a.tried().len(), 1, "the relay was never tried");
+    }
+
+    #[test]
+    fn a_direct_stream_that_authenticates_while_the_relay_confirms_is_its_upgrade() {
+        // Initiator: the relayed stream is being confirmed when the direct one authenticates:
+        // the direct one waits as a backup and is confirmed as the upgrade.
+        let t0 = Instant::now();
+        let mut a = Attempt::new(schedule(t0, ms(5000), ms(250)), Role::Initiator, [])
+            .with_relay(t0, addr(RELAY));
+        assert!(matches!(drain(&mut a, t0)[..], [Action::DialRelay]));
+        let r = a.on_relay_connected(t0 + ms(1));
+        let d = a.on_accepted(t0 + ms(1), addr("203.0.113.9:4000"));
+        drain(&mut a, t0 + ms(1));
+        a.on_authenticated(t0 + ms(2), r);
+        a.on_authenticated(t0 + ms(3), d);
+        assert!(matches!(drain(&mut a, t0 + ms(3))[..], [Action::Confirm(x)] if x == r));
+        a.on_confirmed(t0 + ms(4), r);
+        assert!(matches!(
+            drain(&mut a, t0 + ms(4))[..],
+            [Action::Relayed(x), Action::ConfirmUpgrade(y)] if x == r && y == d
+        ));
+        a.on_confirmed(t0 + ms(5), d);
+        assert!(matches!(drain(&mut a, t0 + ms(5))[..], [Action::Upgrade(x)] if x == d));
+    }
+
+    #[test]
+    fn responder_holds_an_upgrade_that_beats_the_relayed_confirm() {
+        let t0 = Instant::now();
+        let mut a = Attempt::new(schedule(t0, ms(5000), ms(250)), Role::Responder, [])
+            .with_relay(t0, addr(RELAY));
+        assert!(matches!(drain(&mut a, t0)[..], [Action::DialRelay]));
+        let r = a.on_relay_connected(t0 + ms(1));
+        let d = a.on_accepted(t0 + ms(1), addr("203.0.113.9:4000"));
+        drain(&mut a, t0 + ms(1));
+        a.on_authenticated(t0 + ms(2), r);
+        a.on_authenticated(t0 + ms(2), d);
+        assert_eq!(drain(&mut a, t0 + ms(2)).len(), 2, "both await a confirm");
+        // The upgrade confirm on the direct stream arrives first: it waits.
+        a.on_upgrade_confirmed(t0 + ms(3), d);
+        assert!(drain(&mut a, t0 + ms(3)).is_empty());
+        a.on_confirmed(t0 + ms(9), r);
+        assert!(matches!(
+            drain(&mut a, t0 + ms(9))[..],
+            [Action::Relayed(x), Action::Upgrade(y)] if x == r && y == d
+        ));
+        assert!(a.is_finished());
+    }
+
+    #[test]
+    fn a_relayed_session_without_a_direct_stream_ends_the_attempt_quietly() {
+        let t0 = Instant::now();
+        let peer = addr("203.0.113.9:7");
+        let mut a = Attempt::new(schedule(t0, ms(2000), ms(250)), Role::Responder, [peer])
+            .with_relay(t0 + ms(50), addr(RELAY));
+        let mut t = t0;
+        let mut relayed = false;
+        while t <= t0 + ms(2500) {
+            while let Some(action) = a.poll(t) {
+                match action {
+                    Action::Dial(x) => {
+                        a.on_dial_failed(t, x, Failure::Other, std::io::ErrorKind::TimedOut)
+                    }
+                    Action::DialRelay => {
+                        let r = a.on_relay_connected(t);
+                        drain(&mut a, t);
+                        a.on_authenticated(t, r);
+                        drain(&mut a, t);
+                        a.on_confirmed(t, r);
+                    }
+                    Action::Relayed(_) => relayed = true,
+                    Action::Fail(f) => panic!("a relayed attempt must not fail: {f:?}"),
+                    _ => {}
+                }
+            }
+            t += ms(10);
+        }
+        assert!(relayed && a.is_finished());
+    }
+
+    #[test]
+    fn relay_only_dials_nothing_takes_no_direct_stream_and_reports_the_relay_refusal() {
+        let t0 = Instant::now();
+        let peer = addr("203.0.113.9:7");
+        let mut a = Attempt::new(schedule(t0, ms(2000), ms(250)), Role::Initiator, [peer])
+            .with_relay(t0, addr(RELAY))
+            .relay_only();
+        assert!(matches!(drain(&mut a, t0)[..], [Action::DialRelay]));
+        let inbound = a.on_accepted(t0 + ms(1), addr("203.0.113.9:4000"));
+        assert!(matches!(drain(&mut a, t0 + ms(1))[..], [Action::Abandon(x)] if x == inbound));
+        let r = a.on_relay_connected(t0 + ms(2));
+        drain(&mut a, t0 + ms(2));
+        a.on_auth_failed(
+            t0 + ms(3),
+            r,
+            AuthError::Relay(punch_proto::relay::Refusal::Full),
+        );
+        match &drain(&mut a, t0 + ms(2000))[..] {
+            [Action::Fail(GaveUp::Timeout { tried })] => {
+                assert_eq!(tried.len(), 1);
+                assert_eq!(tried[0].addr, addr(RELAY));
+                assert_eq!(
+                    tried[0].last_error,
+                    Some(CandidateError::Auth(AuthErrorKind::Relay(
+                        punch_proto::relay::Refusal::Full
+                    )))
+                );
+            }
+            other => panic!("expected a timeout naming the relay, got {other:?}"),
         }
     }
 }

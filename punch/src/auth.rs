@@ -8,7 +8,13 @@
 //! initiator -> resp  Noise KK message 1  (framed: u16 length + bytes; same write as PREAMBLE)
 //! resp -> initiator  Noise KK message 2
 //! initiator -> resp  transport message CONFIRM   (only on the stream it picks)
+//!                    or UPGRADE (a direct stream for a session that started relayed)
 //! ```
+//!
+//! A relayed stream is the same after the relay's HELLO ([`punch_proto::relay`]): the relay
+//! copies the two ends' bytes, so both write and read the preamble themselves. Where the other
+//! preamble is expected the relay may instead write its REFUSAL, which ends the stream with
+//! [`AuthError::Relay`].
 //!
 //! Each end writes its preamble first on a stream it dialed, and reads the other's first on a
 //! stream its listener accepted (the preamble tells the listener which punch the stream
@@ -36,6 +42,18 @@ pub const PREAMBLE_MAGIC: [u8; 4] = *b"PNCH";
 pub const PREAMBLE_LEN: usize = 12;
 /// Plaintext of the initiator's selection message.
 pub const CONFIRM: &[u8] = b"punch/selected";
+/// Plaintext of the initiator's selection of a direct stream for a session already running on
+/// the relay: the responder must start that session on the relay first, then move.
+pub const UPGRADE: &[u8] = b"punch/upgrade";
+
+/// Which selection message arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Selected {
+    /// [`CONFIRM`]: the session starts on this stream.
+    Now,
+    /// [`UPGRADE`]: the session, started on the relay, moves to this stream.
+    Upgrade,
+}
 /// KK handshake messages are 48 and 48 bytes; anything above this is not a handshake.
 const MAX_HANDSHAKE_FRAME: usize = 256;
 
@@ -57,6 +75,8 @@ pub enum AuthError {
     Closed,
     #[error("peer did not confirm this stream")]
     NotConfirmed,
+    #[error("relay refused: {0}")]
+    Relay(punch_proto::relay::Refusal),
 }
 
 impl AuthError {
@@ -76,6 +96,7 @@ impl AuthError {
             AuthError::Frame(_) => AuthErrorKind::Frame,
             AuthError::Closed => AuthErrorKind::Closed,
             AuthError::NotConfirmed => AuthErrorKind::NotConfirmed,
+            AuthError::Relay(r) => AuthErrorKind::Relay(*r),
         }
     }
 }
@@ -98,6 +119,8 @@ pub enum AuthErrorKind {
     Closed,
     #[error("peer did not confirm this stream")]
     NotConfirmed,
+    #[error("relay refused: {0}")]
+    Relay(punch_proto::relay::Refusal),
 }
 
 pub fn preamble(session_id: u64) -> [u8; PREAMBLE_LEN] {
@@ -115,6 +138,9 @@ pub async fn read_preamble(stream: &mut TcpStream) -> Result<u64, AuthError> {
 }
 
 pub fn parse_preamble(p: &[u8; PREAMBLE_LEN]) -> Result<u64, AuthError> {
+    if let Some(refusal) = punch_proto::relay::parse_refusal(p) {
+        return Err(AuthError::Relay(refusal));
+    }
     if p[..4] != PREAMBLE_MAGIC {
         return Err(AuthError::Preamble);
     }
@@ -192,25 +218,27 @@ pub async fn authenticate(
 }
 
 impl Authenticated {
-    /// Initiator: picks this stream by sending CONFIRM on it.
-    pub async fn confirm(&mut self) -> Result<(), AuthError> {
+    /// Initiator: picks this stream by sending CONFIRM (or, `upgrade`, UPGRADE) on it.
+    pub async fn confirm(&mut self, upgrade: bool) -> Result<(), AuthError> {
         let mut msg = Vec::new();
-        self.transport.encrypt(CONFIRM, &mut msg)?;
+        let plain = if upgrade { UPGRADE } else { CONFIRM };
+        self.transport.encrypt(plain, &mut msg)?;
         self.framed.send(&msg[..]).await?;
         Ok(())
     }
 
-    /// Responder: waits until the initiator picks this stream.
-    pub async fn await_confirm(&mut self) -> Result<(), AuthError> {
+    /// Responder: waits until the initiator picks this stream, and says how.
+    pub async fn await_confirm(&mut self) -> Result<Selected, AuthError> {
         // The confirm message is a full data frame away from the handshake limit.
         *self.framed.codec_mut() = FrameCodec::new(punch_proto::frame::MAX_DATA_FRAME);
         let frame = self.framed.next().await.ok_or(AuthError::Closed)??;
         let mut plain = Vec::new();
         self.transport.decrypt(&frame, &mut plain)?;
-        if plain != CONFIRM {
-            return Err(AuthError::NotConfirmed);
+        match &plain[..] {
+            CONFIRM => Ok(Selected::Now),
+            UPGRADE => Ok(Selected::Upgrade),
+            _ => Err(AuthError::NotConfirmed),
         }
-        Ok(())
     }
 
     pub fn get_ref(&self) -> &TcpStream {

@@ -147,6 +147,7 @@ impl Client {
                 local,
                 config,
                 events: events.clone(),
+                relay_notices: Default::default(),
             }),
             routes,
             cmd_rx,
@@ -437,6 +438,16 @@ impl ControlDriver {
                     reply,
                     started,
                 } => self.start_punch(offer, reply, started),
+                Action::RelayEnded { session_id, reason } => {
+                    let notice = lock(&self.ctx.relay_notices).remove(&session_id);
+                    match notice {
+                        Some(tx) => {
+                            info!(session = session_id, %reason, "the relay ended a relayed session");
+                            let _ = tx.send(reason);
+                        }
+                        None => debug!(session = session_id, %reason, "relay end for no session"),
+                    }
+                }
                 Action::Emit(event) => self.ctx.emit(event),
                 Action::SetStatus(status) => {
                     self.status_tx.send_replace(status);
@@ -454,28 +465,31 @@ impl ControlDriver {
         let incoming = self.incoming_tx.clone();
         let session_id = offer.session_id;
         let peer = offer.peer;
+        let events = ctx.events.clone();
+        let deliver: driver::Deliver = Box::new(move |result| {
+            if let Err(e) = &result {
+                warn!(error = %e, "punch failed");
+                let _ = events.send(Event::Failed {
+                    peer,
+                    session_id,
+                    error: e.to_string(),
+                });
+            }
+            match (reply, result) {
+                (Some(reply), result) => {
+                    let _ = reply.send(result);
+                }
+                (None, Ok(session)) => {
+                    if incoming.try_send(session).is_err() {
+                        warn!("inbound session dropped: the application is not accepting");
+                    }
+                }
+                (None, Err(_)) => {}
+            }
+        });
         self.punches.spawn(
             async move {
-                let result = driver::run(ctx.clone(), offer, rx, started).await;
-                if let Err(e) = &result {
-                    warn!(error = %e, "punch failed");
-                    ctx.emit(Event::Failed {
-                        peer,
-                        session_id,
-                        error: e.to_string(),
-                    });
-                }
-                match (reply, result) {
-                    (Some(reply), result) => {
-                        let _ = reply.send(result);
-                    }
-                    (None, Ok(session)) => {
-                        if incoming.try_send(session).is_err() {
-                            warn!("inbound session dropped: the application is not accepting");
-                        }
-                    }
-                    (None, Err(_)) => {}
-                }
+                driver::run(ctx, offer, rx, started, deliver).await;
                 session_id
             }
             .instrument(span),

@@ -90,6 +90,13 @@ pub struct Config {
     pub max_streams_per_session: usize,
     /// What one session may make us hold for a hostile or stalled peer; see [`crate::guard`].
     pub guard: crate::guard::GuardLimits,
+    /// Use the rendezvous's relay when an offer carries a ticket and no direct stream
+    /// authenticated by the ticket's time (on by default: without it a pair behind a
+    /// symmetric NAT cannot connect at all).
+    pub relay: bool,
+    /// Dial the peer directly and take its direct streams (on by default). Off: relay only,
+    /// to test or diagnose the relay.
+    pub direct: bool,
 }
 
 impl Config {
@@ -117,6 +124,8 @@ impl Config {
             stream_window: crate::session::DEFAULT_STREAM_WINDOW,
             max_streams_per_session: DEFAULT_MAX_STREAMS_PER_SESSION,
             guard: crate::guard::GuardLimits::default(),
+            relay: true,
+            direct: true,
         }
     }
 }

@@ -144,6 +144,11 @@ pub enum Action<T> {
         reply: Option<T>,
         started: Instant,
     },
+    /// The relay ended the relayed session `session_id` and says why: tell the session.
+    RelayEnded {
+        session_id: u64,
+        reason: punch_proto::message::RelayEnd,
+    },
     /// Publish an event.
     Emit(Event),
     /// Publish the new status.
@@ -435,6 +440,9 @@ impl<T> Control<T> {
                         .push_back(Action::Send(ClientMsg::Pong { nonce })),
                     ServerMsg::Offer(offer) => self.offer(now, offer),
                     ServerMsg::Error(e) => self.refused(now, e),
+                    ServerMsg::RelayEnded { session_id, reason } => self
+                        .actions
+                        .push_back(Action::RelayEnded { session_id, reason }),
                     other => debug!(?other, "ignored message"),
                 }
             }

@@ -12,23 +12,26 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use punch_proto::message::Offer;
+use punch_proto::message::{Offer, RelayEnd, RELAY_TOKEN_LEN};
 use punch_proto::{Keypair, Role};
 use tokio::net::TcpStream;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, info, warn};
 
 use crate::attempt::{Action, Attempt, Failure, GaveUp, Schedule, StreamId};
-use crate::auth::{authenticate, AuthContext, AuthError, Authenticated};
+use crate::auth::{authenticate, AuthContext, AuthError, Authenticated, Selected};
 use crate::config::Config;
 use crate::error::Error;
 use crate::event::Event;
-use crate::session::{PathKind, Session, SessionInfo};
+use crate::session::{PathControl, PathKind, PathState, Session, SessionInfo};
 use crate::socket;
 
 /// A stream the listener accepted and routed to this punch by its preamble.
 pub(crate) type Inbound = (TcpStream, SocketAddr);
+
+/// Where the client forwards the relay's reason for ending a relayed session, by session id.
+pub(crate) type RelayNotices = std::sync::Mutex<HashMap<u64, oneshot::Sender<RelayEnd>>>;
 
 /// What a punch needs from the client.
 #[derive(Debug)]
@@ -37,6 +40,7 @@ pub(crate) struct PunchCtx {
     pub local: SocketAddr,
     pub config: Config,
     pub events: broadcast::Sender<Event>,
+    pub relay_notices: RelayNotices,
 }
 
 impl PunchCtx {
@@ -44,15 +48,28 @@ impl PunchCtx {
     pub fn emit(&self, event: Event) {
         let _ = self.events.send(event);
     }
+
+    /// Registers a relayed session for the relay's end notice; forgets sessions that ended.
+    fn relay_notice(&self, session_id: u64) -> oneshot::Receiver<RelayEnd> {
+        let (tx, rx) = oneshot::channel();
+        let mut notices = crate::lock(&self.relay_notices);
+        notices.retain(|_, tx| !tx.is_closed());
+        notices.insert(session_id, tx);
+        rx
+    }
 }
+
+/// Where a punch's outcome goes: the connect request's reply, or the inbound queue.
+pub(crate) type Deliver = Box<dyn FnOnce(Result<Session, Error>) + Send>;
 
 /// What a stream's task reports.
 #[derive(Debug)]
 enum Outcome {
     /// Preamble and KK finished.
     Authenticated(Result<Authenticated, AuthError>),
-    /// The confirm was sent (initiator) or received (responder); the stream comes back.
-    Confirmed(Result<Authenticated, AuthError>),
+    /// The confirm was sent (initiator) or received (responder, with which kind); the
+    /// stream comes back.
+    Confirmed(Result<(Authenticated, Selected), AuthError>),
 }
 
 /// The end of one stream task.
@@ -63,12 +80,22 @@ struct Done {
 }
 
 /// Runs the punch described by `offer`. `started` is when the user asked (or the offer came).
+/// The outcome goes to `deliver` once: a session (direct or relayed) or the typed error. A
+/// relayed session's attempt goes on afterwards, until the window closes, and moves the
+/// session to the first direct stream that authenticates.
 pub(crate) async fn run(
     ctx: Arc<PunchCtx>,
     offer: Offer,
     mut inbound: mpsc::Receiver<Inbound>,
     started: Instant,
-) -> Result<Session, Error> {
+    deliver: Deliver,
+) {
+    let mut deliver = Some(deliver);
+    let mut give = |result: Result<Session, Error>| {
+        if let Some(d) = deliver.take() {
+            d(result);
+        }
+    };
     let config = &ctx.config;
     let expect = Arc::new(AuthContext {
         role: offer.role,
@@ -87,12 +114,23 @@ pub(crate) async fn run(
         [offer.peer_observed],
         offer.peer_local.iter().copied(),
     );
+    let dial_moment = now() + offer.dial_delay;
+    let ticket = offer.relay.clone().filter(|_| config.relay);
+    if let Some(t) = &ticket {
+        attempt = attempt.with_relay(dial_moment + t.after, config.rendezvous);
+    }
+    if !config.direct {
+        attempt = attempt.relay_only();
+    }
     debug!(
         delay_ms = offer.dial_delay.as_millis() as u64,
         "waiting for the dial moment"
     );
 
     let mut dials: JoinSet<(SocketAddr, std::io::Result<TcpStream>)> = JoinSet::new();
+    let mut relay_dial: JoinSet<std::io::Result<TcpStream>> = JoinSet::new();
+    // The session while it runs on the relay, waiting for a direct stream.
+    let mut relayed: Option<PathControl> = None;
     let mut work: JoinSet<Done> = JoinSet::new();
     let mut tasks: HashMap<StreamId, AbortHandle> = HashMap::new();
     // Connected streams waiting for their Authenticate (with whether the listener accepted
@@ -134,19 +172,34 @@ pub(crate) async fn run(
                     });
                     tasks.insert(stream, task);
                 }
-                Action::Confirm(stream) => {
+                Action::DialRelay => {
+                    let Some(t) = &ticket else { continue };
+                    debug!(relay = %config.rendezvous, "no direct stream yet; opening the relay");
+                    ctx.emit(Event::RelayDial {
+                        peer: offer.peer,
+                        session_id: offer.session_id,
+                    });
+                    let (relay, token, timeout) =
+                        (config.rendezvous, t.token, config.connect_timeout);
+                    relay_dial.spawn(async move {
+                        tokio::time::timeout(timeout, dial_relay(relay, token))
+                            .await
+                            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+                    });
+                }
+                action @ (Action::Confirm(stream) | Action::ConfirmUpgrade(stream)) => {
                     let Some(mut auth) = held.remove(&stream) else {
                         continue;
                     };
-                    let role = offer.role;
+                    let (role, upgrade) = (offer.role, matches!(action, Action::ConfirmUpgrade(_)));
                     let task = work.spawn(async move {
                         let res = match role {
-                            Role::Initiator => auth.confirm().await,
+                            Role::Initiator => auth.confirm(upgrade).await.map(|()| Selected::Now),
                             Role::Responder => auth.await_confirm().await,
                         };
                         Done {
                             stream,
-                            outcome: Outcome::Confirmed(res.map(|()| auth)),
+                            outcome: Outcome::Confirmed(res.map(|sel| (auth, sel))),
                         }
                     });
                     tasks.insert(stream, task);
@@ -164,23 +217,56 @@ pub(crate) async fn run(
                     let auth = held
                         .remove(&stream)
                         .expect("the established stream is held since it was confirmed");
-                    return Ok(established(&ctx, &offer, auth, started));
+                    give(Ok(established(
+                        &ctx,
+                        &offer,
+                        auth,
+                        started,
+                        PathKind::Direct,
+                    )
+                    .0));
+                    return;
+                }
+                Action::Relayed(stream) => {
+                    let auth = held
+                        .remove(&stream)
+                        .expect("the relayed stream is held since it was confirmed");
+                    let (session, control) =
+                        established(&ctx, &offer, auth, started, PathKind::Relayed);
+                    relayed = Some(control);
+                    give(Ok(session));
+                }
+                Action::Upgrade(stream) => {
+                    let auth = held
+                        .remove(&stream)
+                        .expect("the upgrade stream is held since it was confirmed");
+                    if let Some(control) = relayed.take() {
+                        upgrade(&ctx, &offer, auth, &control, started);
+                    }
+                    return;
                 }
                 Action::Fail(GaveUp::AuthFailed { addr, error }) => {
-                    return Err(Error::AuthFailed {
+                    give(Err(Error::AuthFailed {
                         peer: offer.peer,
                         addr,
                         source: error,
-                    });
+                    }));
+                    return;
                 }
                 Action::Fail(GaveUp::Timeout { tried }) => {
-                    return Err(Error::PunchTimeout {
+                    give(Err(Error::PunchTimeout {
                         peer: offer.peer,
                         elapsed: now().saturating_duration_since(started),
                         tried,
-                    });
+                    }));
+                    return;
                 }
             }
+        }
+        if attempt.is_finished() {
+            // Relayed, and the window closed without a direct stream.
+            debug!("no direct stream in the window; the session stays relayed");
+            return;
         }
         let wake = tokio::time::Instant::from_std(attempt.poll_timeout());
         tokio::select! {
@@ -201,6 +287,20 @@ pub(crate) async fn run(
                             _ => Failure::Other,
                         };
                         attempt.on_dial_failed(now(), addr, failure, e.kind());
+                    }
+                }
+            }
+            Some(res) = relay_dial.join_next() => {
+                let Ok(res) = res else { continue };
+                match res {
+                    Ok(tcp) => {
+                        debug!("relay connection open");
+                        let stream = attempt.on_relay_connected(now());
+                        fresh.insert(stream, (tcp, false));
+                    }
+                    Err(e) => {
+                        warn!(relay = %config.rendezvous, error = %e, "relay connection failed");
+                        attempt.on_relay_failed(now(), e.kind());
                     }
                 }
             }
@@ -229,9 +329,12 @@ pub(crate) async fn run(
                         }
                         attempt.on_auth_failed(now, stream, e);
                     }
-                    Outcome::Confirmed(Ok(auth)) => {
+                    Outcome::Confirmed(Ok((auth, selected))) => {
                         held.insert(stream, auth);
-                        attempt.on_confirmed(now, stream);
+                        match selected {
+                            Selected::Now => attempt.on_confirmed(now, stream),
+                            Selected::Upgrade => attempt.on_upgrade_confirmed(now, stream),
+                        }
                     }
                     Outcome::Confirmed(Err(e)) => {
                         debug!(?addr, error = %e, "stream not selected");
@@ -243,11 +346,17 @@ pub(crate) async fn run(
     }
 }
 
-fn established(ctx: &PunchCtx, offer: &Offer, auth: Authenticated, started: Instant) -> Session {
+fn established(
+    ctx: &PunchCtx,
+    offer: &Offer,
+    auth: Authenticated,
+    started: Instant,
+    path: PathKind,
+) -> (Session, PathControl) {
     let info = SessionInfo {
         peer: offer.peer,
         remote: auth.remote,
-        path: PathKind::Direct,
+        path,
         role: offer.role,
         session_id: offer.session_id,
         elapsed: now().saturating_duration_since(started),
@@ -259,14 +368,54 @@ fn established(ctx: &PunchCtx, offer: &Offer, auth: Authenticated, started: Inst
     ctx.emit(Event::Established(info.clone()));
     let yamux =
         crate::session::yamux_config(ctx.config.stream_window, ctx.config.max_streams_per_session);
+    let notice = (path == PathKind::Relayed).then(|| ctx.relay_notice(offer.session_id));
     Session::start(
         auth.into_secure(),
         info,
         yamux,
         ctx.config.guard.clone(),
-        None,
+        notice,
     )
-    .0
+}
+
+/// Moves the relayed session to the direct stream `auth`.
+fn upgrade(
+    ctx: &PunchCtx,
+    offer: &Offer,
+    auth: Authenticated,
+    control: &PathControl,
+    started: Instant,
+) {
+    if let Err(e) = socket::keepalive(auth.get_ref(), KEEPALIVE_IDLE) {
+        debug!(error = %e, "could not enable TCP keepalive");
+    }
+    let remote = auth.remote;
+    let state = PathState {
+        kind: PathKind::Direct,
+        remote,
+    };
+    if control.upgrade(auth.into_secure(), state) {
+        let ms = now().saturating_duration_since(started).as_millis() as u64;
+        info!(%remote, ms, "session moved from the relay to a direct connection");
+        ctx.emit(Event::PathChanged {
+            peer: offer.peer,
+            session_id: offer.session_id,
+            path: PathKind::Direct,
+            remote,
+        });
+    } else {
+        debug!("the relayed session ended before it could move; direct stream dropped");
+    }
+}
+
+/// Opens a relay connection to the rendezvous and presents the ticket's token. The relay
+/// answers nothing until it has paired us, so the handshake's bytes follow at once.
+async fn dial_relay(relay: SocketAddr, token: [u8; RELAY_TOKEN_LEN]) -> std::io::Result<TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut tcp = TcpStream::connect(relay).await?;
+    tcp.set_nodelay(true)?;
+    tcp.write_all(&punch_proto::relay::hello(&token)).await?;
+    Ok(tcp)
 }
 
 /// The one clock of the drivers: tokio's (which `tokio::time::pause` controls), as the `std`

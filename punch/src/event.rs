@@ -10,7 +10,7 @@ use std::time::Duration;
 use punch_proto::{PeerId, Role};
 
 use crate::error::RendezvousError;
-use crate::session::SessionInfo;
+use crate::session::{PathKind, SessionInfo};
 
 /// Events kept for slow receivers of [`crate::Client::events`].
 pub const EVENT_BUFFER: usize = 256;
@@ -66,8 +66,19 @@ pub enum Event {
         session_id: u64,
         addr: SocketAddr,
     },
-    /// A punch produced an authenticated session.
+    /// A punch produced an authenticated session (direct, or relayed: see
+    /// [`SessionInfo::path`]).
     Established(SessionInfo),
+    /// The relay connection of a punch was opened (no direct stream had authenticated by
+    /// the ticket's time).
+    RelayDial { peer: PeerId, session_id: u64 },
+    /// A session that started relayed moved to a direct connection to `remote`.
+    PathChanged {
+        peer: PeerId,
+        session_id: u64,
+        path: PathKind,
+        remote: SocketAddr,
+    },
     /// A punch ended without a session.
     Failed {
         peer: PeerId,

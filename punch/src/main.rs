@@ -123,6 +123,21 @@ struct Common {
     /// peer, which then waits (TCP back-pressure).
     #[arg(long, default_value_t = punch::guard::DEFAULT_MAX_UNREAD, value_name = "BYTES")]
     session_unread_bytes: u64,
+    /// Fall back to the rendezvous's relay when no direct connection authenticates soon
+    /// after the dial moment (the rendezvous says when, from both peers' round-trip times);
+    /// a relayed session moves to a direct connection if one appears within the punch window.
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    relay: Switch,
+    /// Dial the peer directly. `off`: relay only (diagnostics; both peers need it for the
+    /// session to be relayed).
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    direct: Switch,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Switch {
+    On,
+    Off,
 }
 
 fn init_tracing() {
@@ -236,6 +251,12 @@ async fn start(
     config.guard.write_stall = Duration::from_secs(common.session_stall_secs);
     config.guard.read_stall = Duration::from_secs(common.session_stall_secs);
     config.guard.max_unread = common.session_unread_bytes;
+    config.relay = common.relay == Switch::On;
+    config.direct = common.direct == Switch::On;
+    anyhow::ensure!(
+        config.relay || config.direct,
+        "--relay off with --direct off leaves no way to reach a peer"
+    );
     if let Some(bind) = common.bind {
         config.bind = bind;
     }
@@ -309,9 +330,33 @@ async fn connect(peer: PeerId, common: Common, local: Option<SocketAddr>) -> any
         .await
         .with_context(|| format!("punching to {}", peer.short()))?;
     eprintln!("punch: connected to {}", describe(&session));
+    report_path_changes(&session);
     match local {
         Some(addr) => expose(session, addr).await,
         None => pipe(session).await,
+    }
+}
+
+/// Prints when the session moves (from the relay to a direct connection).
+fn report_path_changes(session: &Session) {
+    let mut path = session.path_updates();
+    let peer = session.info().peer.short();
+    tokio::spawn(async move {
+        while path.changed().await.is_ok() {
+            let now = *path.borrow_and_update();
+            eprintln!(
+                "punch: session with {peer} now {} (remote {})",
+                now.kind, now.remote
+            );
+        }
+    });
+}
+
+/// Why the session ended, for the exit message.
+fn ended(session: &Session) -> String {
+    match session.end_reason() {
+        Some(reason) => format!("session to {} ended: {reason}", session.info().peer.short()),
+        None => format!("session to {} ended", session.info().peer.short()),
     }
 }
 
@@ -327,7 +372,7 @@ async fn expose(session: Session, addr: SocketAddr) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = shutdown_signal() => return Ok(()),
-            _ = &mut closed => bail!("session to {} ended", session.info().peer.short()),
+            _ = &mut closed => bail!("{}", ended(&session)),
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             res = listener.accept() => {
                 let (tcp, from) = res?;

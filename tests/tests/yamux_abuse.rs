@@ -109,8 +109,10 @@ async fn punched_raw(
         match authenticate(stream, false, &expect).await {
             Ok(mut auth) => {
                 match offer.role {
-                    Role::Initiator => auth.confirm().await.unwrap(),
-                    Role::Responder => auth.await_confirm().await.unwrap(),
+                    Role::Initiator => auth.confirm(false).await.unwrap(),
+                    Role::Responder => {
+                        auth.await_confirm().await.unwrap();
+                    }
                 }
                 drop(raw);
                 return (auth.into_secure(), offer.role);

@@ -470,6 +470,12 @@ impl Sim {
                     self.send(true, i, conn, Packet::Frame(msg.encode()));
                 }
             }
+            Action::RelayEnded { session_id, reason } => {
+                self.log(
+                    name,
+                    format_args!("relay ended session {session_id}: {reason}"),
+                );
+            }
             Action::Reply { token, error } => {
                 self.log(name, format_args!("request {token} failed: {error}"));
                 self.nodes[i]
