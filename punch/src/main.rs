@@ -325,28 +325,32 @@ fn raise_fd_limit() {
 
 async fn connect(peer: PeerId, common: Common, local: Option<SocketAddr>) -> anyhow::Result<()> {
     let (client, _incoming) = start(&common, false, Allow::Any).await?;
+    let asked = std::time::Instant::now();
     let session = client
         .connect(peer)
         .await
         .with_context(|| format!("punching to {}", peer.short()))?;
     eprintln!("punch: connected to {}", describe(&session));
-    report_path_changes(&session);
+    report_path_changes(&session, asked);
     match local {
         Some(addr) => expose(session, addr).await,
         None => pipe(session).await,
     }
 }
 
-/// Prints when the session moves (from the relay to a direct connection).
-fn report_path_changes(session: &Session) {
+/// Prints when the session moves (from the relay to a direct connection), with the time since
+/// the connect request.
+fn report_path_changes(session: &Session, asked: std::time::Instant) {
     let mut path = session.path_updates();
     let peer = session.info().peer.short();
     tokio::spawn(async move {
         while path.changed().await.is_ok() {
             let now = *path.borrow_and_update();
             eprintln!(
-                "punch: session with {peer} now {} (remote {})",
-                now.kind, now.remote
+                "punch: session with {peer} now {} (remote {}, {} ms)",
+                now.kind,
+                now.remote,
+                asked.elapsed().as_millis()
             );
         }
     });

@@ -49,6 +49,11 @@ fn main() -> ExitCode {
             };
             let cell = match kind {
                 "direct" => format!("direct {value} ms"),
+                "relayed" => format!("relayed {value} ms"),
+                "upgraded" => {
+                    let (relayed, direct) = value.split_once('>').unwrap_or((value, "?"));
+                    format!("relayed {relayed} ms, direct {direct} ms")
+                }
                 _ => format!(
                     "FAIL {:.1} s",
                     value.parse::<f64>().unwrap_or(f64::NAN) / 1000.0
@@ -68,9 +73,10 @@ fn main() -> ExitCode {
         "# NAT lab punch matrix\n\nWritten by `natlab_report` (scripts/test.sh regenerates it) from the last run of \
          `tests/tests/natlab_matrix.rs` (see natlab/README.md). Rows: the router of peer A \
          (it runs `punch connect`); columns: the router of peer B (`punch listen`). A cell is the \
-         outcome and the time from the connect request to the open, authenticated session; FAIL \
-         is the clean typed punch timeout and how long it took. Expected FAIL: symmetric against \
-         anything but a public host (no relay yet).\n",
+         outcome and the time from the connect request to the open, authenticated session: \
+         direct, relayed through the rendezvous, or relayed first and then moved to a direct \
+         connection (both times); FAIL is a typed failure and how long it took (none is \
+         expected). Expected relayed: symmetric against anything but a public host.\n",
     );
     for (variant, cells) in &tables {
         let _ = write!(text, "\n## {variant}\n\n| A \\ B |");

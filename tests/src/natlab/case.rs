@@ -3,11 +3,12 @@
 //! The rendezvous runs on the public host; peer B runs `punch listen` forwarding to an echo
 //! service in its own namespace; peer A runs `punch connect B --local 127.0.0.1:9000`, and a
 //! probe client in A's namespace sends a line through that tunnel and must get it back
-//! (data crossing both ways over the punched, authenticated session). Where the routers
-//! allow a direct session ([`expected`]), the case must produce one; elsewhere `punch connect`
-//! must fail cleanly with its typed timeout error within [`FAILURE_BOUND`]. Each case records its
-//! outcome and the time from the connect request to the open session (as `punch connect`
-//! reports it) in the results directory, which `natlab_report` turns into the matrix.
+//! (data crossing both ways over the authenticated session). Where the routers allow a direct
+//! session ([`expected`]), the case must produce one (possibly relayed first, moving to direct
+//! within the punch window); elsewhere the session must be relayed through the rendezvous.
+//! Each case records its outcome and the time from the connect request to the open session
+//! (as `punch connect` reports it) in the results directory, which `natlab_report` turns
+//! into the matrix. A failure to connect is an error of the case.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -35,16 +36,17 @@ pub const FAILURE_BOUND: Duration = Duration::from_secs(25);
 /// What a case must produce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expect {
-    /// An authenticated direct session carrying data both ways.
+    /// An authenticated direct session carrying data both ways (it may start on the relay
+    /// and move to the direct connection within the punch window).
     Direct,
-    /// A clean, typed failure within [`FAILURE_BOUND`] (no relay fallback yet).
-    Fail,
-    /// Either of the above, for a case this lab cannot decide (see [`expected`]).
-    DirectOrFail,
+    /// A relayed session carrying data both ways: no direct path exists.
+    Relayed,
+    /// Either, for a case this lab cannot decide (see [`expected`]).
+    DirectOrRelayed,
 }
 
 /// The expectation of the issue: direct wherever at most one side is endpoint-dependent and
-/// the other is a public host, or neither is endpoint-dependent.
+/// the other is a public host, or neither is endpoint-dependent; relayed everywhere else.
 ///
 /// One exception, a property of this lab rather than of routers: two RST-answering routers
 /// with *zero* delay and no hop between them. Each SYN then reaches the other router before
@@ -53,34 +55,54 @@ pub enum Expect {
 /// leave within ~50 us of each other. On real paths (milliseconds, many hops) and here with
 /// 50 ms per link the SYNs cross in flight and the pair connects (and must). The real fix,
 /// TTL-limited priming SYNs that open our own mapping without reaching the other router,
-/// needs hops between the routers to mean anything, so this case accepts either outcome.
+/// needs hops between the routers to mean anything, so this case accepts either path.
 pub fn expected(topology: Topology, link: LinkParams) -> Expect {
     let Topology::Pair(a, b) = topology else {
         return Expect::Direct;
     };
     if a == RouterKind::HomeEimRst && b == RouterKind::HomeEimRst && link.delay_ms == 0 {
-        return Expect::DirectOrFail;
+        return Expect::DirectOrRelayed;
     }
     let sym = |k| k == RouterKind::Symmetric;
     match (sym(a), sym(b)) {
         (false, false) => Expect::Direct,
         (true, false) if b == RouterKind::Public => Expect::Direct,
         (false, true) if a == RouterKind::Public => Expect::Direct,
-        _ => Expect::Fail,
+        _ => Expect::Relayed,
     }
 }
 
-/// What a case produced.
+/// What a case produced. Times are from the connect request, as `punch connect` reports them.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    Direct { ms: u64, remote: String },
-    Failed { after: Duration, error: String },
+    Direct {
+        ms: u64,
+        remote: String,
+    },
+    /// Relayed, and still relayed when the case ended.
+    Relayed {
+        ms: u64,
+    },
+    /// Relayed first, then moved to a direct connection.
+    Upgraded {
+        relayed_ms: u64,
+        direct_ms: u64,
+    },
+    Failed {
+        after: Duration,
+        error: String,
+    },
 }
 
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Outcome::Direct { ms, .. } => write!(f, "direct {ms} ms"),
+            Outcome::Relayed { ms } => write!(f, "relayed {ms} ms"),
+            Outcome::Upgraded {
+                relayed_ms,
+                direct_ms,
+            } => write!(f, "relayed {relayed_ms} ms, direct {direct_ms} ms"),
             Outcome::Failed { after, .. } => write!(f, "failed {:.1} s", after.as_secs_f64()),
         }
     }
@@ -121,6 +143,11 @@ fn record(topology: Topology, link: LinkParams, outcome: &Outcome) -> Result<()>
     };
     let (kind, value) = match outcome {
         Outcome::Direct { ms, .. } => ("direct", ms.to_string()),
+        Outcome::Relayed { ms } => ("relayed", ms.to_string()),
+        Outcome::Upgraded {
+            relayed_ms,
+            direct_ms,
+        } => ("upgraded", format!("{relayed_ms}>{direct_ms}")),
         Outcome::Failed { after, .. } => ("failed", after.as_millis().to_string()),
     };
     let file = dir.join(format!("{}__{a}__{b}.tsv", variant(link)));
@@ -171,9 +198,12 @@ pub fn run_case(
     let ok = matches!(
         (&outcome, expect),
         (
-            Outcome::Direct { .. },
-            Expect::Direct | Expect::DirectOrFail
-        ) | (Outcome::Failed { .. }, Expect::Fail | Expect::DirectOrFail)
+            Outcome::Direct { .. } | Outcome::Upgraded { .. },
+            Expect::Direct | Expect::DirectOrRelayed
+        ) | (
+            Outcome::Relayed { .. },
+            Expect::Relayed | Expect::DirectOrRelayed
+        )
     );
     record(topology, link, &outcome).expect("writing the case result");
     eprintln!("natlab {name}: {topology} {}: {outcome}", variant(link));
@@ -240,40 +270,81 @@ fn drive(lab: &Lab, expect: Expect) -> Result<Outcome> {
     );
     let started = Instant::now();
     let connect = lab.spawn("punch-connect-a", &a_ns, &connect)?;
-    match wait_connected(lab, connect, expect)? {
-        Some((ms, remote)) => {
-            lab.wait_stdout_line(connect, STARTUP, |l| l.starts_with("local "))?;
-            check_tunnel(lab, &a_ns)?;
-            Ok(Outcome::Direct { ms, remote })
-        }
-        None => {
-            let after = started.elapsed();
-            let err = lab.stderr(connect)?;
-            let error = err
-                .lines()
-                .find(|l| l.starts_with("punch: error:"))
-                .context("punch connect failed without its error line")?
-                .to_string();
-            if !error.contains("timed out") {
-                bail!("failure is not the typed punch timeout: {error}");
-            }
-            Ok(Outcome::Failed { after, error })
-        }
+    let Some((path, ms, remote)) = wait_connected(lab, connect, expect)? else {
+        let after = started.elapsed();
+        let err = lab.stderr(connect)?;
+        let error = err
+            .lines()
+            .find(|l| l.starts_with("punch: error:"))
+            .context("punch connect failed without its error line")?
+            .to_string();
+        return Ok(Outcome::Failed { after, error });
+    };
+    lab.wait_stdout_line(connect, STARTUP, |l| l.starts_with("local "))?;
+    check_tunnel(lab, &a_ns)?;
+    if path == "direct" {
+        return Ok(Outcome::Direct { ms, remote });
     }
+    if path != "relayed" {
+        bail!("unknown path {path:?}");
+    }
+    // A relayed session whose pair can punch moves to the direct connection within the punch
+    // window; one that cannot stays relayed. Watch the window out where direct is possible.
+    let moved = if expect == Expect::Relayed {
+        None
+    } else {
+        wait_moved(lab, connect, UPGRADE_BOUND)?
+    };
+    // Data crosses again, on whichever path the session has now.
+    check_tunnel(lab, &a_ns)?;
+    Ok(match moved {
+        Some(direct_ms) => Outcome::Upgraded {
+            relayed_ms: ms,
+            direct_ms,
+        },
+        None => Outcome::Relayed { ms },
+    })
 }
 
-/// Waits for `punch connect` to report the session (`Some(ms, remote)`) or to exit (`None`).
-fn wait_connected(lab: &Lab, id: ProcId, expect: Expect) -> Result<Option<(u64, String)>> {
+/// A relayed session moves within the punch window (10 s after the dial moment) or not at all.
+const UPGRADE_BOUND: Duration = Duration::from_secs(12);
+
+/// Waits for `punch connect` to report `session ... now direct (..., N ms)`; returns N.
+fn wait_moved(lab: &Lab, id: ProcId, bound: Duration) -> Result<Option<u64>> {
+    let deadline = Instant::now() + bound;
+    while Instant::now() < deadline {
+        let err = lab.stderr(id)?;
+        if let Some(line) = err
+            .lines()
+            .find(|l| l.starts_with("punch: session with ") && l.contains(" now direct "))
+        {
+            let ms = line
+                .rsplit(", ")
+                .next()
+                .and_then(|m| m.trim_end_matches(" ms)").parse().ok())
+                .with_context(|| format!("no time in {line:?}"))?;
+            return Ok(Some(ms));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(None)
+}
+
+/// Waits for `punch connect` to report the session (`Some(path, ms, remote)`) or to exit
+/// (`None`).
+fn wait_connected(
+    lab: &Lab,
+    id: ProcId,
+    expect: Expect,
+) -> Result<Option<(String, u64, String)>> {
     let deadline = Instant::now() + FAILURE_BOUND;
     while Instant::now() < deadline {
         let err = lab.stderr(id)?;
         if let Some(line) = err.lines().find(|l| l.starts_with("punch: connected to ")) {
-            // "punch: connected to ID (direct, remote ADDR, N ms)"
+            // "punch: connected to ID (PATH, remote ADDR, N ms)"
             let inner = line.split_once('(').map(|x| x.1).unwrap_or_default();
             let parts: Vec<&str> = inner.trim_end_matches(')').split(", ").collect();
-            if parts.first() != Some(&"direct") {
-                bail!("session is not direct: {line}");
-            }
+            let path = parts.first().copied().unwrap_or_default().to_string();
             let remote = parts
                 .get(1)
                 .map(|r| r.trim_start_matches("remote "))
@@ -283,7 +354,7 @@ fn wait_connected(lab: &Lab, id: ProcId, expect: Expect) -> Result<Option<(u64, 
                 .get(2)
                 .and_then(|m| m.trim_end_matches(" ms").parse().ok())
                 .with_context(|| format!("no time in {line:?}"))?;
-            return Ok(Some((ms, remote)));
+            return Ok(Some((path, ms, remote)));
         }
         if let Some(status) = lab.try_wait(id)? {
             if status.success() {
