@@ -24,7 +24,10 @@
 //! In *chaos* mode every method is called with any candidate or stream in any state, accepted
 //! streams and confirms included; it must not panic, never dial at or after the deadline or
 //! after deciding, decide at most once, and `poll_timeout` must not pass the deadline by more
-//! than the longest stream timeout.
+//! than the longest stream timeout. Chaos scenarios may add the relay fallback (and relay
+//! only): the relay is dialed at most once and never after a decision, a session starts on the
+//! relay at most once, an upgrade comes only after it and decides, and a relayed attempt never
+//! also establishes directly or fails.
 
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -58,6 +61,9 @@ pub struct Scenario {
     /// Candidate addresses; with the high bit set, a local address the peer claimed.
     candidates: Vec<u8>,
     legal: bool,
+    /// Chaos only: the relay fallback this long after the start, and relay only.
+    relay_ms: Option<u16>,
+    relay_only: bool,
     events: Vec<Event>,
 }
 
@@ -101,6 +107,8 @@ struct Verdict {
     /// The address of the first wrong-key failure.
     first_final: Option<SocketAddr>,
     decided: bool,
+    relay_dials: u32,
+    relayed: bool,
 }
 
 fn auth_error(final_: bool) -> AuthError {
@@ -146,6 +154,15 @@ pub fn run(s: Scenario) {
         observed.iter().copied(),
         local.iter().copied(),
     );
+    if !s.legal {
+        if let Some(ms) = s.relay_ms {
+            let at = schedule.start + Duration::from_millis(u64::from(ms));
+            attempt = attempt.with_relay(at, stranger(250));
+        }
+        if s.relay_only {
+            attempt = attempt.relay_only();
+        }
+    }
     let mut verdict = Verdict::default();
     assert_eq!(attempt.deadline(), deadline);
     // Observed addresses first; an address in both lists is observed.
@@ -416,6 +433,23 @@ fn chaos_step(
                     }
                     Action::Established(_) | Action::Fail(_) => {
                         assert!(!verdict.decided, "decided twice");
+                        assert!(!verdict.relayed, "a relayed attempt decided otherwise");
+                        verdict.decided = true;
+                    }
+                    Action::DialRelay => {
+                        assert!(!verdict.decided && !verdict.relayed, "relay after the verdict");
+                        verdict.relay_dials += 1;
+                        assert_eq!(verdict.relay_dials, 1, "the relay is dialed once");
+                    }
+                    Action::Relayed(_) => {
+                        assert!(!verdict.decided && !verdict.relayed, "relayed twice or late");
+                        verdict.relayed = true;
+                    }
+                    Action::ConfirmUpgrade(_) => {
+                        assert!(verdict.relayed && !verdict.decided, "upgrade confirm unrelayed");
+                    }
+                    Action::Upgrade(_) => {
+                        assert!(verdict.relayed && !verdict.decided, "upgrade unrelayed or late");
                         verdict.decided = true;
                     }
                     _ => {
@@ -438,7 +472,7 @@ fn chaos_step(
             } else {
                 stranger(*a)
             };
-            match call % 6 {
+            match call % 10 {
                 0 => attempt.on_dial_failed(*now, at, failure(*final_), error),
                 1 => {
                     attempt.on_connected(*now, at);
@@ -448,7 +482,17 @@ fn chaos_step(
                 }
                 3 => attempt.on_authenticated(*now, id(*a)),
                 4 => attempt.on_confirmed(*now, id(*a)),
-                _ => attempt.on_confirm_failed(*now, id(*a), auth_error(*final_)),
+                5 => attempt.on_confirm_failed(*now, id(*a), auth_error(*final_)),
+                6 => {
+                    attempt.on_relay_connected(*now);
+                }
+                7 => attempt.on_relay_failed(*now, error),
+                8 => attempt.on_upgrade_confirmed(*now, id(*a)),
+                _ => attempt.on_auth_failed(
+                    *now,
+                    id(*a),
+                    AuthError::Relay(punch_proto::relay::Refusal::from_code(*a)),
+                ),
             }
         }
     }

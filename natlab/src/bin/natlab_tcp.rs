@@ -10,6 +10,11 @@
 //!   `connected <attempt> <connect ms> <local addr> <line read>`, `refused <ms>`,
 //!   `timeout <ms>` or `error <ms> <message>` (ms of the last attempt). Refused and timed-out
 //!   attempts are retried. Two clients dialing each other make a TCP simultaneous open.
+//! - `natlab_tcp stream ADDR [--max-secs S]`: connects to an echo service and for S seconds
+//!   writes a byte pattern in 16 KiB pieces (about 4 MB/s) while a second thread reads the
+//!   echo and checks every byte against the pattern; then half-closes, reads the rest and
+//!   prints `streamed <bytes sent> <bytes checked> <ms>`, or `mismatch <offset>` /
+//!   `error <message>`. A byte lost, doubled or reordered anywhere on the path shows.
 
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
@@ -30,6 +35,7 @@ fn main() -> ExitCode {
         Some("serve") => serve(&args[1..]),
         Some("echo") => echo(&args[1..]),
         Some("connect") => connect(&args[1..]),
+        Some("stream") => stream(&args[1..]),
         _ => Err("usage: natlab_tcp serve|connect ADDR [options]".to_string()),
     };
     match result {
@@ -123,6 +129,66 @@ fn echo(args: &[String]) -> Result<ExitCode, String> {
         });
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The pattern byte at `offset`: 251 is prime, so a shifted chunk does not match itself.
+fn pattern(offset: u64) -> u8 {
+    (offset % 251) as u8
+}
+
+fn stream(args: &[String]) -> Result<ExitCode, String> {
+    const CHUNK: usize = 16 * 1024;
+    let o = parse(args)?;
+    let s = TcpStream::connect_timeout(&o.addr, o.timeout).map_err(|e| format!("connect: {e}"))?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(o.max_secs + 30)));
+    let reader = s.try_clone().map_err(|e| e.to_string())?;
+    let checker = std::thread::spawn(move || -> Result<u64, String> {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut got = 0u64;
+        loop {
+            let n = (&reader).read(&mut buf).map_err(|e| format!("read: {e}"))?;
+            if n == 0 {
+                return Ok(got);
+            }
+            for (i, b) in buf[..n].iter().enumerate() {
+                if *b != pattern(got + i as u64) {
+                    return Err(format!("mismatch {}", got + i as u64));
+                }
+            }
+            got += n as u64;
+        }
+    });
+    let start = Instant::now();
+    let mut sent = 0u64;
+    let mut chunk = vec![0u8; CHUNK];
+    while start.elapsed() < Duration::from_secs(o.max_secs) {
+        for (i, b) in chunk.iter_mut().enumerate() {
+            *b = pattern(sent + i as u64);
+        }
+        (&s).write_all(&chunk)
+            .map_err(|e| format!("error write: {e}"))?;
+        sent += CHUNK as u64;
+        std::thread::sleep(Duration::from_millis(4));
+    }
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    match checker.join() {
+        Ok(Ok(checked)) => {
+            println!("streamed {sent} {checked} {}", ms(start.elapsed()));
+            Ok(if checked == sent {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Ok(Err(e)) => {
+            println!("{e}");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(_) => {
+            println!("error checker panicked");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 fn read_line(s: &TcpStream) -> std::io::Result<String> {

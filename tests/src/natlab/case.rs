@@ -26,7 +26,7 @@ const RENDEZVOUS_PORT: u16 = 7717;
 /// The echo service behind B.
 const SERVICE: &str = "127.0.0.1:7000";
 /// A's local end of the tunnel.
-const TUNNEL: &str = "127.0.0.1:9000";
+pub const TUNNEL: &str = "127.0.0.1:9000";
 /// Registration takes one handshake with the rendezvous: a few RTTs even at 50 ms per link.
 const STARTUP: Duration = Duration::from_secs(15);
 /// A failing punch gives up after the client's 10 s window; this bounds the whole failure
@@ -235,7 +235,17 @@ pub fn start_rendezvous(lab: &Lab) -> Result<(String, String)> {
     Ok((addr, key))
 }
 
-fn drive(lab: &Lab, expect: Expect) -> Result<Outcome> {
+/// The case's processes: B's `punch listen` with the echo behind it, and A's `punch connect`
+/// (started at `started`) with its tunnel end at [`TUNNEL`].
+#[derive(Debug)]
+pub struct Peers {
+    pub listen: ProcId,
+    pub connect: ProcId,
+    pub started: Instant,
+}
+
+/// Starts the rendezvous, B's echo service and `punch listen`, then A's `punch connect`.
+pub fn start_peers(lab: &Lab) -> Result<Peers> {
     let (_, rendezvous_key) = start_rendezvous(lab)?;
 
     let b_ns = lab.peer_ns(Side::B);
@@ -270,6 +280,18 @@ fn drive(lab: &Lab, expect: Expect) -> Result<Outcome> {
     );
     let started = Instant::now();
     let connect = lab.spawn("punch-connect-a", &a_ns, &connect)?;
+    Ok(Peers {
+        listen,
+        connect,
+        started,
+    })
+}
+
+fn drive(lab: &Lab, expect: Expect) -> Result<Outcome> {
+    let Peers {
+        connect, started, ..
+    } = start_peers(lab)?;
+    let a_ns = lab.peer_ns(Side::A);
     let Some((path, ms, remote)) = wait_connected(lab, connect, expect)? else {
         let after = started.elapsed();
         let err = lab.stderr(connect)?;
@@ -307,10 +329,10 @@ fn drive(lab: &Lab, expect: Expect) -> Result<Outcome> {
 }
 
 /// A relayed session moves within the punch window (10 s after the dial moment) or not at all.
-const UPGRADE_BOUND: Duration = Duration::from_secs(12);
+pub const UPGRADE_BOUND: Duration = Duration::from_secs(12);
 
 /// Waits for `punch connect` to report `session ... now direct (..., N ms)`; returns N.
-fn wait_moved(lab: &Lab, id: ProcId, bound: Duration) -> Result<Option<u64>> {
+pub fn wait_moved(lab: &Lab, id: ProcId, bound: Duration) -> Result<Option<u64>> {
     let deadline = Instant::now() + bound;
     while Instant::now() < deadline {
         let err = lab.stderr(id)?;
@@ -332,7 +354,7 @@ fn wait_moved(lab: &Lab, id: ProcId, bound: Duration) -> Result<Option<u64>> {
 
 /// Waits for `punch connect` to report the session (`Some(path, ms, remote)`) or to exit
 /// (`None`).
-fn wait_connected(
+pub fn wait_connected(
     lab: &Lab,
     id: ProcId,
     expect: Expect,

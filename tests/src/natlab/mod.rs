@@ -5,6 +5,7 @@
 mod case;
 
 pub use case::{
-    expected, results_dir, run_case, start_rendezvous, variant, Expect, Outcome, FAILURE_BOUND,
+    expected, results_dir, run_case, start_peers, start_rendezvous, variant, wait_connected,
+    wait_moved, Expect, Outcome, Peers, FAILURE_BOUND, TUNNEL, UPGRADE_BOUND,
 };
 pub use punch_natlab::*;

@@ -1,0 +1,114 @@
+//! The move from the relay to a direct connection, in the NAT lab with the real binaries: two
+//! home routers whose direct path is blocked at first (a drop rule in A's router against B's
+//! public address, both ways), so `punch connect` starts relayed; a stream of checksummed
+//! bytes runs through the tunnel; the rule is removed, and the session must be direct within
+//! 2 s while the stream goes on without a byte lost, doubled or reordered.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use punch_tests::natlab::{
+    helper_bin, skip_without_net_admin, start_peers, wait_connected, wait_moved, Expect, Lab,
+    LinkParams, RouterKind, Side, Topology, TUNNEL,
+};
+
+/// The bound from the rule's removal to the direct session.
+const MOVE_BOUND: Duration = Duration::from_secs(2);
+/// How long the checked stream runs: across the move, with time on both sides of it.
+const STREAM_SECS: u64 = 6;
+
+/// Inserts (`-I`) or deletes (`-D`) the drop rules in A's router.
+fn block(lab: &Lab, op: &str) {
+    let b = lab.peer_public_ip(Side::B).to_string();
+    for dir in ["-d", "-s"] {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.edge_ns(Side::A),
+                "iptables",
+                op,
+                "FORWARD",
+            ])
+            .args(if op == "-I" { &["1"][..] } else { &[][..] })
+            .args([dir, &b, "-j", "DROP"])
+            .output()
+            .expect("running iptables");
+        assert!(
+            out.status.success(),
+            "iptables {op} {dir} {b}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn a_relayed_session_moves_to_direct_when_the_path_opens_and_a_stream_survives_the_move() {
+    let name = "relay-upgrade";
+    if skip_without_net_admin(name) {
+        return;
+    }
+    let lab = Lab::build(
+        name,
+        Topology::Pair(RouterKind::HomeEim, RouterKind::HomeEim),
+        LinkParams::default(),
+    )
+    .expect("building the lab");
+    let fail = |msg: String| -> ! { panic!("{msg}\n{}", lab.dump_logs()) };
+    block(&lab, "-I");
+    let peers = start_peers(&lab).unwrap_or_else(|e| fail(format!("{e:#}")));
+    let (path, ms, _) = wait_connected(&lab, peers.connect, Expect::Relayed)
+        .unwrap_or_else(|e| fail(format!("{e:#}")))
+        .unwrap_or_else(|| fail("punch connect failed".into()));
+    assert_eq!(path, "relayed", "the direct path is blocked");
+    eprintln!("relayed session after {ms} ms");
+    lab.wait_stdout_line(peers.connect, Duration::from_secs(10), |l| {
+        l.starts_with("local ")
+    })
+    .unwrap_or_else(|e| fail(format!("{e:#}")));
+
+    let mut stream = Command::new(helper_bin("natlab_tcp").expect("natlab_tcp"));
+    stream.args(["stream", TUNNEL, "--max-secs", &STREAM_SECS.to_string()]);
+    let streamer = lab
+        .spawn("stream-a", &lab.peer_ns(Side::A), &stream)
+        .expect("starting the stream");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        wait_moved(&lab, peers.connect, Duration::ZERO)
+            .expect("reading the log")
+            .is_none(),
+        "moved to direct while the path was blocked"
+    );
+    block(&lab, "-D");
+    let removed = Instant::now();
+    let moved = wait_moved(&lab, peers.connect, MOVE_BOUND + Duration::from_secs(3))
+        .unwrap_or_else(|e| fail(format!("{e:#}")));
+    let after = removed.elapsed();
+    let Some(direct_ms) = moved else {
+        fail(format!(
+            "still relayed {after:?} after the rule was removed"
+        ));
+    };
+    eprintln!(
+        "direct {after:?} after the rule was removed ({direct_ms} ms after the connect request)"
+    );
+    assert!(
+        after <= MOVE_BOUND,
+        "direct only {after:?} after the rule was removed"
+    );
+    let status = lab
+        .wait_timeout(streamer, Duration::from_secs(STREAM_SECS + 30))
+        .expect("waiting for the stream")
+        .unwrap_or_else(|| fail("the stream did not finish".into()));
+    let out = lab.stdout(streamer).expect("stream output");
+    let line = out.lines().last().unwrap_or_default().to_string();
+    let f: Vec<&str> = line.split_whitespace().collect();
+    match f[..] {
+        ["streamed", sent, checked, _] if status.success() && sent == checked => {
+            let sent: u64 = sent.parse().expect("a count");
+            assert!(sent > 1_000_000, "only {sent} bytes streamed");
+            eprintln!("streamed {sent} bytes across the move, every one checked");
+        }
+        _ => fail(format!("stream across the move: {line:?} ({status:?})")),
+    }
+}
