@@ -94,3 +94,42 @@ async fn peers_without_a_direct_path_get_an_authenticated_relayed_session() {
     assert_eq!(got_up, up_sum, "upload intact through the relay");
     assert_eq!(Sha256::digest(&got), down_sum, "download intact");
 }
+
+#[tokio::test]
+async fn a_relay_limit_ends_the_session_on_both_sides_with_its_reason() {
+    let mut config = punch_rendezvous::Config::new(
+        "127.0.0.1:0".parse().unwrap(),
+        Keypair::generate().unwrap(),
+    );
+    config.relay_max_bytes = 4 << 20;
+    let server = Server::spawn(config).await.unwrap();
+    let (sa, mut sb, _a, _b) = relayed_pair(&server).await;
+    let mut s = sa.open_stream().await.unwrap();
+    let sink = tokio::spawn(async move {
+        let mut t = tokio::time::timeout(HANG, sb.accept_stream())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        while matches!(t.read(&mut buf).await, Ok(n) if n > 0) {}
+        sb
+    });
+    // More than the limit: the relay cuts the session part way.
+    let chunk = vec![7u8; 256 * 1024];
+    for _ in 0..64 {
+        if s.write_all(&chunk).await.is_err() {
+            break;
+        }
+    }
+    tokio::time::timeout(HANG, sa.closed()).await.unwrap();
+    let sb = tokio::time::timeout(HANG, sink).await.unwrap().unwrap();
+    tokio::time::timeout(HANG, sb.closed()).await.unwrap();
+    for s in [&sa, &sb] {
+        let reason = s.end_reason().map(|r| r.to_string());
+        assert_eq!(
+            reason.as_deref(),
+            Some("relay ended the session: the relay's byte limit per session was reached"),
+            "both sides see the relay's reason"
+        );
+    }
+}
