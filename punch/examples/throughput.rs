@@ -6,7 +6,11 @@
 //! TCP connection, alternating, ROUNDS times; prints each run and the median ratio. With
 //! `tunnel`, a third measurement runs what `punch connect --local` -> `punch listen --forward`
 //! do (TCP -> `forward::splice` -> stream -> `forward::serve` -> TCP), on a second session, and
-//! its ratio to the stream. Only public API, so the same file measures older commits.
+//! its ratio to the stream. With `relay`, a third pair of clients that dial nothing directly
+//! gets a session through the rendezvous's relay (its rate limits lifted for the measurement),
+//! and the same transfer over one of its streams is compared with the direct stream: what the
+//! relay's extra hop and copy cost. Only public API, so the same file measures older commits
+//! (`relay` needs the relay).
 #![allow(clippy::unwrap_used)] // a measuring tool: any failure is fatal and says where
 
 use std::time::{Duration, Instant};
@@ -63,9 +67,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[tokio::main]
 async fn main() {
     let tunnel = std::env::args().any(|a| a == "tunnel");
+    let relay = std::env::args().any(|a| a == "relay");
     let args: Vec<u64> = std::env::args()
         .skip(1)
-        .filter(|a| a != "tunnel")
+        .filter(|a| a != "tunnel" && a != "relay")
         .map(|a| a.parse().expect("numbers: MIB WINDOW_MIB ROUNDS"))
         .collect();
     let mib = args.first().copied().unwrap_or(1024);
@@ -73,13 +78,15 @@ async fn main() {
     let rounds = args.get(2).copied().unwrap_or(3);
     let total = mib * 1024 * 1024;
 
-    let server = punch_rendezvous::server::Server::spawn(punch_rendezvous::Config::new(
-        "127.0.0.1:0".parse().unwrap(),
-        Keypair::generate().unwrap(),
-    ))
-    .await
-    .unwrap();
-    let client = |accept: bool| {
+    let mut server_config =
+        punch_rendezvous::Config::new("127.0.0.1:0".parse().unwrap(), Keypair::generate().unwrap());
+    // Measure the relay's own cost, not its default 16 MiB/s per-session cap.
+    server_config.relay_rate_per_session = 1 << 40;
+    server_config.relay_rate_total = 1 << 40;
+    let server = punch_rendezvous::server::Server::spawn(server_config)
+        .await
+        .unwrap();
+    let client_with = |accept: bool, direct: bool| {
         let mut config = Config::new(
             server.local_addr(),
             server.identity(),
@@ -88,8 +95,10 @@ async fn main() {
         config.bind = "127.0.0.1:0".parse().unwrap();
         config.accept_inbound = accept;
         config.stream_window = (window_mib * 1024 * 1024) as u32;
+        config.direct = direct;
         Client::start(config)
     };
+    let client = |accept: bool| client_with(accept, true);
     let (a, _) = client(false).await.unwrap();
     let (b, mut b_in) = client(true).await.unwrap();
     a.wait_registered(Duration::from_secs(10)).await.unwrap();
@@ -127,6 +136,21 @@ async fn main() {
         None
     };
 
+    let relayed = if relay {
+        let (e, _) = client_with(false, false).await.unwrap();
+        let (f, mut f_in) = client_with(true, false).await.unwrap();
+        e.wait_registered(Duration::from_secs(10)).await.unwrap();
+        f.wait_registered(Duration::from_secs(10)).await.unwrap();
+        let (se, sf) = tokio::join!(e.connect(f.id()), f_in.next());
+        let (se, sf) = (se.unwrap(), sf.unwrap());
+        assert_eq!(se.path().kind, punch::PathKind::Relayed);
+        std::mem::forget((e, f));
+        Some((se, sf))
+    } else {
+        None
+    };
+    let mut relay_runs = Vec::new();
+    let mut relayed = relayed;
     let (mut punch_runs, mut tcp_runs, mut tunnel_runs) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
         let w = sa.open_stream().await.unwrap();
@@ -144,6 +168,13 @@ async fn main() {
             print!("; tunnel {u:.0} MB/s, {:.3} of the stream", u / p);
             tunnel_runs.push(u / p);
         }
+        if let Some((se, sf)) = relayed.as_mut() {
+            let w = se.open_stream().await.unwrap();
+            let r = sf.accept_stream().await.unwrap();
+            let v = pump(w, r, total).await;
+            print!("; relayed stream {v:.0} MB/s, {:.3} of direct", v / p);
+            relay_runs.push(v / p);
+        }
         println!();
         punch_runs.push(p);
         tcp_runs.push(t);
@@ -155,6 +186,9 @@ async fn main() {
     );
     if tunnel {
         print!("; tunnel/stream {:.3}", median(tunnel_runs));
+    }
+    if relay {
+        print!("; relayed/direct {:.3}", median(relay_runs));
     }
     println!();
 }
