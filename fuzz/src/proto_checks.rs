@@ -266,9 +266,14 @@ fn build_peer(input: &mut Input) -> PeerId {
 }
 
 fn build_client_msg(input: &mut Input) -> ClientMsg {
-    match input.u8() % 3 {
+    match input.u8() % 4 {
         0 => ClientMsg::Ping { nonce: input.u64() },
         1 => ClientMsg::Pong { nonce: input.u64() },
+        2 => ClientMsg::Upgrade {
+            request_id: input.u64(),
+            peer: build_peer(input),
+            session_id: input.u64(),
+        },
         _ => ClientMsg::Connect {
             request_id: input.u64(),
             peer: build_peer(input),
@@ -396,6 +401,8 @@ fn build_server_msg(input: &mut Input) -> ServerMsg {
                 token: input.array(),
                 after: build_duration(input),
             }),
+            // Zero is "none" on the wire.
+            upgrade: Some(input.u64()).filter(|&s| s != 0),
         }),
         4 => ServerMsg::RelayEnded {
             session_id: input.u64(),
@@ -991,6 +998,7 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         role: Role::Responder,
         dial_delay: Duration::from_millis(250),
         relay: None,
+        upgrade: None,
     });
     let error = ServerMsg::Error(ErrorReply {
         request_id: 3,

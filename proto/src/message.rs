@@ -91,9 +91,22 @@ pub struct Register {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ClientMsg {
-    Ping { nonce: u64 },
-    Pong { nonce: u64 },
-    Connect { request_id: u64, peer: PeerId },
+    Ping {
+        nonce: u64,
+    },
+    Pong {
+        nonce: u64,
+    },
+    Connect {
+        request_id: u64,
+        peer: PeerId,
+    },
+    /// Punch again to `peer` to move the relayed session `session_id` to a direct path.
+    Upgrade {
+        request_id: u64,
+        peer: PeerId,
+        session_id: u64,
+    },
 }
 
 /// The server's first message after the handshake.
@@ -116,6 +129,9 @@ pub struct Offer {
     pub dial_delay: Duration,
     /// The relay fallback for this punch, when the server relays.
     pub relay: Option<RelayTicket>,
+    /// This punch moves the relayed session with this id (between the same peers) to a
+    /// direct connection ([`ClientMsg::Upgrade`]); such offers carry no relay ticket.
+    pub upgrade: Option<u64>,
 }
 
 /// Length of a relay token.
@@ -373,6 +389,15 @@ impl ClientMsg {
                 request_id: *request_id,
                 peer: peer.as_bytes().to_vec(),
             }),
+            ClientMsg::Upgrade {
+                request_id,
+                peer,
+                session_id,
+            } => Kind::Upgrade(pb::UpgradeRequest {
+                request_id: *request_id,
+                peer: peer.as_bytes().to_vec(),
+                session_id: *session_id,
+            }),
         };
         pb::ClientMessage { kind: Some(kind) }.encode_to_vec()
     }
@@ -386,6 +411,11 @@ impl ClientMsg {
             Kind::Connect(c) => ClientMsg::Connect {
                 request_id: c.request_id,
                 peer: PeerId::try_from(&c.peer[..])?,
+            },
+            Kind::Upgrade(u) => ClientMsg::Upgrade {
+                request_id: u.request_id,
+                peer: PeerId::try_from(&u.peer[..])?,
+                session_id: u.session_id,
             },
         })
     }
@@ -420,6 +450,7 @@ impl ServerMsg {
                     .map(|t| t.token.to_vec())
                     .unwrap_or_default(),
                 relay_after_ms: o.relay.as_ref().map(|t| millis(t.after)).unwrap_or(0),
+                upgrade_session: o.upgrade.unwrap_or(0),
             }),
             ServerMsg::RelayEnded { session_id, reason } => Kind::RelayEnded(pb::RelayEnded {
                 session_id: *session_id,
@@ -493,6 +524,7 @@ impl ServerMsg {
                         })
                     }
                 },
+                upgrade: (o.upgrade_session != 0).then_some(o.upgrade_session),
             }),
             Kind::RelayEnded(r) => ServerMsg::RelayEnded {
                 session_id: r.session_id,
@@ -543,6 +575,7 @@ mod tests {
                 token: [7; RELAY_TOKEN_LEN],
                 after: Duration::from_millis(120),
             }),
+            upgrade: None,
         }
     }
 
@@ -558,6 +591,7 @@ mod tests {
             ServerMsg::Offer(offer()),
             ServerMsg::Offer(Offer {
                 relay: None,
+                upgrade: Some(0x0101),
                 ..offer()
             }),
             ServerMsg::RelayEnded {
@@ -606,6 +640,11 @@ mod tests {
             ClientMsg::Connect {
                 request_id: 77,
                 peer: peer(3),
+            },
+            ClientMsg::Upgrade {
+                request_id: 78,
+                peer: peer(4),
+                session_id: u64::MAX,
             },
         ] {
             assert_eq!(ClientMsg::decode(&m.encode()).unwrap(), m);

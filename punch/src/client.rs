@@ -70,9 +70,26 @@ fn now() -> Instant {
 /// The reply token of a connect request.
 type Reply = oneshot::Sender<Result<Session, Error>>;
 
+/// What a request to the rendezvous answers to: a connect request's caller, or the retry loop
+/// of a relayed session (`Ok` once the session moved to a direct connection).
 #[derive(Debug)]
-enum Command {
-    Connect { peer: PeerId, reply: Reply },
+pub(crate) enum Token {
+    Session(Reply),
+    Upgrade(oneshot::Sender<Result<(), Error>>),
+}
+
+#[derive(Debug)]
+pub(crate) enum Command {
+    Connect {
+        peer: PeerId,
+        reply: Reply,
+    },
+    /// From a relayed session's retry loop: punch again to move it to direct.
+    Upgrade {
+        peer: PeerId,
+        session_id: u64,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
 }
 
 /// Handle to a running client. Dropping every clone stops the client; established sessions
@@ -148,6 +165,9 @@ impl Client {
                 config,
                 events: events.clone(),
                 relay_notices: Default::default(),
+                relayed: Default::default(),
+                commands: cmd_tx.downgrade(),
+                status: status.clone(),
             }),
             routes,
             cmd_rx,
@@ -311,7 +331,7 @@ struct ControlDriver {
     cmd_rx: mpsc::Receiver<Command>,
     status_tx: watch::Sender<Status>,
     incoming_tx: mpsc::Sender<Session>,
-    control: Control<Reply>,
+    control: Control<Token>,
     /// The control connection, once its handshake is done.
     conn: Option<Channel<TcpStream>>,
     handshake: Option<Handshake>,
@@ -370,7 +390,8 @@ impl ControlDriver {
                 _ = self.shutdown.cancelled() => break,
                 cmd = self.cmd_rx.recv() => match cmd {
                     None => break,
-                    Some(Command::Connect { peer, reply }) => self.control.connect(now(), peer, reply),
+                    Some(Command::Connect { peer, reply }) => self.control.connect(now(), peer, Token::Session(reply)),
+                    Some(Command::Upgrade { peer, session_id, reply }) => self.control.upgrade(now(), peer, session_id, Token::Upgrade(reply)),
                 },
                 res = handshaking(&mut self.handshake) => {
                     self.handshake = None;
@@ -430,9 +451,14 @@ impl ControlDriver {
                     self.conn = None;
                     self.control.on_lost(now(), reason);
                 }
-                Action::Reply { token, error } => {
-                    let _ = token.send(Err(error));
-                }
+                Action::Reply { token, error } => match token {
+                    Token::Session(reply) => {
+                        let _ = reply.send(Err(error));
+                    }
+                    Token::Upgrade(reply) => {
+                        let _ = reply.send(Err(error));
+                    }
+                },
                 Action::StartPunch {
                     offer,
                     reply,
@@ -456,17 +482,55 @@ impl ControlDriver {
         }
     }
 
-    fn start_punch(&mut self, offer: Offer, reply: Option<Reply>, started: Instant) {
+    fn start_punch(&mut self, offer: Offer, reply: Option<Token>, started: Instant) {
+        let target = match (offer.upgrade, reply) {
+            (Some(session), reply) => {
+                let Some(control) = self.ctx.relayed_session(session, &offer.peer) else {
+                    debug!(session, peer = %offer.peer.short(), "offer to move a relayed session we do not hold; ignored");
+                    if let Some(Token::Upgrade(reply)) = reply {
+                        let _ = reply.send(Err(Error::Shutdown));
+                    }
+                    return;
+                };
+                let done = match reply {
+                    Some(Token::Upgrade(reply)) => Some(reply),
+                    _ => None,
+                };
+                driver::Target::Upgrade { control, done }
+            }
+            (None, Some(Token::Session(reply))) => {
+                driver::Target::New(self.deliver(&offer, Some(reply)))
+            }
+            (None, None) => driver::Target::New(self.deliver(&offer, None)),
+            (None, Some(Token::Upgrade(reply))) => {
+                warn!("an upgrade request answered with an offer for a new session; ignored");
+                let _ = reply.send(Err(Error::Shutdown));
+                return;
+            }
+        };
         let (tx, rx) = mpsc::channel(8);
         self.routes.insert(offer.session_id, tx);
         let span = info_span!("punch", session = offer.session_id, peer = %offer.peer.short(), role = ?offer.role);
         info!(parent: &span, observed = %offer.peer_observed, locals = offer.peer_local.len(), delay_ms = offer.dial_delay.as_millis() as u64, "offer received");
         let ctx = self.ctx.clone();
+        let session_id = offer.session_id;
+        self.punches.spawn(
+            async move {
+                driver::run(ctx, offer, rx, started, target).await;
+                session_id
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Where a new session (or the punch's error) goes: the request's reply, or the inbound
+    /// queue.
+    fn deliver(&self, offer: &Offer, reply: Option<Reply>) -> driver::Deliver {
         let incoming = self.incoming_tx.clone();
         let session_id = offer.session_id;
         let peer = offer.peer;
-        let events = ctx.events.clone();
-        let deliver: driver::Deliver = Box::new(move |result| {
+        let events = self.ctx.events.clone();
+        Box::new(move |result| {
             if let Err(e) = &result {
                 warn!(error = %e, "punch failed");
                 let _ = events.send(Event::Failed {
@@ -486,13 +550,6 @@ impl ControlDriver {
                 }
                 (None, Err(_)) => {}
             }
-        });
-        self.punches.spawn(
-            async move {
-                driver::run(ctx, offer, rx, started, deliver).await;
-                session_id
-            }
-            .instrument(span),
-        );
+        })
     }
 }

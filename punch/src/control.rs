@@ -229,6 +229,8 @@ enum State {
 #[derive(Debug)]
 struct Pending<T> {
     peer: PeerId,
+    /// An upgrade request for this relayed session ([`Control::upgrade`]).
+    upgrade: Option<u64>,
     token: T,
     started: Instant,
     /// Sent on the current connection (a request made while connecting waits for the
@@ -348,6 +350,17 @@ impl<T> Control<T> {
     /// the request waits for the registration (within its timeout); between attempts it
     /// fails at once.
     pub fn connect(&mut self, now: Instant, peer: PeerId, token: T) {
+        self.request(now, peer, None, token);
+    }
+
+    /// Asks for a new punch to `peer` to move the relayed session `session_id` to a direct
+    /// connection: answered like [`Control::connect`], with an offer naming the session
+    /// ([`Offer::upgrade`]) and no relay ticket.
+    pub fn upgrade(&mut self, now: Instant, peer: PeerId, session_id: u64, token: T) {
+        self.request(now, peer, Some(session_id), token);
+    }
+
+    fn request(&mut self, now: Instant, peer: PeerId, upgrade: Option<u64>, token: T) {
         if let State::Idle { .. } = self.state {
             let error = self.unreachable(RendezvousError::Reconnecting);
             self.actions.push_back(Action::Reply { token, error });
@@ -360,6 +373,7 @@ impl<T> Control<T> {
             request_id,
             Pending {
                 peer,
+                upgrade,
                 token,
                 started: now,
                 sent: false,
@@ -378,9 +392,21 @@ impl<T> Control<T> {
         };
         p.sent = true;
         let peer = p.peer;
-        info!(peer = %peer.short(), request_id, "punch requested");
-        self.actions
-            .push_back(Action::Send(ClientMsg::Connect { request_id, peer }));
+        let msg = match p.upgrade {
+            None => {
+                info!(peer = %peer.short(), request_id, "punch requested");
+                ClientMsg::Connect { request_id, peer }
+            }
+            Some(session_id) => {
+                info!(peer = %peer.short(), request_id, session = session_id, "punch requested to move a relayed session to direct");
+                ClientMsg::Upgrade {
+                    request_id,
+                    peer,
+                    session_id,
+                }
+            }
+        };
+        self.actions.push_back(Action::Send(msg));
         self.actions
             .push_back(Action::Emit(Event::Requested { peer }));
     }
@@ -513,7 +539,9 @@ impl<T> Control<T> {
             (None, now)
         } else {
             match self.pending.remove(&offer.request_id) {
-                Some(p) if p.peer == offer.peer => (Some(p.token), p.started),
+                Some(p) if p.peer == offer.peer && p.upgrade == offer.upgrade => {
+                    (Some(p.token), p.started)
+                }
                 other => {
                     // A mismatched peer leaves the request waiting for its own offer.
                     if let Some(p) = other {

@@ -66,6 +66,7 @@ fn offer(request_id: u64, peer: PeerId, role: Role) -> Offer {
         role,
         dial_delay: 50 * MS,
         relay: None,
+        upgrade: None,
     }
 }
 

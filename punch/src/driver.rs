@@ -13,17 +13,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use punch_proto::message::{Offer, RelayEnd, RELAY_TOKEN_LEN};
-use punch_proto::{Keypair, Role};
+use punch_proto::{Keypair, PeerId, Role};
 use tokio::net::TcpStream;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, info, warn};
 
 use crate::attempt::{Action, Attempt, Failure, GaveUp, Schedule, StreamId};
 use crate::auth::{authenticate, AuthContext, AuthError, Authenticated, Selected};
+use crate::client::Command;
 use crate::config::Config;
 use crate::error::Error;
-use crate::event::Event;
+use crate::event::{Event, Status};
 use crate::session::{PathControl, PathKind, PathState, Session, SessionInfo};
 use crate::socket;
 
@@ -41,12 +42,29 @@ pub(crate) struct PunchCtx {
     pub config: Config,
     pub events: broadcast::Sender<Event>,
     pub relay_notices: RelayNotices,
+    /// Relayed sessions whose punch window closed without a direct stream, by the session id
+    /// of their offer: an upgrade offer naming one moves it ([`Target::Upgrade`]).
+    pub relayed: std::sync::Mutex<HashMap<u64, (PeerId, Arc<PathControl>)>>,
+    /// The client's requests, for the retry loop of relayed sessions (weak: it must not keep
+    /// the client alive).
+    pub commands: mpsc::WeakSender<Command>,
+    /// The client's registration, whose observed address a retry loop watches.
+    pub status: watch::Receiver<Status>,
 }
 
 impl PunchCtx {
     /// Sends an event to whoever listens (nobody is fine).
     pub fn emit(&self, event: Event) {
         let _ = self.events.send(event);
+    }
+
+    /// The relayed session `session_id` with `peer`, if it still runs.
+    pub fn relayed_session(&self, session_id: u64, peer: &PeerId) -> Option<Arc<PathControl>> {
+        let table = crate::lock(&self.relayed);
+        table
+            .get(&session_id)
+            .filter(|(p, control)| p == peer && !control.is_closed())
+            .map(|(_, control)| control.clone())
     }
 
     /// Registers a relayed session for the relay's end notice; forgets sessions that ended.
@@ -61,6 +79,26 @@ impl PunchCtx {
 
 /// Where a punch's outcome goes: the connect request's reply, or the inbound queue.
 pub(crate) type Deliver = Box<dyn FnOnce(Result<Session, Error>) + Send>;
+
+/// What a punch is for.
+pub(crate) enum Target {
+    /// A new session, delivered once.
+    New(Deliver),
+    /// A direct stream for a relayed session (an upgrade offer); `done` hears how it went
+    /// (on the requesting side).
+    Upgrade {
+        control: Arc<PathControl>,
+        done: Option<oneshot::Sender<Result<(), Error>>>,
+    },
+}
+
+/// After the punch window of a relayed session: the first retry of the direct punch this long
+/// after, doubling up to [`UPGRADE_RETRY_MAX`] (each jittered to between half and all of it).
+/// A retry costs one punch request (the rendezvous allows 20 a minute per identity) and one
+/// 10 s punch window with a few dials; a path that opened is found within about a minute
+/// during the first five minutes, within five minutes after that.
+pub const UPGRADE_RETRY_MIN: Duration = Duration::from_secs(5);
+pub const UPGRADE_RETRY_MAX: Duration = Duration::from_secs(300);
 
 /// What a stream's task reports.
 #[derive(Debug)]
@@ -88,9 +126,12 @@ pub(crate) async fn run(
     offer: Offer,
     mut inbound: mpsc::Receiver<Inbound>,
     started: Instant,
-    deliver: Deliver,
+    target: Target,
 ) {
-    let mut deliver = Some(deliver);
+    let (mut deliver, mut upgrading) = match target {
+        Target::New(d) => (Some(d), None),
+        Target::Upgrade { control, done } => (None, Some((control, done))),
+    };
     let mut give = |result: Result<Session, Error>| {
         if let Some(d) = deliver.take() {
             d(result);
@@ -217,14 +258,20 @@ pub(crate) async fn run(
                     let auth = held
                         .remove(&stream)
                         .expect("the established stream is held since it was confirmed");
-                    give(Ok(established(
-                        &ctx,
-                        &offer,
-                        auth,
-                        started,
-                        PathKind::Direct,
-                    )
-                    .0));
+                    match upgrading.take() {
+                        Some((control, done)) => {
+                            let moved = upgrade(&ctx, &offer, auth, &control, started);
+                            if let Some(done) = done {
+                                let _ =
+                                    done.send(if moved { Ok(()) } else { Err(Error::Shutdown) });
+                            }
+                        }
+                        None => {
+                            let (session, _) =
+                                established(&ctx, &offer, auth, started, PathKind::Direct);
+                            give(Ok(session));
+                        }
+                    }
                     return;
                 }
                 Action::Relayed(stream) => {
@@ -245,27 +292,48 @@ pub(crate) async fn run(
                     }
                     return;
                 }
-                Action::Fail(GaveUp::AuthFailed { addr, error }) => {
-                    give(Err(Error::AuthFailed {
-                        peer: offer.peer,
-                        addr,
-                        source: error,
-                    }));
-                    return;
-                }
-                Action::Fail(GaveUp::Timeout { tried }) => {
-                    give(Err(Error::PunchTimeout {
-                        peer: offer.peer,
-                        elapsed: now().saturating_duration_since(started),
-                        tried,
-                    }));
+                Action::Fail(gave_up) => {
+                    let error = match gave_up {
+                        GaveUp::AuthFailed { addr, error } => Error::AuthFailed {
+                            peer: offer.peer,
+                            addr,
+                            source: error,
+                        },
+                        GaveUp::Timeout { tried } => Error::PunchTimeout {
+                            peer: offer.peer,
+                            elapsed: now().saturating_duration_since(started),
+                            tried,
+                        },
+                    };
+                    match upgrading.take() {
+                        Some((_, Some(done))) => {
+                            let _ = done.send(Err(error));
+                        }
+                        Some((_, None)) => {
+                            debug!(error = %error, "no direct stream for the relayed session this time")
+                        }
+                        None => give(Err(error)),
+                    }
                     return;
                 }
             }
         }
         if attempt.is_finished() {
             // Relayed, and the window closed without a direct stream.
+            let Some(control) = relayed.take() else {
+                return;
+            };
             debug!("no direct stream in the window; the session stays relayed");
+            drop(inbound);
+            let control = Arc::new(control);
+            {
+                let mut table = crate::lock(&ctx.relayed);
+                table.retain(|_, (_, c)| !c.is_closed());
+                table.insert(offer.session_id, (offer.peer, control.clone()));
+            }
+            if offer.role == Role::Initiator {
+                retry_direct(&ctx, offer.peer, offer.session_id, &control).await;
+            }
             return;
         }
         let wake = tokio::time::Instant::from_std(attempt.poll_timeout());
@@ -378,14 +446,72 @@ fn established(
     )
 }
 
-/// Moves the relayed session to the direct stream `auth`.
+/// The requesting side of a relayed session, after its punch window: asks the rendezvous for
+/// a new punch (an upgrade offer, no relay ticket) with backoff, and at once when our observed
+/// address changes (a new NAT mapping may punch where the old one did not), until the session
+/// moves to a direct connection or ends.
+async fn retry_direct(ctx: &PunchCtx, peer: PeerId, session_id: u64, control: &PathControl) {
+    let mut backoff = crate::control::Backoff::new(UPGRADE_RETRY_MIN, UPGRADE_RETRY_MAX);
+    let mut status = ctx.status.clone();
+    let observed = |s: &Status| match s {
+        Status::Registered { observed, .. } => Some(*observed),
+        _ => None,
+    };
+    let mut last = observed(&status.borrow_and_update());
+    loop {
+        let delay = backoff.next_delay(&mut rand::thread_rng());
+        let wake = tokio::time::Instant::now() + delay;
+        // Until the delay passes, the session ends, or our observed address changes.
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake) => break,
+                _ = control.closed() => return,
+                changed = status.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let now = observed(&status.borrow_and_update());
+                    if now.is_some() && now != last {
+                        info!(observed = ?now, "our observed address changed; retrying the direct punch now");
+                        last = now;
+                        break;
+                    }
+                }
+            }
+        }
+        let Some(commands) = ctx.commands.upgrade() else {
+            return;
+        };
+        let (reply, done) = oneshot::channel();
+        let asked = commands
+            .send(Command::Upgrade {
+                peer,
+                session_id,
+                reply,
+            })
+            .await;
+        drop(commands);
+        if asked.is_err() {
+            return;
+        }
+        match done.await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => {
+                debug!(error = %e, "direct punch for the relayed session failed; retrying later")
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// Moves the relayed session to the direct stream `auth`. False if it had ended.
 fn upgrade(
     ctx: &PunchCtx,
     offer: &Offer,
     auth: Authenticated,
     control: &PathControl,
     started: Instant,
-) {
+) -> bool {
     if let Err(e) = socket::keepalive(auth.get_ref(), KEEPALIVE_IDLE) {
         debug!(error = %e, "could not enable TCP keepalive");
     }
@@ -403,8 +529,10 @@ fn upgrade(
             path: PathKind::Direct,
             remote,
         });
+        true
     } else {
         debug!("the relayed session ended before it could move; direct stream dropped");
+        false
     }
 }
 

@@ -345,6 +345,16 @@ pub(crate) struct PathControl {
 }
 
 impl PathControl {
+    /// Whether the session has ended (nothing more can move it).
+    pub fn is_closed(&self) -> bool {
+        self.upgrades.is_closed()
+    }
+
+    /// Resolves when the session has ended.
+    pub async fn closed(&self) {
+        self.upgrades.closed().await
+    }
+
     /// Moves the session to `next` (a direct stream authenticated for the same punch). The
     /// byte stream continues on it without loss (see the module doc). False if the session
     /// has ended or a move is already queued.

@@ -97,10 +97,8 @@ async fn peers_without_a_direct_path_get_an_authenticated_relayed_session() {
 
 #[tokio::test]
 async fn a_relay_limit_ends_the_session_on_both_sides_with_its_reason() {
-    let mut config = punch_rendezvous::Config::new(
-        "127.0.0.1:0".parse().unwrap(),
-        Keypair::generate().unwrap(),
-    );
+    let mut config =
+        punch_rendezvous::Config::new("127.0.0.1:0".parse().unwrap(), Keypair::generate().unwrap());
     config.relay_max_bytes = 4 << 20;
     let server = Server::spawn(config).await.unwrap();
     let (sa, mut sb, _a, _b) = relayed_pair(&server).await;

@@ -495,6 +495,7 @@ impl Registry {
                     role: Role::Initiator,
                     dial_delay: at - owd_a,
                     relay: None,
+                    upgrade: None,
                 }),
             },
             Action::Send {
@@ -508,6 +509,7 @@ impl Registry {
                     role: Role::Responder,
                     dial_delay: at - owd_b,
                     relay: None,
+                    upgrade: None,
                 }),
             },
         ])

@@ -59,6 +59,7 @@ impl LyingRendezvous {
                         role: Role::Responder,
                         dial_delay: Duration::ZERO,
                         relay: None,
+                        upgrade: None,
                     });
                     if acc.channel.send(&offer.encode()).await.is_err() {
                         return;
