@@ -172,6 +172,8 @@ pub struct RelayTable {
     pending: usize,
     /// Pairs holding slots (waiting or active).
     sessions: usize,
+    /// Pairs whose first side is held (waiting).
+    held: usize,
     per_peer: HashMap<PeerId, usize>,
     per_source: HashMap<Prefix, usize>,
     next_pair: PairId,
@@ -200,6 +202,7 @@ impl RelayTable {
             expiry: VecDeque::new(),
             pending: 0,
             sessions: 0,
+            held: 0,
             per_peer: HashMap::new(),
             per_source: HashMap::new(),
             next_pair: 1,
@@ -219,6 +222,11 @@ impl RelayTable {
     /// Sessions holding slots: a side held waiting, or both spliced.
     pub fn sessions(&self) -> usize {
         self.sessions
+    }
+
+    /// Pairs whose first side is held, waiting for the second.
+    pub fn held(&self) -> usize {
+        self.held
     }
 
     /// Issues a pair for punch `session_id` between `peers` (requester first) with the two
@@ -304,6 +312,7 @@ impl RelayTable {
                 pair.state = PairState::Waiting { source };
                 let (session_id, deadline, peers) = (pair.session_id, pair.expires, pair.peers);
                 self.sessions += 1;
+                self.held += 1;
                 for p in peers {
                     up(&mut self.per_peer, p);
                 }
@@ -332,6 +341,7 @@ impl RelayTable {
                     up(&mut self.per_source, s);
                 }
                 self.pending -= 1;
+                self.held -= 1;
                 self.stats.started += 1;
                 Ok(Arrival::Second {
                     pair: id,
@@ -408,6 +418,7 @@ impl RelayTable {
             }
             PairState::Waiting { source } => {
                 self.pending -= 1;
+                self.held -= 1;
                 (source, None)
             }
             PairState::Active { first, second } => (first, second),

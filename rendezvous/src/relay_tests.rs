@@ -96,7 +96,7 @@ fn the_two_sides_of_a_pair_meet_once() {
             peers: [id(1), id(2)]
         }
     );
-    assert_eq!((t.pending(), t.sessions()), (0, 1));
+    assert_eq!((t.pending(), t.sessions(), t.held()), (0, 1, 0));
     // Neither token starts anything again, even while the session runs.
     for tok in [&ta.token, &tb.token] {
         assert_eq!(
@@ -132,7 +132,7 @@ fn tokens_expire_and_a_held_side_is_counted_absent() {
         refusal(t.arrive(late, &ta.token, src(1))),
         Refusal::UnknownToken
     );
-    assert_eq!((t.pending(), t.sessions()), (0, 0));
+    assert_eq!((t.pending(), t.sessions(), t.held()), (0, 0, 0));
     assert!(t.tokens.is_empty() && t.pairs.is_empty());
     assert_eq!(t.stats().peer_absent, 1);
     // The driver's own release of the given-up side after the prune changes nothing.

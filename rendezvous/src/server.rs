@@ -29,12 +29,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 mod admission;
+mod relay;
 
 use crate::config::Config;
 use crate::first_message::{read_first_message, Rewound};
 use crate::gate::{GateLimits, HandshakeGate, Prefix};
+use crate::limiter::ByteBucket;
 use crate::refusal_log::{Reason, RefusalLog};
 use crate::registry::{Action, ConnId, Limits, Registry};
+use crate::relay::{attach_tickets, PairId, RelayLimits, RelayTable};
 use admission::{admit, admit_handshake, admit_waiting, HandshakeSlot, IpSlot};
 
 /// A write to a client that takes longer than this means the client is not reading: drop it.
@@ -65,6 +68,8 @@ struct Counters {
     handshake_failed: AtomicU64,
     protocol_errors: AtomicU64,
     active: AtomicU64,
+    relay_active: AtomicU64,
+    relay_bytes: AtomicU64,
 }
 
 /// A snapshot of the server's counters.
@@ -91,6 +96,24 @@ pub struct ServerStats {
     /// Registrations refused for their source's or network's cap.
     pub network_full: u64,
     pub replaced: u64,
+    /// Relayed sessions being spliced now.
+    pub relay_active: u64,
+    /// Relay connections held, waiting for the other side of their punch.
+    pub relay_held: u64,
+    /// Offers that carried relay tickets.
+    pub relay_issued: u64,
+    /// Offers that went without tickets because the table of unused tickets was full.
+    pub relay_pending_full: u64,
+    /// Relayed sessions started (both sides arrived).
+    pub relay_started: u64,
+    /// Relay connections refused, by reason.
+    pub relay_refused_unknown_token: u64,
+    pub relay_refused_full: u64,
+    pub relay_refused_peer_limit: u64,
+    pub relay_refused_source_limit: u64,
+    pub relay_peer_absent: u64,
+    /// Bytes forwarded by the relay, both directions of every session.
+    pub relay_bytes: u64,
 }
 
 #[derive(Debug)]
@@ -107,6 +130,9 @@ struct State {
     pending: HashMap<u64, (CancellationToken, Prefix)>,
     next_handshake: u64,
     refusals: RefusalLog,
+    relay: RelayTable,
+    /// The held first side of each waiting pair, to hand its partner to.
+    relay_waiters: HashMap<PairId, tokio::sync::oneshot::Sender<relay::Joined>>,
 }
 
 #[derive(Debug)]
@@ -114,6 +140,8 @@ struct Shared {
     config: Config,
     state: Mutex<State>,
     counters: Counters,
+    /// The relay's server-wide byte budget (`relay_rate_total`).
+    relay_total: Mutex<ByteBucket>,
 }
 
 impl Shared {
@@ -182,6 +210,7 @@ impl Server {
         let state = self.shared.lock();
         let c = &self.shared.counters;
         let r = state.registry.stats();
+        let rs = state.relay.stats();
         ServerStats {
             registered: state.registry.len(),
             active_connections: c.active.load(Ordering::Relaxed),
@@ -198,6 +227,17 @@ impl Server {
             rate_limited: r.rate_limited,
             network_full: r.network_full,
             replaced: r.replaced,
+            relay_active: c.relay_active.load(Ordering::Relaxed),
+            relay_held: state.relay.held() as u64,
+            relay_issued: rs.issued,
+            relay_pending_full: rs.pending_full,
+            relay_started: rs.started,
+            relay_refused_unknown_token: rs.refused_unknown_token,
+            relay_refused_full: rs.refused_full,
+            relay_refused_peer_limit: rs.refused_peer_limit,
+            relay_refused_source_limit: rs.refused_source_limit,
+            relay_peer_absent: rs.peer_absent,
+            relay_bytes: c.relay_bytes.load(Ordering::Relaxed),
         }
     }
 
@@ -240,7 +280,18 @@ fn new_shared(config: Config) -> Arc<Shared> {
         max_pending_per_prefix: usize::MAX,
         per_source_per_minute: None,
     });
+    let relay = RelayTable::new(RelayLimits {
+        max_pending: config.relay_max_pending,
+        pair_timeout: config.relay_pair_timeout,
+        max_sessions: config.relay_max_sessions,
+        max_sessions_per_peer: config.relay_max_sessions_per_peer,
+        max_sessions_per_source: config.relay_max_sessions_per_source,
+        after_min: config.relay_after_min,
+    });
+    let total_burst = (config.relay_rate_total / 8).max(relay::RELAY_BUFFER as u64);
+    let relay_total = ByteBucket::new(config.relay_rate_total, total_burst, Instant::now());
     Arc::new(Shared {
+        relay_total: Mutex::new(relay_total),
         state: Mutex::new(State {
             registry: Registry::new(limits, rand::random()),
             conns: HashMap::new(),
@@ -255,6 +306,8 @@ fn new_shared(config: Config) -> Arc<Shared> {
                 config.failure_log_lines_per_interval,
                 Instant::now(),
             ),
+            relay,
+            relay_waiters: HashMap::new(),
         }),
         counters: Counters::default(),
         config,
@@ -295,6 +348,7 @@ async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationT
                 state.registry.prune(now);
                 state.gate.prune(now);
                 state.waiting.prune(now);
+                state.relay.prune(now);
             }
             _ = summary.tick() => {
                 let s = shared.lock().refusals.summary(Instant::now());
@@ -315,7 +369,7 @@ async fn handle_conn(
     mut stream: TcpStream,
     addr: SocketAddr,
     shared: Arc<Shared>,
-    _slot: IpSlot,
+    slot: IpSlot,
     (wait_slot, dropped): (HandshakeSlot, CancellationToken),
     shutdown: CancellationToken,
 ) {
@@ -346,6 +400,21 @@ async fn handle_conn(
             Ok(Ok(head)) => head,
         },
     };
+    if relay::is_relay(&head) {
+        let waiting = (wait_slot, dropped);
+        relay::serve(
+            stream,
+            head,
+            addr,
+            shared,
+            slot,
+            waiting,
+            first_deadline,
+            shutdown,
+        )
+        .await;
+        return;
+    }
     drop(wait_slot);
     let Some((permit, evict)) = admit_handshake(&shared, addr) else {
         return;
@@ -537,7 +606,9 @@ async fn drive(
                 Some(Outbound::Msg(msg)) => {
                     if let ServerMsg::Offer(o) = &msg {
                         info!(session = o.session_id, peer = %o.peer.short(), role = ?o.role,
-                              dial_delay_ms = o.dial_delay.as_millis() as u64, "offer");
+                              dial_delay_ms = o.dial_delay.as_millis() as u64,
+                              relay_after_ms = o.relay.as_ref().map(|t| t.after.as_millis() as u64),
+                              "offer");
                     }
                     send(channel, msg).await?;
                 }
@@ -573,9 +644,16 @@ async fn drive(
                         // Nothing else can fill the queues while the state lock is held, so
                         // the capacities the registry sees still hold when dispatching.
                         let conns = &state.conns;
-                        let actions = state.registry.connect(Instant::now(), conn, peer, request_id, target, |c| {
+                        let now = Instant::now();
+                        let mut actions = state.registry.connect(now, conn, peer, request_id, target, |c| {
                             conns.get(&c).is_some_and(|tx| tx.capacity() > 0)
                         });
+                        if config.relay {
+                            let registry = &state.registry;
+                            attach_tickets(&mut state.relay, now, &mut actions, rand::random, |p| {
+                                registry.srtt(p)
+                            });
+                        }
                         if let Some(reason) = refusal_reason(&actions) {
                             state.refusals.record(reason, Prefix::of(observed.ip()));
                         }
