@@ -42,6 +42,11 @@ use admission::{admit, admit_handshake, admit_waiting, HandshakeSlot, IpSlot};
 
 /// A write to a client that takes longer than this means the client is not reading: drop it.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long shutdown waits for relayed sessions to end (and queue `RelayEnded` for their
+/// peers) before it closes the control connections that carry the message.
+const RELAY_SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
+/// How often shutdown looks whether the relayed sessions have ended.
+const RELAY_SHUTDOWN_POLL: Duration = Duration::from_millis(10);
 /// How long shutdown waits for connection tasks to say goodbye before aborting them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// How often idle rate-limit state is pruned.
@@ -315,6 +320,10 @@ fn new_shared(config: Config) -> Arc<Shared> {
 }
 
 async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+    // Shutdown in two steps: relayed sessions end first (telling their peers why, through
+    // the control connections), then the control connections.
+    let relay_stop = CancellationToken::new();
+    let conns_stop = CancellationToken::new();
     let mut tasks = JoinSet::new();
     let mut prune = tokio::time::interval(PRUNE_INTERVAL);
     let mut summary = tokio::time::interval(shared.config.refusal_log_interval);
@@ -334,9 +343,9 @@ async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationT
                     // In accept order, so the oldest waiting connections really are the oldest.
                     let waiting = admit_waiting(&shared, addr);
                     let span = info_span!("conn", %addr, peer = tracing::field::Empty);
-                    let token = shutdown.child_token();
+                    let tokens = (conns_stop.clone(), relay_stop.clone());
                     tasks.spawn(
-                        handle_conn(stream, addr, shared.clone(), slot, waiting, token)
+                        handle_conn(stream, addr, shared.clone(), slot, waiting, tokens)
                             .instrument(span),
                     );
                 }
@@ -359,6 +368,14 @@ async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationT
         }
     }
     info!(connections = tasks.len(), "shutting down");
+    relay_stop.cancel();
+    let relays_ended = async {
+        while shared.counters.relay_active.load(Ordering::Relaxed) > 0 {
+            tokio::time::sleep(RELAY_SHUTDOWN_POLL).await;
+        }
+    };
+    let _ = tokio::time::timeout(RELAY_SHUTDOWN_GRACE, relays_ended).await;
+    conns_stop.cancel();
     let drain = async { while tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
         tasks.abort_all();
@@ -371,7 +388,7 @@ async fn handle_conn(
     shared: Arc<Shared>,
     slot: IpSlot,
     (wait_slot, dropped): (HandshakeSlot, CancellationToken),
-    shutdown: CancellationToken,
+    (shutdown, relay_stop): (CancellationToken, CancellationToken),
 ) {
     let _ = stream.set_nodelay(true);
     let config = &shared.config;
@@ -410,7 +427,7 @@ async fn handle_conn(
             slot,
             waiting,
             first_deadline,
-            shutdown,
+            relay_stop,
         )
         .await;
         return;
@@ -600,7 +617,14 @@ async fn drive(
     loop {
         let idle_deadline = last_heard + config.idle_timeout;
         tokio::select! {
-            _ = shutdown.cancelled() => return Ok("server shutting down"),
+            _ = shutdown.cancelled() => {
+                // Goodbyes already queued (a relayed session's RelayEnded) go out first; the
+                // queue is bounded and each send by its write timeout.
+                while let Ok(Outbound::Msg(msg)) = rx.try_recv() {
+                    send(channel, msg).await?;
+                }
+                return Ok("server shutting down");
+            }
             _ = tokio::time::sleep_until(idle_deadline) => return Ok("idle timeout"),
             out = rx.recv() => match out {
                 Some(Outbound::Msg(msg)) => {
