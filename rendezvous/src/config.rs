@@ -280,3 +280,20 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fd_check_counts_two_descriptors_per_relayed_session() {
+        let listen = "127.0.0.1:0".parse().unwrap();
+        let mut c = Config::new(listen, Keypair::from_secret(&[1; 32]).unwrap());
+        let base = (DEFAULT_MAX_PEERS + DEFAULT_MAX_WAITING_CONNECTIONS + DEFAULT_MAX_HANDSHAKES)
+            as u64
+            + FD_RESERVE;
+        assert_eq!(c.fds_needed(), base + 2 * DEFAULT_RELAY_MAX_SESSIONS as u64);
+        c.relay = false;
+        assert_eq!(c.fds_needed(), base);
+    }
+}

@@ -282,6 +282,36 @@ async fn an_idle_session_is_ended_and_both_peers_are_told() {
     expect_closed(&mut b, T, 0).await.unwrap();
 }
 
+#[tokio::test]
+async fn a_write_stuck_for_the_idle_limit_ends_the_session_as_idle() {
+    let rv = RendezvousProcess::spawn(&["--relay-idle-secs", "1"]);
+    let mut p = Punch::new(&rv).await.unwrap();
+    let (a, _b) = p.relay(&rv).await.unwrap();
+    // A floods, B never reads: once the socket buffers are full the relay's write toward B
+    // is stuck, and nothing else moves.
+    let (_ar, mut aw) = a.into_split();
+    let (_, ended) = tokio::join!(flood(&mut aw, T), p.relay_ended(T));
+    assert_eq!(ended.unwrap(), [RelayEnd::Idle, RelayEnd::Idle]);
+}
+
+#[tokio::test]
+async fn the_duration_limit_ends_a_busy_session() {
+    let rv = RendezvousProcess::spawn(&["--relay-max-duration-secs", "1"]);
+    let mut p = Punch::new(&rv).await.unwrap();
+    let (a, mut b) = p.relay(&rv).await.unwrap();
+    let start = Instant::now();
+    let (_ar, mut aw) = a.into_split();
+    // Bytes keep moving (never idle) until the session's time is up.
+    let (_, ended, closed) = tokio::join!(
+        flood(&mut aw, T),
+        p.relay_ended(T),
+        expect_closed(&mut b, T, usize::MAX)
+    );
+    assert_eq!(ended.unwrap(), [RelayEnd::Duration, RelayEnd::Duration]);
+    assert!(closed.unwrap() > 0, "bytes moved until the end");
+    assert!(start.elapsed() >= Duration::from_millis(900));
+}
+
 /// Per-session rate for the rate tests: 2 MiB/s.
 const RATE: u64 = 2 << 20;
 /// How long the rate tests measure.

@@ -6,6 +6,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use punch_proto::message::RelayEnd;
 use punch_proto::relay::Refusal;
 use punch_proto::Keypair;
 use punch_rendezvous::{Config, Server};
@@ -107,4 +108,15 @@ async fn a_partner_over_its_source_limit_drops_the_pair() {
     // The first session is untouched.
     b.write_all(b"y").await.unwrap();
     assert_eq!(read_n(&mut a, 1, T).await.unwrap(), b"y");
+}
+
+#[tokio::test]
+async fn shutdown_ends_relayed_sessions_and_tells_both_peers() {
+    let s = server(|_| {}).await;
+    let mut p = Punch::new_at(s.local_addr(), &s.identity()).await.unwrap();
+    let (mut a, mut b) = p.relay_at(s.local_addr()).await.unwrap();
+    a.write_all(b"x").await.unwrap();
+    assert_eq!(read_n(&mut b, 1, T).await.unwrap(), b"x");
+    let (_, ended) = tokio::join!(s.shutdown(), p.relay_ended(T));
+    assert_eq!(ended.unwrap(), [RelayEnd::Shutdown, RelayEnd::Shutdown]);
 }
