@@ -99,7 +99,7 @@ pub const DEFAULT_DIAL_MARGIN: Duration = Duration::from_millis(50);
 pub const DEFAULT_OUTBOUND_QUEUE: usize = 64;
 
 /// Relayed sessions at most (a side held waiting for its partner counts). Each costs two
-/// sockets, two copy buffers (`RELAY_BUFFER` each) and a task; 512 is a rendezvous of the
+/// sockets, two 32 KiB copy buffers and a task; 512 is a rendezvous of the
 /// default 10,000 peers where one in twenty is stuck behind NATs that cannot punch, and
 /// `--relay-rate-total` shares the bandwidth among them.
 pub const DEFAULT_RELAY_MAX_SESSIONS: usize = 512;

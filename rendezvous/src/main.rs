@@ -89,7 +89,7 @@ struct Args {
     #[arg(long, value_enum, default_value_t = OnOff::On)]
     relay: OnOff,
     /// Relayed sessions at most (a side waiting for its partner counts); each holds two
-    /// sockets and two 64 KiB buffers.
+    /// sockets and two 32 KiB buffers.
     #[arg(long, default_value_t = config::DEFAULT_RELAY_MAX_SESSIONS)]
     relay_max_sessions: usize,
     /// Relayed sessions one identity may be part of.
