@@ -436,3 +436,17 @@ async fn relay_off_issues_no_tickets_and_refuses_hellos() {
         Refusal::UnknownToken
     );
 }
+
+#[tokio::test]
+async fn offers_go_without_tickets_when_the_pending_table_is_full() {
+    let rv = RendezvousProcess::spawn(&["--relay-max-pending", "1"]);
+    let p1 = Punch::new(&rv).await.unwrap();
+    assert!(p1.tickets().is_ok());
+    let p2 = Punch::new(&rv).await.unwrap();
+    assert!(p2.offer_a.relay.is_none() && p2.offer_b.relay.is_none());
+    // Once the first pair is used it is no longer pending: tickets again.
+    let (mut a, mut b) = p1.relay(&rv).await.unwrap();
+    across(&mut a, &mut b, b"used").await;
+    let p3 = Punch::new(&rv).await.unwrap();
+    assert!(p3.tickets().is_ok());
+}

@@ -120,3 +120,43 @@ async fn shutdown_ends_relayed_sessions_and_tells_both_peers() {
     let (_, ended) = tokio::join!(s.shutdown(), p.relay_ended(T));
     assert_eq!(ended.unwrap(), [RelayEnd::Shutdown, RelayEnd::Shutdown]);
 }
+
+#[tokio::test]
+async fn held_and_spliced_relay_connections_take_no_waiting_place() {
+    // One place for connections waiting for their first message: were relay connections
+    // still in it, each new control connection would evict one of them.
+    let s = server(|c| c.max_waiting_connections = 1).await;
+    let addr = s.local_addr();
+    let p1 = Punch::new_at(addr, &s.identity()).await.unwrap();
+    let [t1a, t1b] = p1.tickets().unwrap();
+    // One connection at a time: two waiting for their first bytes at once would be one too
+    // many for the single place, whatever they are.
+    let mut a = open_relay(addr, None, &t1a.token, b"").await.unwrap();
+    until_held(&s, 1).await;
+    let mut b = open_relay(addr, None, &t1b.token, b"x").await.unwrap();
+    assert_eq!(read_n(&mut a, 1, T).await.unwrap(), b"x");
+    let p2 = Punch::new_at(addr, &s.identity()).await.unwrap();
+    let [t2a, t2b] = p2.tickets().unwrap();
+    let mut held = open_relay(addr, None, &t2a.token, b"held").await.unwrap();
+    until_held(&s, 1).await;
+    let evicted = s.stats().evicted;
+    let mut newcomers = Vec::new();
+    for _ in 0..3 {
+        newcomers.push(
+            punch_tests::TestClient::connect(addr, &s.identity())
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(
+        s.stats().evicted,
+        evicted,
+        "no relay connection was evicted"
+    );
+    a.write_all(b"y").await.unwrap();
+    assert_eq!(read_n(&mut b, 1, T).await.unwrap(), b"y");
+    let mut partner = open_relay(addr, None, &t2b.token, b"").await.unwrap();
+    assert_eq!(read_n(&mut partner, 4, T).await.unwrap(), b"held");
+    partner.write_all(b"z").await.unwrap();
+    assert_eq!(read_n(&mut held, 1, T).await.unwrap(), b"z");
+}
