@@ -11,11 +11,16 @@
 //! Every way an admitted connection ends is logged once, with the reason, in the connection's
 //! span; refusals before admission (rate, per-IP, evicted, silent) are counted by the
 //! [`RefusalLog`] and logged as one summary per interval.
+//!
+//! A connection whose first bytes are "PR" instead of message 1's length is a relay
+//! connection, served by `relay` (in `server/relay.rs`): it never takes a handshake slot.
+//! Shutdown ends relayed sessions first, so their `RelayEnded` goes out over the control
+//! connections, which close after.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -30,6 +35,10 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 mod admission;
 mod relay;
+mod stats;
+
+use stats::Counters;
+pub use stats::ServerStats;
 
 use crate::config::Config;
 use crate::first_message::{read_first_message, Rewound};
@@ -61,64 +70,6 @@ type Conn = Rewound<TcpStream>;
 enum Outbound {
     Msg(ServerMsg),
     Close(&'static str),
-}
-
-#[derive(Debug, Default)]
-struct Counters {
-    accepted: AtomicU64,
-    rejected_ip_limit: AtomicU64,
-    rejected_rate: AtomicU64,
-    evicted: AtomicU64,
-    silent: AtomicU64,
-    handshake_failed: AtomicU64,
-    protocol_errors: AtomicU64,
-    active: AtomicU64,
-    relay_active: AtomicU64,
-    relay_bytes: AtomicU64,
-}
-
-/// A snapshot of the server's counters.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ServerStats {
-    pub registered: usize,
-    pub active_connections: u64,
-    pub accepted: u64,
-    pub rejected_ip_limit: u64,
-    /// Handshakes refused because their source's rate was spent.
-    pub rejected_rate: u64,
-    /// Pending handshakes evicted for newer ones when their prefix or the server was full.
-    pub evicted: u64,
-    /// Connections closed for not sending message 1 in time (also counted as failed).
-    pub silent: u64,
-    pub handshake_failed: u64,
-    pub protocol_errors: u64,
-    pub offers: u64,
-    pub refused: u64,
-    /// Punch requests refused by the target's allow-list.
-    pub not_allowed: u64,
-    /// Punch requests refused by a request or offer budget.
-    pub rate_limited: u64,
-    /// Registrations refused for their source's or network's cap.
-    pub network_full: u64,
-    pub replaced: u64,
-    /// Relayed sessions being spliced now.
-    pub relay_active: u64,
-    /// Relay connections held, waiting for the other side of their punch.
-    pub relay_held: u64,
-    /// Offers that carried relay tickets.
-    pub relay_issued: u64,
-    /// Offers that went without tickets because the table of unused tickets was full.
-    pub relay_pending_full: u64,
-    /// Relayed sessions started (both sides arrived).
-    pub relay_started: u64,
-    /// Relay connections refused, by reason.
-    pub relay_refused_unknown_token: u64,
-    pub relay_refused_full: u64,
-    pub relay_refused_peer_limit: u64,
-    pub relay_refused_source_limit: u64,
-    pub relay_peer_absent: u64,
-    /// Bytes forwarded by the relay, both directions of every session.
-    pub relay_bytes: u64,
 }
 
 #[derive(Debug)]
@@ -212,38 +163,7 @@ impl Server {
     }
 
     pub fn stats(&self) -> ServerStats {
-        let state = self.shared.lock();
-        let c = &self.shared.counters;
-        let r = state.registry.stats();
-        let rs = state.relay.stats();
-        ServerStats {
-            registered: state.registry.len(),
-            active_connections: c.active.load(Ordering::Relaxed),
-            accepted: c.accepted.load(Ordering::Relaxed),
-            rejected_ip_limit: c.rejected_ip_limit.load(Ordering::Relaxed),
-            rejected_rate: c.rejected_rate.load(Ordering::Relaxed),
-            evicted: c.evicted.load(Ordering::Relaxed),
-            silent: c.silent.load(Ordering::Relaxed),
-            handshake_failed: c.handshake_failed.load(Ordering::Relaxed),
-            protocol_errors: c.protocol_errors.load(Ordering::Relaxed),
-            offers: r.offers,
-            refused: r.refused,
-            not_allowed: r.not_allowed,
-            rate_limited: r.rate_limited,
-            network_full: r.network_full,
-            replaced: r.replaced,
-            relay_active: c.relay_active.load(Ordering::Relaxed),
-            relay_held: state.relay.held() as u64,
-            relay_issued: rs.issued,
-            relay_pending_full: rs.pending_full,
-            relay_started: rs.started,
-            relay_refused_unknown_token: rs.refused_unknown_token,
-            relay_refused_full: rs.refused_full,
-            relay_refused_peer_limit: rs.refused_peer_limit,
-            relay_refused_source_limit: rs.refused_source_limit,
-            relay_peer_absent: rs.peer_absent,
-            relay_bytes: c.relay_bytes.load(Ordering::Relaxed),
-        }
+        stats::snapshot(&self.shared)
     }
 
     /// Stops accepting, closes every connection and waits for the tasks to end.
