@@ -38,7 +38,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, info_span, Instrument};
 
 use super::admission::{HandshakeSlot, IpSlot};
 use super::Shared;
@@ -294,7 +294,13 @@ async fn hold(
             side: second,
             session_id,
             peers,
-        }) => splice(side, *second, pair, session_id, peers, shared, shutdown).await,
+        }) => {
+            let span = info_span!("relay", session = session_id, a = %peers[0].short(),
+                                  b = %peers[1].short());
+            splice(side, *second, pair, session_id, peers, shared, shutdown)
+                .instrument(span)
+                .await
+        }
         Ok(Joined::Refused(reason)) => {
             debug!(%reason, "relay: refused, the other side was refused");
             refuse(side.stream, reason).await;
@@ -434,9 +440,7 @@ async fn splice(
     shutdown: &CancellationToken,
 ) {
     let config = &shared.config;
-    let (a, b) = (peers[0].short(), peers[1].short());
-    info!(session = session_id, a = %a, b = %b, first = %first.addr, second = %second.addr,
-          "relay session started");
+    info!(first = %first.addr, second = %second.addr, "relay session started");
     shared.counters.relay_active.fetch_add(1, Ordering::Relaxed);
     let progress = Progress {
         start: tokio::time::Instant::now(),
@@ -489,7 +493,6 @@ async fn splice(
     shared.lock().relay.release(pair);
     shared.counters.relay_active.fetch_sub(1, Ordering::Relaxed);
     let secs = progress.start.elapsed().as_secs_f64();
-    info!(session = session_id, a = %a, b = %b,
-          bytes = progress.forwarded.load(Ordering::Relaxed),
+    info!(bytes = progress.forwarded.load(Ordering::Relaxed),
           secs = format_args!("{secs:.1}"), reason = %end, "relay session ended");
 }
