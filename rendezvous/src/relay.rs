@@ -14,10 +14,12 @@
 //! A token works once: any arrival removes it. A pair whose first side came and whose second
 //! did not by its expiry is released by [`RelayTable::prune`] (the driver tells the waiting
 //! side `PeerAbsent`). Limits on relayed sessions (total, per identity, per source) are
-//! checked when the first side arrives, and the slots it reserves count for both peers at once,
-//! so a held connection already counts: held and spliced connections together are at most two
-//! per allowed session. The second side's source is checked on its arrival; if it is over its
-//! limit, the pair is dropped and both sides are refused.
+//! checked when the first side arrives, for the total, its own peer and its source, and the
+//! slots are reserved then, so a held connection already counts: held and spliced connections
+//! together are at most two per allowed session. The second side's peer and source are
+//! checked on its arrival (a held side cannot take its partner's share: a peer punching to a
+//! victim and holding first sides spends its own slots, not the victim's); if either is over
+//! its limit, the pair is dropped and both sides are refused with that reason.
 //!
 //! Memory: at most `max_pending` pairs not yet active (each two token keys and a pair, about
 //! 200 bytes); when full, offers go out without a ticket. Active pairs are bounded by
@@ -82,6 +84,23 @@ pub enum Side {
     B,
 }
 
+impl Side {
+    /// The side's place in a pair's `[requester, target]` arrays.
+    fn index(self) -> usize {
+        match self {
+            Side::A => 0,
+            Side::B => 1,
+        }
+    }
+
+    fn other(self) -> Side {
+        match self {
+            Side::A => Side::B,
+            Side::B => Side::A,
+        }
+    }
+}
+
 /// What a relay connection's HELLO leads to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Arrival {
@@ -133,8 +152,9 @@ struct Pair {
 enum PairState {
     /// Tokens issued, nobody came yet.
     Issued,
-    /// One side came from `source` and is held; slots reserved.
-    Waiting { source: Prefix },
+    /// One side (`side`'s peer) came from `source` and is held; a session slot, its peer's
+    /// slot and its source's slot are reserved.
+    Waiting { source: Prefix, side: Side },
     /// Both came; slots reserved (a second source only if it differs from the first).
     Active {
         first: Prefix,
@@ -279,7 +299,7 @@ impl RelayTable {
         source: Prefix,
     ) -> Result<Arrival, Refused> {
         self.prune(now);
-        let Some((id, _side)) = self.tokens.remove(token) else {
+        let Some((id, side)) = self.tokens.remove(token) else {
             self.stats.refused_unknown_token += 1;
             return Err(Refusal::UnknownToken.into());
         };
@@ -292,9 +312,13 @@ impl RelayTable {
             PairState::Issued => {
                 let refusal = if self.sessions >= limits.max_sessions {
                     Some(Refusal::Full)
-                } else if pair.peers.iter().any(|p| {
-                    self.per_peer.get(p).copied().unwrap_or(0) >= limits.max_sessions_per_peer
-                }) {
+                } else if self
+                    .per_peer
+                    .get(&pair.peers[side.index()])
+                    .copied()
+                    .unwrap_or(0)
+                    >= limits.max_sessions_per_peer
+                {
                     Some(Refusal::PeerLimit)
                 } else if self.per_source.get(&source).copied().unwrap_or(0)
                     >= limits.max_sessions_per_source
@@ -309,13 +333,11 @@ impl RelayTable {
                     self.count_refusal(reason);
                     return Err(reason.into());
                 }
-                pair.state = PairState::Waiting { source };
-                let (session_id, deadline, peers) = (pair.session_id, pair.expires, pair.peers);
+                pair.state = PairState::Waiting { source, side };
+                let (session_id, deadline) = (pair.session_id, pair.expires);
                 self.sessions += 1;
                 self.held += 1;
-                for p in peers {
-                    up(&mut self.per_peer, p);
-                }
+                up(&mut self.per_peer, pair.peers[side.index()]);
                 up(&mut self.per_source, source);
                 Ok(Arrival::First {
                     pair: id,
@@ -323,20 +345,36 @@ impl RelayTable {
                     deadline,
                 })
             }
-            PairState::Waiting { source: first } => {
+            PairState::Waiting {
+                source: first,
+                side: held,
+            } => {
+                // Only now does the pair count for the second peer: a held side, which its
+                // partner has not vouched for, cannot take the partner's slots.
+                let peer = pair.peers[held.other().index()];
                 let second = (source != first).then_some(source);
-                if second.is_some_and(|s| {
+                let refusal = if self.per_peer.get(&peer).copied().unwrap_or(0)
+                    >= limits.max_sessions_per_peer
+                {
+                    Some(Refusal::PeerLimit)
+                } else if second.is_some_and(|s| {
                     self.per_source.get(&s).copied().unwrap_or(0) >= limits.max_sessions_per_source
                 }) {
+                    Some(Refusal::SourceLimit)
+                } else {
+                    None
+                };
+                if let Some(reason) = refusal {
                     self.release(id);
-                    self.count_refusal(Refusal::SourceLimit);
+                    self.count_refusal(reason);
                     return Err(Refused {
-                        reason: Refusal::SourceLimit,
+                        reason,
                         abandoned: Some(id),
                     });
                 }
                 pair.state = PairState::Active { first, second };
                 let (session_id, peers) = (pair.session_id, pair.peers);
+                up(&mut self.per_peer, peer);
                 if let Some(s) = second {
                     up(&mut self.per_source, s);
                 }
@@ -416,17 +454,20 @@ impl RelayTable {
                 self.pending -= 1;
                 return;
             }
-            PairState::Waiting { source } => {
+            PairState::Waiting { source, side } => {
                 self.pending -= 1;
                 self.held -= 1;
+                down(&mut self.per_peer, &pair.peers[side.index()]);
                 (source, None)
             }
-            PairState::Active { first, second } => (first, second),
+            PairState::Active { first, second } => {
+                for p in &pair.peers {
+                    down(&mut self.per_peer, p);
+                }
+                (first, second)
+            }
         };
         self.sessions -= 1;
-        for p in &pair.peers {
-            down(&mut self.per_peer, p);
-        }
         down(&mut self.per_source, &first);
         if let Some(s) = second {
             down(&mut self.per_source, &s);

@@ -178,12 +178,36 @@ fn session_limits_total_per_peer_and_per_source() {
         t.arrive(t0, &ta.token, src(n)).unwrap();
         t.arrive(t0, &tb.token, src(10 + n)).unwrap();
     }
+    // Peer 1 arriving first for a third session: refused, and the pair is dropped whole.
     let [ta, tb] = issue(&mut t, t0, 3, [4, 1]);
-    assert_eq!(refusal(t.arrive(t0, &ta.token, src(3))), Refusal::PeerLimit);
+    assert_eq!(refusal(t.arrive(t0, &tb.token, src(3))), Refusal::PeerLimit);
     assert_eq!(
-        refusal(t.arrive(t0, &tb.token, src(3))),
+        refusal(t.arrive(t0, &ta.token, src(3))),
         Refusal::UnknownToken,
         "a refused pair is dropped whole"
+    );
+    // Peer 9 held, waiting for peer 1: the held side did not take peer 1's share (it was
+    // full already), and peer 1 arriving second is refused with the held side named.
+    let [ta, tb] = issue(&mut t, t0, 6, [9, 1]);
+    let Ok(Arrival::First { pair, .. }) = t.arrive(t0, &ta.token, src(6)) else {
+        panic!("peer 9 has room");
+    };
+    assert_eq!(
+        t.per_peer.get(&id(1)),
+        Some(&2),
+        "held sides count only their own peer"
+    );
+    assert_eq!(
+        t.arrive(t0, &tb.token, src(7)),
+        Err(Refused {
+            reason: Refusal::PeerLimit,
+            abandoned: Some(pair)
+        })
+    );
+    assert_eq!(
+        t.per_peer.get(&id(9)),
+        None,
+        "the abandoned side's slot is free"
     );
     // A third session elsewhere fills the total of 3.
     let [ta, _] = issue(&mut t, t0, 4, [5, 6]);
@@ -301,4 +325,36 @@ fn tickets_ride_on_the_two_offers_of_a_punch() {
     }];
     attach_tickets(&mut t, t0, &mut refused, || [0; 16], srtt);
     assert_eq!(t.stats().issued, 1);
+}
+
+#[test]
+fn held_sides_do_not_spend_their_partners_share() {
+    let t0 = Instant::now();
+    let mut t = RelayTable::new(RelayLimits {
+        max_pending: 100,
+        max_sessions: 100,
+        max_sessions_per_source: 100,
+        ..limits()
+    });
+    // Three requesters hold first sides of punches toward peer 1, who never comes.
+    for n in 0..3 {
+        let [ta, _] = issue(&mut t, t0, n, [20 + n, 1]);
+        assert!(matches!(
+            t.arrive(t0, &ta.token, src(20 + n)),
+            Ok(Arrival::First { .. })
+        ));
+    }
+    // Peer 1's own two sessions are admitted all the same.
+    for n in 3..5 {
+        let [ta, tb] = issue(&mut t, t0, n, [1, 30 + n]);
+        assert!(matches!(
+            t.arrive(t0, &ta.token, src(1)),
+            Ok(Arrival::First { .. })
+        ));
+        assert!(matches!(
+            t.arrive(t0, &tb.token, src(30 + n)),
+            Ok(Arrival::Second { .. })
+        ));
+    }
+    assert_eq!((t.sessions(), t.held()), (5, 3));
 }
