@@ -98,6 +98,46 @@ pub const DEFAULT_DIAL_MARGIN: Duration = Duration::from_millis(50);
 /// many pile up is not reading and is dropped rather than buffered without bound.
 pub const DEFAULT_OUTBOUND_QUEUE: usize = 64;
 
+/// Relayed sessions at most (a side held waiting for its partner counts). Each costs two
+/// sockets, two 32 KiB copy buffers and a task; 512 is a rendezvous of the
+/// default 10,000 peers where one in twenty is stuck behind NATs that cannot punch, and
+/// `--relay-rate-total` shares the bandwidth among them.
+pub const DEFAULT_RELAY_MAX_SESSIONS: usize = 512;
+/// Relayed sessions one identity is part of at most: a node keeps a handful of peers
+/// connected; identities are free, so the per-source limit stands beside this one.
+pub const DEFAULT_RELAY_MAX_SESSIONS_PER_PEER: usize = 8;
+/// Relayed sessions with a side from one source (IPv4 address or IPv6 /64) at most: two
+/// identities' worth, so one host cannot take the relay with free identities while a CGNAT
+/// address still fits a few relayed nodes.
+pub const DEFAULT_RELAY_MAX_SESSIONS_PER_SOURCE: usize = 16;
+/// Issued ticket pairs not yet used at most (about 200 bytes each, so 3 MiB): at the pair
+/// timeout of 15 s, 1,000 offers a second, far above what the punch request limits let honest
+/// peers make. When full, offers go out without a ticket.
+pub const DEFAULT_RELAY_MAX_PENDING: usize = 16_384;
+/// How long a ticket pair is valid after the offers went out, and so how long a side that
+/// came first is held: the client's 10 s punch window plus margin for a slow path.
+pub const DEFAULT_RELAY_PAIR_TIMEOUT: Duration = Duration::from_secs(15);
+/// The earliest a ticket tells a client to open its relay connection after the dial moment
+/// (see [`crate::relay::relay_after`]): a few scheduler slices, so a LAN or loopback punch is
+/// not raced by the relay before it had a chance.
+pub const DEFAULT_RELAY_AFTER_MIN: Duration = Duration::from_millis(20);
+/// Bytes per second each relayed session may move in each direction: 16 MiB/s (about 134
+/// Mbit/s), near RustDesk's 128 Mbit/s per connection; a Kaspa node's initial sync still takes
+/// minutes, not hours, and its steady state is tens of kbit/s.
+pub const DEFAULT_RELAY_RATE_PER_SESSION: u64 = 16 << 20;
+/// Bytes per second all relayed sessions together may move: 128 MiB/s (about 1 Gbit/s, one
+/// server NIC; RustDesk's default total), so the relay cannot starve the control protocol.
+pub const DEFAULT_RELAY_RATE_TOTAL: u64 = 128 << 20;
+/// Bytes one relayed session may move, both directions together: 64 GiB, many full Kaspa
+/// initial syncs of several GB; the cap only bounds what one pair can take from the operator.
+pub const DEFAULT_RELAY_MAX_BYTES: u64 = 64 << 30;
+/// How long one relayed session may last: a day. The peers punch again at their next
+/// reconnection, which may then go direct (a relayed pair is never stuck on the relay for good).
+pub const DEFAULT_RELAY_MAX_DURATION: Duration = Duration::from_secs(86_400);
+/// A relayed session with no byte either way (or a write stuck) for this long is ended: the
+/// peers' yamux pings every 15 s, so an honest session is never idle for 60 s.
+pub const DEFAULT_RELAY_IDLE: Duration = Duration::from_secs(60);
+
 /// Configuration of a rendezvous [`crate::Server`].
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -149,11 +189,38 @@ pub struct Config {
     pub dial_margin: Duration,
     /// Why: a client that does not read its messages is dropped, not buffered for.
     pub outbound_queue: usize,
+    /// Whether offers carry relay tickets and relay connections are served (`--relay off`:
+    /// neither; a relay HELLO is then refused as an unknown token).
+    pub relay: bool,
+    /// Why: bounds the sockets, buffers and bandwidth the relay gives out.
+    pub relay_max_sessions: usize,
+    /// Why: one identity cannot take the relay's sessions.
+    pub relay_max_sessions_per_peer: usize,
+    /// Why: identities are free; one host cannot take the relay by making more of them.
+    pub relay_max_sessions_per_source: usize,
+    /// Why: bounds the memory of issued, unused tickets.
+    pub relay_max_pending: usize,
+    /// Why: a ticket is a capability for a while only, and a held side is not held forever.
+    pub relay_pair_timeout: Duration,
+    /// Why: a near-zero RTT must not start the relay before the punch had its chance.
+    pub relay_after_min: Duration,
+    /// Why: one session cannot take the relay's bandwidth (bytes/s, each direction).
+    pub relay_rate_per_session: u64,
+    /// Why: the relay as a whole stays within the server's link (bytes/s).
+    pub relay_rate_total: u64,
+    /// Why: bounds what one session can take from the operator (both directions).
+    pub relay_max_bytes: u64,
+    /// Why: a session ends at last, and its peers punch again.
+    pub relay_max_duration: Duration,
+    /// Why: frees the slots of a vanished or stuck pair.
+    pub relay_idle: Duration,
 }
 
 impl Config {
     /// File descriptors this configuration can hold at once: one per registered peer, per
-    /// connection waiting for message 1 and per handshake, plus [`FD_RESERVE`]. The binary
+    /// connection waiting for message 1 and per handshake, two per relayed session (a side
+    /// held waiting for its partner holds one of its session's two; relay connections still
+    /// sending their HELLO are among the waiting connections), plus [`FD_RESERVE`]. The binary
     /// checks it against its open-files limit at start: past the limit, accepts fail and
     /// honest peers are locked out while the registry still has room.
     pub fn fds_needed(&self) -> u64 {
@@ -161,6 +228,11 @@ impl Config {
         n(self.max_peers)
             .saturating_add(n(self.max_waiting_connections))
             .saturating_add(n(self.max_handshakes))
+            .saturating_add(if self.relay {
+                n(self.relay_max_sessions).saturating_mul(2)
+            } else {
+                0
+            })
             .saturating_add(FD_RESERVE)
     }
 
@@ -193,6 +265,35 @@ impl Config {
             max_rate_keys: DEFAULT_MAX_RATE_KEYS,
             dial_margin: DEFAULT_DIAL_MARGIN,
             outbound_queue: DEFAULT_OUTBOUND_QUEUE,
+            relay: true,
+            relay_max_sessions: DEFAULT_RELAY_MAX_SESSIONS,
+            relay_max_sessions_per_peer: DEFAULT_RELAY_MAX_SESSIONS_PER_PEER,
+            relay_max_sessions_per_source: DEFAULT_RELAY_MAX_SESSIONS_PER_SOURCE,
+            relay_max_pending: DEFAULT_RELAY_MAX_PENDING,
+            relay_pair_timeout: DEFAULT_RELAY_PAIR_TIMEOUT,
+            relay_after_min: DEFAULT_RELAY_AFTER_MIN,
+            relay_rate_per_session: DEFAULT_RELAY_RATE_PER_SESSION,
+            relay_rate_total: DEFAULT_RELAY_RATE_TOTAL,
+            relay_max_bytes: DEFAULT_RELAY_MAX_BYTES,
+            relay_max_duration: DEFAULT_RELAY_MAX_DURATION,
+            relay_idle: DEFAULT_RELAY_IDLE,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fd_check_counts_two_descriptors_per_relayed_session() {
+        let listen = "127.0.0.1:0".parse().unwrap();
+        let mut c = Config::new(listen, Keypair::from_secret(&[1; 32]).unwrap());
+        let base = (DEFAULT_MAX_PEERS + DEFAULT_MAX_WAITING_CONNECTIONS + DEFAULT_MAX_HANDSHAKES)
+            as u64
+            + FD_RESERVE;
+        assert_eq!(c.fds_needed(), base + 2 * DEFAULT_RELAY_MAX_SESSIONS as u64);
+        c.relay = false;
+        assert_eq!(c.fds_needed(), base);
     }
 }

@@ -10,6 +10,7 @@
 //! - [`limiter`]: token buckets fed timestamps.
 //! - [`first_message`]: waiting for message 1 with nothing but a socket.
 //! - [`gate`]: the pure admission of handshakes (per-prefix shares, eviction, per-source rate).
+//! - [`relay`]: the pure relay table (tickets, pairing, session limits).
 //! - [`refusal_log`]: refusals summarised once per interval instead of logged one by one.
 //! - [`server`]: the tokio accept loop and per-connection drivers.
 //!
@@ -21,6 +22,7 @@ pub mod gate;
 pub mod limiter;
 pub mod refusal_log;
 pub mod registry;
+pub mod relay;
 pub mod server;
 #[doc(hidden)]
 pub mod test_support;

@@ -1,5 +1,6 @@
-//! Token buckets fed explicit timestamps (no clock inside, so tests drive time), and
-//! [`RateTable`], a bounded map of them keyed by identity, source or (target, source).
+//! Token buckets fed explicit timestamps (no clock inside, so tests drive time),
+//! [`RateTable`], a bounded map of them keyed by identity, source or (target, source), and
+//! [`ByteBucket`], the relay's bytes-per-second budget enforced by back-pressure.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -57,6 +58,43 @@ impl TokenBucket {
     pub fn is_full(&mut self, now: Instant) -> bool {
         self.refill(now);
         self.tokens >= self.capacity
+    }
+}
+
+/// A budget of bytes per second with a burst, for back-pressure: the relay forwards what it
+/// read, charges it, and waits [`ByteBucket::charge`]'s answer before reading again. The
+/// balance may go negative (a read is never split or dropped); the wait pays the debt back.
+#[derive(Debug, Clone)]
+pub struct ByteBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl ByteBucket {
+    /// A full bucket of `burst` bytes refilling at `rate` bytes per second (both at least 1).
+    pub fn new(rate: u64, burst: u64, now: Instant) -> Self {
+        let burst = burst.max(1) as f64;
+        Self {
+            rate: rate.max(1) as f64,
+            burst,
+            tokens: burst,
+            last: now,
+        }
+    }
+
+    /// Charges `n` bytes sent at `now`; returns how long to wait before reading more (zero
+    /// while the burst lasts).
+    pub fn charge(&mut self, now: Instant, n: usize) -> Duration {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = self.last.max(now);
+        self.tokens = (self.tokens + dt * self.rate).min(self.burst) - n as f64;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.rate)
+        }
     }
 }
 
@@ -192,6 +230,36 @@ mod tests {
         assert_eq!(t.len(), 3);
         t.prune(t0 + Duration::from_secs(120));
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_byte_bucket_holds_a_sender_to_its_rate() {
+        let t0 = Instant::now();
+        let mut b = ByteBucket::new(1000, 500, t0);
+        // The burst goes through without waiting; the next 1000 bytes cost a second.
+        assert_eq!(b.charge(t0, 500), Duration::ZERO);
+        assert_eq!(b.charge(t0, 1000), Duration::from_secs(1));
+        // Waiting the answer pays the debt back exactly.
+        assert_eq!(b.charge(t0 + Duration::from_secs(1), 0), Duration::ZERO);
+        // A sender that always waits what it is told moves `rate` bytes per second, plus the
+        // burst once.
+        let mut now = t0 + Duration::from_secs(10);
+        let start = now;
+        let mut sent = 0u64;
+        while now < start + Duration::from_secs(10) {
+            now += b.charge(now, 64);
+            sent += 64;
+        }
+        assert!((10_400..=10_600).contains(&sent), "{sent}");
+        // Idle time refills only up to the burst.
+        assert_eq!(
+            b.charge(now + Duration::from_secs(100), 500),
+            Duration::ZERO
+        );
+        assert_eq!(
+            b.charge(now + Duration::from_secs(100), 1),
+            Duration::from_millis(1)
+        );
     }
 
     #[test]

@@ -71,8 +71,8 @@ struct Args {
     #[arg(long, default_value_t = config::DEFAULT_MAX_REGISTRATIONS_PER_NETWORK)]
     max_registrations_per_network: usize,
     /// Start even if the open-files limit (after raising the soft limit to the hard one) is
-    /// below what --max-peers, --max-waiting-connections and --max-handshakes need; by
-    /// default the server refuses to start then.
+    /// below what --max-peers, --max-waiting-connections, --max-handshakes and (two per
+    /// session) --relay-max-sessions need; by default the server refuses to start then.
     #[arg(long)]
     ignore_fd_limit: bool,
     /// Seconds a client has to finish the Noise handshake.
@@ -84,6 +84,54 @@ struct Args {
     /// Seconds of silence after which a client is dropped.
     #[arg(long, default_value_t = config::DEFAULT_IDLE_TIMEOUT.as_secs())]
     idle_timeout_secs: u64,
+    /// Relay fallback: offers carry relay tickets and relay connections (on this same port)
+    /// are spliced. `off`: no tickets, and every relay hello is refused.
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    relay: OnOff,
+    /// Relayed sessions at most (a side waiting for its partner counts); each holds two
+    /// sockets and two 32 KiB buffers.
+    #[arg(long, default_value_t = config::DEFAULT_RELAY_MAX_SESSIONS)]
+    relay_max_sessions: usize,
+    /// Relayed sessions one identity may be part of.
+    #[arg(long, default_value_t = config::DEFAULT_RELAY_MAX_SESSIONS_PER_PEER)]
+    relay_max_sessions_per_peer: usize,
+    /// Relayed sessions with a side from one source (IPv4 address or IPv6 /64).
+    #[arg(long, default_value_t = config::DEFAULT_RELAY_MAX_SESSIONS_PER_SOURCE)]
+    relay_max_sessions_per_source: usize,
+    /// Issued, unused relay ticket pairs at most (beyond it offers go without tickets).
+    #[arg(long, default_value_t = config::DEFAULT_RELAY_MAX_PENDING)]
+    relay_max_pending: usize,
+    /// Seconds a ticket pair stays valid, and a side that came first waits for its partner.
+    #[arg(long, default_value_t = config::DEFAULT_RELAY_PAIR_TIMEOUT.as_secs())]
+    relay_pair_timeout_secs: u64,
+    /// Milliseconds: the earliest a ticket tells a client to try the relay after the dial
+    /// moment (it says max(srtt_a, srtt_b) / 2 within [this, 2000]).
+    #[arg(long, default_value_t = config::DEFAULT_RELAY_AFTER_MIN.as_millis() as u64)]
+    relay_after_min_ms: u64,
+    /// Bytes per second each relayed session may move in each direction (16 MiB/s, about
+    /// 134 Mbit/s).
+    #[arg(long, default_value_t = config::DEFAULT_RELAY_RATE_PER_SESSION)]
+    relay_rate_per_session: u64,
+    /// Bytes per second all relayed sessions together may move (128 MiB/s, about 1 Gbit/s).
+    #[arg(long, default_value_t = config::DEFAULT_RELAY_RATE_TOTAL)]
+    relay_rate_total: u64,
+    /// Bytes one relayed session may move, both directions together (64 GiB).
+    #[arg(long, default_value_t = config::DEFAULT_RELAY_MAX_BYTES)]
+    relay_max_bytes: u64,
+    /// Seconds one relayed session may last (a day).
+    #[arg(long, default_value_t = config::DEFAULT_RELAY_MAX_DURATION.as_secs())]
+    relay_max_duration_secs: u64,
+    /// Seconds without a byte either way (or with a write stuck) after which a relayed
+    /// session is ended.
+    #[arg(long, default_value_t = config::DEFAULT_RELAY_IDLE.as_secs())]
+    relay_idle_secs: u64,
+}
+
+/// A switch given as `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
 }
 
 #[tokio::main]
@@ -124,6 +172,18 @@ async fn main() -> anyhow::Result<()> {
     config.handshake_timeout = Duration::from_secs(args.handshake_timeout_secs.max(1));
     config.ping_interval = Duration::from_secs(args.ping_interval_secs.max(1));
     config.idle_timeout = Duration::from_secs(args.idle_timeout_secs.max(2));
+    config.relay = args.relay == OnOff::On;
+    config.relay_max_sessions = args.relay_max_sessions;
+    config.relay_max_sessions_per_peer = args.relay_max_sessions_per_peer;
+    config.relay_max_sessions_per_source = args.relay_max_sessions_per_source;
+    config.relay_max_pending = args.relay_max_pending;
+    config.relay_pair_timeout = Duration::from_secs(args.relay_pair_timeout_secs.max(1));
+    config.relay_after_min = Duration::from_millis(args.relay_after_min_ms);
+    config.relay_rate_per_session = args.relay_rate_per_session.max(1);
+    config.relay_rate_total = args.relay_rate_total.max(1);
+    config.relay_max_bytes = args.relay_max_bytes;
+    config.relay_max_duration = Duration::from_secs(args.relay_max_duration_secs.max(1));
+    config.relay_idle = Duration::from_secs(args.relay_idle_secs.max(1));
 
     check_fd_limit(&config, args.ignore_fd_limit)?;
 
@@ -182,12 +242,17 @@ fn check_fd_limit(config: &Config, ignore: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let msg = format!(
-        "--max-peers {} (+ --max-waiting-connections {}, --max-handshakes {}, {} spare) needs \
-         {need} open files, but the limit is {limit} (hard limit {hard}): raise it (ulimit -n, \
-         systemd LimitNOFILE=) or lower --max-peers",
+        "--max-peers {} (+ --max-waiting-connections {}, --max-handshakes {}, 2 x \
+         --relay-max-sessions {}, {} spare) needs {need} open files, but the limit is {limit} \
+         (hard limit {hard}): raise it (ulimit -n, systemd LimitNOFILE=) or lower --max-peers",
         config.max_peers,
         config.max_waiting_connections,
         config.max_handshakes,
+        if config.relay {
+            config.relay_max_sessions
+        } else {
+            0
+        },
         config::FD_RESERVE
     );
     if ignore {

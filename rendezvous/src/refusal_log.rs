@@ -15,6 +15,8 @@ use std::collections::HashSet;
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use punch_proto::relay::Refusal;
+
 use crate::gate::Prefix;
 
 /// Why a connection was refused or dropped before its handshake.
@@ -36,6 +38,11 @@ pub enum Reason {
     NetworkFull,
     /// A registration of a new identity with `max_peers` reached (`ServerFull`).
     ServerFull,
+    /// A relay connection refused with this code (unknown or used token, a session limit,
+    /// its partner absent).
+    Relay(punch_proto::relay::Refusal),
+    /// A connection that began like a relay HELLO ("PR") and was not one.
+    RelayMalformed,
 }
 
 /// Refusals counted over one interval.
@@ -49,6 +56,12 @@ pub struct Summary {
     pub not_allowed: u64,
     pub network_full: u64,
     pub server_full: u64,
+    /// Relay connections refused: unknown or used token, a session limit (total, per peer,
+    /// per source), partner absent, not a HELLO.
+    pub relay_unknown_token: u64,
+    pub relay_limit: u64,
+    pub relay_peer_absent: u64,
+    pub relay_malformed: u64,
     /// Failed handshakes beyond the interval's budget of lines (not logged one by one).
     pub failed_unlogged: u64,
     /// Distinct source prefixes among the refusals.
@@ -65,6 +78,11 @@ impl Summary {
     /// Refusals of registered or registering peers by the registry.
     pub fn registry_total(&self) -> u64 {
         self.request_rate + self.not_allowed + self.network_full + self.server_full
+    }
+
+    /// Relay connections refused.
+    pub fn relay_total(&self) -> u64 {
+        self.relay_unknown_token + self.relay_limit + self.relay_peer_absent + self.relay_malformed
     }
 }
 
@@ -89,6 +107,17 @@ impl fmt::Display for Summary {
                 "; punch requests refused: {} (rate), {} (not on the target's allow-list); \
                  registrations refused: {} (network full), {} (server full)",
                 self.request_rate, self.not_allowed, self.network_full, self.server_full
+            )?;
+        }
+        if self.relay_total() > 0 {
+            write!(
+                f,
+                "; relay connections refused: {} (unknown or used token), {} (session limits), \
+                 {} (partner absent), {} (not a relay hello)",
+                self.relay_unknown_token,
+                self.relay_limit,
+                self.relay_peer_absent,
+                self.relay_malformed
             )?;
         }
         Ok(())
@@ -134,6 +163,10 @@ impl RefusalLog {
             Reason::NotAllowed => self.counts.not_allowed += 1,
             Reason::NetworkFull => self.counts.network_full += 1,
             Reason::ServerFull => self.counts.server_full += 1,
+            Reason::Relay(Refusal::UnknownToken) => self.counts.relay_unknown_token += 1,
+            Reason::Relay(Refusal::PeerAbsent) => self.counts.relay_peer_absent += 1,
+            Reason::Relay(_) => self.counts.relay_limit += 1,
+            Reason::RelayMalformed => self.counts.relay_malformed += 1,
         }
         if self.sources.len() < MAX_TRACKED_SOURCES {
             self.sources.insert(source);
@@ -164,7 +197,8 @@ impl RefusalLog {
         self.sources.clear();
         self.since = now;
         self.failure_lines_left = self.failure_lines;
-        (out.total() + out.registry_total() + out.failed_unlogged > 0).then_some(out)
+        (out.total() + out.registry_total() + out.relay_total() + out.failed_unlogged > 0)
+            .then_some(out)
     }
 }
 
@@ -226,6 +260,32 @@ mod tests {
              0 (evicted), 0 (silent); 0 failed handshakes not logged one by one; \
              punch requests refused: 1 (rate), 500 (not on the target's allow-list); \
              registrations refused: 1 (network full), 1 (server full)"
+        );
+    }
+
+    #[test]
+    fn relay_refusals_are_summarised_too() {
+        let t0 = Instant::now();
+        let mut log = RefusalLog::new(Duration::from_secs(10), 2, t0);
+        let src = Prefix::of([127, 0, 0, 2].into());
+        for r in [
+            Reason::Relay(Refusal::UnknownToken),
+            Reason::Relay(Refusal::UnknownToken),
+            Reason::Relay(Refusal::Full),
+            Reason::Relay(Refusal::SourceLimit),
+            Reason::Relay(Refusal::PeerAbsent),
+            Reason::RelayMalformed,
+        ] {
+            log.record(r, src);
+        }
+        let s = log.summary(t0 + Duration::from_secs(10)).unwrap();
+        assert_eq!((s.total(), s.registry_total(), s.relay_total()), (0, 0, 6));
+        assert!(
+            s.to_string().ends_with(
+                "; relay connections refused: 2 (unknown or used token), 2 (session limits), \
+                 1 (partner absent), 1 (not a relay hello)"
+            ),
+            "{s}"
         );
     }
 }

@@ -322,6 +322,12 @@ impl Registry {
         }
     }
 
+    /// The control connection `peer` is registered on now (to tell it about its relayed
+    /// sessions).
+    pub fn conn_of(&self, peer: &PeerId) -> Option<ConnId> {
+        self.peers.get(peer).map(|p| p.conn)
+    }
+
     /// The smoothed RTT of a registered peer.
     pub fn srtt(&self, peer: &PeerId) -> Option<Duration> {
         self.peers.get(peer).map(|p| p.srtt)

@@ -11,11 +11,16 @@
 //! Every way an admitted connection ends is logged once, with the reason, in the connection's
 //! span; refusals before admission (rate, per-IP, evicted, silent) are counted by the
 //! [`RefusalLog`] and logged as one summary per interval.
+//!
+//! A connection whose first bytes are "PR" instead of message 1's length is a relay
+//! connection, served by `relay` (in `server/relay.rs`): it never takes a handshake slot.
+//! Shutdown ends relayed sessions first, so their `RelayEnded` goes out over the control
+//! connections, which close after.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -29,16 +34,28 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 mod admission;
+mod relay;
+mod stats;
+
+use stats::Counters;
+pub use stats::ServerStats;
 
 use crate::config::Config;
 use crate::first_message::{read_first_message, Rewound};
 use crate::gate::{GateLimits, HandshakeGate, Prefix};
+use crate::limiter::ByteBucket;
 use crate::refusal_log::{Reason, RefusalLog};
 use crate::registry::{Action, ConnId, Limits, Registry};
+use crate::relay::{attach_tickets, PairId, RelayLimits, RelayTable};
 use admission::{admit, admit_handshake, admit_waiting, HandshakeSlot, IpSlot};
 
 /// A write to a client that takes longer than this means the client is not reading: drop it.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long shutdown waits for relayed sessions to end (and queue `RelayEnded` for their
+/// peers) before it closes the control connections that carry the message.
+const RELAY_SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
+/// How often shutdown looks whether the relayed sessions have ended.
+const RELAY_SHUTDOWN_POLL: Duration = Duration::from_millis(10);
 /// How long shutdown waits for connection tasks to say goodbye before aborting them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// How often idle rate-limit state is pruned.
@@ -55,44 +72,6 @@ enum Outbound {
     Close(&'static str),
 }
 
-#[derive(Debug, Default)]
-struct Counters {
-    accepted: AtomicU64,
-    rejected_ip_limit: AtomicU64,
-    rejected_rate: AtomicU64,
-    evicted: AtomicU64,
-    silent: AtomicU64,
-    handshake_failed: AtomicU64,
-    protocol_errors: AtomicU64,
-    active: AtomicU64,
-}
-
-/// A snapshot of the server's counters.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ServerStats {
-    pub registered: usize,
-    pub active_connections: u64,
-    pub accepted: u64,
-    pub rejected_ip_limit: u64,
-    /// Handshakes refused because their source's rate was spent.
-    pub rejected_rate: u64,
-    /// Pending handshakes evicted for newer ones when their prefix or the server was full.
-    pub evicted: u64,
-    /// Connections closed for not sending message 1 in time (also counted as failed).
-    pub silent: u64,
-    pub handshake_failed: u64,
-    pub protocol_errors: u64,
-    pub offers: u64,
-    pub refused: u64,
-    /// Punch requests refused by the target's allow-list.
-    pub not_allowed: u64,
-    /// Punch requests refused by a request or offer budget.
-    pub rate_limited: u64,
-    /// Registrations refused for their source's or network's cap.
-    pub network_full: u64,
-    pub replaced: u64,
-}
-
 #[derive(Debug)]
 struct State {
     registry: Registry,
@@ -107,6 +86,9 @@ struct State {
     pending: HashMap<u64, (CancellationToken, Prefix)>,
     next_handshake: u64,
     refusals: RefusalLog,
+    relay: RelayTable,
+    /// The held first side of each waiting pair, to hand its partner to.
+    relay_waiters: HashMap<PairId, tokio::sync::oneshot::Sender<relay::Joined>>,
 }
 
 #[derive(Debug)]
@@ -114,6 +96,8 @@ struct Shared {
     config: Config,
     state: Mutex<State>,
     counters: Counters,
+    /// The relay's server-wide byte budget (`relay_rate_total`).
+    relay_total: Mutex<ByteBucket>,
 }
 
 impl Shared {
@@ -179,26 +163,7 @@ impl Server {
     }
 
     pub fn stats(&self) -> ServerStats {
-        let state = self.shared.lock();
-        let c = &self.shared.counters;
-        let r = state.registry.stats();
-        ServerStats {
-            registered: state.registry.len(),
-            active_connections: c.active.load(Ordering::Relaxed),
-            accepted: c.accepted.load(Ordering::Relaxed),
-            rejected_ip_limit: c.rejected_ip_limit.load(Ordering::Relaxed),
-            rejected_rate: c.rejected_rate.load(Ordering::Relaxed),
-            evicted: c.evicted.load(Ordering::Relaxed),
-            silent: c.silent.load(Ordering::Relaxed),
-            handshake_failed: c.handshake_failed.load(Ordering::Relaxed),
-            protocol_errors: c.protocol_errors.load(Ordering::Relaxed),
-            offers: r.offers,
-            refused: r.refused,
-            not_allowed: r.not_allowed,
-            rate_limited: r.rate_limited,
-            network_full: r.network_full,
-            replaced: r.replaced,
-        }
+        stats::snapshot(&self.shared)
     }
 
     /// Stops accepting, closes every connection and waits for the tasks to end.
@@ -240,7 +205,18 @@ fn new_shared(config: Config) -> Arc<Shared> {
         max_pending_per_prefix: usize::MAX,
         per_source_per_minute: None,
     });
+    let relay = RelayTable::new(RelayLimits {
+        max_pending: config.relay_max_pending,
+        pair_timeout: config.relay_pair_timeout,
+        max_sessions: config.relay_max_sessions,
+        max_sessions_per_peer: config.relay_max_sessions_per_peer,
+        max_sessions_per_source: config.relay_max_sessions_per_source,
+        after_min: config.relay_after_min,
+    });
+    let total_burst = (config.relay_rate_total / 8).max(relay::RELAY_BUFFER as u64);
+    let relay_total = ByteBucket::new(config.relay_rate_total, total_burst, Instant::now());
     Arc::new(Shared {
+        relay_total: Mutex::new(relay_total),
         state: Mutex::new(State {
             registry: Registry::new(limits, rand::random()),
             conns: HashMap::new(),
@@ -255,6 +231,8 @@ fn new_shared(config: Config) -> Arc<Shared> {
                 config.failure_log_lines_per_interval,
                 Instant::now(),
             ),
+            relay,
+            relay_waiters: HashMap::new(),
         }),
         counters: Counters::default(),
         config,
@@ -262,6 +240,10 @@ fn new_shared(config: Config) -> Arc<Shared> {
 }
 
 async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+    // Shutdown in two steps: relayed sessions end first (telling their peers why, through
+    // the control connections), then the control connections.
+    let relay_stop = CancellationToken::new();
+    let conns_stop = CancellationToken::new();
     let mut tasks = JoinSet::new();
     let mut prune = tokio::time::interval(PRUNE_INTERVAL);
     let mut summary = tokio::time::interval(shared.config.refusal_log_interval);
@@ -281,9 +263,9 @@ async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationT
                     // In accept order, so the oldest waiting connections really are the oldest.
                     let waiting = admit_waiting(&shared, addr);
                     let span = info_span!("conn", %addr, peer = tracing::field::Empty);
-                    let token = shutdown.child_token();
+                    let tokens = (conns_stop.clone(), relay_stop.clone());
                     tasks.spawn(
-                        handle_conn(stream, addr, shared.clone(), slot, waiting, token)
+                        handle_conn(stream, addr, shared.clone(), slot, waiting, tokens)
                             .instrument(span),
                     );
                 }
@@ -295,6 +277,7 @@ async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationT
                 state.registry.prune(now);
                 state.gate.prune(now);
                 state.waiting.prune(now);
+                state.relay.prune(now);
             }
             _ = summary.tick() => {
                 let s = shared.lock().refusals.summary(Instant::now());
@@ -305,6 +288,14 @@ async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationT
         }
     }
     info!(connections = tasks.len(), "shutting down");
+    relay_stop.cancel();
+    let relays_ended = async {
+        while shared.counters.relay_active.load(Ordering::Relaxed) > 0 {
+            tokio::time::sleep(RELAY_SHUTDOWN_POLL).await;
+        }
+    };
+    let _ = tokio::time::timeout(RELAY_SHUTDOWN_GRACE, relays_ended).await;
+    conns_stop.cancel();
     let drain = async { while tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
         tasks.abort_all();
@@ -315,9 +306,9 @@ async fn handle_conn(
     mut stream: TcpStream,
     addr: SocketAddr,
     shared: Arc<Shared>,
-    _slot: IpSlot,
+    slot: IpSlot,
     (wait_slot, dropped): (HandshakeSlot, CancellationToken),
-    shutdown: CancellationToken,
+    (shutdown, relay_stop): (CancellationToken, CancellationToken),
 ) {
     let _ = stream.set_nodelay(true);
     let config = &shared.config;
@@ -346,6 +337,21 @@ async fn handle_conn(
             Ok(Ok(head)) => head,
         },
     };
+    if relay::is_relay(&head) {
+        let waiting = (wait_slot, dropped);
+        relay::serve(
+            stream,
+            head,
+            addr,
+            shared,
+            slot,
+            waiting,
+            first_deadline,
+            relay_stop,
+        )
+        .await;
+        return;
+    }
     drop(wait_slot);
     let Some((permit, evict)) = admit_handshake(&shared, addr) else {
         return;
@@ -531,13 +537,22 @@ async fn drive(
     loop {
         let idle_deadline = last_heard + config.idle_timeout;
         tokio::select! {
-            _ = shutdown.cancelled() => return Ok("server shutting down"),
+            _ = shutdown.cancelled() => {
+                // Goodbyes already queued (a relayed session's RelayEnded) go out first; the
+                // queue is bounded and each send by its write timeout.
+                while let Ok(Outbound::Msg(msg)) = rx.try_recv() {
+                    send(channel, msg).await?;
+                }
+                return Ok("server shutting down");
+            }
             _ = tokio::time::sleep_until(idle_deadline) => return Ok("idle timeout"),
             out = rx.recv() => match out {
                 Some(Outbound::Msg(msg)) => {
                     if let ServerMsg::Offer(o) = &msg {
                         info!(session = o.session_id, peer = %o.peer.short(), role = ?o.role,
-                              dial_delay_ms = o.dial_delay.as_millis() as u64, "offer");
+                              dial_delay_ms = o.dial_delay.as_millis() as u64,
+                              relay_after_ms = o.relay.as_ref().map(|t| t.after.as_millis() as u64),
+                              "offer");
                     }
                     send(channel, msg).await?;
                 }
@@ -573,9 +588,16 @@ async fn drive(
                         // Nothing else can fill the queues while the state lock is held, so
                         // the capacities the registry sees still hold when dispatching.
                         let conns = &state.conns;
-                        let actions = state.registry.connect(Instant::now(), conn, peer, request_id, target, |c| {
+                        let now = Instant::now();
+                        let mut actions = state.registry.connect(now, conn, peer, request_id, target, |c| {
                             conns.get(&c).is_some_and(|tx| tx.capacity() > 0)
                         });
+                        if config.relay {
+                            let registry = &state.registry;
+                            attach_tickets(&mut state.relay, now, &mut actions, rand::random, |p| {
+                                registry.srtt(p)
+                            });
+                        }
                         if let Some(reason) = refusal_reason(&actions) {
                             state.refusals.record(reason, Prefix::of(observed.ip()));
                         }

@@ -11,8 +11,10 @@
 //! - [`ListenProcess`]: the real `punch listen`, killed on drop, its log kept in a file.
 //! - [`rss_kib`]: a process's resident memory, for "memory stays flat" checks.
 //! - [`natlab`]: network-namespace NAT lab for the real-network tests.
+//! - [`relay`]: punches with relay tickets and hand-made relay connections.
 
 pub mod natlab;
+pub mod relay;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};

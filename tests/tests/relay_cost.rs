@@ -1,0 +1,161 @@
+//! What the relay costs the rendezvous, measured against the real binary on loopback; the
+//! numbers go to README.md's Relay section. Ignored by default (they move a gigabyte and open
+//! hundreds of connections); run in release:
+//!
+//! ```text
+//! cargo build --release -p punch-rendezvous --bins
+//! cargo nextest run --release -p punch-tests --test relay_cost --run-ignored only --no-capture
+//! ```
+
+use std::time::{Duration, Instant};
+
+use punch_tests::relay::{read_n, Punch};
+use punch_tests::{rss_kib, RendezvousProcess, TestClient, RECV_TIMEOUT};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// CPU seconds (user + system) process `pid` has used (`/proc/PID/stat`, 100 ticks a second).
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("reading stat");
+    let after_comm = &stat[stat.rfind(')').expect("a comm field") + 2..];
+    let fields: Vec<&str> = after_comm.split(' ').collect();
+    let field = |i: usize| -> u64 { fields[i].parse().expect("a tick count") };
+    let ticks = field(11) + field(12);
+    ticks as f64 / 100.0
+}
+
+const GIB: u64 = 1 << 30;
+const CHUNK: usize = 256 * 1024;
+
+/// Writes `total` bytes into `w` while `r` reads them; returns the seconds it took.
+async fn move_bytes(w: &mut TcpStream, r: &mut TcpStream, total: u64) -> f64 {
+    let start = Instant::now();
+    let chunk = vec![0xa5u8; CHUNK];
+    let write = async {
+        let mut left = total;
+        while left > 0 {
+            let n = left.min(CHUNK as u64) as usize;
+            w.write_all(&chunk[..n]).await.expect("writing");
+            left -= n as u64;
+        }
+    };
+    let read = async {
+        let mut buf = vec![0u8; CHUNK];
+        let mut got = 0u64;
+        while got < total {
+            let n = r.read(&mut buf).await.expect("reading");
+            assert!(n > 0, "closed after {got} bytes");
+            got += n as u64;
+        }
+    };
+    let timeout = Duration::from_secs(120);
+    tokio::time::timeout(timeout, async { tokio::join!(write, read) })
+        .await
+        .expect("a gigabyte within two minutes");
+    start.elapsed().as_secs_f64()
+}
+
+#[tokio::test]
+#[ignore = "a measurement: moves 2 GiB; run in release"]
+async fn cpu_per_relayed_gib() {
+    let lifted = "1000000000000";
+    let rv = RendezvousProcess::spawn(&[
+        "--relay-rate-per-session",
+        lifted,
+        "--relay-rate-total",
+        lifted,
+    ]);
+    // Baseline in the same run: plain loopback TCP.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut w = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (mut r, _) = listener.accept().await.unwrap();
+    let raw = move_bytes(&mut w, &mut r, GIB).await;
+
+    let p = Punch::new(&rv).await.unwrap();
+    let (mut a, mut b) = p.relay(&rv).await.unwrap();
+    let before = cpu_secs(rv.pid());
+    let relayed = move_bytes(&mut a, &mut b, GIB).await;
+    let cpu = cpu_secs(rv.pid()) - before;
+    println!(
+        "relay: 1 GiB in {relayed:.2} s ({:.0} MiB/s), rendezvous CPU {cpu:.2} s per GiB; \
+         raw loopback TCP in the same run {raw:.2} s ({:.0} MiB/s)",
+        1024.0 / relayed,
+        1024.0 / raw
+    );
+    assert!(cpu > 0.0, "the rendezvous did the copying");
+}
+
+/// Relayed pairs held open for the memory measurement.
+const PAIRS: usize = 200;
+
+#[tokio::test]
+#[ignore = "a measurement: opens 800 connections; run in release"]
+async fn rss_per_relayed_session() {
+    let many = "100000";
+    let rv = RendezvousProcess::spawn(&[
+        "--max-connections-per-ip",
+        many,
+        "--handshakes-per-source-per-minute",
+        many,
+        "--punch-requests-per-minute",
+        many,
+        "--punch-requests-per-source-per-minute",
+        many,
+        "--punch-requests-per-network-per-minute",
+        many,
+        "--offers-per-target-per-source-per-minute",
+        many,
+        "--offers-per-target-per-network-per-minute",
+        many,
+        "--relay-max-sessions-per-peer",
+        many,
+        "--relay-max-sessions-per-source",
+        many,
+    ]);
+    let mut a = TestClient::connect(rv.addr(), &rv.identity())
+        .await
+        .unwrap();
+    let mut b = TestClient::connect(rv.addr(), &rv.identity())
+        .await
+        .unwrap();
+    let mut punches = Vec::with_capacity(PAIRS);
+    for _ in 0..PAIRS {
+        let p = Punch::between(a, b).await.unwrap();
+        punches.push(p.tickets().unwrap());
+        (a, b) = (p.a, p.b);
+    }
+    a.ping().await.unwrap();
+    let before = rss_kib(rv.pid());
+    let msg_len: usize = std::env::var("RELAY_COST_MSG_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4096);
+    let mut conns = Vec::with_capacity(PAIRS);
+    for [ta, tb] in &punches {
+        let mut x = punch_tests::relay::open_relay(rv.addr(), None, &ta.token, b"")
+            .await
+            .unwrap();
+        let mut y = punch_tests::relay::open_relay(rv.addr(), None, &tb.token, b"")
+            .await
+            .unwrap();
+        // A few kilobytes each way, as a yamux session's handshake and pings would (or
+        // RELAY_COST_MSG_BYTES, to touch the whole copy buffers).
+        let msg = vec![1u8; msg_len];
+        x.write_all(&msg).await.unwrap();
+        read_n(&mut y, msg.len(), RECV_TIMEOUT).await.unwrap();
+        y.write_all(&msg).await.unwrap();
+        read_n(&mut x, msg.len(), RECV_TIMEOUT).await.unwrap();
+        conns.push((x, y));
+    }
+    a.ping().await.unwrap();
+    let after = rss_kib(rv.pid());
+    let per = (after.saturating_sub(before)) as f64 / PAIRS as f64;
+    println!(
+        "relay: {PAIRS} open relayed sessions ({msg_len} bytes each way), rendezvous RSS \
+         {before} KiB -> {after} KiB, {per:.1} KiB per session"
+    );
+    assert!(after > before, "the sessions cost memory");
+    drop(conns);
+}
