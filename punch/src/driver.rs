@@ -118,16 +118,45 @@ struct Done {
 }
 
 /// Runs the punch described by `offer`. `started` is when the user asked (or the offer came).
-/// The outcome goes to `deliver` once: a session (direct or relayed) or the typed error. A
+/// The outcome goes to the target once: a session (direct or relayed) or the typed error. A
 /// relayed session's attempt goes on afterwards, until the window closes, and moves the
-/// session to the first direct stream that authenticates.
+/// session to the first direct stream that authenticates. After a window without one, the
+/// session waits in the client's table for an upgrade offer, and its requesting side retries
+/// the direct punch ([`retry_direct`]).
 pub(crate) async fn run(
     ctx: Arc<PunchCtx>,
     offer: Offer,
-    mut inbound: mpsc::Receiver<Inbound>,
+    inbound: mpsc::Receiver<Inbound>,
     started: Instant,
     target: Target,
 ) {
+    // Every stream, dial and task of the attempt ends with `punch`: a dial still in flight at
+    // the window's end must not connect later and hold the punch port's 4-tuple (its close
+    // would leave a TIME_WAIT that blocks the next punch to the same address for a minute).
+    let Some(control) = punch(&ctx, &offer, inbound, started, target).await else {
+        return;
+    };
+    debug!("no direct stream in the window; the session stays relayed");
+    let control = Arc::new(control);
+    {
+        let mut table = crate::lock(&ctx.relayed);
+        table.retain(|_, (_, c)| !c.is_closed());
+        table.insert(offer.session_id, (offer.peer, control.clone()));
+    }
+    if offer.role == Role::Initiator {
+        retry_direct(&ctx, offer.peer, offer.session_id, &control).await;
+    }
+}
+
+/// The attempt itself; returns the relayed session's control when the window closed with the
+/// session still relayed.
+async fn punch(
+    ctx: &PunchCtx,
+    offer: &Offer,
+    mut inbound: mpsc::Receiver<Inbound>,
+    started: Instant,
+    target: Target,
+) -> Option<PathControl> {
     let (mut deliver, mut upgrading) = match target {
         Target::New(d) => (Some(d), None),
         Target::Upgrade { control, done } => (None, Some((control, done))),
@@ -272,7 +301,7 @@ pub(crate) async fn run(
                             give(Ok(session));
                         }
                     }
-                    return;
+                    return None;
                 }
                 Action::Relayed(stream) => {
                     let auth = held
@@ -290,7 +319,7 @@ pub(crate) async fn run(
                     if let Some(control) = relayed.take() {
                         upgrade(&ctx, &offer, auth, &control, started);
                     }
-                    return;
+                    return None;
                 }
                 Action::Fail(gave_up) => {
                     let error = match gave_up {
@@ -314,27 +343,13 @@ pub(crate) async fn run(
                         }
                         None => give(Err(error)),
                     }
-                    return;
+                    return None;
                 }
             }
         }
         if attempt.is_finished() {
             // Relayed, and the window closed without a direct stream.
-            let Some(control) = relayed.take() else {
-                return;
-            };
-            debug!("no direct stream in the window; the session stays relayed");
-            drop(inbound);
-            let control = Arc::new(control);
-            {
-                let mut table = crate::lock(&ctx.relayed);
-                table.retain(|_, (_, c)| !c.is_closed());
-                table.insert(offer.session_id, (offer.peer, control.clone()));
-            }
-            if offer.role == Role::Initiator {
-                retry_direct(&ctx, offer.peer, offer.session_id, &control).await;
-            }
-            return;
+            return relayed.take();
         }
         let wake = tokio::time::Instant::from_std(attempt.poll_timeout());
         tokio::select! {

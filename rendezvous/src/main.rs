@@ -105,7 +105,7 @@ struct Args {
     #[arg(long, default_value_t = config::DEFAULT_RELAY_PAIR_TIMEOUT.as_secs())]
     relay_pair_timeout_secs: u64,
     /// Milliseconds: the earliest a ticket tells a client to try the relay after the dial
-    /// moment (it says max(srtt_a, srtt_b) / 2 within [this, 2000]).
+    /// moment (it says srtt_a + srtt_b within [this, 2000]).
     #[arg(long, default_value_t = config::DEFAULT_RELAY_AFTER_MIN.as_millis() as u64)]
     relay_after_min_ms: u64,
     /// Bytes per second each relayed session may move in each direction (16 MiB/s, about

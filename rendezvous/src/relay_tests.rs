@@ -47,8 +47,8 @@ fn refusal(r: Result<Arrival, Refused>) -> Refusal {
 }
 
 #[test]
-fn after_is_half_the_larger_srtt_within_bounds() {
-    assert_eq!(relay_after(10 * MS, 80 * MS, 20 * MS), 40 * MS);
+fn after_is_the_sum_of_the_srtts_within_bounds() {
+    assert_eq!(relay_after(10 * MS, 80 * MS, 20 * MS), 90 * MS);
     assert_eq!(
         relay_after(Duration::ZERO, 2 * MS, 20 * MS),
         20 * MS,
@@ -66,7 +66,7 @@ fn the_two_sides_of_a_pair_meet_once() {
     let t0 = Instant::now();
     let mut t = RelayTable::new(limits());
     let [ta, tb] = issue(&mut t, t0, 1, [1, 2]);
-    assert_eq!((ta.after, tb.after), (40 * MS, 40 * MS));
+    assert_eq!((ta.after, tb.after), (90 * MS, 90 * MS));
     assert_eq!(t.pending(), 1);
     let first = t.arrive(t0 + MS, &tb.token, src(2)).unwrap();
     assert_eq!(
@@ -266,6 +266,7 @@ fn offer(session_id: u64, peer: PeerId, role: Role) -> Offer {
         role,
         dial_delay: 50 * MS,
         relay: None,
+        upgrade: None,
     }
 }
 
@@ -307,7 +308,7 @@ fn tickets_ride_on_the_two_offers_of_a_punch() {
         .collect();
     assert_eq!(tickets[0].token, [1; RELAY_TOKEN_LEN]);
     assert_eq!(tickets[1].token, [2; RELAY_TOKEN_LEN]);
-    assert!(tickets.iter().all(|t| t.after == 150 * MS));
+    assert!(tickets.iter().all(|t| t.after == 310 * MS));
     // The requester's token names the requester's side: its arrival first, then the target's.
     let Ok(Arrival::First { session_id, .. }) = t.arrive(t0, &tickets[0].token, src(1)) else {
         panic!("first");

@@ -464,6 +464,55 @@ async fn handle_conn(
     }
 }
 
+/// A punch request: the registry decides (budgets, allow-list, offers to both peers); offers of
+/// a new punch get relay tickets, and those of an upgrade (a punch to move the relayed session
+/// `upgrade` to a direct connection) name the session instead: that punch must go direct.
+fn punch_request(
+    shared: &Shared,
+    conn: ConnId,
+    peer: PeerId,
+    observed: SocketAddr,
+    request_id: u64,
+    target: PeerId,
+    upgrade: Option<u64>,
+) {
+    let mut guard = shared.lock();
+    let state = &mut *guard;
+    // Nothing else can fill the queues while the state lock is held, so the capacities the
+    // registry sees still hold when dispatching.
+    let conns = &state.conns;
+    let now = Instant::now();
+    let mut actions = state
+        .registry
+        .connect(now, conn, peer, request_id, target, |c| {
+            conns.get(&c).is_some_and(|tx| tx.capacity() > 0)
+        });
+    match upgrade {
+        Some(session) => {
+            for action in &mut actions {
+                if let Action::Send {
+                    msg: ServerMsg::Offer(o),
+                    ..
+                } = action
+                {
+                    o.upgrade = Some(session);
+                }
+            }
+        }
+        None if shared.config.relay => {
+            let registry = &state.registry;
+            attach_tickets(&mut state.relay, now, &mut actions, rand::random, |p| {
+                registry.srtt(p)
+            });
+        }
+        None => {}
+    }
+    if let Some(reason) = refusal_reason(&actions) {
+        state.refusals.record(reason, Prefix::of(observed.ip()));
+    }
+    Shared::dispatch(state, actions);
+}
+
 /// The refusal-summary reason of a punch request's answer, if it is one the summary counts
 /// (budgets and allow-lists: what a Sybil flood makes by the thousand).
 fn refusal_reason(actions: &[Action]) -> Option<Reason> {
@@ -583,25 +632,11 @@ async fn drive(
                     }
                     ClientMsg::Connect { request_id, peer: target } => {
                         debug!(request_id, target = %target.short(), "punch request");
-                        let mut guard = shared.lock();
-                        let state = &mut *guard;
-                        // Nothing else can fill the queues while the state lock is held, so
-                        // the capacities the registry sees still hold when dispatching.
-                        let conns = &state.conns;
-                        let now = Instant::now();
-                        let mut actions = state.registry.connect(now, conn, peer, request_id, target, |c| {
-                            conns.get(&c).is_some_and(|tx| tx.capacity() > 0)
-                        });
-                        if config.relay {
-                            let registry = &state.registry;
-                            attach_tickets(&mut state.relay, now, &mut actions, rand::random, |p| {
-                                registry.srtt(p)
-                            });
-                        }
-                        if let Some(reason) = refusal_reason(&actions) {
-                            state.refusals.record(reason, Prefix::of(observed.ip()));
-                        }
-                        Shared::dispatch(state, actions);
+                        punch_request(shared, conn, peer, observed, request_id, target, None);
+                    }
+                    ClientMsg::Upgrade { request_id, peer: target, session_id } => {
+                        debug!(request_id, target = %target.short(), session = session_id, "punch request for a relayed session");
+                        punch_request(shared, conn, peer, observed, request_id, target, Some(session_id));
                     }
                     other => return Err(ConnError::Unexpected(Box::new(other))),
                 }

@@ -44,32 +44,51 @@ fn block(lab: &Lab, op: &str) {
 
 #[test]
 fn a_relayed_session_moves_to_direct_when_the_path_opens_and_a_stream_survives_the_move() {
-    moves_when_unblocked("relay-upgrade", Duration::from_millis(1500), MOVE_BOUND, 6);
+    moves_when_unblocked(
+        "relay-upgrade",
+        LinkParams::default(),
+        Duration::from_millis(1500),
+        MOVE_BOUND,
+        6,
+    );
 }
 
 #[test]
 fn a_relayed_session_moves_to_direct_when_the_path_opens_after_the_punch_window() {
     // The window closes 10 s after the dial moment; the first retry comes 2.5-5 s later
-    // (`UPGRADE_RETRY_MIN`, jittered), and its punch takes well under a second here.
+    // (`UPGRADE_RETRY_MIN`, jittered), and its punch needs well under a second. At 50 ms per
+    // link, as here, the SYNs of the retry cross in flight. With zero delay the peer's SYN can
+    // reach our listener before our own dial leaves; the listener's SYN-ACK then carries a
+    // sequence number the routers' conntrack entries (still holding the window's SYNs) have
+    // not seen, is dropped as INVALID, and the retries keep failing (measured: first retry
+    // direct in about half the zero-delay runs, never on the next ones within 33 s). The same
+    // zero-delay artifact as the RST/RST case of the matrix (see `expected`).
     moves_when_unblocked(
         "relay-upgrade-late",
+        LinkParams::delay(50),
         Duration::from_secs(12),
-        Duration::from_secs(7),
-        20,
+        Duration::from_secs(8),
+        24,
     );
 }
 
 /// Blocks the direct path, connects (relayed), streams checked bytes through the tunnel for
 /// `stream_secs`, removes the block `unblock_after` into the stream, and requires the session
 /// to be direct within `bound` of that with every byte intact.
-fn moves_when_unblocked(name: &str, unblock_after: Duration, bound: Duration, stream_secs: u64) {
+fn moves_when_unblocked(
+    name: &str,
+    link: LinkParams,
+    unblock_after: Duration,
+    bound: Duration,
+    stream_secs: u64,
+) {
     if skip_without_net_admin(name) {
         return;
     }
     let lab = Lab::build(
         name,
         Topology::Pair(RouterKind::HomeEim, RouterKind::HomeEim),
-        LinkParams::default(),
+        link,
     )
     .expect("building the lab");
     let fail = |msg: String| -> ! { panic!("{msg}\n{}", lab.dump_logs()) };
