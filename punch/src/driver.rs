@@ -289,7 +289,7 @@ async fn punch(
                         .expect("the established stream is held since it was confirmed");
                     match upgrading.take() {
                         Some((control, done)) => {
-                            let moved = upgrade(&ctx, &offer, auth, &control, started);
+                            let moved = upgrade(ctx, offer, auth, &control, started);
                             if let Some(done) = done {
                                 let _ =
                                     done.send(if moved { Ok(()) } else { Err(Error::Shutdown) });
@@ -297,7 +297,7 @@ async fn punch(
                         }
                         None => {
                             let (session, _) =
-                                established(&ctx, &offer, auth, started, PathKind::Direct);
+                                established(ctx, offer, auth, started, PathKind::Direct);
                             give(Ok(session));
                         }
                     }
@@ -308,7 +308,7 @@ async fn punch(
                         .remove(&stream)
                         .expect("the relayed stream is held since it was confirmed");
                     let (session, control) =
-                        established(&ctx, &offer, auth, started, PathKind::Relayed);
+                        established(ctx, offer, auth, started, PathKind::Relayed);
                     relayed = Some(control);
                     give(Ok(session));
                 }
@@ -317,7 +317,7 @@ async fn punch(
                         .remove(&stream)
                         .expect("the upgrade stream is held since it was confirmed");
                     if let Some(control) = relayed.take() {
-                        upgrade(&ctx, &offer, auth, &control, started);
+                        upgrade(ctx, offer, auth, &control, started);
                     }
                     return None;
                 }
