@@ -23,6 +23,7 @@ pub mod proto_checks;
 pub mod punch_checks;
 pub mod rate_table;
 pub mod refusal_log;
+pub mod relay_table;
 pub mod registry;
 pub mod throttle;
 pub mod token_bucket;
