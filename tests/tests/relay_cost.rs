@@ -159,3 +159,119 @@ async fn rss_per_relayed_session() {
     assert!(after > before, "the sessions cost memory");
     drop(conns);
 }
+
+/// Relayed pairs moving data at once for the load measurement.
+const BUSY_PAIRS: usize = 500;
+/// How long they move data.
+const BUSY_FOR: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: 500 relayed sessions moving data for 10 s; run in release"]
+async fn cpu_and_rss_with_500_relayed_sessions_moving_data() {
+    let many = "100000";
+    // The default rates: 16 MiB/s per session, 128 MiB/s in total, shared by all 500.
+    let rv = RendezvousProcess::spawn(&[
+        "--max-connections-per-ip",
+        many,
+        "--handshakes-per-source-per-minute",
+        many,
+        "--punch-requests-per-minute",
+        many,
+        "--punch-requests-per-source-per-minute",
+        many,
+        "--punch-requests-per-network-per-minute",
+        many,
+        "--offers-per-target-per-source-per-minute",
+        many,
+        "--offers-per-target-per-network-per-minute",
+        many,
+        "--relay-max-sessions-per-peer",
+        many,
+        "--relay-max-sessions-per-source",
+        many,
+        "--relay-max-sessions",
+        "1000",
+    ]);
+    let mut a = TestClient::connect(rv.addr(), &rv.identity())
+        .await
+        .unwrap();
+    let mut b = TestClient::connect(rv.addr(), &rv.identity())
+        .await
+        .unwrap();
+    let mut tickets = Vec::with_capacity(BUSY_PAIRS);
+    for _ in 0..BUSY_PAIRS {
+        let p = Punch::between(a, b).await.unwrap();
+        tickets.push(p.tickets().unwrap());
+        (a, b) = (p.a, p.b);
+    }
+    let before_rss = rss_kib(rv.pid());
+    let mut pairs = Vec::with_capacity(BUSY_PAIRS);
+    for [ta, tb] in &tickets {
+        let x = punch_tests::relay::open_relay(rv.addr(), None, &ta.token, b"")
+            .await
+            .unwrap();
+        let y = punch_tests::relay::open_relay(rv.addr(), None, &tb.token, b"")
+            .await
+            .unwrap();
+        pairs.push((x, y));
+    }
+    let cpu_before = cpu_secs(rv.pid());
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (mut x, mut y) in pairs {
+        tasks.spawn(async move {
+            let chunk = vec![0x5au8; 16 * 1024];
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut moved = 0u64;
+            let (mut xr, mut xw) = x.split();
+            let write = async {
+                while start.elapsed() < BUSY_FOR {
+                    if xw.write_all(&chunk).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = xw.shutdown().await;
+            };
+            let read = async {
+                while let Ok(n) = y.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    moved += n as u64;
+                }
+            };
+            // Nothing comes back the other way; the read half only keeps the socket whole.
+            let _ = &mut xr;
+            tokio::join!(write, read);
+            moved
+        });
+    }
+    let mut total = 0u64;
+    let mut rss_peak = 0;
+    let watch = async {
+        while start.elapsed() < BUSY_FOR {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            rss_peak = rss_peak.max(rss_kib(rv.pid()));
+        }
+    };
+    let collect = async {
+        while let Some(moved) = tasks.join_next().await {
+            total += moved.unwrap();
+        }
+    };
+    tokio::join!(watch, collect);
+    let secs = start.elapsed().as_secs_f64();
+    let cpu = cpu_secs(rv.pid()) - cpu_before;
+    println!(
+        "relay: {BUSY_PAIRS} sessions moving data for {secs:.1} s: {:.1} MiB/s through the relay \
+         in total ({:.0} KiB/s per session), rendezvous CPU {:.0}% of one core \
+         ({:.2} CPU s per GiB), RSS {before_rss} KiB before the sessions, peak {rss_peak} KiB \
+         ({:.1} KiB per session)",
+        total as f64 / secs / (1 << 20) as f64,
+        total as f64 / secs / 1024.0 / BUSY_PAIRS as f64,
+        100.0 * cpu / secs,
+        cpu / (total as f64 / GIB as f64),
+        (rss_peak.saturating_sub(before_rss)) as f64 / BUSY_PAIRS as f64,
+    );
+    assert!(total > 0, "data moved");
+}
