@@ -87,33 +87,36 @@ async fn cpu_per_relayed_gib() {
     assert!(cpu > 0.0, "the rendezvous did the copying");
 }
 
+/// Limits lifted so that one test client may punch hundreds of times from one address (the
+/// relay's rates stay at their defaults).
+const LIFTED: [&str; 18] = [
+    "--max-connections-per-ip",
+    "100000",
+    "--handshakes-per-source-per-minute",
+    "100000",
+    "--punch-requests-per-minute",
+    "100000",
+    "--punch-requests-per-source-per-minute",
+    "100000",
+    "--punch-requests-per-network-per-minute",
+    "100000",
+    "--offers-per-target-per-source-per-minute",
+    "100000",
+    "--offers-per-target-per-network-per-minute",
+    "100000",
+    "--relay-max-sessions-per-peer",
+    "100000",
+    "--relay-max-sessions-per-source",
+    "100000",
+];
+
 /// Relayed pairs held open for the memory measurement.
 const PAIRS: usize = 200;
 
 #[tokio::test]
 #[ignore = "a measurement: opens 800 connections; run in release"]
 async fn rss_per_relayed_session() {
-    let many = "100000";
-    let rv = RendezvousProcess::spawn(&[
-        "--max-connections-per-ip",
-        many,
-        "--handshakes-per-source-per-minute",
-        many,
-        "--punch-requests-per-minute",
-        many,
-        "--punch-requests-per-source-per-minute",
-        many,
-        "--punch-requests-per-network-per-minute",
-        many,
-        "--offers-per-target-per-source-per-minute",
-        many,
-        "--offers-per-target-per-network-per-minute",
-        many,
-        "--relay-max-sessions-per-peer",
-        many,
-        "--relay-max-sessions-per-source",
-        many,
-    ]);
+    let rv = RendezvousProcess::spawn(&LIFTED);
     let mut a = TestClient::connect(rv.addr(), &rv.identity())
         .await
         .unwrap();
@@ -168,30 +171,10 @@ const BUSY_FOR: Duration = Duration::from_secs(10);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement: 500 relayed sessions moving data for 10 s; run in release"]
 async fn cpu_and_rss_with_500_relayed_sessions_moving_data() {
-    let many = "100000";
     // The default rates: 16 MiB/s per session, 128 MiB/s in total, shared by all 500.
-    let rv = RendezvousProcess::spawn(&[
-        "--max-connections-per-ip",
-        many,
-        "--handshakes-per-source-per-minute",
-        many,
-        "--punch-requests-per-minute",
-        many,
-        "--punch-requests-per-source-per-minute",
-        many,
-        "--punch-requests-per-network-per-minute",
-        many,
-        "--offers-per-target-per-source-per-minute",
-        many,
-        "--offers-per-target-per-network-per-minute",
-        many,
-        "--relay-max-sessions-per-peer",
-        many,
-        "--relay-max-sessions-per-source",
-        many,
-        "--relay-max-sessions",
-        "1000",
-    ]);
+    let mut flags = LIFTED.to_vec();
+    flags.extend(["--relay-max-sessions", "1000"]);
+    let rv = RendezvousProcess::spawn(&flags);
     let mut a = TestClient::connect(rv.addr(), &rv.identity())
         .await
         .unwrap();
