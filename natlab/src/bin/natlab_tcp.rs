@@ -15,6 +15,10 @@
 //!   echo and checks every byte against the pattern; then half-closes, reads the rest and
 //!   prints `streamed <bytes sent> <bytes checked> <ms>`, or `mismatch <offset>` /
 //!   `error <message>`. A byte lost, doubled or reordered anywhere on the path shows.
+//! - `natlab_tcp blast ADDR [--max-secs S]`: connects to an echo service and for S seconds
+//!   writes as fast as the path takes, while a second thread reads the echo back; then reads
+//!   the rest (no half-close) and prints `blasted <bytes echoed> <ms>` (throughput of the
+//!   round trip through the path, both directions loaded).
 
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
@@ -36,6 +40,7 @@ fn main() -> ExitCode {
         Some("echo") => echo(&args[1..]),
         Some("connect") => connect(&args[1..]),
         Some("stream") => stream(&args[1..]),
+        Some("blast") => blast(&args[1..]),
         _ => Err("usage: natlab_tcp serve|connect ADDR [options]".to_string()),
     };
     match result {
@@ -186,6 +191,57 @@ fn stream(args: &[String]) -> Result<ExitCode, String> {
         }
         Err(_) => {
             println!("error checker panicked");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn blast(args: &[String]) -> Result<ExitCode, String> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let o = parse(args)?;
+    let s = TcpStream::connect_timeout(&o.addr, o.timeout).map_err(|e| format!("connect: {e}"))?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(o.max_secs + 60)));
+    let reader = s.try_clone().map_err(|e| e.to_string())?;
+    // What the writer sent once it stopped (u64::MAX while it writes). No half-close: through
+    // a punch tunnel a stream half-closed by the far end takes at most one more window.
+    let sent_total = Arc::new(AtomicU64::new(u64::MAX));
+    let target = sent_total.clone();
+    let counter = std::thread::spawn(move || -> Result<u64, String> {
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut got = 0u64;
+        while got < target.load(Ordering::Acquire) {
+            let n = (&reader).read(&mut buf).map_err(|e| format!("read: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            got += n as u64;
+        }
+        Ok(got)
+    });
+    let start = Instant::now();
+    let chunk = vec![0x5au8; 64 * 1024];
+    let mut sent = 0u64;
+    while start.elapsed() < Duration::from_secs(o.max_secs) {
+        (&s).write_all(&chunk).map_err(|e| format!("error write: {e}"))?;
+        sent += chunk.len() as u64;
+    }
+    sent_total.store(sent, Ordering::Release);
+    match counter.join() {
+        Ok(Ok(got)) if got == sent => {
+            println!("blasted {got} {}", ms(start.elapsed()));
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(Ok(got)) => {
+            println!("error echoed {got} of {sent} bytes");
+            Ok(ExitCode::FAILURE)
+        }
+        Ok(Err(e)) => {
+            println!("error {e}");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(_) => {
+            println!("error reader panicked");
             Ok(ExitCode::FAILURE)
         }
     }
