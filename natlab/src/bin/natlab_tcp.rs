@@ -223,7 +223,8 @@ fn blast(args: &[String]) -> Result<ExitCode, String> {
     let chunk = vec![0x5au8; 64 * 1024];
     let mut sent = 0u64;
     while start.elapsed() < Duration::from_secs(o.max_secs) {
-        (&s).write_all(&chunk).map_err(|e| format!("error write: {e}"))?;
+        (&s).write_all(&chunk)
+            .map_err(|e| format!("error write: {e}"))?;
         sent += chunk.len() as u64;
     }
     sent_total.store(sent, Ordering::Release);
