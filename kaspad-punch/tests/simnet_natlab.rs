@@ -123,10 +123,19 @@ fn with_lab(name: &str, body: impl FnOnce(&Lab) -> Result<(), String>) {
 
 /// Runs `body` on a lab of the given topology; on failure, panics with every log.
 fn with_lab_on(name: &str, topology: Topology, body: impl FnOnce(&Lab) -> Result<(), String>) {
+    with_lab_link(name, topology, LinkParams::default(), body)
+}
+
+fn with_lab_link(
+    name: &str,
+    topology: Topology,
+    link: LinkParams,
+    body: impl FnOnce(&Lab) -> Result<(), String>,
+) {
     if skip_without_net_admin(name) {
         return;
     }
-    let lab = Lab::build(name, topology, LinkParams::default()).unwrap();
+    let lab = Lab::build(name, topology, link).unwrap();
     if let Err(e) = body(&lab) {
         panic!("{e}\n{}", lab.dump_logs());
     }
@@ -262,6 +271,65 @@ fn two_kaspad_punch_nodes_behind_symmetric_nats_connect_relayed_for_a_minute() {
                 return Err(format!("A's punched peer is not relayed: {line}"));
             }
             eprintln!("A: {line}");
+            Ok(())
+        },
+    );
+}
+
+/// The direct path between two home routers is blocked while the nodes connect, so their
+/// Kaspa connection runs relayed; then it opens. The session moves to the direct connection
+/// under yamux (the first retry after the punch window; 50 ms per link, where the retry's SYNs
+/// cross in flight) and kaspad's connection survives the move: the same connection, its age
+/// still growing, no reconnect.
+#[test]
+fn a_relayed_kaspa_connection_survives_the_move_to_direct() {
+    with_lab_link(
+        "kaspad-punch-moves",
+        Topology::Pair(RouterKind::HomeEim, RouterKind::HomeEim),
+        LinkParams::delay(50),
+        |lab| {
+            punch_tests::natlab::block_direct(lab, true);
+            let pair = Pair::start(lab)?;
+            let ids = pair.wait_listed(CONNECT_WITHIN)?;
+            let a_log = || lab.stderr(pair.daemons[1]).map_err(|e| e.to_string());
+            let line = a_log()?
+                .lines()
+                .find(|l| l.contains("punched peer connected"))
+                .map(str::to_string)
+                .ok_or("A logged no punched peer")?;
+            if !line.contains("path=relayed") {
+                return Err(format!("blocked, yet not relayed: {line}"));
+            }
+            let (_, before) = pair.nodes[0].peers(lab)?;
+            let age_before = lists(&before, &ids.1).ok_or("B not listed")?;
+            punch_tests::natlab::block_direct(lab, false);
+            let opened = Instant::now();
+            // The punch window (10 s from the dial moment) has passed by the time kaspad
+            // lists the peer; the first retry comes 2.5-5 s after it.
+            while !a_log()?.contains("session moved from the relay to a direct connection") {
+                if opened.elapsed() > Duration::from_secs(40) {
+                    return Err("still relayed 40 s after the path opened".into());
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            eprintln!("moved to direct {:?} after the path opened", opened.elapsed());
+            // Still the same Kaspa connection, well after the move.
+            std::thread::sleep(Duration::from_secs(10));
+            pair.running()?;
+            let (_, a_peers) = pair.nodes[0].peers(lab)?;
+            let (_, b_peers) = pair.nodes[1].peers(lab)?;
+            let (Some(a_age), Some(_)) = (lists(&a_peers, &ids.1), lists(&b_peers, &ids.0)) else {
+                return Err(format!("disconnected after the move: A {a_peers:?}, B {b_peers:?}"));
+            };
+            let waited = opened.elapsed().as_secs();
+            if a_age < age_before + waited.saturating_sub(CHECK_EVERY.as_secs()) {
+                return Err(format!(
+                    "reconnected: the connection was {age_before}s old, {a_age}s after {waited}s"
+                ));
+            }
+            eprintln!(
+                "one Kaspa connection across the move: {age_before}s old before, {a_age}s after"
+            );
             Ok(())
         },
     );

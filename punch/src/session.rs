@@ -86,8 +86,11 @@ pub const LINGER_MAX: Duration = Duration::from_secs(30);
 /// How often the driver asks the guard whether a stall has lasted too long: the stall limits
 /// are tens of seconds, so a second of slack is nothing.
 const STALL_CHECK: Duration = Duration::from_secs(1);
-/// How long a relayed session whose connection ended waits for the relay's reason.
-const RELAY_REASON_WAIT: Duration = Duration::from_secs(2);
+/// How long a relayed session whose connection ended waits for the relay's reason (it delays
+/// [`Session::closed`] that long when a peer simply closed). The relay writes the reason to the
+/// control connection before it closes the relayed one, from the same host along the same
+/// path, so it arrives within a few milliseconds of the close.
+const RELAY_REASON_WAIT: Duration = Duration::from_millis(500);
 /// Sessions ended for misbehaviour are logged at most once per this interval (process-wide):
 /// a peer that gets itself cut off again and again must not flood the log.
 const END_LOG_INTERVAL: Duration = Duration::from_secs(10);

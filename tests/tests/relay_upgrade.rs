@@ -10,37 +10,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use punch_tests::natlab::{
-    helper_bin, skip_without_net_admin, start_peers, wait_connected, wait_moved, Expect, Lab,
+    block_direct, helper_bin, skip_without_net_admin, start_peers, wait_connected, wait_moved, Expect, Lab,
     LinkParams, RouterKind, Side, Topology, TUNNEL,
 };
 
 /// The bound from the rule's removal to the direct session, within the window.
 const MOVE_BOUND: Duration = Duration::from_secs(2);
-
-/// Inserts (`-I`) or deletes (`-D`) the drop rules in A's router.
-fn block(lab: &Lab, op: &str) {
-    let b = lab.peer_public_ip(Side::B).to_string();
-    for dir in ["-d", "-s"] {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &lab.edge_ns(Side::A),
-                "iptables",
-                op,
-                "FORWARD",
-            ])
-            .args(if op == "-I" { &["1"][..] } else { &[][..] })
-            .args([dir, &b, "-j", "DROP"])
-            .output()
-            .expect("running iptables");
-        assert!(
-            out.status.success(),
-            "iptables {op} {dir} {b}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
 
 #[test]
 fn a_relayed_session_moves_to_direct_when_the_path_opens_and_a_stream_survives_the_move() {
@@ -92,7 +67,7 @@ fn moves_when_unblocked(
     )
     .expect("building the lab");
     let fail = |msg: String| -> ! { panic!("{msg}\n{}", lab.dump_logs()) };
-    block(&lab, "-I");
+    block_direct(&lab, true);
     let peers = start_peers(&lab).unwrap_or_else(|e| fail(format!("{e:#}")));
     let (path, ms, _) = wait_connected(&lab, peers.connect, Expect::Relayed)
         .unwrap_or_else(|e| fail(format!("{e:#}")))
@@ -116,7 +91,7 @@ fn moves_when_unblocked(
             .is_none(),
         "moved to direct while the path was blocked"
     );
-    block(&lab, "-D");
+    block_direct(&lab, false);
     let removed = Instant::now();
     let moved = wait_moved(&lab, peers.connect, bound + Duration::from_secs(3))
         .unwrap_or_else(|e| fail(format!("{e:#}")));
