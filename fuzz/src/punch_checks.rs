@@ -77,6 +77,9 @@ struct Script {
     valid: Vec<u8>,
     /// Something after `valid` can never decrypt.
     bad: bool,
+    /// A genuine frame with an empty plaintext came (the path-end marker): the reader returns
+    /// end of stream there, and whatever follows is not read.
+    ended: bool,
 }
 
 fn hostile_script(mut input: Input, mut tx: Transport) -> Script {
@@ -84,6 +87,7 @@ fn hostile_script(mut input: Input, mut tx: Transport) -> Script {
         wire: Vec::new(),
         valid: Vec::new(),
         bad: false,
+        ended: false,
     };
     // A frame was sealed but not sent: every later genuine frame has the wrong nonce.
     let mut gap = false;
@@ -99,6 +103,8 @@ fn hostile_script(mut input: Input, mut tx: Transport) -> Script {
             break;
         }
         let op = input.u8();
+        // After the marker the wire goes on, but what the reader returns is settled.
+        let settled = s.ended.then(|| (s.valid.len(), s.bad));
         match op % 6 {
             kind @ (0 | 1) => {
                 let plaintext = if kind == 0 {
@@ -109,6 +115,8 @@ fn hostile_script(mut input: Input, mut tx: Transport) -> Script {
                 let f = seal(&mut tx, &plaintext);
                 if s.bad || gap {
                     s.bad = true;
+                } else if plaintext.is_empty() {
+                    s.ended = true;
                 } else {
                     s.valid.extend_from_slice(&plaintext);
                 }
@@ -138,6 +146,10 @@ fn hostile_script(mut input: Input, mut tx: Transport) -> Script {
                     s.bad = true;
                 }
             }
+        }
+        if let Some((len, bad)) = settled {
+            s.valid.truncate(len);
+            s.bad = bad;
         }
     }
     s

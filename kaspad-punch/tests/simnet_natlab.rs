@@ -312,14 +312,19 @@ fn a_relayed_kaspa_connection_survives_the_move_to_direct() {
                 }
                 std::thread::sleep(Duration::from_millis(200));
             }
-            eprintln!("moved to direct {:?} after the path opened", opened.elapsed());
+            eprintln!(
+                "moved to direct {:?} after the path opened",
+                opened.elapsed()
+            );
             // Still the same Kaspa connection, well after the move.
             std::thread::sleep(Duration::from_secs(10));
             pair.running()?;
             let (_, a_peers) = pair.nodes[0].peers(lab)?;
             let (_, b_peers) = pair.nodes[1].peers(lab)?;
             let (Some(a_age), Some(_)) = (lists(&a_peers, &ids.1), lists(&b_peers, &ids.0)) else {
-                return Err(format!("disconnected after the move: A {a_peers:?}, B {b_peers:?}"));
+                return Err(format!(
+                    "disconnected after the move: A {a_peers:?}, B {b_peers:?}"
+                ));
             };
             let waited = opened.elapsed().as_secs();
             if a_age < age_before + waited.saturating_sub(CHECK_EVERY.as_secs()) {

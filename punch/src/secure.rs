@@ -10,7 +10,7 @@
 //! is authenticated like data, so a relay in the middle cannot forge it (it can only cut the
 //! connection, which is an error, not an end). The session moves its byte stream from one
 //! path to the next at the marker ([`crate::session`]). A reader that reaches it sees end of
-//! stream and [`SecureStream::peer_ended_path`] is true; any frame after it is an error.
+//! stream and [`SecureStream::peer_ended_path`] is true; nothing after it is read.
 
 use std::io;
 use std::pin::Pin;
@@ -142,13 +142,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for SecureStream<S> {
                 this.plain_pos += n;
                 return Poll::Ready(Ok(()));
             }
+            if this.peer_ended {
+                // End of this path's stream: what came before the marker was handed out in
+                // full; the peer writes nothing after it, and nothing after it is read.
+                return Poll::Ready(Ok(()));
+            }
             // Decrypt as many whole frames as are buffered (bounded by the buffer).
             this.plain.clear();
             this.plain_pos = 0;
             while let Some(frame) = this.codec.decode(&mut this.read_raw).map_err(invalid)? {
-                if this.peer_ended {
-                    return Poll::Ready(Err(invalid("data after the path-end marker")));
-                }
                 let before = this.plain.len();
                 this.transport
                     .decrypt(&frame, &mut this.plain)
@@ -161,12 +163,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for SecureStream<S> {
                     break;
                 }
             }
-            if !this.plain.is_empty() {
+            if !this.plain.is_empty() || this.peer_ended {
                 continue;
-            }
-            if this.peer_ended {
-                // End of this path's stream: what came before it was handed out in full.
-                return Poll::Ready(Ok(()));
             }
             if this.read_eof {
                 return if this.read_raw.is_empty() {

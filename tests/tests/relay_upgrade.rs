@@ -10,8 +10,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use punch_tests::natlab::{
-    block_direct, helper_bin, skip_without_net_admin, start_peers, wait_connected, wait_moved, Expect, Lab,
-    LinkParams, RouterKind, Side, Topology, TUNNEL,
+    block_direct, helper_bin, skip_without_net_admin, start_peers, wait_connected, wait_moved,
+    Expect, Lab, LinkParams, RouterKind, Side, Topology, TUNNEL,
 };
 
 /// The bound from the rule's removal to the direct session, within the window.
