@@ -4,15 +4,20 @@
 //! port. [`Client::connect`] asks the rendezvous for a peer; both peers receive an offer and,
 //! at the same moment, dial each other from that same port (TCP simultaneous open). The first
 //! stream on which the other side proves it holds the expected Noise key becomes a yamux
-//! [`Session`]. Sessions other peers punched to us arrive on [`Incoming`]; [`Client::events`]
-//! reports each step ([`Event`]).
+//! [`Session`]. When no direct stream authenticates soon after the dial moment, both open a
+//! connection to the rendezvous's relay and run the same handshake through it: the session
+//! starts relayed ([`PathKind::Relayed`]) and moves to a direct connection, under yamux and
+//! without losing a byte, as soon as one authenticates ([`Session::path`],
+//! [`Event::PathChanged`]). Sessions other peers punched to us arrive on [`Incoming`];
+//! [`Client::events`] reports each step ([`Event`]).
 //!
 //! - [`socket`]: all socket2 work (shared port, SO_REUSEADDR/SO_REUSEPORT).
 //! - [`attempt`]: the pure decisions of one punch (dials, which stream wins, which error);
 //!   `driver` carries them out.
 //! - [`auth`]: preamble, Noise KK and choosing the winning stream.
-//! - [`secure`]: the encrypted byte stream; [`session`]: yamux over it; [`guard`]: the pure
-//!   ledger between them that bounds what a hostile peer can make yamux hold.
+//! - [`secure`]: the encrypted byte stream (and its path-end marker); [`session`]: yamux over
+//!   it, on one path or moving to the next; [`guard`]: the pure ledger between them that
+//!   bounds what a hostile peer can make yamux hold.
 //! - [`control`]: the pure state machine of the control connection to the rendezvous.
 //! - [`client`]: its driver and the public handle; [`event`]: what the client reports.
 //! - [`forward`]: forwarding punched streams to a local service with limits (`punch listen`)
