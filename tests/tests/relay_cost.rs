@@ -110,6 +110,32 @@ const LIFTED: [&str; 18] = [
     "100000",
 ];
 
+/// `n` punches between two test clients, each with its two relay tickets, and the two clients
+/// (to keep them registered; the requester pinged, so that every offer has been read).
+async fn ticket_pairs(
+    rv: &RendezvousProcess,
+    n: usize,
+) -> (
+    Vec<[punch_proto::message::RelayTicket; 2]>,
+    TestClient,
+    TestClient,
+) {
+    let mut a = TestClient::connect(rv.addr(), &rv.identity())
+        .await
+        .expect("registering the requester");
+    let mut b = TestClient::connect(rv.addr(), &rv.identity())
+        .await
+        .expect("registering the target");
+    let mut tickets = Vec::with_capacity(n);
+    for _ in 0..n {
+        let p = Punch::between(a, b).await.expect("a punch");
+        tickets.push(p.tickets().expect("relay tickets"));
+        (a, b) = (p.a, p.b);
+    }
+    a.ping().await.expect("a ping");
+    (tickets, a, b)
+}
+
 /// Relayed pairs held open for the memory measurement.
 const PAIRS: usize = 200;
 
@@ -117,19 +143,7 @@ const PAIRS: usize = 200;
 #[ignore = "a measurement: opens 800 connections; run in release"]
 async fn rss_per_relayed_session() {
     let rv = RendezvousProcess::spawn(&LIFTED);
-    let mut a = TestClient::connect(rv.addr(), &rv.identity())
-        .await
-        .unwrap();
-    let mut b = TestClient::connect(rv.addr(), &rv.identity())
-        .await
-        .unwrap();
-    let mut punches = Vec::with_capacity(PAIRS);
-    for _ in 0..PAIRS {
-        let p = Punch::between(a, b).await.unwrap();
-        punches.push(p.tickets().unwrap());
-        (a, b) = (p.a, p.b);
-    }
-    a.ping().await.unwrap();
+    let (punches, mut a, _b) = ticket_pairs(&rv, PAIRS).await;
     let before = rss_kib(rv.pid());
     let msg_len: usize = std::env::var("RELAY_COST_MSG_BYTES")
         .ok()
@@ -175,18 +189,7 @@ async fn cpu_and_rss_with_500_relayed_sessions_moving_data() {
     let mut flags = LIFTED.to_vec();
     flags.extend(["--relay-max-sessions", "1000"]);
     let rv = RendezvousProcess::spawn(&flags);
-    let mut a = TestClient::connect(rv.addr(), &rv.identity())
-        .await
-        .unwrap();
-    let mut b = TestClient::connect(rv.addr(), &rv.identity())
-        .await
-        .unwrap();
-    let mut tickets = Vec::with_capacity(BUSY_PAIRS);
-    for _ in 0..BUSY_PAIRS {
-        let p = Punch::between(a, b).await.unwrap();
-        tickets.push(p.tickets().unwrap());
-        (a, b) = (p.a, p.b);
-    }
+    let (tickets, _a, _b) = ticket_pairs(&rv, BUSY_PAIRS).await;
     let before_rss = rss_kib(rv.pid());
     let mut pairs = Vec::with_capacity(BUSY_PAIRS);
     for [ta, tb] in &tickets {
