@@ -104,7 +104,7 @@ fn hostile_script(mut input: Input, mut tx: Transport) -> Script {
         }
         let op = input.u8();
         // After the marker the wire goes on, but what the reader returns is settled.
-        let settled = s.ended.then(|| (s.valid.len(), s.bad));
+        let settled = s.ended.then_some((s.valid.len(), s.bad));
         match op % 6 {
             kind @ (0 | 1) => {
                 let plaintext = if kind == 0 {
