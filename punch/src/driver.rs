@@ -444,9 +444,7 @@ fn established(
         session_id: offer.session_id,
         elapsed: now().saturating_duration_since(started),
     };
-    if let Err(e) = socket::keepalive(auth.get_ref(), KEEPALIVE_IDLE) {
-        debug!(error = %e, "could not enable TCP keepalive");
-    }
+    keepalive(&auth);
     info!(remote = %info.remote, path = %info.path, ms = info.elapsed.as_millis() as u64, "session established");
     ctx.emit(Event::Established(info.clone()));
     let yamux =
@@ -527,9 +525,7 @@ fn upgrade(
     control: &PathControl,
     started: Instant,
 ) -> bool {
-    if let Err(e) = socket::keepalive(auth.get_ref(), KEEPALIVE_IDLE) {
-        debug!(error = %e, "could not enable TCP keepalive");
-    }
+    keepalive(&auth);
     let remote = auth.remote;
     let state = PathState {
         kind: PathKind::Direct,
@@ -559,6 +555,14 @@ async fn dial_relay(relay: SocketAddr, token: [u8; RELAY_TOKEN_LEN]) -> std::io:
     tcp.set_nodelay(true)?;
     tcp.write_all(&punch_proto::relay::hello(&token)).await?;
     Ok(tcp)
+}
+
+/// TCP keepalive on a session's connection (backstop to yamux pings); a failure only costs the
+/// backstop.
+fn keepalive(auth: &Authenticated) {
+    if let Err(e) = socket::keepalive(auth.get_ref(), KEEPALIVE_IDLE) {
+        debug!(error = %e, "could not enable TCP keepalive");
+    }
 }
 
 /// The one clock of the drivers: tokio's (which `tokio::time::pause` controls), as the `std`

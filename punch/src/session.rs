@@ -186,11 +186,20 @@ impl Tracked {
             std::task::ready!(old.stream.poll_end_path(cx))?;
             old.wrote_end = true;
         }
-        if old.read_done {
+        self.close_old_if_done();
+        Poll::Ready(Ok(()))
+    }
+
+    /// Drops the old path (closing its connection) once it ended both ways.
+    fn close_old_if_done(&mut self) {
+        if self
+            .old
+            .as_ref()
+            .is_some_and(|o| o.wrote_end && o.read_done)
+        {
             debug!("the old path ended both ways; closed");
             self.old = None;
         }
-        Poll::Ready(Ok(()))
     }
 
     /// Reads from the old path until its end marker, then from the current one.
@@ -207,10 +216,7 @@ impl Tracked {
                 return Poll::Ready(Ok(()));
             }
             old.read_done = true;
-            if old.wrote_end {
-                debug!("the old path ended both ways; closed");
-                self.old = None;
-            }
+            self.close_old_if_done();
         }
         let before = buf.filled().len();
         std::task::ready!(Pin::new(&mut self.current).poll_read(cx, buf))?;
