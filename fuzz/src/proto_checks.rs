@@ -17,8 +17,9 @@ use bytes::BytesMut;
 use punch_proto::channel::{server_handshake, ChannelError, XK_MESSAGE1_LEN};
 use punch_proto::frame::{FrameCodec, FrameError, HEADER_LEN, MAX_CONTROL_FRAME};
 use punch_proto::message::{
-    ClientMsg, DecodeError, ErrorCode, ErrorReply, Offer, Register, Registered, RelayEnd,
-    RelayTicket, ServerMsg, MAX_ALLOW, MAX_DETAIL_LEN, MAX_LOCAL_ADDRS, PROTOCOL_VERSION,
+    check_network, ClientMsg, DecodeError, ErrorCode, ErrorReply, Offer, Register, Registered,
+    RelayEnd, RelayTicket, ServerMsg, MAX_ALLOW, MAX_DETAIL_LEN, MAX_DISCOVERED, MAX_LOCAL_ADDRS,
+    MAX_NETWORK_LEN, PROTOCOL_VERSION,
 };
 use punch_proto::noise::{
     Handshake, NoiseError, Transport, MAX_MESSAGE_LEN, MAX_PLAINTEXT_LEN, TAG_LEN,
@@ -266,9 +267,13 @@ fn build_peer(input: &mut Input) -> PeerId {
 }
 
 fn build_client_msg(input: &mut Input) -> ClientMsg {
-    match input.u8() % 4 {
+    match input.u8() % 5 {
         0 => ClientMsg::Ping { nonce: input.u64() },
         1 => ClientMsg::Pong { nonce: input.u64() },
+        3 => ClientMsg::Discover {
+            request_id: input.u64(),
+            max: input.u32(),
+        },
         2 => ClientMsg::Upgrade {
             request_id: input.u64(),
             peer: build_peer(input),
@@ -284,7 +289,8 @@ fn build_client_msg(input: &mut Input) -> ClientMsg {
 /// `ServerMsg::decode` of arbitrary bytes; and encode-then-decode of a message built from them.
 /// Invariants: no panic; a decoded message survives encode -> decode unchanged and canonically;
 /// a built message decodes to itself up to the documented lossy parts of encoding (see
-/// [`expected_server`]), or is refused for the one thing the decoder rejects (port 0).
+/// [`expected_server`]), or is refused for the two things the decoder rejects that the encoder
+/// passes (port 0, an identity named twice in `Discovered`).
 pub fn server_msg(data: &[u8]) -> bool {
     let decoded = ServerMsg::decode(data);
     if let Ok(m) = &decoded {
@@ -301,14 +307,19 @@ pub fn server_msg(data: &[u8]) -> bool {
     );
     match (ServerMsg::decode(&wire), expected_server(&built)) {
         (Ok(got), Some(want)) => assert_eq!(got, want, "round trip of {built:?}"),
-        (Err(DecodeError::Address { port: 0, .. }), None) => {}
+        (Err(DecodeError::Address { port: 0, .. }), None)
+            if !matches!(built, ServerMsg::Discovered { .. }) => {}
+        (Err(DecodeError::Duplicate { field: "peers" }), None)
+            if matches!(built, ServerMsg::Discovered { .. }) => {}
         (got, want) => panic!("{built:?} decoded to {got:?}, expected {want:?}"),
     }
     decoded.is_ok()
 }
 
 /// `Register::decode` of arbitrary bytes (the payload of handshake message 3); and
-/// encode-then-decode of a registration built from them. Invariants as for [`server_msg`].
+/// encode-then-decode of a registration built from them. Invariants as for [`server_msg`];
+/// besides, a decoded network name is always valid ([`check_network`]), and a built one the
+/// check refuses is refused by the decoder (unless an address with port 0 is refused first).
 pub fn register_msg(data: &[u8]) -> bool {
     let decoded = Register::decode(data);
     if let Ok(m) = &decoded {
@@ -316,6 +327,8 @@ pub fn register_msg(data: &[u8]) -> bool {
         let back = Register::decode(&wire).expect("a decoded registration re-encodes");
         assert_eq!(&back, m);
         assert_eq!(back.encode(), wire, "encoding is canonical");
+        assert!(m.network.len() <= MAX_NETWORK_LEN, "{m:?}");
+        assert_eq!(check_network(&m.network), Ok(()), "{m:?}");
     }
     let mut input = Input::new(data);
     let built = Register {
@@ -326,6 +339,7 @@ pub fn register_msg(data: &[u8]) -> bool {
         allow: (0..input.u8() % 80)
             .map(|_| build_peer(&mut input))
             .collect(),
+        network: build_network(&mut input),
     };
     let wire = built.encode();
     assert!(wire.len() <= MAX_CONTROL_PLAINTEXT);
@@ -333,11 +347,35 @@ pub fn register_msg(data: &[u8]) -> bool {
     want.local_addrs.truncate(MAX_LOCAL_ADDRS);
     want.allow.truncate(MAX_ALLOW);
     match Register::decode(&wire) {
-        Ok(got) => assert_eq!(got, want),
+        Ok(got) => {
+            assert_eq!(check_network(&want.network), Ok(()), "{want:?} accepted");
+            assert_eq!(got, want);
+        }
         Err(DecodeError::Address { port: 0, .. }) if has_port0(&want.local_addrs) => {}
+        Err(DecodeError::Network(_)) if check_network(&want.network).is_err() => {}
         Err(e) => panic!("{built:?} was refused: {e}"),
     }
     decoded.is_ok()
+}
+
+/// A network name: mostly a valid one (of the real names, or any bytes of `[a-z0-9-]` up to
+/// the limit), sometimes any text up to 80 bytes (too long, capitals, Unicode).
+fn build_network(input: &mut Input) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789-";
+    match input.u8() % 4 {
+        0 => String::new(),
+        1 => ["kaspa-mainnet", "kaspa-testnet-10", "kaspa-simnet"][usize::from(input.u8() % 3)]
+            .to_owned(),
+        2 => {
+            let n = usize::from(input.u8()) % (MAX_NETWORK_LEN + 1);
+            let bytes = input.bytes(n);
+            bytes
+                .iter()
+                .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
+                .collect()
+        }
+        _ => String::from_utf8_lossy(input.long_bytes(80)).into_owned(),
+    }
 }
 
 fn build_addr(input: &mut Input) -> SocketAddr {
@@ -361,10 +399,9 @@ fn build_duration(input: &mut Input) -> Duration {
     Duration::new(u64::from(input.u32()), input.u32() % 1_000_000_000)
 }
 
-/// The codes of control.proto, numbered 1..=8 in this order.
 /// Every code the protocol names, in wire order (1, 2, ...): an `Unknown` raw value in
 /// `1..=KNOWN_CODES.len()` decodes as the named code.
-const KNOWN_CODES: [ErrorCode; 10] = [
+const KNOWN_CODES: [ErrorCode; 11] = [
     ErrorCode::PeerOffline,
     ErrorCode::PeerRefuses,
     ErrorCode::RateLimited,
@@ -375,12 +412,19 @@ const KNOWN_CODES: [ErrorCode; 10] = [
     ErrorCode::TooManyConnections,
     ErrorCode::NotAllowed,
     ErrorCode::NetworkFull,
+    ErrorCode::WrongNetwork,
 ];
 
 fn build_server_msg(input: &mut Input) -> ServerMsg {
-    match input.u8() % 6 {
+    match input.u8() % 7 {
         0 => ServerMsg::Ping { nonce: input.u64() },
         1 => ServerMsg::Pong { nonce: input.u64() },
+        5 => ServerMsg::Discovered {
+            request_id: input.u64(),
+            // Up to 79 identities: more than the 64 the encoder keeps; a repeated one (an
+            // invalid key's stand-in, or the same bytes twice) is refused by the decoder.
+            peers: (0..input.u8() % 80).map(|_| build_peer(input)).collect(),
+        },
         2 => ServerMsg::Registered(Registered {
             observed: build_addr(input),
             ping_interval: build_duration(input),
@@ -415,7 +459,7 @@ fn build_server_msg(input: &mut Input) -> ServerMsg {
             },
         },
         _ => {
-            let code = match usize::from(input.u8() % 12) {
+            let code = match usize::from(input.u8() % 13) {
                 i if i < KNOWN_CODES.len() => KNOWN_CODES[i],
                 _ => ErrorCode::Unknown(i32::from_be_bytes(input.array())),
             };
@@ -442,10 +486,22 @@ fn wire_millis(d: Duration) -> Duration {
 
 /// What `decode(encode(m))` must give: durations in whole milliseconds saturating at
 /// `u32::MAX` ms, a zero `retry_after` omitted, details cut to 256 bytes at a character
-/// boundary, at most 16 local addresses, an `Unknown` code that a known code uses decoding as
-/// that code; `None` when `m` holds port 0, which the decoder refuses.
+/// boundary, at most 16 local addresses and 64 discovered identities, an `Unknown` code that a
+/// known code uses decoding as that code; `None` when `m` holds port 0 or (among the identities
+/// kept) one identity twice, which the decoder refuses.
 fn expected_server(m: &ServerMsg) -> Option<ServerMsg> {
     Some(match m.clone() {
+        ServerMsg::Discovered {
+            request_id,
+            mut peers,
+        } => {
+            peers.truncate(MAX_DISCOVERED);
+            let distinct: std::collections::HashSet<_> = peers.iter().collect();
+            if distinct.len() != peers.len() {
+                return None;
+            }
+            ServerMsg::Discovered { request_id, peers }
+        }
         ServerMsg::Registered(mut r) => {
             if r.observed.port() == 0 {
                 return None;
@@ -986,6 +1042,7 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         ],
         accept_inbound: true,
         allow: vec![],
+        network: String::new(),
     }
     .encode();
     let reg_len = u16::try_from(register.len()).expect("small").to_be_bytes();
@@ -1048,6 +1105,40 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
                 local_addrs: vec![],
                 accept_inbound: true,
                 allow: vec![
+                    keys().server.public(),
+                    punch_proto::identity::public_key(&[2; 32]),
+                ],
+                network: String::new(),
+            }
+            .encode(),
+        ),
+        (
+            "register_msg",
+            "register_network",
+            Register {
+                version: PROTOCOL_VERSION,
+                local_addrs: vec![],
+                accept_inbound: true,
+                allow: vec![],
+                network: "kaspa-testnet-10".into(),
+            }
+            .encode(),
+        ),
+        (
+            "client_msg",
+            "discover",
+            ClientMsg::Discover {
+                request_id: 2,
+                max: 16,
+            }
+            .encode(),
+        ),
+        (
+            "server_msg",
+            "discovered",
+            ServerMsg::Discovered {
+                request_id: 2,
+                peers: vec![
                     keys().server.public(),
                     punch_proto::identity::public_key(&[2; 32]),
                 ],

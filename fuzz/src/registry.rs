@@ -284,6 +284,7 @@ pub fn run(s: Scenario) {
                         .filter(|i| allow & (1 << i) != 0)
                         .map(peer)
                         .collect(),
+                    network: String::new(),
                 };
                 let rtt = Duration::from_millis(u64::from(*rtt_ms));
                 let res = r.register(c, p, observed, &register, rtt);

@@ -165,6 +165,7 @@ mod tests {
             local_addrs: vec![],
             accept_inbound: true,
             allow: vec![],
+            network: String::new(),
         };
         let server_pub = server.public();
         let client_task =
@@ -191,6 +192,7 @@ mod tests {
             local_addrs: vec![],
             accept_inbound: false,
             allow: vec![],
+            network: String::new(),
         };
         let client_task =
             tokio::spawn(async move { client_handshake(a, &client, &wrong, &reg).await });

@@ -11,6 +11,8 @@
 //!   Ping / Pong                     <->    Ping / Pong        (both directions, RTT samples)
 //!   Connect { peer }                ->
 //!                                   <-     Offer (to both peers) | Error
+//!   Discover { max }                ->
+//!                                   <-     Discovered { peers } | Error
 //!                                   <-     RelayEnded (to both peers of a relayed session)
 //! ```
 //!
@@ -36,6 +38,14 @@ pub const MAX_LOCAL_ADDRS: usize = 16;
 /// and bounds what the server stores per registered peer (64 x 32 bytes = 2 KiB). A peer that
 /// must serve more uses an empty list (anyone) and filters itself.
 pub const MAX_ALLOW: usize = 64;
+/// A network name (`Register::network`) is at most this many bytes. Kaspa's longest,
+/// `kaspa-testnet-10`, has 16; 64 leaves room for others while bounding what the server stores
+/// per peer and per network index.
+pub const MAX_NETWORK_LEN: usize = 64;
+/// At most this many identities in one `Discovered` answer: four times the server's default
+/// sample (16), enough for a node filling its outbound slots in one round, and 2 KiB on the
+/// wire. A server asked for more answers with at most this many.
+pub const MAX_DISCOVERED: usize = 64;
 /// Error details are for humans and logs; longer text is truncated when encoding and refused
 /// when decoding.
 pub const MAX_DETAIL_LEN: usize = 256;
@@ -74,6 +84,39 @@ pub enum DecodeError {
         len: usize,
         max: usize,
     },
+    #[error("{field} names the same identity twice")]
+    Duplicate { field: &'static str },
+    #[error("invalid network name: {0}")]
+    Network(#[from] NetworkNameError),
+}
+
+/// Why a network name is not valid (see [`check_network`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetworkNameError {
+    /// Where a name is required (a client's configuration); on the wire empty means none.
+    #[error("empty")]
+    Empty,
+    #[error("{len} bytes, more than {max}", max = MAX_NETWORK_LEN)]
+    TooLong { len: usize },
+    #[error("character {ch:?} is not one of a-z, 0-9 and -")]
+    BadChar { ch: char },
+}
+
+/// Checks a network name: at most [`MAX_NETWORK_LEN`] bytes of `[a-z0-9-]`. The empty name
+/// is valid and means "no network". The rendezvous compares names byte for byte, so a
+/// restricted alphabet keeps `Kaspa-Mainnet` and look-alike Unicode from splitting a network.
+pub fn check_network(name: &str) -> Result<(), NetworkNameError> {
+    if name.len() > MAX_NETWORK_LEN {
+        return Err(NetworkNameError::TooLong { len: name.len() });
+    }
+    match name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
+        Some(ch) => Err(NetworkNameError::BadChar { ch }),
+        None => Ok(()),
+    }
 }
 
 /// Registration, sent in the third handshake message.
@@ -85,6 +128,9 @@ pub struct Register {
     /// Who may punch to this peer; empty: anyone. At most [`MAX_ALLOW`] (encoding keeps the
     /// first [`MAX_ALLOW`], decoding refuses more).
     pub allow: Vec<PeerId>,
+    /// The peer's network (e.g. `kaspa-mainnet`); empty: none. Valid by [`check_network`]
+    /// (decoding refuses anything else; encode only what [`check_network`] accepts).
+    pub network: String,
 }
 
 /// Messages from a client after the handshake.
@@ -106,6 +152,11 @@ pub enum ClientMsg {
         request_id: u64,
         peer: PeerId,
         session_id: u64,
+    },
+    /// Ask for a random sample of at most `max` accepting peers of our own network.
+    Discover {
+        request_id: u64,
+        max: u32,
     },
 }
 
@@ -190,6 +241,8 @@ pub enum ErrorCode {
     NotAllowed,
     /// Registration refused: too many registrations from the client's address or network.
     NetworkFull,
+    /// The requester and the target registered different networks.
+    WrongNetwork,
     /// A code this version does not know (a newer server).
     Unknown(i32),
 }
@@ -220,6 +273,11 @@ pub enum ServerMsg {
     RelayEnded {
         session_id: u64,
         reason: RelayEnd,
+    },
+    /// The answer to [`ClientMsg::Discover`]: at most [`MAX_DISCOVERED`] distinct identities.
+    Discovered {
+        request_id: u64,
+        peers: Vec<PeerId>,
     },
 }
 
@@ -291,6 +349,31 @@ fn addrs_from_pb(
     addrs.iter().map(addr_from_pb).collect()
 }
 
+/// A list of at most `max` distinct identities (32 bytes each, valid keys).
+fn peers_from_pb(
+    field: &'static str,
+    peers: &[Vec<u8>],
+    max: usize,
+) -> Result<Vec<PeerId>, DecodeError> {
+    if peers.len() > max {
+        return Err(DecodeError::TooMany {
+            field,
+            len: peers.len(),
+            max,
+        });
+    }
+    let mut out: Vec<PeerId> = Vec::with_capacity(peers.len());
+    for p in peers {
+        let id = PeerId::try_from(&p[..])?;
+        // At most `max` (64) entries: a linear scan is cheaper than hashing.
+        if out.contains(&id) {
+            return Err(DecodeError::Duplicate { field });
+        }
+        out.push(id);
+    }
+    Ok(out)
+}
+
 fn role_to_pb(role: Role) -> pb::Role {
     match role {
         Role::Initiator => pb::Role::Initiator,
@@ -310,6 +393,7 @@ fn code_to_pb(code: ErrorCode) -> i32 {
         ErrorCode::UnsupportedVersion => P::UnsupportedVersion,
         ErrorCode::TooManyConnections => P::TooManyConnections,
         ErrorCode::NotAllowed => P::NotAllowed,
+        ErrorCode::WrongNetwork => P::WrongNetwork,
         ErrorCode::NetworkFull => P::NetworkFull,
         ErrorCode::Unknown(raw) => return raw,
     }) as i32
@@ -328,6 +412,7 @@ fn code_from_pb(raw: i32) -> ErrorCode {
         Ok(P::TooManyConnections) => ErrorCode::TooManyConnections,
         Ok(P::NotAllowed) => ErrorCode::NotAllowed,
         Ok(P::NetworkFull) => ErrorCode::NetworkFull,
+        Ok(P::WrongNetwork) => ErrorCode::WrongNetwork,
         Ok(P::Unspecified) | Err(_) => ErrorCode::Unknown(raw),
     }
 }
@@ -353,6 +438,7 @@ impl Register {
                 .take(MAX_ALLOW)
                 .map(|p| p.as_bytes().to_vec())
                 .collect(),
+            network: self.network.clone(),
         }
         .encode_to_vec()
     }
@@ -375,6 +461,10 @@ impl Register {
                 .iter()
                 .map(|p| PeerId::try_from(&p[..]))
                 .collect::<Result<_, _>>()?,
+            network: {
+                check_network(&m.network)?;
+                m.network
+            },
         })
     }
 }
@@ -398,6 +488,10 @@ impl ClientMsg {
                 peer: peer.as_bytes().to_vec(),
                 session_id: *session_id,
             }),
+            ClientMsg::Discover { request_id, max } => Kind::Discover(pb::Discover {
+                request_id: *request_id,
+                max: *max,
+            }),
         };
         pb::ClientMessage { kind: Some(kind) }.encode_to_vec()
     }
@@ -416,6 +510,10 @@ impl ClientMsg {
                 request_id: u.request_id,
                 peer: PeerId::try_from(&u.peer[..])?,
                 session_id: u.session_id,
+            },
+            Kind::Discover(d) => ClientMsg::Discover {
+                request_id: d.request_id,
+                max: d.max,
             },
         })
     }
@@ -455,6 +553,14 @@ impl ServerMsg {
             ServerMsg::RelayEnded { session_id, reason } => Kind::RelayEnded(pb::RelayEnded {
                 session_id: *session_id,
                 reason: relay_end_to_pb(*reason),
+            }),
+            ServerMsg::Discovered { request_id, peers } => Kind::Discovered(pb::Discovered {
+                request_id: *request_id,
+                peers: peers
+                    .iter()
+                    .take(MAX_DISCOVERED)
+                    .map(|p| p.as_bytes().to_vec())
+                    .collect(),
             }),
             ServerMsg::Error(e) => {
                 let mut detail = e.detail.clone();
@@ -529,6 +635,10 @@ impl ServerMsg {
             Kind::RelayEnded(r) => ServerMsg::RelayEnded {
                 session_id: r.session_id,
                 reason: relay_end_from_pb(r.reason),
+            },
+            Kind::Discovered(d) => ServerMsg::Discovered {
+                request_id: d.request_id,
+                peers: peers_from_pb("peers", &d.peers, MAX_DISCOVERED)?,
             },
             Kind::Error(e) => {
                 if e.detail.len() > MAX_DETAIL_LEN {
@@ -621,6 +731,20 @@ mod tests {
                 retry_after: None,
             }),
             ServerMsg::Error(ErrorReply {
+                request_id: 5,
+                code: ErrorCode::WrongNetwork,
+                detail: "peer is on another network".into(),
+                retry_after: None,
+            }),
+            ServerMsg::Discovered {
+                request_id: 6,
+                peers: vec![peer(7), peer(8)],
+            },
+            ServerMsg::Discovered {
+                request_id: 7,
+                peers: vec![],
+            },
+            ServerMsg::Error(ErrorReply {
                 request_id: 0,
                 code: ErrorCode::Unknown(99),
                 detail: String::new(),
@@ -646,6 +770,10 @@ mod tests {
                 peer: peer(4),
                 session_id: u64::MAX,
             },
+            ClientMsg::Discover {
+                request_id: 79,
+                max: u32::MAX,
+            },
         ] {
             assert_eq!(ClientMsg::decode(&m.encode()).unwrap(), m);
         }
@@ -654,6 +782,12 @@ mod tests {
             local_addrs: vec!["10.0.0.2:1234".parse().unwrap()],
             accept_inbound: true,
             allow: vec![peer(5)],
+            network: String::new(),
+        };
+        assert_eq!(Register::decode(&reg.encode()).unwrap(), reg);
+        let reg = Register {
+            network: "kaspa-testnet-10".into(),
+            ..reg
         };
         assert_eq!(Register::decode(&reg.encode()).unwrap(), reg);
     }
@@ -668,6 +802,7 @@ mod tests {
             local_addrs: vec![v6; MAX_LOCAL_ADDRS],
             accept_inbound: true,
             allow: (0..MAX_ALLOW as u8).map(|i| peer(0x10 + i)).collect(),
+            network: "n".repeat(MAX_NETWORK_LEN),
         };
         // Noise XK message 3: the encrypted static key (32 + 16) and the payload's tag (16).
         let len = reg.encode().len() + 32 + 2 * crate::noise::TAG_LEN;
@@ -693,6 +828,7 @@ mod tests {
             local_addrs: vec!["10.0.0.2:80".parse().unwrap()],
             accept_inbound: true,
             allow: vec![],
+            network: String::new(),
         }
         .encode();
         assert_eq!(
@@ -705,11 +841,122 @@ mod tests {
             local_addrs: vec![],
             accept_inbound: true,
             allow: vec![peer(0x11)],
+            network: String::new(),
         }
         .encode();
         let mut expected = vec![0x08, 0x01, 0x18, 0x01, 0x22, 32];
         expected.extend_from_slice(&[0x11; 32]);
         assert_eq!(reg, expected);
+        // The network is field 5, a string.
+        let reg = Register {
+            version: 1,
+            local_addrs: vec![],
+            accept_inbound: false,
+            allow: vec![],
+            network: "kaspa-simnet".into(),
+        }
+        .encode();
+        let mut expected = vec![0x08, 0x01, 0x2a, 12];
+        expected.extend_from_slice(b"kaspa-simnet");
+        assert_eq!(reg, expected);
+        // Discover is ClientMessage field 5; Discovered is ServerMessage field 7.
+        assert_eq!(
+            ClientMsg::Discover {
+                request_id: 2,
+                max: 16
+            }
+            .encode(),
+            [0x2a, 0x04, 0x08, 0x02, 0x10, 16]
+        );
+        let discovered = ServerMsg::Discovered {
+            request_id: 3,
+            peers: vec![peer(0x11)],
+        }
+        .encode();
+        let mut expected = vec![0x3a, 36, 0x08, 0x03, 0x12, 32];
+        expected.extend_from_slice(&[0x11; 32]);
+        assert_eq!(discovered, expected);
+    }
+
+    #[test]
+    fn network_names_are_checked() {
+        for ok in ["", "kaspa-mainnet", "kaspa-testnet-10", "kaspa-simnet", "-"] {
+            assert_eq!(check_network(ok), Ok(()), "{ok}");
+        }
+        assert_eq!(check_network(&"a".repeat(MAX_NETWORK_LEN)), Ok(()));
+        assert_eq!(
+            check_network(&"a".repeat(MAX_NETWORK_LEN + 1)),
+            Err(NetworkNameError::TooLong {
+                len: MAX_NETWORK_LEN + 1
+            })
+        );
+        for (bad, ch) in [
+            ("Kaspa-mainnet", 'K'),
+            ("kaspa mainnet", ' '),
+            ("kaspa_mainnet", '_'),
+            ("kaspa-m\u{e4}innet", '\u{e4}'),
+        ] {
+            assert_eq!(check_network(bad), Err(NetworkNameError::BadChar { ch }));
+        }
+        // Decoding refuses what the check refuses, with the typed reason.
+        for bad in ["kaspa.mainnet".to_owned(), "x".repeat(MAX_NETWORK_LEN + 1)] {
+            let pbm = pb::Register {
+                version: 1,
+                network: bad.clone(),
+                ..Default::default()
+            };
+            assert!(
+                matches!(
+                    Register::decode(&pbm.encode_to_vec()),
+                    Err(DecodeError::Network(_))
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn discovered_lists_are_bounded_distinct_identities() {
+        let encode = |peers: Vec<Vec<u8>>| {
+            pb::ServerMessage {
+                kind: Some(pb::server_message::Kind::Discovered(pb::Discovered {
+                    request_id: 1,
+                    peers,
+                })),
+            }
+            .encode_to_vec()
+        };
+        let ids = |n: u8| (0..n).map(|i| vec![0x10 + i; 32]).collect::<Vec<_>>();
+        assert!(ServerMsg::decode(&encode(ids(MAX_DISCOVERED as u8))).is_ok());
+        assert!(matches!(
+            ServerMsg::decode(&encode(ids(MAX_DISCOVERED as u8 + 1))),
+            Err(DecodeError::TooMany {
+                field: "peers",
+                len: 65,
+                max: MAX_DISCOVERED
+            })
+        ));
+        assert!(matches!(
+            ServerMsg::decode(&encode(vec![vec![0x11; 31]])),
+            Err(DecodeError::Peer(KeyError::Length { found: 31, .. }))
+        ));
+        assert!(matches!(
+            ServerMsg::decode(&encode(vec![
+                vec![0x11; 32],
+                vec![0x12; 32],
+                vec![0x11; 32]
+            ])),
+            Err(DecodeError::Duplicate { field: "peers" })
+        ));
+        // Encoding keeps the first MAX_DISCOVERED, so what we send always decodes.
+        let long = ServerMsg::Discovered {
+            request_id: 2,
+            peers: (0..100u8).map(|i| peer(0x10 + i)).collect(),
+        };
+        let ServerMsg::Discovered { peers, .. } = ServerMsg::decode(&long.encode()).unwrap() else {
+            panic!("not Discovered");
+        };
+        assert_eq!(peers.len(), MAX_DISCOVERED);
     }
 
     #[test]
@@ -761,6 +1008,7 @@ mod tests {
             local_addrs: vec![],
             accept_inbound: false,
             allow: vec![],
+            network: String::new(),
         };
         let mut pbm = pb::Register::decode(&many.encode()[..]).unwrap();
         pbm.local_addrs = vec![addr_to_pb(&"10.0.0.1:1".parse().unwrap()); MAX_LOCAL_ADDRS + 1];

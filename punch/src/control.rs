@@ -119,6 +119,7 @@ impl ControlConfig {
             local_addrs: vec![local],
             accept_inbound,
             allow,
+            network: String::new(),
         }
     }
 }

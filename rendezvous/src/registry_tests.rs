@@ -32,6 +32,7 @@ fn reg(accept: bool) -> Register {
         ],
         accept_inbound: accept,
         allow: vec![],
+        network: String::new(),
     }
 }
 

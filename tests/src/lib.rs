@@ -218,6 +218,7 @@ pub fn default_register() -> Register {
         local_addrs: Vec::new(),
         accept_inbound: true,
         allow: vec![],
+        network: String::new(),
     }
 }
 

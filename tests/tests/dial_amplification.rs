@@ -52,6 +52,7 @@ async fn attacker(rv: &RendezvousProcess, ip: &str) -> TestClient {
             .collect(),
         accept_inbound: false,
         allow: vec![],
+        network: String::new(),
     };
     let socket = TcpSocket::new_v4().unwrap();
     socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();

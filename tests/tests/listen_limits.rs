@@ -78,6 +78,7 @@ async fn a_stranger_is_never_dialed_while_the_allowed_peer_is_served() {
         local_addrs: vec![trap.local_addr().unwrap()],
         accept_inbound: false,
         allow: vec![],
+        network: String::new(),
     };
     let mut raw = TestClient::connect_with(
         rv.addr(),

@@ -48,6 +48,7 @@ fn register(local_addrs: &[&str], accept_inbound: bool) -> Register {
             .collect(),
         accept_inbound,
         allow: vec![],
+        network: String::new(),
     }
 }
 
