@@ -1,5 +1,6 @@
-//! Harness of the rendezvous [`Registry`]: arbitrary sequences of registrations,
-//! unregistrations, RTT samples, punch requests and prunes, from a pool of six identities on
+//! Harness of the rendezvous [`Registry`]: arbitrary sequences of registrations (in one of
+//! three networks or none), unregistrations, RTT samples, punch requests, `Discover`s and
+//! prunes, from a pool of six identities on
 //! eight connections, with time moving forward, checked against a model written from the
 //! module's documentation.
 //!
@@ -23,13 +24,22 @@
 //!   control frame and survives encoding;
 //! - an error is `BadRequest` for a connection that is not the requester's registration
 //!   (before any rate limit, costing no token), else the first of `SelfConnect`, `PeerOffline`,
-//!   `PeerRefuses`, `NotAllowed` (a non-empty allow-list of the target without the requester)
-//!   that applies, then `PeerOffline` when either side's outbound queue is full
+//!   `WrongNetwork` (both peers named a network, not the same one), `PeerRefuses`,
+//!   `NotAllowed` (a non-empty allow-list of the target without the requester) that applies, then `PeerOffline` when either side's outbound queue is full
 //!   (both offers or neither), or `RateLimited` with a retry time, and only when the requester's
 //!   identity, source or network (or the target's budget for that source or network) really
 //!   used up its bucket in the last minute; no identity, source, network, (target, source) or
 //!   (target, network) ever exceeds its rate (burst plus refill) over any window, and a
-//!   refused request takes no token.
+//!   refused request takes no token;
+//! - a `Discover` is `BadRequest` from a stale connection (no token), else charged like a
+//!   punch request (`RateLimited` only when a request bucket is spent), else `BadRequest` for
+//!   an asker without a network, else `Discovered` to the asker: at most
+//!   `min(max, discover_max, MAX_DISCOVERED)` distinct peers, each registered in the asker's
+//!   network, accepting punches, not the asker, with an allow-list that is empty or names the
+//!   asker; and when the network's accepting peers fit the sampler's draws, exactly as many as
+//!   the bound or the eligible peers allow;
+//! - the directory lists exactly the model's accepting peers that named a network, each under
+//!   its own.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
@@ -38,9 +48,10 @@ use std::time::{Duration, Instant};
 
 use arbitrary::Arbitrary;
 use punch_proto::frame::MAX_CONTROL_FRAME;
-use punch_proto::message::{ErrorCode, Register, ServerMsg, PROTOCOL_VERSION};
+use punch_proto::message::{ErrorCode, Register, ServerMsg, MAX_DISCOVERED, PROTOCOL_VERSION};
 use punch_proto::noise::TAG_LEN;
 use punch_proto::{PeerId, Role};
+use punch_rendezvous::directory::DRAWS_PER_ANSWER;
 use punch_rendezvous::gate::Prefix;
 use punch_rendezvous::registry::{self, Action, ConnId, Limits, Registry, Stats};
 
@@ -61,6 +72,7 @@ pub struct Scenario {
     offers_per_source: u8,
     offers_per_network: u8,
     dial_margin_ms: u16,
+    discover_max: u8,
     session_seed: u64,
     events: Vec<Event>,
 }
@@ -75,6 +87,8 @@ pub enum Event {
         accept_inbound: bool,
         /// Bit `p` set: peer `p` is on the allow-list (none set: anyone).
         allow: u8,
+        /// Index into [`NETWORKS`].
+        network: u8,
         other_version: Option<u32>,
         rtt_ms: u32,
     },
@@ -94,6 +108,12 @@ pub enum Event {
         target: u8,
         /// Bit `c` set: connection `c`'s outbound queue is full.
         full_queues: u8,
+    },
+    Discover {
+        conn: u8,
+        from: u8,
+        request_id: u64,
+        max: u8,
     },
     Prune,
     Advance {
@@ -136,6 +156,9 @@ impl Addr {
     }
 }
 
+/// The networks peers register in; "" is none.
+const NETWORKS: [&str; 4] = ["", "kaspa-mainnet", "kaspa-testnet-10", "kaspa-simnet"];
+
 fn peer(p: u8) -> PeerId {
     PeerId::from_bytes([0x10 + p % PEERS; 32]).expect("a valid key")
 }
@@ -174,6 +197,7 @@ struct ModelPeer {
     local: Vec<SocketAddr>,
     accept_inbound: bool,
     allow: Vec<PeerId>,
+    network: &'static str,
 }
 
 /// Counts events in sliding windows, for the rate-limit checks.
@@ -223,6 +247,8 @@ pub fn run(s: Scenario) {
         // Never reached here: more keys than events.
         max_rate_keys: 4 * MAX_EVENTS,
         dial_margin: Duration::from_millis(u64::from(s.dial_margin_ms)),
+        // Past MAX_DISCOVERED now and then, to check the protocol's own cap.
+        discover_max: usize::from(s.discover_max % 72),
     };
     // A bucket of capacity 0 holds one token (`TokenBucket::new`).
     let cap = |c: u32| f64::from(c.max(1));
@@ -267,10 +293,12 @@ pub fn run(s: Scenario) {
                 locals,
                 accept_inbound,
                 allow,
+                network,
                 other_version,
                 rtt_ms,
             } => {
                 let (c, p) = (conn(*c), peer(*p));
+                let network = NETWORKS[usize::from(*network) % NETWORKS.len()];
                 // The server observes a TCP peer address: never port 0.
                 let mut observed = observed.get();
                 if observed.port() == 0 {
@@ -284,7 +312,7 @@ pub fn run(s: Scenario) {
                         .filter(|i| allow & (1 << i) != 0)
                         .map(peer)
                         .collect(),
-                    network: String::new(),
+                    network: network.into(),
                 };
                 let rtt = Duration::from_millis(u64::from(*rtt_ms));
                 let res = r.register(c, p, observed, &register, rtt);
@@ -330,6 +358,7 @@ pub fn run(s: Scenario) {
                             local,
                             accept_inbound: *accept_inbound,
                             allow: register.allow.clone(),
+                            network,
                         },
                     );
                     assert_eq!(r.srtt(&p), Some(rtt));
@@ -383,6 +412,11 @@ pub fn run(s: Scenario) {
                     Some(ErrorCode::SelfConnect)
                 } else if !model.contains_key(&target) {
                     Some(ErrorCode::PeerOffline)
+                } else if !model[&from].network.is_empty()
+                    && !model[&target].network.is_empty()
+                    && model[&from].network != model[&target].network
+                {
+                    Some(ErrorCode::WrongNetwork)
                 } else if !model[&target].accept_inbound {
                     Some(ErrorCode::PeerRefuses)
                 } else if !model[&target].allow.is_empty() && !model[&target].allow.contains(&from)
@@ -476,11 +510,9 @@ pub fn run(s: Scenario) {
                             let d = e.detail.as_str();
                             let (n, cap) = if d.ends_with("per minute from this identity") {
                                 (requests.count(&from, since, now), request_cap)
-                            } else if d.ends_with(&format!("punch requests per minute from {src}"))
-                            {
+                            } else if d.ends_with(&format!(" requests per minute from {src}")) {
                                 (source_requests.count(&src, since, now), source_cap)
-                            } else if d.ends_with(&format!("punch requests per minute from {net}"))
-                            {
+                            } else if d.ends_with(&format!(" requests per minute from {net}")) {
                                 (network_requests.count(&net, since, now), network_cap)
                             } else {
                                 assert_eq!(expected, None, "target limit before {expected:?}");
@@ -514,6 +546,9 @@ pub fn run(s: Scenario) {
                             if e.code == ErrorCode::NotAllowed {
                                 stats.not_allowed += 1;
                             }
+                            if e.code == ErrorCode::WrongNetwork {
+                                stats.wrong_network += 1;
+                            }
                             if current {
                                 let ip = model[&from].observed.ip();
                                 record_request(
@@ -530,21 +565,150 @@ pub fn run(s: Scenario) {
                     other => panic!("connect returned {other:?}"),
                 }
             }
+            Event::Discover {
+                conn: c,
+                from,
+                request_id,
+                max,
+            } => {
+                let (c, from) = (conn(*c), peer(*from));
+                let actions = r.discover(now, c, from, *request_id, u32::from(*max));
+                let current = model.get(&from).is_some_and(|m| m.conn == c);
+                let [Action::Send { conn: to, msg }] = &actions[..] else {
+                    panic!("discover returned {actions:?}");
+                };
+                assert_eq!(*to, c, "answer to another connection");
+                assert!(msg.encode().len() + TAG_LEN <= MAX_CONTROL_FRAME);
+                assert_eq!(ServerMsg::decode(&msg.encode()).ok(), wire(msg));
+                if !current {
+                    assert!(
+                        matches!(msg, ServerMsg::Error(e) if e.code == ErrorCode::BadRequest),
+                        "{msg:?}"
+                    );
+                    stats.refused += 1;
+                    check_invariants(&r, &model, &stats, &limits);
+                    continue;
+                }
+                let ip = model[&from].observed.ip();
+                let (src, net) = (Prefix::of(ip), Prefix::network(ip));
+                if let ServerMsg::Error(e) = msg {
+                    assert_eq!(e.request_id, *request_id);
+                    stats.refused += 1;
+                    if e.code == ErrorCode::RateLimited {
+                        assert!(e.retry_after.is_some(), "rate limited without retry time");
+                        stats.rate_limited += 1;
+                        let since = now.checked_sub(MINUTE + Duration::from_millis(1));
+                        let since = since.unwrap_or(now);
+                        let d = e.detail.as_str();
+                        let (n, cap) = if d.ends_with("per minute from this identity") {
+                            (requests.count(&from, since, now), request_cap)
+                        } else if d.ends_with(&format!(" requests per minute from {src}")) {
+                            (source_requests.count(&src, since, now), source_cap)
+                        } else {
+                            assert!(
+                                d.ends_with(&format!(" requests per minute from {net}")),
+                                "rate limited for {d:?}"
+                            );
+                            (network_requests.count(&net, since, now), network_cap)
+                        };
+                        assert!(n as f64 >= cap, "limited after {n}: {d}");
+                        check_invariants(&r, &model, &stats, &limits);
+                        continue;
+                    }
+                }
+                record_request(
+                    &mut requests,
+                    &mut source_requests,
+                    &mut network_requests,
+                    from,
+                    ip,
+                    now,
+                );
+                let asker_network = model[&from].network;
+                match msg {
+                    ServerMsg::Error(e) => {
+                        assert_eq!(e.code, ErrorCode::BadRequest, "{e:?}");
+                        assert!(asker_network.is_empty(), "refused a networked asker: {e:?}");
+                    }
+                    ServerMsg::Discovered {
+                        request_id: id,
+                        peers,
+                    } => {
+                        assert_eq!(id, request_id);
+                        assert!(
+                            !asker_network.is_empty(),
+                            "sample for an asker without network"
+                        );
+                        let want = usize::from(*max)
+                            .min(limits.discover_max)
+                            .min(MAX_DISCOVERED);
+                        assert!(peers.len() <= want, "{} > {want}", peers.len());
+                        let distinct: HashSet<_> = peers.iter().collect();
+                        assert_eq!(distinct.len(), peers.len(), "duplicates in {peers:?}");
+                        let eligible = |id: &PeerId, m: &ModelPeer| {
+                            *id != from
+                                && m.accept_inbound
+                                && m.network == asker_network
+                                && (m.allow.is_empty() || m.allow.contains(&from))
+                        };
+                        for p in peers {
+                            assert!(
+                                model.get(p).is_some_and(|m| eligible(p, m)),
+                                "{p:?} is not an eligible peer"
+                            );
+                        }
+                        let listed = model
+                            .values()
+                            .filter(|m| m.accept_inbound && m.network == asker_network)
+                            .count();
+                        let n_eligible = model.iter().filter(|(id, m)| eligible(id, m)).count();
+                        if listed <= want * DRAWS_PER_ANSWER + 1 {
+                            assert_eq!(peers.len(), want.min(n_eligible), "sample too small");
+                        }
+                        stats.discovers += 1;
+                    }
+                    other => panic!("discover answered {other:?}"),
+                }
+            }
             Event::Prune => r.prune(now),
             Event::Advance { ms } => now += Duration::from_millis(u64::from(*ms)),
         }
 
-        assert_eq!(r.len(), model.len());
-        assert!(r.len() <= limits.max_peers);
-        assert_eq!(r.is_empty(), model.is_empty());
-        for (id, m) in &model {
-            assert!(r.is_registered(id, m.conn));
-        }
-        for p in 0..PEERS {
-            assert_eq!(r.srtt(&peer(p)).is_some(), model.contains_key(&peer(p)));
-        }
-        assert_eq!(r.stats(), &stats);
+        check_invariants(&r, &model, &stats, &limits);
     }
+}
+
+/// The invariants checked after every event.
+fn check_invariants(
+    r: &Registry,
+    model: &HashMap<PeerId, ModelPeer>,
+    stats: &Stats,
+    limits: &Limits,
+) {
+    assert_eq!(r.len(), model.len());
+    assert!(r.len() <= limits.max_peers);
+    assert_eq!(r.is_empty(), model.is_empty());
+    for (id, m) in model {
+        assert!(r.is_registered(id, m.conn));
+        let listed = m.accept_inbound && !m.network.is_empty();
+        assert_eq!(r.directory().contains(m.network, id), listed, "{m:?}");
+    }
+    let listed = model
+        .values()
+        .filter(|m| m.accept_inbound && !m.network.is_empty())
+        .count();
+    assert_eq!(r.directory().len(), listed);
+    for network in NETWORKS {
+        let n = model
+            .values()
+            .filter(|m| m.accept_inbound && m.network == network && !network.is_empty())
+            .count();
+        assert_eq!(r.directory().len_of(network), n, "{network}");
+    }
+    for p in 0..PEERS {
+        assert_eq!(r.srtt(&peer(p)).is_some(), model.contains_key(&peer(p)));
+    }
+    assert_eq!(r.stats(), stats);
 }
 
 /// What the client decodes from `msg`: delays in whole milliseconds.

@@ -88,6 +88,12 @@ pub const DEFAULT_MAX_REGISTRATIONS_PER_NETWORK: usize = 256;
 /// table takes 65,536 distinct keys a minute, more than 100 networks at their full request rate.
 /// A new key arriving at a full table is refused (`RateLimited`), never an old one forgotten.
 pub const DEFAULT_MAX_RATE_KEYS: usize = 65_536;
+/// Peers one `Discover` answer names at most (a client asking for more gets this many). A
+/// Kaspa node wants 8 outbound peers; 16 fills them twice over in one request, so honest nodes
+/// rarely ask again, while a scraper learns at most 16 identities per request, and its
+/// requests share the punch request budgets (20 per identity per minute, 120 per source).
+/// Never the whole list: an accepting peer is then found only at the pace of those budgets.
+pub const DEFAULT_DISCOVER_MAX: usize = 16;
 /// File descriptors the server keeps beyond one per registered peer, waiting connection and
 /// handshake: the listener, stdio, log files, the runtime's own.
 pub const FD_RESERVE: u64 = 64;
@@ -187,6 +193,9 @@ pub struct Config {
     pub max_rate_keys: usize,
     /// Why: jitter allowance so both SYNs leave together even if an estimate is a bit off.
     pub dial_margin: Duration,
+    /// Why: a `Discover` answer is a sample, never the directory: scraping it takes many
+    /// requests, each charged to the punch request budgets.
+    pub discover_max: usize,
     /// Why: a client that does not read its messages is dropped, not buffered for.
     pub outbound_queue: usize,
     /// Whether offers carry relay tickets and relay connections are served (`--relay off`:
@@ -264,6 +273,7 @@ impl Config {
             max_registrations_per_network: DEFAULT_MAX_REGISTRATIONS_PER_NETWORK,
             max_rate_keys: DEFAULT_MAX_RATE_KEYS,
             dial_margin: DEFAULT_DIAL_MARGIN,
+            discover_max: DEFAULT_DISCOVER_MAX,
             outbound_queue: DEFAULT_OUTBOUND_QUEUE,
             relay: true,
             relay_max_sessions: DEFAULT_RELAY_MAX_SESSIONS,

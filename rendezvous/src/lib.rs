@@ -7,6 +7,7 @@
 //!
 //! - [`config`]: limits and timeouts with safe defaults.
 //! - [`registry`]: the pure registry and coordinator (no I/O, no clock).
+//! - [`directory`]: per network, the peers accepting punches, sampled for `Discover`.
 //! - [`limiter`]: token buckets fed timestamps.
 //! - [`first_message`]: waiting for message 1 with nothing but a socket.
 //! - [`gate`]: the pure admission of handshakes (per-prefix shares, eviction, per-source rate).
@@ -17,6 +18,7 @@
 //! [offer]: punch_proto::message::Offer
 
 pub mod config;
+pub mod directory;
 pub mod first_message;
 pub mod gate;
 pub mod limiter;

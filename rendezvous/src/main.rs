@@ -70,6 +70,10 @@ struct Args {
     /// of addresses cannot fill --max-peers.
     #[arg(long, default_value_t = config::DEFAULT_MAX_REGISTRATIONS_PER_NETWORK)]
     max_registrations_per_network: usize,
+    /// Peers one Discover answer names at most (a random sample of the asker's network; at
+    /// most 64, the protocol's bound).
+    #[arg(long, default_value_t = config::DEFAULT_DISCOVER_MAX)]
+    discover_max: usize,
     /// Start even if the open-files limit (after raising the soft limit to the hard one) is
     /// below what --max-peers, --max-waiting-connections, --max-handshakes and (two per
     /// session) --relay-max-sessions need; by default the server refuses to start then.
@@ -162,6 +166,7 @@ async fn main() -> anyhow::Result<()> {
     config.offers_per_target_per_network_per_minute = args.offers_per_target_per_network_per_minute;
     config.max_registrations_per_source = args.max_registrations_per_source;
     config.max_registrations_per_network = args.max_registrations_per_network;
+    config.discover_max = args.discover_max;
     config.max_handshakes = args.max_handshakes.max(1);
     config.max_waiting_connections = args.max_waiting_connections.max(1);
     config.max_pending_handshakes_per_prefix = args.max_pending_handshakes_per_prefix.max(1);

@@ -30,7 +30,8 @@ pub enum Reason {
     Evicted,
     /// It sent no complete message 1 within the first-message timeout.
     Silent,
-    /// A punch request over a request or offer budget (`RateLimited`).
+    /// A punch request over a request or offer budget, or a `Discover` over a request budget
+    /// (`RateLimited`).
     RequestRate,
     /// A punch request from a peer the target's allow-list does not name (`NotAllowed`).
     NotAllowed,

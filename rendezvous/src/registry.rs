@@ -27,8 +27,18 @@
 //! one block of addresses cannot spend the budget of everyone else. Registrations are capped
 //! per source and per network, so a block of addresses cannot fill `max_peers`.
 //!
+//! Networks. A registration names its network (`kaspa-mainnet`, ...; empty: none). A punch
+//! request between two peers that both name one is refused `WrongNetwork` unless the names are
+//! equal, before any offer budget is charged and without telling the target. `Discover` answers
+//! with a random sample of the asker's network's accepting peers from the [`Directory`]
+//! (never the asker, never a peer whose allow-list leaves the asker out, at most
+//! `discover_max`), and is charged to the same three request budgets as a punch request: a
+//! sample costs the server about what a refused punch request does. An asker without a
+//! network gets `BadRequest`.
+//!
 //! Memory: `peers` holds at most `max_peers` entries (each with at most [`MAX_ALLOW`] allowed
-//! identities, 2 KiB); the per-source and per-network registration counts at most one entry
+//! identities, 2 KiB, and a network name of at most [`MAX_NETWORK_LEN`] bytes); the
+//! directory one entry per accepting peer and one per network with such peers; the per-source and per-network registration counts at most one entry
 //! per peer; each of the five rate tables at most `max_rate_keys` keys ([`RateTable`]), and
 //! [`Registry::prune`] drops keys idle for a minute.
 //!
@@ -43,12 +53,15 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+#[cfg(doc)]
+use punch_proto::message::MAX_NETWORK_LEN;
 use punch_proto::message::{
-    ErrorCode, ErrorReply, Offer, Register, ServerMsg, MAX_ALLOW, PROTOCOL_VERSION,
+    ErrorCode, ErrorReply, Offer, Register, ServerMsg, MAX_ALLOW, MAX_DISCOVERED, PROTOCOL_VERSION,
 };
 use punch_proto::{PeerId, Role};
 
 use crate::config;
+use crate::directory::Directory;
 use crate::gate::Prefix;
 use crate::limiter::{Limited, RateTable};
 
@@ -82,6 +95,8 @@ pub struct Limits {
     /// Keys each rate table holds at most.
     pub max_rate_keys: usize,
     pub dial_margin: Duration,
+    /// Peers one `Discover` answer names at most (also capped at [`MAX_DISCOVERED`]).
+    pub discover_max: usize,
 }
 
 impl Default for Limits {
@@ -102,6 +117,7 @@ impl Default for Limits {
                 config::DEFAULT_OFFERS_PER_TARGET_PER_NETWORK_PER_MINUTE,
             max_rate_keys: config::DEFAULT_MAX_RATE_KEYS,
             dial_margin: config::DEFAULT_DIAL_MARGIN,
+            discover_max: config::DEFAULT_DISCOVER_MAX,
         }
     }
 }
@@ -120,6 +136,10 @@ pub struct Stats {
     pub rate_limited: u64,
     /// Registrations refused for their source's or network's cap (`NetworkFull`).
     pub network_full: u64,
+    /// Punch requests refused because the two peers registered different networks.
+    pub wrong_network: u64,
+    /// `Discover` requests answered with a sample (refusals count in `refused`).
+    pub discovers: u64,
 }
 
 #[derive(Debug)]
@@ -130,7 +150,16 @@ struct Peer {
     accept_inbound: bool,
     /// Who may punch to this peer; empty: anyone.
     allow: Vec<PeerId>,
+    /// The network it registered; empty: none.
+    network: String,
     srtt: Duration,
+}
+
+impl Peer {
+    /// Whether `from` may punch to this peer by its allow-list.
+    fn allows(&self, from: &PeerId) -> bool {
+        self.allow.is_empty() || self.allow.contains(from)
+    }
 }
 
 /// Registered peers and the punch coordinator.
@@ -146,7 +175,11 @@ pub struct Registry {
     requests_by_network: RateTable<Prefix>,
     offers_by_source: RateTable<(PeerId, Prefix)>,
     offers_by_network: RateTable<(PeerId, Prefix)>,
+    /// Accepting peers by network, for `Discover`.
+    directory: Directory,
     sessions: StdRng,
+    /// Draws `Discover` samples (its own stream, so samples do not shift session ids).
+    sampler: StdRng,
     stats: Stats,
 }
 
@@ -178,6 +211,9 @@ fn count_down(map: &mut HashMap<Prefix, usize>, key: Prefix) {
     }
 }
 
+/// Mixed into the session seed for the `Discover` sampler's seed, so the two RNGs differ.
+const SAMPLER_SEED: u64 = 0x6469_7363_6f76_6572;
+
 /// The largest one-way delay the dial schedule believes. Real paths stay below it (a
 /// geostationary satellite hop is about 300 ms one way); a larger SRTT is a slow or lying
 /// peer, and believing it would make the *other* peer wait: a requester answering pings late
@@ -191,7 +227,8 @@ pub const MAX_OWD: Duration = Duration::from_millis(500);
 pub const MAX_LOCAL_CANDIDATES: usize = 4;
 
 impl Registry {
-    /// `session_seed` seeds the RNG that draws session ids; the server seeds it randomly, so
+    /// `session_seed` seeds the RNG that draws session ids (and, mixed with a constant, the
+    /// one that draws `Discover` samples); the server seeds it randomly, so
     /// ids are unpredictable and ids from before a restart do not repeat (a stale punched
     /// stream then fails the Noise prologue). Tests pass a fixed seed for determinism.
     pub fn new(limits: Limits, session_seed: u64) -> Self {
@@ -209,7 +246,9 @@ impl Registry {
             peers: HashMap::new(),
             per_source: HashMap::new(),
             per_network: HashMap::new(),
+            directory: Directory::new(),
             sessions: StdRng::seed_from_u64(session_seed),
+            sampler: StdRng::seed_from_u64(session_seed ^ SAMPLER_SEED),
             stats: Stats::default(),
         }
     }
@@ -261,6 +300,7 @@ impl Registry {
         }
         let mut actions = Vec::new();
         if let Some(old) = self.peers.remove(&peer) {
+            self.directory.remove(&old.network, &peer);
             actions.push(Action::Close {
                 conn: old.conn,
                 reason: "replaced by a newer registration of the same identity",
@@ -286,9 +326,13 @@ impl Registry {
                 local,
                 accept_inbound: register.accept_inbound,
                 allow: register.allow.iter().take(MAX_ALLOW).copied().collect(),
+                network: register.network.clone(),
                 srtt: rtt,
             },
         );
+        if register.accept_inbound {
+            self.directory.insert(&register.network, peer);
+        }
         count_up(&mut self.per_source, source);
         count_up(&mut self.per_network, network);
         self.stats.registrations += 1;
@@ -308,6 +352,7 @@ impl Registry {
     pub fn unregister(&mut self, peer: &PeerId, conn: ConnId) {
         if self.is_registered(peer, conn) {
             if let Some(old) = self.peers.remove(peer) {
+                self.directory.remove(&old.network, peer);
                 count_down(&mut self.per_source, Prefix::of(old.observed.ip()));
                 count_down(&mut self.per_network, Prefix::network(old.observed.ip()));
             }
@@ -350,35 +395,90 @@ impl Registry {
     ) -> Vec<Action> {
         match self.try_connect(now, conn, from, request_id, target, can_send) {
             Ok(actions) => actions,
-            Err((code, detail, retry_after)) => {
-                self.stats.refused += 1;
-                match code {
-                    ErrorCode::NotAllowed => self.stats.not_allowed += 1,
-                    ErrorCode::RateLimited => self.stats.rate_limited += 1,
-                    _ => {}
-                }
-                vec![Action::Send {
-                    conn,
-                    msg: ServerMsg::Error(ErrorReply {
-                        request_id,
-                        code,
-                        detail,
-                        retry_after,
-                    }),
-                }]
-            }
+            Err(refusal) => self.refuse(conn, request_id, refusal),
         }
     }
 
-    fn try_connect(
+    /// Handles a `Discover` from `from` (registered on `conn`): a uniformly random sample of at
+    /// most `max` (capped at `discover_max` and [`MAX_DISCOVERED`]) peers of its network that
+    /// accept punches and whose allow-list admits it, never itself. Charged to the request
+    /// budgets of a punch request; `BadRequest` when `from` registered no network.
+    pub fn discover(
         &mut self,
         now: Instant,
         conn: ConnId,
         from: PeerId,
         request_id: u64,
-        target: PeerId,
-        can_send: impl Fn(ConnId) -> bool,
+        max: u32,
+    ) -> Vec<Action> {
+        match self.try_discover(now, conn, from, request_id, max) {
+            Ok(actions) => actions,
+            Err(refusal) => self.refuse(conn, request_id, refusal),
+        }
+    }
+
+    fn try_discover(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        from: PeerId,
+        request_id: u64,
+        max: u32,
     ) -> Result<Vec<Action>, Refusal> {
+        self.charge_request(now, conn, from)?;
+        let asker = &self.peers[&from];
+        if asker.network.is_empty() {
+            return Err((
+                ErrorCode::BadRequest,
+                "register with a network to discover its peers".into(),
+                None,
+            ));
+        }
+        let want = usize::try_from(max)
+            .unwrap_or(usize::MAX)
+            .min(self.limits.discover_max)
+            .min(MAX_DISCOVERED);
+        let peers = &self.peers;
+        let sample = self
+            .directory
+            .sample(&asker.network, want, &mut self.sampler, |p| {
+                *p != from && peers.get(p).is_some_and(|p| p.allows(&from))
+            });
+        self.stats.discovers += 1;
+        Ok(vec![Action::Send {
+            conn,
+            msg: ServerMsg::Discovered {
+                request_id,
+                peers: sample,
+            },
+        }])
+    }
+
+    /// Counts a refusal and turns it into the error reply for the requester.
+    fn refuse(&mut self, conn: ConnId, request_id: u64, refusal: Refusal) -> Vec<Action> {
+        let (code, detail, retry_after) = refusal;
+        self.stats.refused += 1;
+        match code {
+            ErrorCode::NotAllowed => self.stats.not_allowed += 1,
+            ErrorCode::RateLimited => self.stats.rate_limited += 1,
+            ErrorCode::WrongNetwork => self.stats.wrong_network += 1,
+            _ => {}
+        }
+        vec![Action::Send {
+            conn,
+            msg: ServerMsg::Error(ErrorReply {
+                request_id,
+                code,
+                detail,
+                retry_after,
+            }),
+        }]
+    }
+
+    /// Checks that `from` is registered on `conn` and charges one request to its identity,
+    /// source and network budgets (all three checked before any is charged, so a request
+    /// refused by one costs no token of the others). Punch requests and `Discover` share them.
+    fn charge_request(&mut self, now: Instant, conn: ConnId, from: PeerId) -> Result<(), Refusal> {
         // A connection replaced by a newer registration of the same identity may still send a
         // request before it reads its Close: it must not act for the new connection.
         let Some(a) = self.peers.get(&from).filter(|a| a.conn == conn) else {
@@ -391,13 +491,11 @@ impl Registry {
         let ip = a.observed.ip();
         let (source, network) = (Prefix::of(ip), Prefix::network(ip));
         let limits = &self.limits;
-        // Request limits: all three are checked before any is charged, so a request refused
-        // by one costs no token of the others.
         self.requests_by_id
             .check(now, &from)
             .map_err(rate_refusal(|| {
                 format!(
-                    "more than {} punch requests per minute from this identity",
+                    "more than {} requests per minute from this identity",
                     limits.punch_requests_per_minute
                 )
             }))?;
@@ -405,7 +503,7 @@ impl Registry {
             .check(now, &source)
             .map_err(rate_refusal(|| {
                 format!(
-                    "more than {} punch requests per minute from {source}",
+                    "more than {} requests per minute from {source}",
                     limits.punch_requests_per_source_per_minute
                 )
             }))?;
@@ -413,7 +511,7 @@ impl Registry {
             .check(now, &network)
             .map_err(rate_refusal(|| {
                 format!(
-                    "more than {} punch requests per minute from {network}",
+                    "more than {} requests per minute from {network}",
                     limits.punch_requests_per_network_per_minute
                 )
             }))?;
@@ -423,6 +521,22 @@ impl Registry {
             self.requests_by_network.take(now, network),
         ];
         debug_assert!(taken.iter().all(Result::is_ok), "{taken:?}");
+        Ok(())
+    }
+
+    fn try_connect(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        from: PeerId,
+        request_id: u64,
+        target: PeerId,
+        can_send: impl Fn(ConnId) -> bool,
+    ) -> Result<Vec<Action>, Refusal> {
+        self.charge_request(now, conn, from)?;
+        let ip = self.peers[&from].observed.ip();
+        let (source, network) = (Prefix::of(ip), Prefix::network(ip));
+        let limits = &self.limits;
         if from == target {
             return Err((
                 ErrorCode::SelfConnect,
@@ -438,6 +552,20 @@ impl Registry {
                 None,
             )
         })?;
+        // Two named networks that differ: refused before anything else is learnt about the
+        // target or any offer budget is charged, and the target never hears of it.
+        if !a.network.is_empty() && !b.network.is_empty() && a.network != b.network {
+            return Err((
+                ErrorCode::WrongNetwork,
+                format!(
+                    "peer {} is on network {}, not {}",
+                    target.short(),
+                    b.network,
+                    a.network
+                ),
+                None,
+            ));
+        }
         if !b.accept_inbound {
             return Err((
                 ErrorCode::PeerRefuses,
@@ -447,7 +575,7 @@ impl Registry {
         }
         // Before any budget: a stranger to the target's allow-list spends nobody's budget
         // and the target never hears of the request.
-        if !b.allow.is_empty() && !b.allow.contains(&from) {
+        if !b.allows(&from) {
             return Err((
                 ErrorCode::NotAllowed,
                 format!(
@@ -531,6 +659,11 @@ impl Registry {
         self.offers_by_network.prune(now);
     }
 
+    /// The accepting peers by network that `Discover` samples (for tests and metrics).
+    pub fn directory(&self) -> &Directory {
+        &self.directory
+    }
+
     /// Keys held by the five rate tables (requests by identity, source, network; offers by
     /// target and source, target and network), for tests and metrics.
     pub fn rate_keys(&self) -> [usize; 5] {
@@ -597,3 +730,7 @@ pub fn is_dialable_local(addr: &SocketAddr, observed: &SocketAddr) -> bool {
 #[cfg(test)]
 #[path = "registry_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "registry_network_tests.rs"]
+mod network_tests;

@@ -16,6 +16,7 @@ fn limits() -> Limits {
         offers_per_target_per_network_per_minute: 100,
         max_rate_keys: 100,
         dial_margin: Duration::from_millis(50),
+        discover_max: 16,
     }
 }
 

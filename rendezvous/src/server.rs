@@ -193,6 +193,7 @@ fn new_shared(config: Config) -> Arc<Shared> {
         offers_per_target_per_network_per_minute: config.offers_per_target_per_network_per_minute,
         max_rate_keys: config.max_rate_keys,
         dial_margin: config.dial_margin,
+        discover_max: config.discover_max,
     };
     let gate = HandshakeGate::new(GateLimits {
         max_pending: config.max_handshakes,
@@ -443,6 +444,7 @@ async fn handle_conn(
     info!(
         local_addrs = accepted.register.local_addrs.len(),
         accept_inbound = accepted.register.accept_inbound,
+        network = accepted.register.network.as_str(),
         rtt_ms = accepted.rtt.as_millis() as u64,
         "registered"
     );
@@ -507,6 +509,27 @@ fn punch_request(
         }
         None => {}
     }
+    if let Some(reason) = refusal_reason(&actions) {
+        state.refusals.record(reason, Prefix::of(observed.ip()));
+    }
+    Shared::dispatch(state, actions);
+}
+
+/// A `Discover`: the registry samples the asker's network (charging the request budgets); a
+/// rate-limited one is counted in the refusal summary like a punch request.
+fn discover_request(
+    shared: &Shared,
+    conn: ConnId,
+    peer: PeerId,
+    observed: SocketAddr,
+    request_id: u64,
+    max: u32,
+) {
+    let mut guard = shared.lock();
+    let state = &mut *guard;
+    let actions = state
+        .registry
+        .discover(Instant::now(), conn, peer, request_id, max);
     if let Some(reason) = refusal_reason(&actions) {
         state.refusals.record(reason, Prefix::of(observed.ip()));
     }
@@ -637,6 +660,10 @@ async fn drive(
                     ClientMsg::Upgrade { request_id, peer: target, session_id } => {
                         debug!(request_id, target = %target.short(), session = session_id, "punch request for a relayed session");
                         punch_request(shared, conn, peer, observed, request_id, target, Some(session_id));
+                    }
+                    ClientMsg::Discover { request_id, max } => {
+                        debug!(request_id, max, "discover");
+                        discover_request(shared, conn, peer, observed, request_id, max);
                     }
                     other => return Err(ConnError::Unexpected(Box::new(other))),
                 }

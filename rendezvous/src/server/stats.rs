@@ -42,6 +42,10 @@ pub struct ServerStats {
     pub rate_limited: u64,
     /// Registrations refused for their source's or network's cap.
     pub network_full: u64,
+    /// Punch requests refused because the two peers registered different networks.
+    pub wrong_network: u64,
+    /// `Discover` requests answered with a sample.
+    pub discovers: u64,
     pub replaced: u64,
     /// Relayed sessions being spliced now.
     pub relay_active: u64,
@@ -84,6 +88,8 @@ pub(super) fn snapshot(shared: &Shared) -> ServerStats {
         not_allowed: r.not_allowed,
         rate_limited: r.rate_limited,
         network_full: r.network_full,
+        wrong_network: r.wrong_network,
+        discovers: r.discovers,
         replaced: r.replaced,
         relay_active: c.relay_active.load(Ordering::Relaxed),
         relay_held: state.relay.held() as u64,
