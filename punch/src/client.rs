@@ -12,6 +12,8 @@
 //! Client::connect(peer) --Connect--> driver --ConnectRequest--> rendezvous
 //!                                    driver <--Offer / Error---
 //!                                    driver spawns punch::run --> Session (or typed error)
+//! Client::discover(max) --Discover--> driver --Discover--> rendezvous
+//!                                     driver <--Discovered / Error-- (peer ids, or typed error)
 //! ```
 //!
 //! Offers for punches other peers requested end up on [`Incoming`]. The listener reads the
@@ -69,6 +71,8 @@ fn now() -> Instant {
 
 /// The reply token of a connect request.
 type Reply = oneshot::Sender<Result<Session, Error>>;
+/// The reply token of a discover request.
+type DiscoverReply = oneshot::Sender<Result<Vec<PeerId>, Error>>;
 
 /// What a request to the rendezvous answers to: a connect request's caller, or the retry loop
 /// of a relayed session (`Ok` once the session moved to a direct connection).
@@ -76,6 +80,7 @@ type Reply = oneshot::Sender<Result<Session, Error>>;
 pub(crate) enum Token {
     Session(Reply),
     Upgrade(oneshot::Sender<Result<(), Error>>),
+    Discover(DiscoverReply),
 }
 
 #[derive(Debug)]
@@ -89,6 +94,10 @@ pub(crate) enum Command {
         peer: PeerId,
         session_id: u64,
         reply: oneshot::Sender<Result<(), Error>>,
+    },
+    Discover {
+        max: usize,
+        reply: DiscoverReply,
     },
 }
 
@@ -136,7 +145,9 @@ impl Drop for Tasks {
 
 impl Client {
     /// Binds the punch port and starts registering with the rendezvous in the background.
+    /// Fails at once for a configuration it cannot register with ([`Config::validate`]).
     pub async fn start(config: Config) -> Result<(Client, Incoming), Error> {
+        config.validate()?;
         let listener = socket::listen(config.bind)?;
         let local = listener.local_addr()?;
         let id = config.keypair.public();
@@ -259,6 +270,21 @@ impl Client {
         let (reply, rx) = oneshot::channel();
         self.cmd
             .send(Command::Connect { peer, reply })
+            .await
+            .map_err(|_| Error::Shutdown)?;
+        rx.await.map_err(|_| Error::Shutdown)?
+    }
+
+    /// Asks the rendezvous for at most `max` peers of our [`Config::network`] that accept
+    /// inbound punches (a random sample, at most the rendezvous's own limit, never us, none
+    /// on our deny list). Waits like [`Client::connect`]'s request (its request timeout) and
+    /// fails with the same typed errors ([`Error::RateLimited`] with the retry time, ...);
+    /// [`Error::NoNetwork`] at once without a network. Charged by the rendezvous to the same
+    /// request budget as punch requests.
+    pub async fn discover(&self, max: usize) -> Result<Vec<PeerId>, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Discover { max, reply })
             .await
             .map_err(|_| Error::Shutdown)?;
         rx.await.map_err(|_| Error::Shutdown)?
@@ -392,6 +418,7 @@ impl ControlDriver {
                     None => break,
                     Some(Command::Connect { peer, reply }) => self.control.connect(now(), peer, Token::Session(reply)),
                     Some(Command::Upgrade { peer, session_id, reply }) => self.control.upgrade(now(), peer, session_id, Token::Upgrade(reply)),
+                    Some(Command::Discover { max, reply }) => self.control.discover(now(), max, Token::Discover(reply)),
                 },
                 res = handshaking(&mut self.handshake) => {
                     self.handshake = None;
@@ -458,6 +485,15 @@ impl ControlDriver {
                     Token::Upgrade(reply) => {
                         let _ = reply.send(Err(error));
                     }
+                    Token::Discover(reply) => {
+                        let _ = reply.send(Err(error));
+                    }
+                },
+                Action::Discovered { token, peers } => match token {
+                    Token::Discover(reply) => {
+                        let _ = reply.send(Ok(peers));
+                    }
+                    other => debug!(?other, "discover answer for another kind of request"),
                 },
                 Action::StartPunch {
                     offer,
@@ -504,6 +540,12 @@ impl ControlDriver {
             (None, None) => driver::Target::New(self.deliver(&offer, None)),
             (None, Some(Token::Upgrade(reply))) => {
                 warn!("an upgrade request answered with an offer for a new session; ignored");
+                let _ = reply.send(Err(Error::Shutdown));
+                return;
+            }
+            (None, Some(Token::Discover(reply))) => {
+                // The machine matches offers to punch requests only; never reached.
+                warn!("a discover request answered with an offer; ignored");
                 let _ = reply.send(Err(Error::Shutdown));
                 return;
             }

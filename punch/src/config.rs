@@ -4,7 +4,11 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use punch_proto::message::{check_network, NetworkNameError};
 use punch_proto::{Keypair, PeerId};
+
+use crate::deny::Denylist;
+use crate::error::Error;
 
 /// How long after the agreed moment a punch keeps trying: covers the kernel's SYN retransmits
 /// at 1 s and 3 s and a few paced redials against RST-answering routers (DCUtR uses 10 s too).
@@ -97,6 +101,16 @@ pub struct Config {
     /// Dial the peer directly and take its direct streams (on by default). Off: relay only,
     /// to test or diagnose the relay.
     pub direct: bool,
+    /// Our network (`kaspa-mainnet`, `kaspa-testnet-10`, ...: at most
+    /// [`punch_proto::message::MAX_NETWORK_LEN`] bytes of `[a-z0-9-]`), sent in the
+    /// registration. With one, the rendezvous lists us to [`crate::Client::discover`] of the
+    /// same network (when we accept inbound) and refuses punches with peers that registered
+    /// another network ([`Error::WrongNetwork`]). `None` (the default): no network, as before;
+    /// [`crate::Client::discover`] then fails with [`Error::NoNetwork`].
+    pub network: Option<String>,
+    /// Identities and IPs we refuse to punch with (empty by default); see [`crate::deny`].
+    /// Clone the handle before starting the client to add entries while it runs.
+    pub deny: Denylist,
 }
 
 impl Config {
@@ -126,6 +140,25 @@ impl Config {
             guard: crate::guard::GuardLimits::default(),
             relay: true,
             direct: true,
+            network: None,
+            deny: Denylist::new(),
         }
+    }
+
+    /// Checks what [`crate::Client::start`] cannot start with: a network name that is empty or
+    /// not valid on the wire ([`Error::InvalidNetwork`], the local configuration's fault).
+    pub fn validate(&self) -> Result<(), Error> {
+        if let Some(network) = &self.network {
+            let checked = if network.is_empty() {
+                Err(NetworkNameError::Empty)
+            } else {
+                check_network(network)
+            };
+            checked.map_err(|source| Error::InvalidNetwork {
+                network: network.clone(),
+                source,
+            })?;
+        }
+        Ok(())
     }
 }

@@ -20,12 +20,17 @@
 //!   +-- reconnect_min (jittered): silence, lost connection, malformed message ---------+
 //! ```
 //!
-//! Requests ([`Control::connect`]) made while a connection attempt is under way are sent once
+//! Requests ([`Control::connect`], [`Control::discover`]: `Discover` -> `Discovered | Error`)
+//! made while a connection attempt is under way are sent once
 //! registered; between attempts they fail at once. Each waits for its offer or refusal at
 //! most [`ControlConfig::request_timeout`] and fails with [`Error::RendezvousUnreachable`] if
 //! the connection (or the attempt) is lost meanwhile. Request ids keep
 //! growing across reconnects, so an offer quoting a request from an earlier connection never
 //! matches a newer request.
+//!
+//! The deny list ([`crate::Denylist`]) is read here with the `now` the driver passes: a punch
+//! request to a denied identity fails at once without a message, and an inbound offer from a
+//! denied identity or observed IP is refused before any dial, like one the allow-list refuses.
 //!
 //! Time: the machine takes `std::time::Instant` values. Drivers read the tokio clock
 //! (`tokio::time::Instant::now().into_std()`), so `tokio::time::pause` controls them too.
@@ -44,6 +49,7 @@ use rand::{Rng, SeedableRng};
 use tracing::{debug, info, warn};
 
 use crate::config::{Allow, Config};
+use crate::deny::Denylist;
 use crate::error::{Error, RendezvousError};
 use crate::event::{Event, Status};
 use crate::throttle::LogThrottle;
@@ -64,6 +70,10 @@ pub struct ControlConfig {
     pub accept_inbound: bool,
     /// Which peers' inbound offers start a punch; the others are refused before any dial.
     pub allow: Allow,
+    /// Our network, sent in the registration; empty: none (then `discover` fails at once).
+    pub network: String,
+    /// Identities and IPs refused before any request or dial (shared with the application).
+    pub deny: Denylist,
     /// TCP connect plus Noise handshake must finish in this time, and the server's
     /// `Registered` must follow within it again.
     pub handshake_timeout: Duration,
@@ -80,6 +90,8 @@ impl From<&Config> for ControlConfig {
             rendezvous: c.rendezvous,
             accept_inbound: c.accept_inbound,
             allow: c.allow.clone(),
+            network: c.network.clone().unwrap_or_default(),
+            deny: c.deny.clone(),
             handshake_timeout: c.auth_timeout,
             request_timeout: c.request_timeout,
             reconnect_min: c.reconnect_min,
@@ -119,7 +131,7 @@ impl ControlConfig {
             local_addrs: vec![local],
             accept_inbound,
             allow,
-            network: String::new(),
+            network: self.network.clone(),
         }
     }
 }
@@ -136,8 +148,10 @@ pub enum Action<T> {
     Close { reason: RendezvousError },
     /// Send a message on the control connection (a failed write is [`Control::on_lost`]).
     Send(ClientMsg),
-    /// The request ends without a punch.
+    /// The request ends without a punch (or, for [`Control::discover`], without an answer).
     Reply { token: T, error: Error },
+    /// The answer to [`Control::discover`]: identities of our network, none of them denied.
+    Discovered { token: T, peers: Vec<PeerId> },
     /// Start the punch `offer` describes. `reply` is the request's token (`None` for a punch
     /// another peer asked for); `started` is when the request (or the inbound offer) came.
     StartPunch {
@@ -206,6 +220,12 @@ pub struct Stats {
     pub offers: u64,
     /// Inbound offers from peers not on the allow-list (nothing dialed).
     pub inbound_refused: u64,
+    /// Inbound offers from denied identities or IPs (nothing dialed).
+    pub inbound_denied: u64,
+    /// Punch requests to denied identities, failed without asking the rendezvous.
+    pub denied: u64,
+    /// `Discover` requests answered.
+    pub discovered: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -227,11 +247,18 @@ enum State {
     },
 }
 
+/// What a request asks the rendezvous.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Request {
+    /// A punch to `peer`; `upgrade`: to move this relayed session ([`Control::upgrade`]).
+    Punch { peer: PeerId, upgrade: Option<u64> },
+    /// A sample of at most `max` peers of our network.
+    Discover { max: u32 },
+}
+
 #[derive(Debug)]
 struct Pending<T> {
-    peer: PeerId,
-    /// An upgrade request for this relayed session ([`Control::upgrade`]).
-    upgrade: Option<u64>,
+    what: Request,
     token: T,
     started: Instant,
     /// Sent on the current connection (a request made while connecting waits for the
@@ -253,6 +280,8 @@ pub struct Control<T> {
     stats: Stats,
     /// Refused inbound offers are logged at most once per interval.
     refusals: LogThrottle,
+    /// Denied inbound offers likewise, on a line of their own.
+    denials: LogThrottle,
 }
 
 impl<T> Control<T> {
@@ -268,6 +297,7 @@ impl<T> Control<T> {
             actions: VecDeque::new(),
             stats: Stats::default(),
             refusals: LogThrottle::default(),
+            denials: LogThrottle::default(),
         };
         c.start_connect(now);
         c
@@ -351,17 +381,47 @@ impl<T> Control<T> {
     /// the request waits for the registration (within its timeout); between attempts it
     /// fails at once.
     pub fn connect(&mut self, now: Instant, peer: PeerId, token: T) {
-        self.request(now, peer, None, token);
+        self.request(
+            now,
+            Request::Punch {
+                peer,
+                upgrade: None,
+            },
+            token,
+        );
     }
 
     /// Asks for a new punch to `peer` to move the relayed session `session_id` to a direct
     /// connection: answered like [`Control::connect`], with an offer naming the session
     /// ([`Offer::upgrade`]) and no relay ticket.
     pub fn upgrade(&mut self, now: Instant, peer: PeerId, session_id: u64, token: T) {
-        self.request(now, peer, Some(session_id), token);
+        let upgrade = Some(session_id);
+        self.request(now, Request::Punch { peer, upgrade }, token);
     }
 
-    fn request(&mut self, now: Instant, peer: PeerId, upgrade: Option<u64>, token: T) {
+    /// The application asks for at most `max` peers of our network that accept punches
+    /// ([`Action::Discovered`] with `token`, or [`Action::Reply`]); waits and fails like
+    /// [`Control::connect`]. Without a network it fails at once ([`Error::NoNetwork`]).
+    pub fn discover(&mut self, now: Instant, max: usize, token: T) {
+        if self.config.network.is_empty() {
+            let error = Error::NoNetwork;
+            self.actions.push_back(Action::Reply { token, error });
+            return;
+        }
+        let max = u32::try_from(max).unwrap_or(u32::MAX);
+        self.request(now, Request::Discover { max }, token);
+    }
+
+    fn request(&mut self, now: Instant, what: Request, token: T) {
+        if let Request::Punch { peer, .. } = what {
+            if self.config.deny.is_peer_denied(&peer, now) {
+                self.stats.denied += 1;
+                info!(peer = %peer.short(), "punch to a denied peer; not requested");
+                let error = Error::Denied { peer };
+                self.actions.push_back(Action::Reply { token, error });
+                return;
+            }
+        }
         if let State::Idle { .. } = self.state {
             let error = self.unreachable(RendezvousError::Reconnecting);
             self.actions.push_back(Action::Reply { token, error });
@@ -373,8 +433,7 @@ impl<T> Control<T> {
         self.pending.insert(
             request_id,
             Pending {
-                peer,
-                upgrade,
+                what,
                 token,
                 started: now,
                 sent: false,
@@ -383,7 +442,7 @@ impl<T> Control<T> {
         if let State::Registered { .. } = self.state {
             self.send_request(request_id);
         } else {
-            debug!(peer = %peer.short(), request_id, "punch request waits for the registration");
+            debug!(?what, request_id, "request waits for the registration");
         }
     }
 
@@ -392,8 +451,16 @@ impl<T> Control<T> {
             return;
         };
         p.sent = true;
-        let peer = p.peer;
-        let msg = match p.upgrade {
+        let (peer, upgrade) = match p.what {
+            Request::Punch { peer, upgrade } => (peer, upgrade),
+            Request::Discover { max } => {
+                debug!(request_id, max, "discover requested");
+                let msg = ClientMsg::Discover { request_id, max };
+                self.actions.push_back(Action::Send(msg));
+                return;
+            }
+        };
+        let msg = match upgrade {
             None => {
                 info!(peer = %peer.short(), request_id, "punch requested");
                 ClientMsg::Connect { request_id, peer }
@@ -466,6 +533,9 @@ impl<T> Control<T> {
                         .actions
                         .push_back(Action::Send(ClientMsg::Pong { nonce })),
                     ServerMsg::Offer(offer) => self.offer(now, offer),
+                    ServerMsg::Discovered { request_id, peers } => {
+                        self.discovered(now, request_id, peers)
+                    }
                     ServerMsg::Error(e) => self.refused(now, e),
                     ServerMsg::RelayEnded { session_id, reason } => self
                         .actions
@@ -537,10 +607,24 @@ impl<T> Control<T> {
                 self.refuse_inbound(now, &offer);
                 return;
             }
+            if self
+                .config
+                .deny
+                .is_denied(&offer.peer, offer.peer_observed.ip(), now)
+            {
+                self.deny_inbound(now, &offer);
+                return;
+            }
             (None, now)
         } else {
             match self.pending.remove(&offer.request_id) {
-                Some(p) if p.peer == offer.peer && p.upgrade == offer.upgrade => {
+                Some(p)
+                    if p.what
+                        == (Request::Punch {
+                            peer: offer.peer,
+                            upgrade: offer.upgrade,
+                        }) =>
+                {
                     (Some(p.token), p.started)
                 }
                 other => {
@@ -590,6 +674,53 @@ impl<T> Control<T> {
         }));
     }
 
+    /// An inbound offer from a denied identity or IP: counted, reported, never dialed.
+    fn deny_inbound(&mut self, now: Instant, offer: &Offer) {
+        self.stats.inbound_denied += 1;
+        if let Some(held_back) = self.denials.hit(now) {
+            warn!(
+                peer = %offer.peer.short(),
+                observed = %offer.peer_observed,
+                held_back,
+                total = self.stats.inbound_denied,
+                "inbound punch from a denied peer or address; refused (no dial)"
+            );
+        }
+        self.actions.push_back(Action::Emit(Event::InboundDenied {
+            peer: offer.peer,
+            session_id: offer.session_id,
+            observed: offer.peer_observed,
+        }));
+    }
+
+    /// The answer to a `Discover`: peers on our deny list (and ourselves, should a confused
+    /// rendezvous name us) are left out.
+    fn discovered(&mut self, now: Instant, request_id: u64, peers: Vec<PeerId>) {
+        let Some(p) = self.pending.remove(&request_id) else {
+            debug!(
+                request_id,
+                "discover answer for an expired request; ignored"
+            );
+            return;
+        };
+        if !matches!(p.what, Request::Discover { .. }) {
+            debug!(request_id, "discover answer to a punch request; ignored");
+            self.pending.insert(request_id, p);
+            return;
+        }
+        let deny = &self.config.deny;
+        let peers: Vec<PeerId> = peers
+            .into_iter()
+            .filter(|peer| !deny.is_peer_denied(peer, now))
+            .collect();
+        debug!(request_id, peers = peers.len(), "discovered");
+        self.stats.discovered += 1;
+        self.actions.push_back(Action::Discovered {
+            token: p.token,
+            peers,
+        });
+    }
+
     fn refused(&mut self, now: Instant, e: ErrorReply) {
         let Some(p) = self.pending.remove(&e.request_id) else {
             if e.request_id == 0 {
@@ -604,19 +735,28 @@ impl<T> Control<T> {
             }
             return;
         };
-        let error = match e.code {
-            ErrorCode::PeerOffline => Error::PeerOffline { peer: p.peer },
-            ErrorCode::PeerRefuses => Error::PeerRefuses { peer: p.peer },
-            ErrorCode::NotAllowed => Error::NotAllowed { peer: p.peer },
-            ErrorCode::RateLimited => Error::RateLimited {
+        let error = match (e.code, p.what) {
+            (ErrorCode::RateLimited, _) => Error::RateLimited {
                 retry_after: e.retry_after,
             },
-            code => Error::Rendezvous {
+            (ErrorCode::PeerOffline, Request::Punch { peer, .. }) => Error::PeerOffline { peer },
+            (ErrorCode::PeerRefuses, Request::Punch { peer, .. }) => Error::PeerRefuses { peer },
+            (ErrorCode::NotAllowed, Request::Punch { peer, .. }) => Error::NotAllowed { peer },
+            (ErrorCode::WrongNetwork, Request::Punch { peer, .. }) => Error::WrongNetwork {
+                peer,
+                network: self.config.network.clone(),
+            },
+            (code, _) => Error::Rendezvous {
                 code,
                 detail: e.detail,
             },
         };
-        info!(peer = %p.peer.short(), %error, "punch refused by the rendezvous");
+        match p.what {
+            Request::Punch { peer, .. } => {
+                info!(peer = %peer.short(), %error, "punch refused by the rendezvous")
+            }
+            Request::Discover { .. } => info!(%error, "discover refused by the rendezvous"),
+        }
         self.stats.refused += 1;
         self.actions.push_back(Action::Reply {
             token: p.token,
@@ -706,3 +846,7 @@ impl<T> Control<T> {
 #[cfg(test)]
 #[path = "control_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "control_network_tests.rs"]
+mod network_tests;

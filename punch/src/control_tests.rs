@@ -15,6 +15,8 @@ fn config() -> ControlConfig {
         rendezvous: "198.51.100.1:7717".parse().unwrap(),
         accept_inbound: true,
         allow: Allow::Any,
+        network: String::new(),
+        deny: Denylist::new(),
         handshake_timeout: Duration::from_secs(5),
         request_timeout: Duration::from_secs(5),
         reconnect_min: 200 * MS,

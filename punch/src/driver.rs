@@ -439,6 +439,7 @@ fn established(
     let info = SessionInfo {
         peer: offer.peer,
         remote: auth.remote,
+        observed: offer.peer_observed,
         path,
         role: offer.role,
         session_id: offer.session_id,

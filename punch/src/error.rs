@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use punch_proto::channel::ChannelError;
-use punch_proto::message::{DecodeError, ErrorCode, ServerMsg};
+use punch_proto::message::{DecodeError, ErrorCode, NetworkNameError, ServerMsg};
 use punch_proto::PeerId;
 
 use crate::attempt::Tried;
@@ -39,6 +39,23 @@ pub enum Error {
     /// us (refused by the rendezvous; the peer was not told).
     #[error("peer {peer} does not accept punches from us (not on its allow-list)")]
     NotAllowed { peer: PeerId },
+    /// The peer registered another network than our `network` (refused by the rendezvous;
+    /// the peer was not told): a mismatch of configurations, nobody's misbehaviour.
+    #[error("peer {peer} is not on our network {network} (refused by the rendezvous)")]
+    WrongNetwork { peer: PeerId, network: String },
+    /// The peer is on our own deny list ([`crate::Config::deny`]): nothing was sent.
+    #[error("peer {peer} is on our deny list; not contacted")]
+    Denied { peer: PeerId },
+    /// Our configuration: [`crate::Client::discover`] needs [`crate::Config::network`].
+    #[error("discover needs a network in the configuration (Config::network)")]
+    NoNetwork,
+    /// Our configuration: [`crate::Config::network`] is not a valid network name.
+    #[error("invalid network name {network:?}: {source}")]
+    InvalidNetwork {
+        network: String,
+        #[source]
+        source: NetworkNameError,
+    },
     #[error("rate limited by the rendezvous{}", retry_hint(*retry_after))]
     RateLimited { retry_after: Option<Duration> },
     /// Another refusal from the rendezvous (`detail` is the rendezvous's own text).

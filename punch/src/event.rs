@@ -60,6 +60,13 @@ pub enum Event {
     /// An inbound offer from a peer the allow-list ([`crate::config::Allow`]) does not
     /// name: nothing was dialed.
     InboundRefused { peer: PeerId, session_id: u64 },
+    /// An inbound offer from a peer on our deny list ([`crate::Config::deny`]: its identity,
+    /// or the IP the rendezvous observed it at, `observed`): nothing was dialed.
+    InboundDenied {
+        peer: PeerId,
+        session_id: u64,
+        observed: SocketAddr,
+    },
     /// The first dial of a punch to one candidate address (redials are not reported).
     Dial {
         peer: PeerId,

@@ -23,6 +23,7 @@
 //! - [`forward`]: forwarding punched streams to a local service with limits (`punch listen`)
 //!   and local connections to streams.
 //! - [`throttle`]: rate-limited reporting of refusals.
+//! - [`deny`]: the deny list of identities and IPs, checked before anything is dialed.
 //!
 //! Time: pure state machines ([`attempt`], [`control`], [`guard`]) take `std::time::Instant` values and
 //! never read a clock; drivers read tokio's clock (`tokio::time::Instant::now()`, converted with
@@ -33,6 +34,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod control;
+pub mod deny;
 mod driver;
 pub mod error;
 pub mod event;
@@ -46,6 +48,7 @@ pub mod throttle;
 
 pub use client::{Client, Incoming};
 pub use config::{Allow, Config};
+pub use deny::Denylist;
 pub use error::{Error, RendezvousError, SessionError};
 pub use event::{Event, Status};
 pub use session::{PathKind, Session, SessionInfo, Stream};

@@ -1,5 +1,6 @@
 //! `punch`: the operator's tool. Key management, staying registered and forwarding punched
-//! streams to a local service (`listen`), and punching to a peer (`connect`).
+//! streams to a local service (`listen`), punching to a peer (`connect`), and finding peers of
+//! a network (`discover`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,7 +11,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use punch::forward::ListenLimits;
 use punch::{Allow, Client, Config, Session};
-use punch_proto::message::MAX_ALLOW;
+use punch_proto::message::{check_network, MAX_ALLOW};
 use punch_proto::{Keypair, PeerId};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
@@ -70,6 +71,18 @@ enum Command {
         #[arg(long, value_name = "HOST:PORT")]
         local: Option<SocketAddr>,
     },
+    /// Print the ids of peers of --network that accept punches, one per line: a random sample
+    /// from the rendezvous (never us; we register without accepting punches). Needs --network.
+    #[command(group(
+        clap::ArgGroup::new("net").required(true).args(["network"])
+    ))]
+    Discover {
+        #[command(flatten)]
+        common: Common,
+        /// At most this many ids (the rendezvous caps it too, at 16 by default).
+        #[arg(long, default_value_t = 16, value_parser = at_least_one)]
+        max: usize,
+    },
 }
 
 /// The caps of `punch listen`; over a cap the newest session or stream is closed at once.
@@ -87,6 +100,15 @@ struct ListenCaps {
     /// Streams forwarded to the service at once, all sessions (each is a connection to it).
     #[arg(long, default_value_t = punch::forward::DEFAULT_FORWARDS_TOTAL, value_parser = at_least_one)]
     max_forwards: usize,
+}
+
+/// A network name as the registration carries it: 1 to 64 bytes of `[a-z0-9-]`.
+fn network_name(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    check_network(s).map_err(|e| e.to_string())?;
+    Ok(s.to_owned())
 }
 
 fn at_least_one(s: &str) -> Result<usize, String> {
@@ -108,6 +130,11 @@ struct Common {
     /// Our identity's secret key file (created on first use).
     #[arg(long)]
     key_file: PathBuf,
+    /// Our network, e.g. kaspa-mainnet (1 to 64 characters of a-z, 0-9 and -). The
+    /// rendezvous lists a listener to `punch discover` of its network, and refuses punches
+    /// between peers that name different networks (WRONG_NETWORK). Default: none.
+    #[arg(long, value_name = "NAME", value_parser = network_name)]
+    network: Option<String>,
     /// Local address of the punch port (default: any interface, port chosen by the OS).
     #[arg(long, value_name = "HOST:PORT")]
     bind: Option<SocketAddr>,
@@ -214,6 +241,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             common,
             local,
         } => connect(peer, common, local).await,
+        Command::Discover { common, max } => discover(common, max).await,
     }
 }
 
@@ -239,6 +267,7 @@ async fn start(
     let mut config = Config::new(rendezvous, common.rendezvous_key, keypair);
     config.accept_inbound = accept_inbound;
     config.allow = allow;
+    config.network = common.network.clone();
     anyhow::ensure!(
         common.session_stall_secs > 0,
         "--session-stall-secs must be at least 1"
@@ -336,6 +365,21 @@ async fn connect(peer: PeerId, common: Common, local: Option<SocketAddr>) -> any
         Some(addr) => expose(session, addr).await,
         None => pipe(session).await,
     }
+}
+
+async fn discover(common: Common, max: usize) -> anyhow::Result<()> {
+    let (client, _incoming) = start(&common, false, Allow::Any).await?;
+    let peers = client.discover(max).await.context("discovering peers")?;
+    eprintln!(
+        "punch: {} peer(s) of {}",
+        peers.len(),
+        common.network.as_deref().unwrap_or_default()
+    );
+    for peer in peers {
+        println!("{peer}");
+    }
+    client.shutdown().await;
+    Ok(())
 }
 
 /// Prints when the session moves (from the relay to a direct connection), with the time since

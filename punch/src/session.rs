@@ -380,7 +380,12 @@ impl PathControl {
 #[derive(Debug, Clone)]
 pub struct SessionInfo {
     pub peer: PeerId,
+    /// The address the stream is connected to: the peer's (direct), or the relay's.
     pub remote: SocketAddr,
+    /// The peer's address as the rendezvous observed it (the offer's `peer_observed`: its
+    /// NAT's public mapping), for direct and relayed sessions alike: what to count or deny
+    /// per IP, since `remote` is the relay's address for a relayed session.
+    pub observed: SocketAddr,
     pub path: PathKind,
     pub role: Role,
     pub session_id: u64,
@@ -778,6 +783,7 @@ mod tests {
         let info = SessionInfo {
             peer: peer.public(),
             remote: auth.remote,
+            observed: auth.remote,
             path: PathKind::Relayed,
             role,
             session_id: 5,

@@ -173,6 +173,8 @@ pub fn control_config() -> ControlConfig {
         rendezvous: "192.0.2.1:7717".parse().unwrap(),
         accept_inbound: true,
         allow: Allow::Any,
+        network: String::new(),
+        deny: punch::Denylist::new(),
         handshake_timeout: DEFAULT_AUTH_TIMEOUT,
         request_timeout: DEFAULT_REQUEST_TIMEOUT,
         reconnect_min: DEFAULT_RECONNECT_MIN,
@@ -474,6 +476,12 @@ impl Sim {
                 self.log(
                     name,
                     format_args!("relay ended session {session_id}: {reason}"),
+                );
+            }
+            Action::Discovered { token, peers } => {
+                self.log(
+                    name,
+                    format_args!("request {token}: {} peer(s)", peers.len()),
                 );
             }
             Action::Reply { token, error } => {
