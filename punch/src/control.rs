@@ -753,7 +753,7 @@ impl<T> Control<T> {
         };
         match p.what {
             Request::Punch { peer, .. } => {
-                info!(peer = %peer.short(), %error, "punch refused by the rendezvous")
+                info!(peer = %peer.short(), %error, "punch refused by the rendezvous");
             }
             Request::Discover { .. } => info!(%error, "discover refused by the rendezvous"),
         }

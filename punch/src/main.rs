@@ -132,7 +132,7 @@ struct Common {
     key_file: PathBuf,
     /// Our network, e.g. kaspa-mainnet (1 to 64 characters of a-z, 0-9 and -). The
     /// rendezvous lists a listener to `punch discover` of its network, and refuses punches
-    /// between peers that name different networks (WRONG_NETWORK). Default: none.
+    /// between peers that name different networks. Default: none.
     #[arg(long, value_name = "NAME", value_parser = network_name)]
     network: Option<String>,
     /// Local address of the punch port (default: any interface, port chosen by the OS).

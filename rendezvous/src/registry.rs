@@ -37,10 +37,11 @@
 //! network gets `BadRequest`.
 //!
 //! Memory: `peers` holds at most `max_peers` entries (each with at most [`MAX_ALLOW`] allowed
-//! identities, 2 KiB, and a network name of at most [`MAX_NETWORK_LEN`] bytes); the
-//! directory one entry per accepting peer and one per network with such peers; the per-source and per-network registration counts at most one entry
-//! per peer; each of the five rate tables at most `max_rate_keys` keys ([`RateTable`]), and
-//! [`Registry::prune`] drops keys idle for a minute.
+//! identities, 2 KiB, and a network name of at most 64 bytes,
+//! [`punch_proto::message::MAX_NETWORK_LEN`]); the directory one entry per accepting peer
+//! and one per network with such peers; the per-source and per-network registration counts
+//! at most one entry per peer; each of the five rate tables at most `max_rate_keys` keys
+//! ([`RateTable`]), and [`Registry::prune`] drops keys idle for a minute.
 //!
 //! Session ids are random (from an RNG the registry owns, seeded at construction so tests and
 //! the simulator stay deterministic), never 0, so they reveal neither how many sessions the
@@ -53,8 +54,6 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-#[cfg(doc)]
-use punch_proto::message::MAX_NETWORK_LEN;
 use punch_proto::message::{
     ErrorCode, ErrorReply, Offer, Register, ServerMsg, MAX_ALLOW, MAX_DISCOVERED, PROTOCOL_VERSION,
 };

@@ -16,6 +16,8 @@
 //!   allowed punch's `SessionInfo::observed` is each peer's address as the rendezvous saw it.
 #![allow(clippy::unwrap_used)]
 
+// Shared with the Sybil tests; this one does not use every re-export.
+#[allow(unused_imports)]
 mod sybil_common;
 
 use std::collections::HashSet;
@@ -151,9 +153,15 @@ async fn discover_lists_only_accepting_peers_of_the_askers_network() {
 
     // The CLI: `punch discover` registers without accepting and prints one id per line.
     let dir = unique_temp_dir("punch-discover");
+    let (addr, key) = (rv.addr().to_string(), rv.identity().to_string());
     let out = Command::new(bin_path("punch"))
-        .args(["discover", "--rendezvous", &rv.addr().to_string()])
-        .args(["--rendezvous-key", &rv.identity().to_string()])
+        .args([
+            "discover",
+            "--rendezvous",
+            addr.as_str(),
+            "--rendezvous-key",
+            key.as_str(),
+        ])
         .arg("--key-file")
         .arg(dir.join("cli.key"))
         .args(["--network", SIMNET, "--max", "5"])
@@ -171,8 +179,13 @@ async fn discover_lists_only_accepting_peers_of_the_askers_network() {
     assert_eq!(printed, want);
     // Without --network it refuses to start.
     let out = Command::new(bin_path("punch"))
-        .args(["discover", "--rendezvous", &rv.addr().to_string()])
-        .args(["--rendezvous-key", &rv.identity().to_string()])
+        .args([
+            "discover",
+            "--rendezvous",
+            addr.as_str(),
+            "--rendezvous-key",
+            key.as_str(),
+        ])
         .args(["--key-file", "/nonexistent/never-created.key"])
         .output()
         .unwrap();
