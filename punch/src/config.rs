@@ -162,3 +162,31 @@ impl Config {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_names_are_validated() {
+        let key = Keypair::from_secret(&[7; 32]).unwrap();
+        let mut c = Config::new("127.0.0.1:7717".parse().unwrap(), key.public(), key);
+        assert!(c.validate().is_ok(), "no network");
+        c.network = Some("kaspa-testnet-10".into());
+        assert!(c.validate().is_ok());
+        let long = "n".repeat(65);
+        for (bad, want) in [
+            ("", NetworkNameError::Empty),
+            ("Kaspa-mainnet", NetworkNameError::BadChar { ch: 'K' }),
+            (long.as_str(), NetworkNameError::TooLong { len: 65 }),
+        ] {
+            c.network = Some(bad.to_owned());
+            match c.validate() {
+                Err(Error::InvalidNetwork { network, source }) => {
+                    assert_eq!((network.as_str(), source), (bad, want));
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+    }
+}
