@@ -18,7 +18,8 @@
 //!
 //! `--has-block HASH` asks GetBlock (no transactions): prints `present <hash>` and exits 0
 //! when the node has the block (header or full block), prints `absent <hash>` and exits 1
-//! when the node answers that it cannot find it, exits 2 when the RPC fails otherwise.
+//! when the node answers that it cannot find it, exits 2 when the RPC fails otherwise (or
+//! HASH is not 64 hex digits).
 
 use std::process::ExitCode;
 use std::str::FromStr;
@@ -46,7 +47,7 @@ struct Args {
     #[arg(long, default_value_t = 30)]
     timeout_secs: u64,
     /// Do not mine: print `present HASH` and exit 0 if the node has this block, `absent
-    /// HASH` and exit 1 if it does not; exit 2 if the RPC fails.
+    /// HASH` and exit 1 if it does not; exit 2 if the RPC fails or HASH is not 64 hex digits.
     #[arg(long, value_name = "HASH")]
     has_block: Option<String>,
 }
