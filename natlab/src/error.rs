@@ -46,6 +46,9 @@ pub enum Error {
         topology: Topology,
         cause: Box<Error>,
     },
+    /// [`Topology::many`] was given fewer than 2 or more than [`crate::MAX_PEERS`] routers.
+    #[error("a lab holds 2 to {} peers, not {count}", crate::MAX_PEERS)]
+    PeerCount { count: usize },
     /// A file or directory of the lab (the case directory, a log file) could not be made.
     #[error("creating {path:?}: {error}")]
     Io { path: PathBuf, error: io::Error },

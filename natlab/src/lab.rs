@@ -4,13 +4,14 @@
 //! Namespaces (`<p>` = `nlab-<pid>-<case>-`): `<p>inet` holds the internet bridge `br0`;
 //! `<p>rv` the rendezvous host; `<p>ea`/`<p>eb` the routers on the internet (the "edge":
 //! home router, firewall, or carrier NAT); `<p>ha`/`<p>hb` the home router behind a carrier
-//! NAT (DoubleNat only); `<p>pa`/`<p>pb` the peers. Interface names are fixed per namespace
+//! NAT (DoubleNat only); `<p>pa`/`<p>pb` the peers. Peers 2.. of a `Many` lab follow with
+//! the next letters (`ec`, `hc`, `pc`, ... up to `h`). Interface names are fixed per namespace
 //! (`wan`, `lan`, `eth0`), so nothing clashes between parallel cases.
 
 use super::procs::{ProcId, Procs};
 use super::rules::{self, Filter, Nat, WanLink};
 use super::sys::{self, PREFIX};
-use super::{LinkParams, RouterKind, Side, Topology};
+use super::{LinkParams, Peer, RouterKind, Side, Topology};
 use crate::error::{Error, Result};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -27,9 +28,9 @@ const HELPER_MAX_SECS: u32 = 3600;
 
 static NEXT_CASE: AtomicU32 = AtomicU32::new(0);
 
-/// Addresses of one side, fixed by the address plan in `natlab/README.md`.
+/// Addresses of one peer's site, fixed by the address plan in `natlab/README.md`.
 #[derive(Debug, Clone, Copy)]
-struct SidePlan {
+struct SitePlan {
     /// The edge router's WAN address on the internet bridge.
     wan: Ipv4Addr,
     /// The peer's own address.
@@ -42,14 +43,14 @@ struct SidePlan {
     cgn: Option<(Ipv4Addr, Ipv4Addr)>,
 }
 
-fn side_plan(topology: Topology, side: Side) -> SidePlan {
-    let n = side.index() as u8 + 1; // 1 for A, 2 for B
-    let kind = match topology {
-        Topology::Pair(a, b) => [a, b][side.index()],
-        Topology::SameRouter => RouterKind::HomeEim,
-    };
+/// The plan of peer `peer` (index below `topology.peer_count()`, at most
+/// [`crate::MAX_PEERS`]): peer `i` has `n = i + 1`, WAN 203.0.113.`10n`, LAN 192.168.`n`.0/24
+/// or public 198.51.100.`16i`/28, carrier link 100.64.`n`.0/24.
+fn site_plan(topology: Topology, peer: Peer) -> SitePlan {
+    let n = peer.index() as u8 + 1; // 1 for A, 2 for B, ...
+    let kind = topology.router(peer);
     if topology == Topology::SameRouter {
-        return SidePlan {
+        return SitePlan {
             wan: Ipv4Addr::new(203, 0, 113, 10),
             peer: Ipv4Addr::new(192, 168, 1, 1 + n),
             gateway: Ipv4Addr::new(192, 168, 1, 1),
@@ -59,9 +60,9 @@ fn side_plan(topology: Topology, side: Side) -> SidePlan {
     }
     let wan = Ipv4Addr::new(203, 0, 113, 10 * n);
     if kind.peer_is_public() {
-        // 198.51.100.0/28 for A, 198.51.100.16/28 for B.
+        // 198.51.100.0/28 for A, 198.51.100.16/28 for B, ...
         let base = 16 * (n - 1);
-        SidePlan {
+        SitePlan {
             wan,
             peer: Ipv4Addr::new(198, 51, 100, base + 2),
             gateway: Ipv4Addr::new(198, 51, 100, base + 1),
@@ -69,7 +70,7 @@ fn side_plan(topology: Topology, side: Side) -> SidePlan {
             cgn: None,
         }
     } else {
-        SidePlan {
+        SitePlan {
             wan,
             peer: Ipv4Addr::new(192, 168, n, 2),
             gateway: Ipv4Addr::new(192, 168, n, 1),
@@ -95,8 +96,8 @@ pub struct Lab {
 
 impl Lab {
     /// Builds the case `name` (used in the log directory name) with the given topology and
-    /// WAN link impairments. Sweeps leftovers of dead runs first (once per process). On error
-    /// everything created so far is removed.
+    /// WAN link impairments (on every peer's link). Sweeps leftovers of dead runs first (once
+    /// per process). On error everything created so far is removed.
     pub fn build(name: &str, topology: Topology, link: LinkParams) -> Result<Lab> {
         if let Some(reason) = sys::skip_reason() {
             return Err(Error::Unavailable { reason });
@@ -132,6 +133,12 @@ impl Lab {
             cause: Box::new(cause),
         })?;
         Ok(lab)
+    }
+
+    /// Builds a [`Topology::Many`] case: peer `i` behind its own router of kind `kinds[i]`,
+    /// 2 to [`crate::MAX_PEERS`] peers (else [`Error::PeerCount`]). Otherwise as [`Lab::build`].
+    pub fn build_peers(name: &str, kinds: &[RouterKind], link: LinkParams) -> Result<Lab> {
+        Lab::build(name, Topology::many(kinds)?, link)
     }
 
     fn ns(&self, role: &str) -> String {
@@ -174,22 +181,23 @@ impl Lab {
         attach(&inet, "br0", "rv", &rv, "eth0", RENDEZVOUS_IP, 24)?;
         sys::ip(&rv, &["route", "add", "blackhole", "default"])?;
 
-        let sides: &[Side] = match self.topology {
-            Topology::Pair(..) => &Side::BOTH,
-            Topology::SameRouter => &[Side::A],
+        // The peers with a router of their own on the bridge (SameRouter: one for both).
+        let sites: Vec<Peer> = match self.topology {
+            Topology::SameRouter => vec![Peer::from(0)],
+            t => (0..t.peer_count()).map(Peer::from).collect(),
         };
         let mut public_nets = Vec::new(); // (lan network, via wan, owning router)
-        for &side in sides {
-            let plan = side_plan(self.topology, side);
-            let l = side.letter();
+        for &peer in &sites {
+            let plan = site_plan(self.topology, peer);
+            let l = peer.letter();
             let edge = self.add_router_ns(&format!("e{l}"))?;
             attach(&inet, "br0", &format!("e{l}"), &edge, "wan", plan.wan, 24)?;
             sys::ip(&edge, &["route", "add", "blackhole", "default"])?;
             match self.topology {
                 Topology::SameRouter => self.build_same_router(&edge)?,
-                Topology::Pair(a, b) => {
-                    let kind = [a, b][side.index()];
-                    self.build_side(side, kind, &edge, plan)?;
+                Topology::Pair(..) | Topology::Many(_) => {
+                    let kind = self.topology.router(peer);
+                    self.build_site(peer, kind, &edge, plan)?;
                     if kind.peer_is_public() {
                         let net = network(plan.peer, plan.lan_prefix);
                         public_nets.push((
@@ -201,11 +209,11 @@ impl Lab {
                 }
             }
         }
-        self.start_impairments(&inet, sides)?;
+        self.start_impairments(&inet, &sites)?;
         // Internet routing to the public LANs behind FirewallOnly/Public routers: every host
         // on the bridge but the owning router gets a route via that router's WAN address.
         let mut hosts = vec![rv];
-        hosts.extend(sides.iter().map(|s| self.ns(&format!("e{}", s.letter()))));
+        hosts.extend(sites.iter().map(|p| self.ns(&format!("e{}", p.letter()))));
         for (net, via, owner) in &public_nets {
             for host in hosts.iter().filter(|h| *h != owner) {
                 sys::ip(host, &["route", "add", net, "via", &via.to_string()])?;
@@ -215,14 +223,14 @@ impl Lab {
     }
 
     /// A peer behind its own router of `kind` whose internet side is `edge`.
-    fn build_side(
+    fn build_site(
         &mut self,
-        side: Side,
+        peer: Peer,
         kind: RouterKind,
         edge: &str,
-        plan: SidePlan,
+        plan: SitePlan,
     ) -> Result<()> {
-        let l = side.letter();
+        let l = peer.letter();
         let peer = self.add_ns(&format!("p{l}"))?;
         let (nat, filter) = match kind {
             RouterKind::HomeEim | RouterKind::DoubleNat => (Nat::Eim, Filter::Stateful),
@@ -265,13 +273,13 @@ impl Lab {
     fn build_same_router(&mut self, edge: &str) -> Result<()> {
         sys::iptables_restore(edge, &rules::router_rules(Nat::Eim, Filter::Stateful))?;
         sys::ip(edge, &["link", "add", "lan", "type", "bridge"])?;
-        let gw = side_plan(Topology::SameRouter, Side::A).gateway;
+        let gw = site_plan(Topology::SameRouter, Peer::from(0)).gateway;
         sys::ip(edge, &["addr", "add", &format!("{gw}/24"), "dev", "lan"])?;
         sys::ip(edge, &["link", "set", "lan", "up"])?;
         for side in Side::BOTH {
-            let l = side.letter();
+            let l = Peer::from(side).letter();
             let peer = self.add_ns(&format!("p{l}"))?;
-            let plan = side_plan(Topology::SameRouter, side);
+            let plan = site_plan(Topology::SameRouter, side.into());
             attach(edge, "lan", &format!("lp{l}"), &peer, "eth0", plan.peer, 24)?;
             sys::ip(&peer, &["route", "add", "default", "via", &gw.to_string()])?;
         }
@@ -280,13 +288,13 @@ impl Lab {
 
     /// Starts one delay helper per router link (if any delay) in the internet namespace and
     /// loads the loss/delay rules on the bridge ports there (see `rules::wire_rules`).
-    fn start_impairments(&mut self, inet: &str, sides: &[Side]) -> Result<()> {
+    fn start_impairments(&mut self, inet: &str, sites: &[Peer]) -> Result<()> {
         let delayed = self.link.delay_ms > 0;
-        let links: Vec<WanLink> = sides
+        let links: Vec<WanLink> = sites
             .iter()
-            .map(|s| WanLink {
-                port: format!("e{}", s.letter()),
-                queue: delayed.then_some(s.index() as u16 + 1),
+            .map(|p| WanLink {
+                port: format!("e{}", p.letter()),
+                queue: delayed.then_some(p.index() as u16 + 1),
             })
             .collect();
         let Some(rules) = rules::wire_rules(&links, self.link.loss_percent) else {
@@ -371,32 +379,57 @@ impl Lab {
         IpAddr::V4(RENDEZVOUS_IP)
     }
 
-    /// Namespace of a peer.
-    pub fn peer_ns(&self, side: Side) -> String {
-        self.ns(&format!("p{}", side.letter()))
+    /// How many peers this case has (2 unless [`Topology::Many`]).
+    pub fn peer_count(&self) -> usize {
+        self.topology.peer_count()
+    }
+
+    /// Every peer of this case, peer 0 first.
+    pub fn peers(&self) -> impl Iterator<Item = Peer> {
+        (0..self.peer_count()).map(Peer::from)
+    }
+
+    /// `peer` checked against this case: panics (a bug of the test) if it has no such peer.
+    fn peer(&self, peer: impl Into<Peer>) -> Peer {
+        let peer = peer.into();
+        assert!(
+            peer.index() < self.peer_count(),
+            "lab {} ({}) has no {peer}",
+            self.name,
+            self.topology
+        );
+        peer
+    }
+
+    /// Namespace of a peer (a [`Side`], or an index for [`Topology::Many`]).
+    pub fn peer_ns(&self, peer: impl Into<Peer>) -> String {
+        self.ns(&format!("p{}", self.peer(peer).letter()))
     }
 
     /// The peer's own address (private behind a NAT, public for FirewallOnly/Public).
-    pub fn peer_lan_ip(&self, side: Side) -> IpAddr {
-        IpAddr::V4(side_plan(self.topology, side).peer)
+    pub fn peer_lan_ip(&self, peer: impl Into<Peer>) -> IpAddr {
+        IpAddr::V4(site_plan(self.topology, self.peer(peer)).peer)
     }
 
     /// The address the internet sees the peer's traffic come from: its router's WAN address
     /// behind a NAT (the carrier NAT's for DoubleNat), its own address otherwise.
-    pub fn peer_public_ip(&self, side: Side) -> IpAddr {
-        let plan = side_plan(self.topology, side);
+    pub fn peer_public_ip(&self, peer: impl Into<Peer>) -> IpAddr {
+        let peer = self.peer(peer);
+        let plan = site_plan(self.topology, peer);
         match self.topology {
-            Topology::Pair(a, b) if [a, b][side.index()].peer_is_public() => IpAddr::V4(plan.peer),
+            Topology::SameRouter => IpAddr::V4(plan.wan),
+            t if t.router(peer).peer_is_public() => IpAddr::V4(plan.peer),
             _ => IpAddr::V4(plan.wan),
         }
     }
 
     /// Namespace of the router on the internet bridge on the peer's side (the carrier NAT for
     /// DoubleNat; the shared router for SameRouter).
-    pub fn edge_ns(&self, side: Side) -> String {
+    pub fn edge_ns(&self, peer: impl Into<Peer>) -> String {
+        let peer = self.peer(peer);
         match self.topology {
             Topology::SameRouter => self.ns("ea"),
-            Topology::Pair(..) => self.ns(&format!("e{}", side.letter())),
+            Topology::Pair(..) | Topology::Many(_) => self.ns(&format!("e{}", peer.letter())),
         }
     }
 
@@ -556,16 +589,16 @@ mod tests {
     #[test]
     fn address_plan() {
         let t = Topology::Pair(RouterKind::Public, RouterKind::DoubleNat);
-        let a = side_plan(t, Side::A);
+        let a = site_plan(t, Side::A.into());
         assert_eq!(a.peer, Ipv4Addr::new(198, 51, 100, 2));
         assert_eq!(
             network(a.peer, a.lan_prefix),
             Ipv4Addr::new(198, 51, 100, 0)
         );
-        let b = side_plan(t, Side::B);
+        let b = site_plan(t, Side::B.into());
         assert_eq!(b.wan, Ipv4Addr::new(203, 0, 113, 20));
         assert_eq!(b.cgn.map(|c| c.1), Some(Ipv4Addr::new(100, 64, 2, 2)));
-        let s = side_plan(Topology::SameRouter, Side::B);
+        let s = site_plan(Topology::SameRouter, Side::B.into());
         assert_eq!(
             (s.wan, s.peer),
             (
@@ -573,5 +606,44 @@ mod tests {
                 Ipv4Addr::new(192, 168, 1, 3)
             )
         );
+    }
+
+    #[test]
+    fn address_plan_of_many_peers() {
+        use RouterKind::*;
+        let kinds = [
+            HomeEim, Public, DoubleNat, HomeEimRst, Symmetric, HomeEim, HomeEim,
+        ];
+        let t = Topology::many(&[kinds.as_slice(), &[FirewallOnly]].concat()).unwrap();
+        assert_eq!(t.peer_count(), 8);
+        assert_eq!(t.to_string().matches('/').count(), 7);
+        // Peers 0 and 1 as A and B of the same pair.
+        let pair = Topology::Pair(HomeEim, Public);
+        for side in Side::BOTH {
+            let (m, p) = (site_plan(t, side.into()), site_plan(pair, side.into()));
+            assert_eq!((m.wan, m.peer, m.gateway), (p.wan, p.peer, p.gateway));
+        }
+        let c = site_plan(t, 2.into());
+        assert_eq!(c.peer, Ipv4Addr::new(192, 168, 3, 2));
+        assert_eq!(
+            c.cgn,
+            Some((Ipv4Addr::new(100, 64, 3, 1), Ipv4Addr::new(100, 64, 3, 2)))
+        );
+        let h = site_plan(t, 7.into());
+        assert_eq!(h.wan, Ipv4Addr::new(203, 0, 113, 80));
+        assert_eq!(
+            (h.peer, h.gateway, h.lan_prefix),
+            (
+                Ipv4Addr::new(198, 51, 100, 114),
+                Ipv4Addr::new(198, 51, 100, 113),
+                28
+            )
+        );
+        assert_eq!(Peer::from(7).letter(), 'h');
+        assert!(matches!(
+            Topology::many(&[HomeEim]),
+            Err(Error::PeerCount { count: 1 })
+        ));
+        assert!(Topology::many(&[HomeEim; 9]).is_err());
     }
 }

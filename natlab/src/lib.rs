@@ -4,7 +4,9 @@
 //!
 //! One [`Lab`] is one test case: a public rendezvous host and two peers, each behind a router
 //! of a given [`RouterKind`] (or both behind one router, [`Topology::SameRouter`]), joined by a
-//! bridge that plays the internet. One-way delay and packet loss ([`LinkParams`]) are applied
+//! bridge that plays the internet. [`Topology::Many`] (built with [`Topology::many`] or
+//! [`Lab::build_peers`]) puts 2 to [`MAX_PEERS`] peers on it, each behind its own router;
+//! accessors take a [`Peer`] index, or a [`Side`] for the first two. One-way delay and packet loss ([`LinkParams`]) are applied
 //! on each router's WAN link in both directions (delay by the `natlab_delay` NFQUEUE helper,
 //! loss by `iptables -m statistic`), so A -> rendezvous costs one delay and A -> B two.
 //! The address plan, the exact rules and where each part of the lab lives (this crate, the
@@ -35,6 +37,10 @@ pub use procs::ProcId;
 pub use sys::{have_net_admin, skip_reason, skip_without_net_admin, sweep_leftovers, PREFIX};
 
 use std::fmt;
+
+/// Most peers one lab holds ([`Topology::Many`]): the address plan gives each peer its own
+/// WAN address (203.0.113.10..=80), public /28 and private /24.
+pub const MAX_PEERS: usize = 8;
 
 /// What sits between a peer and the simulated internet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -87,7 +93,7 @@ impl fmt::Display for RouterKind {
     }
 }
 
-/// How the two peers are attached to the internet.
+/// How the peers are attached to the internet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Topology {
     /// Each peer behind its own router: `Pair(kind_a, kind_b)`.
@@ -95,6 +101,45 @@ pub enum Topology {
     /// Both peers on one LAN behind a single [`RouterKind::HomeEim`] router; they reach each
     /// other by their LAN addresses, and the rendezvous sees both with the same WAN address.
     SameRouter,
+    /// 2 to [`MAX_PEERS`] peers, each behind its own router of the given kind (peer `i`
+    /// behind `kinds()[i]`); made by [`Topology::many`]. Peers 0 and 1 are laid out exactly as
+    /// A and B of a `Pair` with the same kinds.
+    Many(PeerRouters),
+}
+
+impl Topology {
+    /// `Many` with one peer per entry of `kinds`, each behind its own router of that kind;
+    /// fails with [`Error::PeerCount`] unless there are 2 to [`MAX_PEERS`].
+    pub fn many(kinds: &[RouterKind]) -> Result<Topology> {
+        if !(2..=MAX_PEERS).contains(&kinds.len()) {
+            return Err(Error::PeerCount { count: kinds.len() });
+        }
+        let mut routers = PeerRouters {
+            kinds: [RouterKind::HomeEim; MAX_PEERS],
+            len: kinds.len() as u8,
+        };
+        routers.kinds[..kinds.len()].copy_from_slice(kinds);
+        Ok(Topology::Many(routers))
+    }
+
+    /// How many peers the lab has: 2, or `kinds().len()` for `Many`.
+    pub fn peer_count(&self) -> usize {
+        match self {
+            Topology::Pair(..) | Topology::SameRouter => 2,
+            Topology::Many(routers) => routers.kinds().len(),
+        }
+    }
+
+    /// The kind of the router in front of `peer` (the shared [`RouterKind::HomeEim`] one for
+    /// `SameRouter`). Panics if the topology has no such peer.
+    pub fn router(&self, peer: impl Into<Peer>) -> RouterKind {
+        let i = peer.into().index();
+        match self {
+            Topology::Pair(a, b) => [*a, *b][i],
+            Topology::SameRouter => [RouterKind::HomeEim; 2][i],
+            Topology::Many(routers) => routers.kinds()[i],
+        }
+    }
 }
 
 impl fmt::Display for Topology {
@@ -102,11 +147,71 @@ impl fmt::Display for Topology {
         match self {
             Topology::Pair(a, b) => write!(f, "{a}/{b}"),
             Topology::SameRouter => f.write_str("same-router"),
+            Topology::Many(routers) => {
+                for (i, kind) in routers.kinds().iter().enumerate() {
+                    if i > 0 {
+                        f.write_str("/")?;
+                    }
+                    write!(f, "{kind}")?;
+                }
+                Ok(())
+            }
         }
     }
 }
 
-/// One of the two peers.
+/// The routers of a [`Topology::Many`], one per peer, in peer order. A fixed-size value so
+/// that [`Topology`] stays `Copy`; made by [`Topology::many`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PeerRouters {
+    /// `kinds[..len]` are used; the rest stay `HomeEim`, so equal lists compare equal.
+    kinds: [RouterKind; MAX_PEERS],
+    len: u8,
+}
+
+impl PeerRouters {
+    /// The router kind of each peer, peer 0 first.
+    pub fn kinds(&self) -> &[RouterKind] {
+        &self.kinds[..usize::from(self.len)]
+    }
+}
+
+/// One peer of a lab by index: 0 and 1 are [`Side::A`] and [`Side::B`], a [`Topology::Many`]
+/// lab has more. Accessors take `impl Into<Peer>`, so a `Side`, a `usize` or a `Peer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Peer(usize);
+
+impl Peer {
+    /// The peer's index (0 for A, 1 for B).
+    pub fn index(self) -> usize {
+        self.0
+    }
+
+    /// 'a' for peer 0, 'b' for peer 1, ... 'h' for peer 7, as in namespace names.
+    pub fn letter(self) -> char {
+        char::from(b'a' + (self.0 % 26) as u8)
+    }
+}
+
+impl From<usize> for Peer {
+    fn from(index: usize) -> Peer {
+        Peer(index)
+    }
+}
+
+impl From<Side> for Peer {
+    fn from(side: Side) -> Peer {
+        Peer(side.index())
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "peer {}", self.0)
+    }
+}
+
+/// One of the two peers of a `Pair` or `SameRouter` lab (peers 0 and 1 of a `Many` lab).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Side {
     /// The first peer (its router's WAN is 203.0.113.10).
@@ -137,7 +242,8 @@ impl Side {
 }
 
 /// Impairments of each router's WAN link (the link between a router and the internet bridge;
-/// the rendezvous host's own link is left clean). Both apply in both directions.
+/// the rendezvous host's own link is left clean). Both apply in both directions, on every
+/// peer's link alike (also in a [`Topology::Many`] lab).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LinkParams {
     /// One-way delay in milliseconds added on each router's WAN link, each direction

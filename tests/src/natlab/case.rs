@@ -139,7 +139,10 @@ fn record(topology: Topology, link: LinkParams, outcome: &Outcome) -> Result<()>
     std::fs::create_dir_all(&dir)?;
     let (a, b) = match topology {
         Topology::Pair(a, b) => (a.to_string(), b.to_string()),
-        Topology::SameRouter => ("same-router".into(), "same-router".into()),
+        Topology::SameRouter | Topology::Many(_) => {
+            let t = topology.to_string().replace('/', "+");
+            (t.clone(), t)
+        }
     };
     let (kind, value) = match outcome {
         Outcome::Direct { ms, .. } => ("direct", ms.to_string()),
