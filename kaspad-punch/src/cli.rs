@@ -10,7 +10,10 @@ use anyhow::Context;
 use clap::{Arg, ArgAction, ArgMatches, Command};
 use std::time::Duration;
 
-use punch_node::link::{DEFAULT_INBOUND_IDLE_TIMEOUT, DEFAULT_MAX_INBOUND};
+use punch_node::link::{
+    DEFAULT_INBOUND_IDLE_TIMEOUT, DEFAULT_MAX_INBOUND, DEFAULT_MAX_INBOUND_PER_IP,
+};
+use punch_node::peering::DEFAULT_TARGET;
 use punch_proto::PeerId;
 
 /// Punch flags: (long name, takes a value).
@@ -20,7 +23,10 @@ const PUNCH_FLAGS: &[(&str, bool)] = &[
     ("punch-key-file", true),
     ("punch-peer", true),
     ("punch-accept", false),
+    ("punch-no-accept", false),
+    ("punch-outpeers", true),
     ("punch-max-inbound", true),
+    ("punch-max-inbound-per-ip", true),
     ("punch-inbound-idle-secs", true),
 ];
 
@@ -32,8 +38,18 @@ pub struct PunchArgs {
     pub key_file: PathBuf,
     pub peers: Vec<PeerId>,
     pub accept: bool,
+    pub outpeers: usize,
     pub max_inbound: usize,
+    pub max_inbound_per_ip: usize,
     pub inbound_idle_timeout: Duration,
+}
+
+impl PunchArgs {
+    /// Slots kaspad dials punched peers through: one per discovered peer kept and one per
+    /// pinned peer (see punch_node::slots).
+    pub fn slots(&self) -> usize {
+        self.outpeers + self.peers.len()
+    }
 }
 
 /// kaspad's command with the punch flags added (so `--help` lists both).
@@ -70,7 +86,21 @@ pub fn command() -> Command {
             Arg::new("punch-accept")
                 .long("punch-accept")
                 .action(ArgAction::SetTrue)
-                .help("Punch: take inbound punches from other peers."),
+                .help("Punch: take inbound punches from other peers (the default with punch on; kept for older command lines)."),
+        )
+        .arg(
+            Arg::new("punch-no-accept")
+                .long("punch-no-accept")
+                .action(ArgAction::SetTrue)
+                .conflicts_with("punch-accept")
+                .help("Punch: take no inbound punches (this node is then not listed for discovery; it still dials its own punched peers)."),
+        )
+        .arg(
+            Arg::new("punch-outpeers")
+                .long("punch-outpeers")
+                .value_name("N")
+                .value_parser(clap::value_parser!(u8).range(0..=64))
+                .help(format!("Punch: punched outbound peers to keep, found on the rendezvous among private nodes of this node's network, in addition to --outpeers; 0 turns discovery off [default: {DEFAULT_TARGET}]")),
         )
         .arg(
             Arg::new("punch-max-inbound")
@@ -78,6 +108,13 @@ pub fn command() -> Command {
                 .value_name("N")
                 .value_parser(clap::value_parser!(usize))
                 .help(format!("Punch: inbound punched peers at most [default: {DEFAULT_MAX_INBOUND}]")),
+        )
+        .arg(
+            Arg::new("punch-max-inbound-per-ip")
+                .long("punch-max-inbound-per-ip")
+                .value_name("N")
+                .value_parser(clap::value_parser!(u32).range(1..))
+                .help(format!("Punch: inbound punched peers at most from one IP address, as the rendezvous observed it [default: {DEFAULT_MAX_INBOUND_PER_IP}]")),
         )
         .arg(
             Arg::new("punch-inbound-idle-secs")
@@ -120,11 +157,19 @@ pub fn punch_args(m: &ArgMatches) -> anyhow::Result<Option<PunchArgs>> {
         rendezvous_key,
         key_file,
         peers,
-        accept: m.get_flag("punch-accept"),
+        accept: !m.get_flag("punch-no-accept"),
+        outpeers: m
+            .get_one::<u8>("punch-outpeers")
+            .map(|n| usize::from(*n))
+            .unwrap_or(DEFAULT_TARGET),
         max_inbound: m
             .get_one::<usize>("punch-max-inbound")
             .copied()
             .unwrap_or(DEFAULT_MAX_INBOUND),
+        max_inbound_per_ip: m
+            .get_one::<u32>("punch-max-inbound-per-ip")
+            .map(|n| *n as usize)
+            .unwrap_or(DEFAULT_MAX_INBOUND_PER_IP),
         inbound_idle_timeout: m
             .get_one::<u64>("punch-inbound-idle-secs")
             .map(|s| Duration::from_secs(*s))
@@ -174,6 +219,10 @@ mod tests {
             "--punch-max-inbound",
             "3",
             "--punch-inbound-idle-secs=10",
+            "--punch-outpeers",
+            "2",
+            "--punch-no-accept",
+            "--punch-max-inbound-per-ip=1",
         ]
         .map(OsString::from);
         let kept: Vec<String> = kaspad_argv(argv)
@@ -191,6 +240,9 @@ mod tests {
             "--punch-peer",
             "--punch-accept",
             "--punch-inbound-idle-secs",
+            "--punch-outpeers",
+            "--punch-no-accept",
+            "--punch-max-inbound-per-ip",
             "--appdir",
             "--connect",
             "--listen",

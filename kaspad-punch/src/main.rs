@@ -24,15 +24,11 @@ fn main() -> anyhow::Result<()> {
     let mut args =
         Args::parse(cli::kaspad_argv(std::env::args_os())).context("kaspad arguments")?;
 
-    if let Some(punch) = &punch {
-        if punch.accept && !args.connect_peers.is_empty() {
-            bail!("--punch-accept needs kaspad's P2P listener, which --connect turns off (use --addpeer)");
-        }
-        // Punched peers are added through kaspad's AddPeer, which kaspad allows only in unsafe
-        // RPC mode; that mode must then not be reachable from the network.
-        punched::check_rpc_is_local(&args)?;
-        args.unsafe_rpc = true;
-    }
+    // Slots are bound before kaspad starts: its --addpeer list is fixed at start.
+    let slots = match &punch {
+        Some(punch) => Some(punched::prepare(punch, &mut args)?),
+        None => None,
+    };
     // Logs of punch (tracing) go to stderr; kaspad keeps its own logger (the `log` crate's
     // global logger, which kaspad installs itself), so no `log` bridge is installed here.
     let subscriber = tracing_subscriber::fmt()
@@ -58,12 +54,13 @@ fn main() -> anyhow::Result<()> {
         bail!("file descriptor limit too low for kaspad");
     }
     let node_p2p = punched::p2p_address(&args);
+    let network = punched::network_name(&args);
     let (core, rpc) = create_core(args, fd_total_budget);
     Arc::new(Signals::new(&core)).init();
 
-    let punch_thread = match punch {
-        Some(p) => Some(punched::start(p, rpc.clone(), node_p2p)?),
-        None => None,
+    let punch_thread = match (punch, slots) {
+        (Some(p), Some(slots)) => Some(punched::start(p, slots, rpc.clone(), node_p2p, network)?),
+        _ => None,
     };
     drop(rpc);
     core.run();

@@ -1,7 +1,12 @@
-//! The punch half of kaspad-punch: a punch client, punch-node's bridge to kaspad's P2P port,
-//! and punch-node's `Link`, which keeps `--punch-peer`s connected and takes inbound punches.
-//! kaspad is asked to dial a punched peer through its own AddPeer (in-process, not over the
-//! network), so its connection manager, handshake rules, limits and bans all apply.
+//! The punch half of kaspad-punch: a punch client registered with this node's Kaspa network,
+//! punch-node's bridge to kaspad's P2P port, the slot pool kaspad dials punched peers
+//! through, and punch-node's automatic [`Peering`] (discovery, pinned `--punch-peer`s, capped
+//! inbound punches, bans mirrored at the punch layer).
+//!
+//! kaspad is never asked to dial over RPC (AddPeer needs kaspad's unsafe RPC mode): the slot
+//! addresses are added to kaspad's own `--addpeer` list at start, and kaspad's connection
+//! manager dials them by itself (see punch_node::slots). So kaspad's RPC and wRPC listeners
+//! are exactly as the operator set them, unsafe mode included.
 //!
 //! It runs on its own thread with its own tokio runtime: kaspad's `Core` owns the main thread
 //! and its runtimes, and punch must not depend on their life cycle.
@@ -16,7 +21,9 @@ use kaspa_rpc_service::service::RpcCoreService;
 use kaspa_utils::networking::{ContextualNetAddress, NetAddress};
 use kaspad_lib::args::Args;
 use punch_node::bridge::{Bridge, BridgeConfig};
-use punch_node::link::{DialError, Link, LinkConfig, LinkEvent, NodeDialer};
+use punch_node::link::{DialError, InboundLimits, LinkEvent, NodeDialer};
+use punch_node::peering::{Peering, PeeringConfig};
+use punch_node::slots::{self, SlotPool};
 use punch_proto::Keypair;
 use tokio::sync::{broadcast, oneshot};
 use tracing::{info, warn};
@@ -33,32 +40,54 @@ pub fn p2p_address(args: &Args) -> SocketAddr {
     SocketAddr::from(addr)
 }
 
-/// Refuses RPC listeners that are not on loopback (punch turns on unsafe RPC).
-pub fn check_rpc_is_local(args: &Args) -> anyhow::Result<()> {
-    if let Some(rpc) = &args.rpclisten {
-        let addr = SocketAddr::from(rpc.normalize(0));
-        if !addr.ip().is_loopback() {
-            bail!("punch needs kaspad's unsafe RPC mode (for AddPeer): --rpclisten must be a loopback address, not {addr}");
-        }
-    }
-    if args.rpclisten_borsh.is_some() || args.rpclisten_json.is_some() {
-        bail!("punch needs kaspad's unsafe RPC mode (for AddPeer): --rpclisten-borsh / --rpclisten-json are not allowed with punch");
-    }
-    Ok(())
+/// The network name punch registers with (`kaspa-mainnet`, `kaspa-testnet-10`,
+/// `kaspa-simnet`, ...): discovery only ever offers peers of the same one.
+pub fn network_name(args: &Args) -> String {
+    format!("kaspa-{}", args.network())
 }
 
-/// Asks kaspad to connect to a bridge listener (kaspad's AddPeer, not permanent: the link
-/// re-punches and asks again when the connection ends).
-struct RpcDialer(Arc<RpcCoreService>);
+/// Slot listeners bound before kaspad starts, and what they were added to kaspad's flags as.
+#[derive(Debug)]
+pub struct Slots(Vec<std::net::TcpListener>);
 
-impl NodeDialer for RpcDialer {
+/// Checks kaspad's flags against punch, binds the slots and adds them to kaspad's flags:
+/// as permanent peers (`--addpeer`), and to its outbound target, so that punched peers come
+/// in addition to `--outpeers` public ones instead of taking their places.
+pub fn prepare(punch: &PunchArgs, args: &mut Args) -> anyhow::Result<Slots> {
+    if !args.connect_peers.is_empty() {
+        bail!("--connect cannot be combined with punch: kaspad dials punched peers through slots added as --addpeer peers, and kaspad refuses --connect with --addpeer (use --addpeer for fixed peers)");
+    }
+    if punch.accept && args.inbound_limit == 0 {
+        bail!("--maxinpeers=0 turns kaspad's P2P listener off, which punch needs to take inbound punches: raise --maxinpeers or add --punch-no-accept");
+    }
+    let p2p = p2p_address(args);
+    if !p2p.is_ipv4() {
+        bail!("--listen={p2p}: punched peers reach kaspad from 127.a.b.c aliases, which an IPv6 listener would see as ::ffff:127.a.b.c and key wrongly; with punch, use an IPv4 --listen (e.g. --listen=0.0.0.0:{})", p2p.port());
+    }
+    let listeners = slots::bind(punch.slots()).context("binding the punch slots on 127.0.200.x")?;
+    for l in &listeners {
+        let addr = l.local_addr().context("punch slot address")?;
+        args.add_peers
+            .push(ContextualNetAddress::from(NetAddress::from(addr)));
+    }
+    args.outbound_target += listeners.len();
+    Ok(Slots(listeners))
+}
+
+/// What punch asks of kaspad, in-process and only through RPC calls allowed in safe mode:
+/// its connected peers (GetConnectedPeerInfo) and its bans (GetPeerAddresses).
+struct NodeRpc(Arc<RpcCoreService>);
+
+impl NodeDialer for NodeRpc {
     fn dial(&self, addr: SocketAddr) -> BoxFuture<'static, Result<(), DialError>> {
-        let rpc = self.0.clone();
-        Box::pin(async move {
-            rpc.add_peer(ContextualNetAddress::from(NetAddress::from(addr)), false)
-                .await
-                .map_err(|e| DialError::new(addr, e))
-        })
+        // Never called: kaspad dials punched peers through its slots (punch_node::slots).
+        Box::pin(std::future::ready(Err(DialError::new(
+            addr,
+            std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "kaspad-punch dials through slots, not AddPeer",
+            ),
+        ))))
     }
 
     fn has_peer_at(&self, ip: IpAddr) -> BoxFuture<'static, bool> {
@@ -73,6 +102,23 @@ impl NodeDialer for RpcDialer {
                     // Cannot tell: keep the session (a local fault must not cut peers).
                     warn!(%error, "GetConnectedPeerInfo failed; idle punched sessions kept");
                     true
+                }
+            }
+        })
+    }
+
+    fn banned_ips(&self) -> BoxFuture<'static, Vec<IpAddr>> {
+        let rpc = self.0.clone();
+        Box::pin(async move {
+            match rpc.get_peer_addresses().await {
+                Ok(addrs) => addrs
+                    .banned_addresses
+                    .into_iter()
+                    .map(|ip| IpAddr::from(ip))
+                    .collect(),
+                Err(error) => {
+                    warn!(%error, "GetPeerAddresses failed; bans not mirrored this time");
+                    Vec::new()
                 }
             }
         })
@@ -94,8 +140,10 @@ impl PunchThread {
 
 pub fn start(
     args: PunchArgs,
+    slots: Slots,
     rpc: Arc<RpcCoreService>,
     node_p2p: SocketAddr,
+    network: String,
 ) -> anyhow::Result<PunchThread> {
     let (keypair, created) = Keypair::load_or_generate(&args.key_file)
         .with_context(|| format!("--punch-key-file {}", args.key_file.display()))?;
@@ -114,7 +162,7 @@ pub fn start(
         .name("punch".into())
         .spawn(move || {
             runtime.block_on(async move {
-                if let Err(e) = run(args, keypair, rpc, node_p2p, stopped).await {
+                if let Err(e) = run(args, keypair, slots, rpc, node_p2p, network, stopped).await {
                     warn!(error = %e, "punch stopped");
                 }
             })
@@ -126,23 +174,45 @@ pub fn start(
 async fn run(
     args: PunchArgs,
     keypair: Keypair,
+    slots: Slots,
     rpc: Arc<RpcCoreService>,
     node_p2p: SocketAddr,
+    network: String,
     stopped: oneshot::Receiver<()>,
 ) -> anyhow::Result<()> {
+    let (slots, _slot_tasks) =
+        SlotPool::start(slots.0, slots::DEFAULT_HOLD, slots::DEFAULT_START_GRACE)
+            .context("punch slots")?;
+    info!(
+        slots = slots.addrs().len(),
+        outpeers = args.outpeers,
+        pinned = args.peers.len(),
+        accept = args.accept,
+        %network,
+        "punch peering"
+    );
+    let deny = punch::Denylist::default();
     let mut config = punch::Config::new(args.rendezvous, args.rendezvous_key, keypair);
     config.accept_inbound = args.accept;
+    config.network = Some(network);
+    config.deny = deny.clone();
     let (client, incoming) = punch::Client::start(config).await?;
     let bridge = Bridge::new(BridgeConfig::new(node_p2p))?;
-    let mut link_config = LinkConfig::new(args.peers);
-    link_config.max_inbound = args.max_inbound;
-    link_config.inbound_idle_timeout = args.inbound_idle_timeout;
-    let link = Link::spawn(
+    let mut peering = PeeringConfig::new(args.peers, args.outpeers);
+    peering.accept = args.accept;
+    peering.inbound = InboundLimits {
+        max_inbound: args.max_inbound,
+        max_per_ip: args.max_inbound_per_ip,
+        idle_timeout: args.inbound_idle_timeout,
+    };
+    let link = Peering::spawn(
         client,
         incoming,
         bridge,
-        Arc::new(RpcDialer(rpc)),
-        link_config,
+        slots,
+        Arc::new(NodeRpc(rpc)),
+        deny,
+        peering,
     );
     let mut events = link.subscribe();
     // The link logs each punched peer's path itself ("punched peer connected"); this adds
@@ -150,14 +220,6 @@ async fn run(
     let log = async {
         loop {
             match events.recv().await {
-                Ok(LinkEvent::Dialed { peer, addr, result }) => match result {
-                    Ok(()) => {
-                        info!(peer = %peer.short(), %addr, "kaspad asked to connect to the punched peer")
-                    }
-                    Err(error) => {
-                        warn!(peer = %peer.short(), %addr, %error, "kaspad refused to connect to the punched peer")
-                    }
-                },
                 Ok(LinkEvent::Ended { peer, outbound }) => {
                     info!(peer = %peer.short(), outbound, "punched peer disconnected")
                 }

@@ -324,6 +324,11 @@ impl Aliases {
         lock(&self.0).is_live(peer)
     }
 
+    /// The identity `alias` belongs to (live or remembered).
+    pub fn holder(&self, alias: Ipv4Addr) -> Option<PeerId> {
+        lock(&self.0).holder(alias)
+    }
+
     pub fn stats(&self) -> AliasStats {
         lock(&self.0).stats()
     }

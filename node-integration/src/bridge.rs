@@ -31,7 +31,7 @@ use std::time::Duration;
 use punch::{Session, SessionInfo};
 use punch_proto::{PeerId, Role};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, info_span, warn, Instrument};
 
@@ -110,9 +110,15 @@ pub enum BridgeError {
 pub(crate) enum KaspaSide {
     /// This node dials the peer at `addr` (the bridge listener on the peer's alias).
     Dialer { addr: SocketAddr },
+    /// This node dials the peer through a slot of a [`crate::slots::SlotPool`]: the node's
+    /// connections to the slot are handed to this session.
+    SlotDialer,
     /// The peer dials; its connections arrive at the node from the peer's alias.
     Acceptor,
 }
+
+/// A node connection handed to a bridged peer by a slot (see [`crate::slots`]).
+pub(crate) type Handoff = (TcpStream, SocketAddr);
 
 /// Connections of one bridged peer, as the driver reports them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -165,11 +171,38 @@ impl Bridge {
     /// Bridges `session`: as the Kaspa dialer if we requested the punch (initiator), else as
     /// the acceptor. The returned handle owns the session.
     pub async fn attach(&self, session: Session) -> Result<BridgedPeer, BridgeError> {
+        self.attach_inner(session, false)
+            .await
+            .map(|(peer, _)| peer)
+    }
+
+    /// Bridges a session we requested (initiator) whose Kaspa connections come from a slot
+    /// of a [`crate::slots::SlotPool`] instead of a listener on the peer's alias: the node
+    /// dials the slot, and the pool hands each of its connections to this peer through the
+    /// returned sender. A responder session is bridged as [`Bridge::attach`] does.
+    pub(crate) async fn attach_for_slot(
+        &self,
+        session: Session,
+    ) -> Result<(BridgedPeer, Option<mpsc::Sender<Handoff>>), BridgeError> {
+        self.attach_inner(session, true).await
+    }
+
+    async fn attach_inner(
+        &self,
+        session: Session,
+        slot: bool,
+    ) -> Result<(BridgedPeer, Option<mpsc::Sender<Handoff>>), BridgeError> {
         let info = session.info().clone();
         let peer = info.peer;
         let lease = self.aliases.lease(peer)?;
         let alias = lease.alias();
-        let (side, listener) = match info.role {
+        let mut handoff = None;
+        let (side, inlet) = match info.role {
+            Role::Initiator if slot => {
+                let (tx, rx) = mpsc::channel(self.config.max_streams_per_peer.max(1));
+                handoff = Some(tx);
+                (KaspaSide::SlotDialer, Inlet::Slot(rx))
+            }
             Role::Initiator => {
                 let bind = |source| BridgeError::Bind {
                     alias,
@@ -180,16 +213,16 @@ impl Bridge {
                     .await
                     .map_err(bind)?;
                 let addr = listener.local_addr().map_err(bind)?;
-                (KaspaSide::Dialer { addr }, Some(listener))
+                (KaspaSide::Dialer { addr }, Inlet::Listener(listener))
             }
-            Role::Responder => (KaspaSide::Acceptor, None),
+            Role::Responder => (KaspaSide::Acceptor, Inlet::None),
         };
         let (counts_tx, counts) = watch::channel(Counts::default());
         let span = info_span!("bridge", peer = %peer.short(), %alias, remote = %info.remote);
         info!(parent: &span, side = ?side, "punched peer bridged");
         let driver = PeerDriver {
             session,
-            listener,
+            inlet,
             alias,
             node: self.node,
             config: self.config.clone(),
@@ -197,13 +230,14 @@ impl Bridge {
             _lease: lease,
         };
         let task = tokio::spawn(driver.run().instrument(span));
-        Ok(BridgedPeer {
+        let bridged = BridgedPeer {
             info,
             alias,
             side,
             counts,
             task,
-        })
+        };
+        Ok((bridged, handoff))
     }
 }
 
@@ -227,12 +261,18 @@ impl BridgedPeer {
         self.alias
     }
 
-    /// Where the node should dial this peer, if it is the Kaspa dialer.
+    /// Where the node should dial this peer, if it is the Kaspa dialer through a listener
+    /// of its own (not through a slot).
     pub fn dial_addr(&self) -> Option<SocketAddr> {
         match self.side {
             KaspaSide::Dialer { addr } => Some(addr),
-            KaspaSide::Acceptor => None,
+            KaspaSide::SlotDialer | KaspaSide::Acceptor => None,
         }
+    }
+
+    /// Whether this node is the Kaspa dialer of the pair (we requested the punch).
+    pub fn is_dialer(&self) -> bool {
+        !matches!(self.side, KaspaSide::Acceptor)
     }
 
     pub fn counts(&self) -> Counts {
@@ -267,9 +307,42 @@ impl Drop for BridgedPeer {
     }
 }
 
+/// Where a dialing peer's Kaspa connections come from.
+enum Inlet {
+    /// A listener on the peer's alias (the node was asked to dial it).
+    Listener(TcpListener),
+    /// Connections to a slot, handed over by the slot pool.
+    Slot(mpsc::Receiver<Handoff>),
+    /// The slot let go of this peer: still the dialing side, with no new connections.
+    Closed,
+    /// The peer dials: no node connection comes to this side.
+    None,
+}
+
+impl Inlet {
+    async fn accept(&mut self) -> io::Result<Handoff> {
+        match self {
+            Inlet::Listener(l) => l.accept().await,
+            Inlet::Slot(rx) => match rx.recv().await {
+                Some(conn) => Ok(conn),
+                // The pool let go of this peer's slot: no more connections, none to wait for.
+                None => {
+                    *self = Inlet::Closed;
+                    std::future::pending().await
+                }
+            },
+            Inlet::Closed | Inlet::None => std::future::pending().await,
+        }
+    }
+
+    fn is_dialer(&self) -> bool {
+        !matches!(self, Inlet::None)
+    }
+}
+
 struct PeerDriver {
     session: Session,
-    listener: Option<TcpListener>,
+    inlet: Inlet,
     alias: Ipv4Addr,
     node: SocketAddr,
     config: Arc<BridgeConfig>,
@@ -278,20 +351,13 @@ struct PeerDriver {
     _lease: AliasLease,
 }
 
-async fn accept(listener: &Option<TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
-    match listener {
-        Some(l) => l.accept().await,
-        None => std::future::pending().await,
-    }
-}
-
 impl PeerDriver {
     async fn run(mut self) {
         let opener = self.session.opener();
         let mut splices: JoinSet<()> = JoinSet::new();
         loop {
             tokio::select! {
-                res = accept(&self.listener) => match res {
+                res = self.inlet.accept() => match res {
                     Ok((tcp, from)) => {
                         if splices.len() >= self.config.max_streams_per_peer {
                             warn!(%from, "too many Kaspa connections to this peer; refused");
@@ -317,7 +383,7 @@ impl PeerDriver {
                 },
                 stream = self.session.accept_stream() => match stream {
                     None => break,
-                    Some(_) if self.listener.is_some() => {
+                    Some(_) if self.inlet.is_dialer() => {
                         debug!("the peer opened a stream toward the dialing side; reset");
                     }
                     Some(_) if splices.len() >= self.config.max_streams_per_peer => {

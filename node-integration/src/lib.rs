@@ -13,6 +13,10 @@
 //! - [`handshake`]: kaspad's handshake rules as a kaspa-p2p-lib `ConnectionInitializer`.
 //! - [`node`]: a minimal Kaspa P2P node (kaspa-p2p-lib's adaptor + that initializer).
 //! - [`link`]: keeps configured punched peers connected (re-punching), takes inbound ones.
+//! - [`slots`]: a fixed pool of addresses an unmodified kaspad dials as permanent peers,
+//!   each handed to a punched session (no AddPeer, so no unsafe RPC).
+//! - [`peering`]: automatic peering: discovers peers of the node's network, keeps a target
+//!   of punched outbound peers through the slots, caps inbound ones, mirrors bans.
 //!
 //! The demo built on these (two punched Kaspa nodes, on loopback or behind NAT routers) is
 //! the `punch-demo` crate in `demo/`; kaspad with punch is `kaspad-punch`.
@@ -22,7 +26,9 @@ pub mod bridge;
 pub mod handshake;
 pub mod link;
 pub mod node;
+pub mod peering;
 pub mod seam;
+pub mod slots;
 
 pub use alias::{AliasError, AliasRange, AliasTable, Aliases};
 pub use bridge::{Bridge, BridgeConfig, BridgeError, BridgedPeer};

@@ -15,13 +15,14 @@
 //! Every task belongs to the [`Link`]'s JoinSet; dropping the link stops them and closes
 //! every bridged session. What happened is reported as [`LinkEvent`]s.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use punch::throttle::LogThrottle;
-use punch::{Client, Incoming, PathKind};
+use punch::{Client, Denylist, Incoming, PathKind};
 use punch_proto::PeerId;
 use tokio::sync::broadcast;
 use tokio::task::JoinSet;
@@ -66,6 +67,12 @@ pub trait NodeDialer: Send + Sync + 'static {
     /// timeout there), does not. An implementation that cannot tell (its query failed)
     /// should answer `true`, so a local fault never closes an honest peer.
     fn has_peer_at(&self, ip: IpAddr) -> BoxFuture<'static, bool>;
+
+    /// The IP addresses the node has banned now. A banned alias's identity and observed
+    /// address are then refused at the punch layer too (see [`crate::peering`]).
+    fn banned_ips(&self) -> BoxFuture<'static, Vec<IpAddr>> {
+        Box::pin(std::future::ready(Vec::new()))
+    }
 }
 
 /// The node (or its RPC) refused to connect to a bridge listener: the node's side, with its
@@ -103,6 +110,10 @@ pub enum LinkError {
     NotDialer,
     #[error(transparent)]
     Dial(#[from] DialError),
+    /// No node connection came to a slot for the session within `waited` (the node's side:
+    /// kaspad dials its slots at its own pace, see [`crate::slots`]).
+    #[error("the node did not dial a slot for the punched peer within {waited:?}")]
+    NoSlot { waited: Duration },
     /// The node accepted the dial request but never connected (the node's side).
     #[error("the node did not connect to {addr} within {waited:?}")]
     NotConnected { addr: SocketAddr, waited: Duration },
@@ -228,9 +239,14 @@ impl Link {
         tasks.spawn(accept_loop(
             incoming,
             bridge,
-            config.max_inbound,
+            InboundLimits {
+                max_inbound: config.max_inbound,
+                max_per_ip: usize::MAX,
+                idle_timeout: config.inbound_idle_timeout,
+            },
             dialer,
-            config.inbound_idle_timeout,
+            Denylist::default(),
+            Arc::new(Seen::default()),
             events.clone(),
         ));
         Link {
@@ -250,7 +266,7 @@ impl Link {
     }
 }
 
-fn punched(bridged: &BridgedPeer, outbound: bool) -> LinkEvent {
+pub(crate) fn punched(bridged: &BridgedPeer, outbound: bool) -> LinkEvent {
     let info = bridged.info();
     info!(peer = %info.peer.short(), path = %info.path, remote = %info.remote, ms = info.elapsed.as_millis() as u64, alias = %bridged.alias(), outbound, "punched peer connected");
     LinkEvent::Punched {
@@ -335,30 +351,68 @@ impl Keeper {
     }
 }
 
-async fn accept_loop(
+/// Caps on inbound punched sessions (see [`accept_loop`]).
+#[derive(Debug, Clone)]
+pub struct InboundLimits {
+    /// See [`DEFAULT_MAX_INBOUND`].
+    pub max_inbound: usize,
+    /// Inbound sessions at most per source IP as the rendezvous observed it (see
+    /// [`DEFAULT_MAX_INBOUND_PER_IP`]).
+    pub max_per_ip: usize,
+    /// See [`DEFAULT_INBOUND_IDLE_TIMEOUT`].
+    pub idle_timeout: Duration,
+}
+
+/// Inbound punched peers at most from one IP address (as the rendezvous observed it): keys
+/// are free, so one host could otherwise fill every inbound slot with fresh identities (and
+/// evade a ban of one alias with the next); 2 still lets two nodes behind one NAT in.
+pub const DEFAULT_MAX_INBOUND_PER_IP: usize = 2;
+
+/// Takes inbound punched sessions: refuses beyond the caps (total and per observed IP) and
+/// denied identities/addresses, bridges the rest, and closes those that carry no Kaspa
+/// connection for the idle timeout.
+pub(crate) async fn accept_loop(
     mut incoming: Incoming,
     bridge: Bridge,
-    max_inbound: usize,
+    limits: InboundLimits,
     node: Arc<dyn NodeDialer>,
-    idle_timeout: Duration,
+    deny: Denylist,
+    seen: Arc<Seen>,
     events: broadcast::Sender<LinkEvent>,
 ) {
-    // Each held session's task returns the peer if it was closed for being idle.
-    let mut held: JoinSet<Option<PeerId>> = JoinSet::new();
+    // Each held session's task returns its observed IP and the peer if closed for idling.
+    let mut held: JoinSet<(IpAddr, Option<PeerId>)> = JoinSet::new();
+    let mut per_ip: HashMap<IpAddr, usize> = HashMap::new();
     let mut idle_log = LogThrottle::default();
+    let mut refuse_log = LogThrottle::default();
+    let idle_timeout = limits.idle_timeout;
     loop {
         tokio::select! {
             next = incoming.next() => {
                 let Some(session) = next else { break };
-                let peer = session.info().peer;
-                if held.len() >= max_inbound {
-                    let reason = format!("{max_inbound} inbound punched peers already");
-                    warn!(peer = %peer.short(), %reason, "inbound session refused");
+                let info = session.info();
+                let peer = info.peer;
+                let ip = info.observed.ip().to_canonical();
+                let refusal = if deny.is_denied(&peer, ip, std::time::Instant::now()) {
+                    Some("denied (banned)".to_string())
+                } else if held.len() >= limits.max_inbound {
+                    Some(format!("{} inbound punched peers already", limits.max_inbound))
+                } else if per_ip.get(&ip).copied().unwrap_or(0) >= limits.max_per_ip {
+                    Some(format!("{} inbound punched peers from {ip} already", limits.max_per_ip))
+                } else {
+                    None
+                };
+                if let Some(reason) = refusal {
+                    if let Some(held_back) = refuse_log.hit(std::time::Instant::now()) {
+                        warn!(peer = %peer.short(), %ip, %reason, held_back, total = refuse_log.total(), "inbound session refused");
+                    }
                     let _ = events.send(LinkEvent::Refused { peer, reason });
                     continue;
                 }
+                seen.record(peer, ip);
                 match bridge.attach(session).await {
                     Ok(bridged) => {
+                        *per_ip.entry(ip).or_default() += 1;
                         let _ = events.send(punched(&bridged, false));
                         let events = events.clone();
                         let node = node.clone();
@@ -366,10 +420,10 @@ async fn accept_loop(
                             if idle(&bridged, &*node, idle_timeout).await {
                                 drop(bridged); // closes the session
                                 let _ = events.send(LinkEvent::IdleClosed { peer, idle: idle_timeout });
-                                return Some(peer);
+                                return (ip, Some(peer));
                             }
                             let _ = events.send(LinkEvent::Ended { peer, outbound: false });
-                            None
+                            (ip, None)
                         });
                     }
                     Err(e) => {
@@ -379,7 +433,14 @@ async fn accept_loop(
                 }
             }
             Some(done) = held.join_next(), if !held.is_empty() => {
-                if let Ok(Some(peer)) = done {
+                let Ok((ip, idled)) = done else { continue };
+                if let Some(n) = per_ip.get_mut(&ip) {
+                    *n -= 1;
+                    if *n == 0 {
+                        per_ip.remove(&ip);
+                    }
+                }
+                if let Some(peer) = idled {
                     if let Some(held_back) = idle_log.hit(tokio::time::Instant::now().into_std()) {
                         info!(peer = %peer.short(), idle_s = idle_timeout.as_secs_f32(), held_back, total = idle_log.total(), "idle inbound punched session closed (no Kaspa connection)");
                     }
@@ -389,9 +450,32 @@ async fn accept_loop(
     }
 }
 
+/// The IP address each recently seen peer had, as the rendezvous observed it: a ban of a
+/// peer's alias also denies that address at the punch layer. Bounded: forgotten in bulk
+/// beyond [`Seen::CAPACITY`] entries.
+#[derive(Debug, Default)]
+pub struct Seen(std::sync::Mutex<HashMap<PeerId, IpAddr>>);
+
+impl Seen {
+    /// As many identities as the alias table remembers by default.
+    pub const CAPACITY: usize = crate::alias::DEFAULT_CAPACITY;
+
+    pub fn record(&self, peer: PeerId, ip: IpAddr) {
+        let mut map = crate::lock(&self.0);
+        if map.len() >= Self::CAPACITY && !map.contains_key(&peer) {
+            map.clear();
+        }
+        map.insert(peer, ip);
+    }
+
+    pub fn ip_of(&self, peer: &PeerId) -> Option<IpAddr> {
+        crate::lock(&self.0).get(peer).copied()
+    }
+}
+
 /// Waits until `bridged`'s session ends (`false`) or the node has had no Kaspa peer at its
 /// alias for `limit` (`true`), counted from now; looks every quarter of `limit`.
-async fn idle(bridged: &BridgedPeer, node: &dyn NodeDialer, limit: Duration) -> bool {
+pub(crate) async fn idle(bridged: &BridgedPeer, node: &dyn NodeDialer, limit: Duration) -> bool {
     let alias = IpAddr::V4(bridged.alias());
     let every = (limit / 4).max(Duration::from_millis(50));
     let mut last_used = tokio::time::Instant::now();
@@ -410,6 +494,6 @@ async fn idle(bridged: &BridgedPeer, node: &dyn NodeDialer, limit: Duration) -> 
 }
 
 /// Between half and all of `d`, so that peers do not retry in lockstep (punch's own jitter).
-fn jitter(d: Duration) -> Duration {
+pub(crate) fn jitter(d: Duration) -> Duration {
     punch::control::jitter(d, &mut rand::thread_rng())
 }

@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -181,17 +180,22 @@ fn init_tracing() {
 }
 
 #[tokio::main]
-async fn main() -> ExitCode {
+async fn main() {
     let cli = Cli::parse();
     init_tracing();
     raise_fd_limit();
-    match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
+    let code = match run(cli).await {
+        Ok(()) => 0,
         Err(e) => {
             eprintln!("punch: error: {e:#}");
-            ExitCode::FAILURE
+            1
         }
-    }
+    };
+    // Exit now: returning would drop the runtime, which waits for its blocking threads, and
+    // `connect`'s pipe reads stdin on one: a session the peer closed would leave the process
+    // hanging until stdin ends.
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    std::process::exit(code)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

@@ -12,7 +12,8 @@
 //! through [`sanitize`], so a user agent carrying terminal escapes cannot rewrite the
 //! operator's screen (see the function for what is escaped).
 //!
-//! `--ban IP` / `--unban IP` first ban or unban an address (kaspad's own Ban and Unban RPCs).
+//! `--ban IP` / `--unban IP` first ban or unban an address (kaspad's own Ban and Unban RPCs),
+//! `--add-peer ADDR` asks it to connect (AddPeer); all three need the node's unsafe RPC mode.
 //! Exits 0 after printing, 1 when the RPC cannot be reached or answers with an error.
 
 use std::net::IpAddr;
@@ -32,13 +33,17 @@ struct Args {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 10)]
     timeout_secs: u64,
-    /// First ban this IP (kaspad's Ban RPC; needs unsafe RPC, which kaspad-punch turns on):
+    /// First ban this IP (kaspad's Ban RPC; needs the node's unsafe RPC mode, --unsaferpc):
     /// kaspad disconnects it and refuses it until unbanned.
     #[arg(long, value_name = "IP")]
     ban: Option<IpAddr>,
     /// First unban this IP.
     #[arg(long, value_name = "IP")]
     unban: Option<IpAddr>,
+    /// First ask the node to connect to this peer (kaspad's AddPeer; refused unless the node
+    /// runs in unsafe RPC mode, which kaspad-punch leaves to the operator).
+    #[arg(long, value_name = "HOST:PORT")]
+    add_peer: Option<std::net::SocketAddr>,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -62,6 +67,13 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     if let Some(ip) = args.unban {
         client.unban(ip.into()).await.context("Unban")?;
         println!("unbanned {ip}");
+    }
+    if let Some(addr) = args.add_peer {
+        let peer = kaspa_utils::networking::ContextualNetAddress::from(
+            kaspa_utils::networking::NetAddress::from(addr),
+        );
+        client.add_peer(peer, false).await.context("AddPeer")?;
+        println!("add-peer {addr} requested");
     }
     let info = client.get_info().await.context("GetInfo")?;
     println!(

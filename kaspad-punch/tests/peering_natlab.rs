@@ -1,0 +1,300 @@
+//! Automatic peering in the NAT lab: four real `kaspad-punch` simnet nodes, each behind its
+//! own NAT (home, home answering with RST, carrier-grade, firewall), started with only
+//! `--punch-rendezvous` (no `--punch-peer`, no ids exchanged), must find each other on the
+//! rendezvous and each list the three others as connected; a block mined on one (template,
+//! nonce found with kaspa-pow, SubmitBlock: `kaspa-mine`) must reach every other node's DAG
+//! through the punched connections; a node of another network (devnet) registered on the same
+//! rendezvous is never punched. One node runs with its RPC on 0.0.0.0 and wRPC (Borsh) on:
+//! punch needs no unsafe RPC, and AddPeer over RPC is refused as in stock kaspad.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use punch_natlab::{skip_without_net_admin, Lab, LinkParams, ProcId, RouterKind, Topology};
+use punch_proto::Keypair;
+use punch_tests::bin_path;
+use punch_tests::natlab::start_rendezvous;
+
+const RPC_PORT: u16 = 16610;
+const P2P_PORT: u16 = 16611;
+/// The bound: from the start of the four nodes to every node listing the others.
+const ALL_CONNECTED_WITHIN: Duration = Duration::from_secs(30);
+/// A mined block reaches the other nodes by kaspad's relay (a few hops at most).
+const BLOCK_WITHIN: Duration = Duration::from_secs(30);
+const KINDS: [RouterKind; 4] = [
+    RouterKind::HomeEim,
+    RouterKind::HomeEimRst,
+    RouterKind::DoubleNat,
+    RouterKind::FirewallOnly,
+];
+
+fn kaspad_punch(dir: &Path, name: &str, rendezvous: &str, rendezvous_key: &str) -> Command {
+    let mut cmd = Command::new(bin_path("kaspad-punch"));
+    cmd.arg(format!(
+        "--appdir={}",
+        dir.join(format!("{name}-app")).display()
+    ))
+    .args([
+        "--nodnsseed",
+        "--disable-upnp",
+        "--yes",
+        "--punch-rendezvous",
+        rendezvous,
+        "--punch-rendezvous-key",
+        rendezvous_key,
+        "--punch-key-file",
+    ])
+    .arg(dir.join(format!("{name}.key")));
+    cmd
+}
+
+/// Runs a short tool in `ns`; (exit code, stdout, stderr).
+fn tool(lab: &Lab, ns: &str, label: &str, cmd: &Command) -> Result<(i32, String, String), String> {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let id = lab
+        .spawn(&format!("{label}-{n}"), ns, cmd)
+        .map_err(|e| e.to_string())?;
+    let status = lab
+        .wait_timeout(id, Duration::from_secs(40))
+        .map_err(|e| e.to_string())?;
+    let out = lab.stdout(id).unwrap_or_default();
+    let err = lab.stderr(id).unwrap_or_default();
+    match status {
+        Some(s) => Ok((s.code().unwrap_or(-1), out, err)),
+        None => {
+            let _ = lab.kill(id);
+            Err(format!("{label} did not finish: {out}{err}"))
+        }
+    }
+}
+
+/// `kaspa-peers` on the node in `ns`: (own node id, connected peers' (node id, address)).
+fn peers(lab: &Lab, ns: &str, extra: &[&str]) -> Result<(String, Vec<(String, String)>), String> {
+    let mut cmd = Command::new(bin_path("kaspa-peers"));
+    cmd.args([
+        "--rpc",
+        &format!("127.0.0.1:{RPC_PORT}"),
+        "--timeout-secs",
+        "5",
+    ])
+    .args(extra);
+    let (code, out, err) = tool(lab, ns, "kaspa-peers", &cmd)?;
+    if code != 0 {
+        return Err(format!("kaspa-peers exited {code}: {out}{err}"));
+    }
+    let own = out
+        .lines()
+        .find_map(|l| l.strip_prefix("self "))
+        .and_then(|l| l.split_whitespace().next())
+        .ok_or_else(|| format!("no self line in {out:?}"))?
+        .to_string();
+    let list = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("peer "))
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            Some((w.next()?.to_string(), w.next()?.to_string()))
+        })
+        .collect();
+    Ok((own, list))
+}
+
+struct Net<'a> {
+    lab: &'a Lab,
+    daemons: Vec<ProcId>,
+}
+
+impl Net<'_> {
+    fn running(&self) -> Result<(), String> {
+        for &d in &self.daemons {
+            if let Some(status) = self.lab.try_wait(d).map_err(|e| e.to_string())? {
+                return Err(format!("a kaspad-punch exited ({status})"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn four_private_nodes_find_each_other_and_carry_a_block() {
+    let name = "kaspad-punch-peering";
+    if skip_without_net_admin(name) {
+        return;
+    }
+    let topology = Topology::many(&KINDS).unwrap();
+    let lab = Lab::build(name, topology, LinkParams::default()).unwrap();
+    if let Err(e) = run(&lab) {
+        panic!("{e}\n{}", lab.dump_logs());
+    }
+}
+
+fn run(lab: &Lab) -> Result<(), String> {
+    let dir = lab.case_dir();
+    let (rendezvous, rendezvous_key) = start_rendezvous(lab).map_err(|e| format!("{e:#}"))?;
+    let mut net = Net {
+        lab,
+        daemons: Vec::new(),
+    };
+
+    // A devnet node on the same rendezvous, in node 0's namespace (its own ports): another
+    // network, so it must never be punched by (or punch) the simnet nodes.
+    let mut devnet = kaspad_punch(dir, "devnet", &rendezvous, &rendezvous_key);
+    devnet.args([
+        "--devnet",
+        "--rpclisten=127.0.0.1:16710",
+        "--listen=0.0.0.0:16711",
+    ]);
+    let devnet_id = Keypair::load_or_generate(&dir.join("devnet.key"))
+        .unwrap()
+        .0
+        .public();
+    let started = Instant::now();
+    net.daemons.push(
+        lab.spawn("kaspad-punch-devnet", &lab.peer_ns(0), &devnet)
+            .map_err(|e| e.to_string())?,
+    );
+    for i in 0..KINDS.len() {
+        let mut cmd = kaspad_punch(dir, &format!("n{i}"), &rendezvous, &rendezvous_key);
+        cmd.arg("--simnet")
+            .arg(format!("--listen=0.0.0.0:{P2P_PORT}"))
+            .arg("--enable-unsynced-mining");
+        if i == 0 {
+            // Reachable RPC and wRPC: kaspad-punch does not need (nor turn on) unsafe RPC.
+            cmd.arg(format!("--rpclisten=0.0.0.0:{RPC_PORT}"))
+                .arg("--rpclisten-borsh=0.0.0.0:17610");
+        } else {
+            cmd.arg(format!("--rpclisten=127.0.0.1:{RPC_PORT}"));
+        }
+        net.daemons.push(
+            lab.spawn(&format!("kaspad-punch-n{i}"), &lab.peer_ns(i), &cmd)
+                .map_err(|e| e.to_string())?,
+        );
+    }
+
+    // Every node lists the three others.
+    let mut last = String::new();
+    let (ids, took) = loop {
+        if started.elapsed() > Duration::from_secs(120) {
+            return Err(format!("not all connected after 120 s; last: {last}"));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        net.running()?;
+        let mut all = Vec::new();
+        let mut failed = None;
+        for i in 0..KINDS.len() {
+            match peers(lab, &lab.peer_ns(i), &[]) {
+                Ok(p) => all.push(p),
+                Err(e) => failed = Some(e),
+            }
+        }
+        if let Some(e) = failed {
+            last = e;
+            continue;
+        }
+        let ids: Vec<String> = all.iter().map(|(id, _)| id.clone()).collect();
+        let complete = all.iter().all(|(own, list)| {
+            let listed: HashSet<&String> = list.iter().map(|(id, _)| id).collect();
+            ids.iter()
+                .filter(|id| *id != own)
+                .all(|id| listed.contains(id))
+        });
+        if complete {
+            // Only through punch: every peer address is a slot (127.0.200.x, we dialed) or an
+            // alias (127.a.b.c, it dialed); the nodes cannot reach each other otherwise.
+            for (own, list) in &all {
+                for (id, addr) in list {
+                    if !addr.starts_with("127.") {
+                        return Err(format!("{own} lists {id} at {addr}: not through punch"));
+                    }
+                }
+            }
+            break (ids, started.elapsed());
+        }
+        last = format!("{all:?}");
+    };
+    eprintln!("all four simnet nodes list the three others {took:?} after start");
+
+    // A block mined on node 0 reaches every other node.
+    let mut mine = Command::new(bin_path("kaspa-mine"));
+    mine.args(["--rpc", &format!("127.0.0.1:{RPC_PORT}")]);
+    let (code, out, err) = tool(lab, &lab.peer_ns(0), "kaspa-mine", &mine)?;
+    if code != 0 {
+        return Err(format!("kaspa-mine exited {code}: {out}{err}"));
+    }
+    let hash = out
+        .lines()
+        .find_map(|l| l.strip_prefix("block "))
+        .ok_or_else(|| format!("no block line: {out}"))?
+        .trim()
+        .to_string();
+    let mined = Instant::now();
+    for i in 1..KINDS.len() {
+        loop {
+            let mut has = Command::new(bin_path("kaspa-mine"));
+            has.args([
+                "--rpc",
+                &format!("127.0.0.1:{RPC_PORT}"),
+                "--has-block",
+                &hash,
+            ]);
+            let (code, out, err) = tool(lab, &lab.peer_ns(i), "kaspa-has", &has)?;
+            match code {
+                0 => break,
+                1 if mined.elapsed() < BLOCK_WITHIN => {
+                    std::thread::sleep(Duration::from_millis(300))
+                }
+                _ => {
+                    return Err(format!(
+                        "node {i} lacks block {hash} {:?} after it was mined: {out}{err}",
+                        mined.elapsed()
+                    ))
+                }
+            }
+        }
+    }
+    eprintln!(
+        "block {hash} mined on node 0 is in the DAG of nodes 1-3 {:?} later",
+        mined.elapsed()
+    );
+
+    // AddPeer over RPC is refused: unsafe mode stays off.
+    let mut add = Command::new(bin_path("kaspa-peers"));
+    add.args([
+        "--rpc",
+        &format!("127.0.0.1:{RPC_PORT}"),
+        "--add-peer",
+        "192.0.2.7:16111",
+    ]);
+    let (code, out, err) = tool(lab, &lab.peer_ns(0), "kaspa-addpeer", &add)?;
+    if code == 0 || !err.to_lowercase().contains("safe") {
+        return Err(format!(
+            "AddPeer was not refused in safe mode: {code} {out}{err}"
+        ));
+    }
+
+    // The devnet node: never punched.
+    net.running()?;
+    let devnet_short = devnet_id.short().to_string();
+    for (i, &d) in net.daemons.iter().enumerate() {
+        let log = lab.stderr(d).map_err(|e| e.to_string())?;
+        let punched: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("punched peer connected"))
+            .collect();
+        if i == 0 {
+            if !punched.is_empty() {
+                return Err(format!("the devnet node was punched: {punched:?}"));
+            }
+        } else if punched.iter().any(|l| l.contains(&devnet_short)) {
+            return Err(format!("simnet node {} punched the devnet node", i - 1));
+        } else if punched.is_empty() {
+            return Err(format!("simnet node {} logged no punched peer", i - 1));
+        }
+    }
+    eprintln!("node ids {ids:?}; the devnet node was never punched");
+    Ok(())
+}

@@ -1,0 +1,647 @@
+//! Automatic peering: a private node finds other private nodes of its own Kaspa network on
+//! the rendezvous, keeps a target of punched outbound peers, accepts a capped number of
+//! inbound ones, and mirrors the node's bans at the punch layer. What kaspad-punch runs.
+//!
+//! ```text
+//! outbound (one manager task): every tick, for each pinned peer and, while fewer than
+//!     `target` discovered peers are kept, for peers from Discover (same network, accepting):
+//!     skip live / cooling-down / denied / not ours to dial -> Client::connect -> bridge as
+//!     slot dialer -> offer to the SlotPool -> the node dials a slot -> spliced
+//!     -> when the Kaspa connection ends: cool down, pick again
+//! inbound: link::accept_loop with caps in total and per observed IP, the deny list, and
+//!     the idle timeout
+//! bans (one task): the node's banned IPs, polled; a banned alias's identity and observed
+//!     IP are denied at the punch layer (no dial to or from them) while the node bans it
+//! ```
+//!
+//! Which side dials: both ends of a pair may discover each other; if both dialed, kaspad's
+//! duplicate check would refuse one connection and the loser would retry forever. The pair's
+//! dialer is fixed by a hash of both identities ([`dials`]), so each node dials about half of
+//! its pairs; a node that does not accept punches dials every pair it picks.
+//!
+//! The decisions (who to punch next, when to discover) are in [`Planner`], a pure machine fed
+//! `now`; the tasks around it only do I/O.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use punch::throttle::LogThrottle;
+use punch::{Client, Denylist, Incoming};
+use punch_proto::PeerId;
+use sha2::{Digest, Sha256};
+use tokio::sync::broadcast;
+use tokio::task::JoinSet;
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::bridge::Bridge;
+use crate::link::{self, InboundLimits, LinkError, LinkEvent, NodeDialer, Seen, EVENT_BUFFER};
+use crate::slots::SlotPool;
+
+/// Discovered outbound punched peers kept by default, on top of the node's own `--outpeers`.
+pub const DEFAULT_TARGET: usize = 4;
+/// Peers asked of the rendezvous per Discover (it answers with a random sample of at most
+/// this many, fewer if its own cap is lower).
+pub const DISCOVER_SAMPLE: usize = 16;
+/// First pause between discoveries while short of the target; doubled after each that
+/// brought nothing new, up to [`DISCOVER_MAX_PAUSE`]. At most 30 requests a minute in the
+/// worst case stays within the rendezvous's default of 20 requests a minute per identity
+/// only once doubled, so the first few are quick and the rest slow.
+pub const DISCOVER_MIN_PAUSE: Duration = Duration::from_secs(2);
+/// Longest pause between discoveries.
+pub const DISCOVER_MAX_PAUSE: Duration = Duration::from_secs(60);
+/// A discovered peer whose punch failed is not tried again for this long.
+pub const FAILED_COOLDOWN: Duration = Duration::from_secs(60);
+/// A discovered peer whose Kaspa connection lasted less than [`SHORT_LIVED`] (kaspad refused
+/// it: another network, a duplicate, a misbehaving peer) is not tried again for this long.
+pub const REFUSED_COOLDOWN: Duration = Duration::from_secs(300);
+/// See [`REFUSED_COOLDOWN`].
+pub const SHORT_LIVED: Duration = Duration::from_secs(10);
+/// A discovered peer whose Kaspa connection ended normally may be tried again after this.
+pub const ENDED_COOLDOWN: Duration = Duration::from_secs(5);
+/// A punched outbound session that no node connection used within this is closed (the peer
+/// would close it after its own 30 s idle timeout anyway).
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(25);
+/// How often the node's bans are read.
+pub const BAN_POLL: Duration = Duration::from_secs(5);
+/// A mirrored ban lasts this long unless the next polls see it again (so an unban in the
+/// node is followed within a few polls).
+pub const BAN_HOLD: Duration = Duration::from_secs(15);
+/// The manager's pace.
+const TICK: Duration = Duration::from_millis(250);
+
+/// Whether `me` dials the pair {me, peer}: the identity whose hash with the pair is lower.
+/// Both ends compute the same answer; it splits a node's pairs about evenly.
+pub fn dials(me: &PeerId, peer: &PeerId) -> bool {
+    let (lo, hi) = if me.as_bytes() <= peer.as_bytes() {
+        (me, peer)
+    } else {
+        (peer, me)
+    };
+    let digest = Sha256::new()
+        .chain_update(b"punch-kaspa-dialer")
+        .chain_update(lo.as_bytes())
+        .chain_update(hi.as_bytes())
+        .finalize();
+    let lo_dials = digest[0] & 1 == 0;
+    (me == lo) == lo_dials
+}
+
+/// Configuration of [`Peering`].
+#[derive(Debug, Clone)]
+pub struct PeeringConfig {
+    /// Peers always kept connected (`--punch-peer`), on top of `target`.
+    pub pinned: Vec<PeerId>,
+    /// Discovered peers to keep (`--punch-outpeers`); 0 turns discovery off.
+    pub target: usize,
+    /// Whether this node accepts punches (then it dials only the pairs [`dials`] gives it).
+    pub accept: bool,
+    pub inbound: InboundLimits,
+    /// See [`DEFAULT_READY_TIMEOUT`].
+    pub ready_timeout: Duration,
+    /// Pinned peers: first and longest pause before re-punching (see [`crate::link`]).
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+}
+
+impl PeeringConfig {
+    pub fn new(pinned: Vec<PeerId>, target: usize) -> Self {
+        Self {
+            pinned,
+            target,
+            accept: true,
+            inbound: InboundLimits {
+                max_inbound: link::DEFAULT_MAX_INBOUND,
+                max_per_ip: link::DEFAULT_MAX_INBOUND_PER_IP,
+                idle_timeout: link::DEFAULT_INBOUND_IDLE_TIMEOUT,
+            },
+            ready_timeout: DEFAULT_READY_TIMEOUT,
+            retry_min: link::DEFAULT_RETRY_MIN,
+            retry_max: link::DEFAULT_RETRY_MAX,
+        }
+    }
+}
+
+/// How an outbound round with a peer ended, as the planner needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The punch (or the bridge, or the slot) failed.
+    Failed,
+    /// A Kaspa connection was made and lasted this long.
+    Connected(Duration),
+}
+
+/// The pure outbound decisions: which peers to punch now, and when to ask for more.
+#[derive(Debug)]
+pub struct Planner {
+    me: PeerId,
+    pinned: Vec<PeerId>,
+    target: usize,
+    accept: bool,
+    retry_min: Duration,
+    retry_max: Duration,
+    /// Peers with a round running, and whether pinned.
+    running: HashMap<PeerId, bool>,
+    /// Peers not to try before the instant.
+    cooldown: HashMap<PeerId, Instant>,
+    /// Pinned peers' current backoff.
+    backoff: HashMap<PeerId, Duration>,
+    /// Discovered candidates not yet tried, newest answer last.
+    candidates: Vec<PeerId>,
+    next_discover: Instant,
+    discover_pause: Duration,
+    discovering: bool,
+}
+
+impl Planner {
+    pub fn new(me: PeerId, config: &PeeringConfig, now: Instant) -> Self {
+        Self {
+            me,
+            pinned: config.pinned.clone(),
+            target: config.target,
+            accept: config.accept,
+            retry_min: config.retry_min,
+            retry_max: config.retry_max,
+            running: HashMap::new(),
+            cooldown: HashMap::new(),
+            backoff: HashMap::new(),
+            candidates: Vec::new(),
+            next_discover: now,
+            discover_pause: DISCOVER_MIN_PAUSE,
+            discovering: false,
+        }
+    }
+
+    fn discovered_running(&self) -> usize {
+        self.running.values().filter(|pinned| !**pinned).count()
+    }
+
+    /// Whether to send a Discover now.
+    pub fn discover_due(&self, now: Instant) -> bool {
+        self.target > 0
+            && !self.discovering
+            && self.discovered_running() < self.target
+            && now >= self.next_discover
+    }
+
+    pub fn discover_started(&mut self) {
+        self.discovering = true;
+    }
+
+    /// A Discover answered with `peers` (`None`: it failed; `retry_after` if rate limited).
+    pub fn discovered(
+        &mut self,
+        now: Instant,
+        peers: Option<Vec<PeerId>>,
+        retry_after: Option<Duration>,
+    ) {
+        self.discovering = false;
+        let mut new = 0;
+        for p in peers.into_iter().flatten() {
+            if p != self.me && !self.candidates.contains(&p) && !self.running.contains_key(&p) {
+                self.candidates.push(p);
+                new += 1;
+            }
+        }
+        // Bounded: the rendezvous answers at most a sample; keep the newest few samples.
+        let cap = 4 * DISCOVER_SAMPLE;
+        if self.candidates.len() > cap {
+            let excess = self.candidates.len() - cap;
+            self.candidates.drain(..excess);
+        }
+        self.discover_pause = if new > 0 {
+            DISCOVER_MIN_PAUSE
+        } else {
+            (self.discover_pause * 2).min(DISCOVER_MAX_PAUSE)
+        };
+        self.next_discover = now + retry_after.unwrap_or(self.discover_pause);
+    }
+
+    /// Peers to punch now. `busy(peer)`: a session with it exists already (either way);
+    /// `denied(peer)`: refused at the punch layer.
+    pub fn pick(
+        &mut self,
+        now: Instant,
+        busy: impl Fn(&PeerId) -> bool,
+        denied: impl Fn(&PeerId) -> bool,
+    ) -> Vec<(PeerId, bool)> {
+        self.cooldown.retain(|_, until| *until > now);
+        let mut out = Vec::new();
+        for p in self.pinned.clone() {
+            if !self.running.contains_key(&p)
+                && !self.cooldown.contains_key(&p)
+                && !busy(&p)
+                && !denied(&p)
+            {
+                self.running.insert(p, true);
+                out.push((p, true));
+            }
+        }
+        let mut room = self.target.saturating_sub(self.discovered_running());
+        let mut keep = Vec::new();
+        for p in std::mem::take(&mut self.candidates) {
+            if room == 0 {
+                keep.push(p);
+                continue;
+            }
+            let skip = self.running.contains_key(&p)
+                || self.pinned.contains(&p)
+                || self.cooldown.contains_key(&p)
+                || busy(&p)
+                || denied(&p)
+                || (self.accept && !dials(&self.me, &p));
+            if skip {
+                continue; // dropped: a later discovery brings it back if it still applies
+            }
+            self.running.insert(p, false);
+            out.push((p, false));
+            room -= 1;
+        }
+        self.candidates = keep;
+        out
+    }
+
+    /// A round with `peer` ended.
+    pub fn ended(&mut self, now: Instant, peer: PeerId, outcome: Outcome) -> Duration {
+        let pinned = self.running.remove(&peer).unwrap_or(false);
+        let pause = if pinned {
+            let backoff = self.backoff.entry(peer).or_insert(self.retry_min);
+            let pause = match outcome {
+                Outcome::Connected(lasted) if lasted >= SHORT_LIVED => {
+                    *backoff = self.retry_min;
+                    self.retry_min
+                }
+                _ => {
+                    let pause = *backoff;
+                    *backoff = (*backoff * 2).min(self.retry_max);
+                    pause
+                }
+            };
+            link::jitter(pause)
+        } else {
+            // A discovered peer gone: look for others soon.
+            self.next_discover = self.next_discover.min(now + DISCOVER_MIN_PAUSE);
+            self.discover_pause = DISCOVER_MIN_PAUSE;
+            match outcome {
+                Outcome::Failed => FAILED_COOLDOWN,
+                Outcome::Connected(lasted) if lasted < SHORT_LIVED => REFUSED_COOLDOWN,
+                Outcome::Connected(_) => ENDED_COOLDOWN,
+            }
+        };
+        self.cooldown.insert(peer, now + pause);
+        pause
+    }
+}
+
+/// Running peering tasks. Dropping it stops them and closes every bridged session.
+#[derive(Debug)]
+pub struct Peering {
+    events: broadcast::Sender<LinkEvent>,
+    client: Client,
+    _tasks: JoinSet<()>,
+}
+
+impl Peering {
+    #[allow(clippy::too_many_arguments)]
+    pub fn spawn(
+        client: Client,
+        incoming: Incoming,
+        bridge: Bridge,
+        slots: SlotPool,
+        node: Arc<dyn NodeDialer>,
+        deny: Denylist,
+        config: PeeringConfig,
+    ) -> Peering {
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let seen = Arc::new(Seen::default());
+        let mut tasks = JoinSet::new();
+        tasks.spawn(link::accept_loop(
+            incoming,
+            bridge.clone(),
+            config.inbound.clone(),
+            node.clone(),
+            deny.clone(),
+            seen.clone(),
+            events.clone(),
+        ));
+        tasks.spawn(
+            mirror_bans(node, bridge.clone(), deny.clone(), seen.clone())
+                .instrument(info_span!("bans")),
+        );
+        let manager = Manager {
+            client: client.clone(),
+            bridge,
+            slots,
+            deny,
+            seen,
+            events: events.clone(),
+            config,
+        };
+        tasks.spawn(manager.run().instrument(info_span!("peering")));
+        Peering {
+            events,
+            client,
+            _tasks: tasks,
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<LinkEvent> {
+        self.events.subscribe()
+    }
+}
+
+struct Manager {
+    client: Client,
+    bridge: Bridge,
+    slots: SlotPool,
+    deny: Denylist,
+    seen: Arc<Seen>,
+    events: broadcast::Sender<LinkEvent>,
+    config: PeeringConfig,
+}
+
+impl Manager {
+    async fn run(self) {
+        let mut planner = Planner::new(self.client.id(), &self.config, Instant::now());
+        let mut rounds: JoinSet<(PeerId, Outcome)> = JoinSet::new();
+        let mut discovery: JoinSet<Result<Vec<PeerId>, punch::Error>> = JoinSet::new();
+        let mut fail_log = LogThrottle::default();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                Some(done) = rounds.join_next(), if !rounds.is_empty() => {
+                    if let Ok((peer, outcome)) = done {
+                        let pause = planner.ended(Instant::now(), peer, outcome);
+                        if outcome == Outcome::Failed {
+                            if let Some(held_back) = fail_log.hit(Instant::now()) {
+                                warn!(peer = %peer.short(), retry_in_s = pause.as_secs_f32(), held_back, "punched peer not connected");
+                            }
+                        }
+                    }
+                }
+                Some(done) = discovery.join_next(), if !discovery.is_empty() => {
+                    let now = Instant::now();
+                    match done {
+                        Ok(Ok(peers)) => {
+                            info!(found = peers.len(), "discovered peers of this network");
+                            planner.discovered(now, Some(peers), None);
+                        }
+                        Ok(Err(error)) => {
+                            let retry_after = match &error {
+                                punch::Error::RateLimited { retry_after } => *retry_after,
+                                _ => None,
+                            };
+                            warn!(%error, "discovery failed");
+                            planner.discovered(now, None, retry_after);
+                        }
+                        Err(_) => planner.discovered(now, None, None),
+                    }
+                }
+            }
+            let now = Instant::now();
+            if planner.discover_due(now) {
+                planner.discover_started();
+                let client = self.client.clone();
+                let pending = self.slots.pending();
+                discovery.spawn(async move {
+                    let found = client.discover(DISCOVER_SAMPLE).await;
+                    drop(pending);
+                    found
+                });
+            }
+            let bridge = &self.bridge;
+            let deny = &self.deny;
+            let seen = &self.seen;
+            let picked = planner.pick(
+                now,
+                |p| bridge.is_live(p),
+                |p| match seen.ip_of(p) {
+                    Some(ip) => deny.is_denied(p, ip, now),
+                    None => deny.is_peer_denied(p, now),
+                },
+            );
+            for (peer, pinned) in picked {
+                let round = Round {
+                    peer,
+                    client: self.client.clone(),
+                    bridge: self.bridge.clone(),
+                    slots: self.slots.clone(),
+                    seen: self.seen.clone(),
+                    events: self.events.clone(),
+                    ready_timeout: self.config.ready_timeout,
+                };
+                let span = info_span!("keep", peer = %peer.short(), pinned);
+                rounds.spawn(
+                    async move {
+                        let started = Instant::now();
+                        let result = round.run().await;
+                        let outcome = match result {
+                            Ok(lasted) => Outcome::Connected(lasted),
+                            Err(error) => {
+                                let _ = round.events.send(LinkEvent::PunchFailed {
+                                    peer,
+                                    error,
+                                    retry_in: Duration::ZERO,
+                                });
+                                Outcome::Failed
+                            }
+                        };
+                        tracing::debug!(
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            ?outcome,
+                            "outbound round ended"
+                        );
+                        (peer, outcome)
+                    }
+                    .instrument(span),
+                );
+            }
+        }
+    }
+}
+
+/// One outbound punch, bridged through a slot, held while the node uses it.
+struct Round {
+    peer: PeerId,
+    client: Client,
+    bridge: Bridge,
+    slots: SlotPool,
+    seen: Arc<Seen>,
+    events: broadcast::Sender<LinkEvent>,
+    ready_timeout: Duration,
+}
+
+impl Round {
+    /// Ok(how long the Kaspa connection lasted) once it ended; Err if none was made.
+    async fn run(&self) -> Result<Duration, LinkError> {
+        let pending = self.slots.pending();
+        let session = self
+            .client
+            .connect(self.peer)
+            .await
+            .map_err(|e| LinkError::Punch(Arc::new(e)))?;
+        self.seen
+            .record(self.peer, session.info().observed.ip().to_canonical());
+        let (bridged, handoff) = self
+            .bridge
+            .attach_for_slot(session)
+            .await
+            .map_err(|e| LinkError::Bridge(Arc::new(e)))?;
+        let _ = self.events.send(link::punched(&bridged, true));
+        let handoff = handoff.ok_or(LinkError::NotDialer)?;
+        self.slots.offer(self.peer, handoff);
+        drop(pending);
+        let waited = self.ready_timeout;
+        if tokio::time::timeout(waited, bridged.used()).await.is_err()
+            || bridged.counts().total == 0
+        {
+            return Err(LinkError::NoSlot { waited });
+        }
+        let connected = Instant::now();
+        bridged.idle().await;
+        let _ = self.events.send(LinkEvent::Ended {
+            peer: self.peer,
+            outbound: true,
+        });
+        Ok(connected.elapsed())
+    }
+}
+
+/// Mirrors the node's bans of aliases at the punch layer: the alias's identity and the IP
+/// the rendezvous observed for it are denied while the node bans the alias.
+async fn mirror_bans(node: Arc<dyn NodeDialer>, bridge: Bridge, deny: Denylist, seen: Arc<Seen>) {
+    let mut log = LogThrottle::default();
+    loop {
+        tokio::time::sleep(BAN_POLL).await;
+        let now = Instant::now();
+        for ip in node.banned_ips().await {
+            let IpAddr::V4(v4) = ip.to_canonical() else {
+                continue;
+            };
+            let Some(peer) = bridge.aliases().holder(v4) else {
+                continue;
+            };
+            deny.deny_peer(peer, now + BAN_HOLD);
+            let observed = seen.ip_of(&peer);
+            if let Some(observed) = observed {
+                deny.deny_ip(observed, now + BAN_HOLD);
+            }
+            if let Some(held_back) = log.hit(now) {
+                info!(peer = %peer.short(), alias = %v4, ?observed, held_back, "node bans a punched peer: denied at the punch layer too");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use punch_proto::Keypair;
+
+    fn id() -> PeerId {
+        Keypair::generate().unwrap().public()
+    }
+
+    #[test]
+    fn exactly_one_side_of_a_pair_dials() {
+        let mut mine = 0;
+        for _ in 0..200 {
+            let (a, b) = (id(), id());
+            assert_ne!(dials(&a, &b), dials(&b, &a));
+            mine += usize::from(dials(&a, &b));
+        }
+        // About half: the rule must not make one identity dial every pair.
+        assert!((60..=140).contains(&mine), "{mine} of 200");
+    }
+
+    #[test]
+    fn picks_up_to_the_target_and_never_self_busy_or_not_ours() {
+        let now = Instant::now();
+        let me = id();
+        let mut config = PeeringConfig::new(vec![], 2);
+        config.accept = true;
+        let mut p = Planner::new(me, &config, now);
+        assert!(p.discover_due(now));
+        p.discover_started();
+        assert!(!p.discover_due(now));
+        let peers: Vec<PeerId> = (0..12).map(|_| id()).collect();
+        let busy = peers[0];
+        let mut answer = peers.clone();
+        answer.push(me);
+        p.discovered(now, Some(answer), None);
+        let picked = p.pick(now, |x| *x == busy, |_| false);
+        assert_eq!(picked.len(), 2, "{picked:?}");
+        for (x, pinned) in &picked {
+            assert!(!pinned);
+            assert_ne!(*x, me);
+            assert_ne!(*x, busy);
+            assert!(dials(&me, x));
+        }
+        // Full: nothing more, no discovery.
+        assert!(p.pick(now, |_| false, |_| false).is_empty());
+        assert!(!p.discover_due(now + DISCOVER_MAX_PAUSE));
+        // One ends after a short connection: cooled down for REFUSED_COOLDOWN, room again.
+        let gone = picked[0].0;
+        assert_eq!(
+            p.ended(now, gone, Outcome::Connected(Duration::from_secs(1))),
+            REFUSED_COOLDOWN
+        );
+        assert!(p.discover_due(now + DISCOVER_MIN_PAUSE));
+        p.discovered(now, Some(vec![gone]), None);
+        let again = p.pick(now, |_| false, |_| false);
+        assert!(again.len() <= 1, "{again:?}");
+        assert!(
+            again.iter().all(|(x, _)| *x != gone),
+            "a cooling-down peer picked"
+        );
+    }
+
+    #[test]
+    fn a_node_that_does_not_accept_dials_every_pair() {
+        let now = Instant::now();
+        let me = id();
+        let mut config = PeeringConfig::new(vec![], 50);
+        config.accept = false;
+        let mut p = Planner::new(me, &config, now);
+        let peers: Vec<PeerId> = (0..20).map(|_| id()).collect();
+        p.discovered(now, Some(peers), None);
+        assert_eq!(p.pick(now, |_| false, |_| false).len(), 20);
+    }
+
+    #[test]
+    fn pinned_peers_back_off_and_denied_ones_wait() {
+        let now = Instant::now();
+        let pinned = id();
+        let mut p = Planner::new(id(), &PeeringConfig::new(vec![pinned], 0), now);
+        assert!(!p.discover_due(now), "target 0: no discovery");
+        assert!(p.pick(now, |_| false, |x| *x == pinned).is_empty());
+        assert_eq!(p.pick(now, |_| false, |_| false), vec![(pinned, true)]);
+        let first = p.ended(now, pinned, Outcome::Failed);
+        assert!(p.pick(now, |_| false, |_| false).is_empty(), "cooling down");
+        let later = now + first + Duration::from_millis(1);
+        assert_eq!(p.pick(later, |_| false, |_| false), vec![(pinned, true)]);
+        let second = p.ended(later, pinned, Outcome::Failed);
+        assert!(second > first / 2, "{first:?} then {second:?}");
+    }
+
+    #[test]
+    fn empty_discoveries_slow_down_and_rate_limits_are_respected() {
+        let now = Instant::now();
+        let mut p = Planner::new(id(), &PeeringConfig::new(vec![], 4), now);
+        p.discover_started();
+        p.discovered(now, Some(vec![]), None);
+        assert!(!p.discover_due(now + DISCOVER_MIN_PAUSE));
+        assert!(p.discover_due(now + 2 * DISCOVER_MIN_PAUSE));
+        p.discover_started();
+        p.discovered(now, None, Some(Duration::from_secs(30)));
+        assert!(!p.discover_due(now + Duration::from_secs(29)));
+        assert!(p.discover_due(now + Duration::from_secs(30)));
+    }
+}
