@@ -354,7 +354,7 @@ async fn denied_peers_are_refused_before_any_dial() {
     // handshake, since the target started no punch).
     let (a, b) = tokio::join!(by_id.connect(target.id()), by_ip.connect(target.id()));
     for res in [a, b] {
-        let err = res.err().expect("a denied punch cannot succeed");
+        let err = res.expect_err("a denied punch cannot succeed");
         eprintln!("denied requester: {err}");
     }
     // The target refused both offers: no dial, no session.
