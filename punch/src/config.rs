@@ -147,6 +147,8 @@ impl Config {
 
     /// Checks what [`crate::Client::start`] cannot start with: a network name that is empty or
     /// not valid on the wire ([`Error::InvalidNetwork`], the local configuration's fault).
+    // The client's one error type, as `Client::start` returns it; called once, at start.
+    #[allow(clippy::result_large_err)]
     pub fn validate(&self) -> Result<(), Error> {
         if let Some(network) = &self.network {
             let checked = if network.is_empty() {
