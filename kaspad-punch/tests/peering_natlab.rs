@@ -217,6 +217,11 @@ fn run(lab: &Lab) -> Result<(), String> {
         last = format!("{all:?}");
     };
     eprintln!("all four simnet nodes list the three others {took:?} after start");
+    if took > ALL_CONNECTED_WITHIN {
+        return Err(format!(
+            "all connected only {took:?} after start (bound {ALL_CONNECTED_WITHIN:?})"
+        ));
+    }
 
     // A block mined on node 0 reaches every other node.
     let mut mine = Command::new(bin_path("kaspa-mine"));
@@ -296,5 +301,52 @@ fn run(lab: &Lab) -> Result<(), String> {
         }
     }
     eprintln!("node ids {ids:?}; the devnet node was never punched");
+
+    // A drop: node 3 stops; started again (same punch identity, new appdir, so a new kaspad
+    // node id), the others re-punch it (or it them) with no help.
+    let last = KINDS.len() - 1;
+    let old = net.daemons.remove(last + 1);
+    lab.kill(old).map_err(|e| e.to_string())?;
+    let dropped = Instant::now();
+    // The same key under a new name: a new appdir for the same punch identity.
+    std::fs::copy(dir.join(format!("n{last}.key")), dir.join("again.key"))
+        .map_err(|e| e.to_string())?;
+    let mut cmd = kaspad_punch(dir, "again", &rendezvous, &rendezvous_key);
+    cmd.arg("--simnet")
+        .arg(format!("--listen=0.0.0.0:{P2P_PORT}"))
+        .arg(format!("--rpclisten=127.0.0.1:{RPC_PORT}"));
+    net.daemons.push(
+        lab.spawn("kaspad-punch-n3-again", &lab.peer_ns(last), &cmd)
+            .map_err(|e| e.to_string())?,
+    );
+    let mut state = String::new();
+    loop {
+        if dropped.elapsed() > Duration::from_secs(150) {
+            return Err(format!(
+                "node 3 not reconnected to all 150 s after its restart: {state}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        net.running()?;
+        let Ok((new_id, list)) = peers(lab, &lab.peer_ns(last), &[]) else {
+            continue;
+        };
+        let mut others = Vec::new();
+        for i in 0..last {
+            if let Ok((_, l)) = peers(lab, &lab.peer_ns(i), &[]) {
+                others.push(l.iter().any(|(id, _)| *id == new_id));
+            }
+        }
+        let listed: HashSet<&String> = list.iter().map(|(id, _)| id).collect();
+        let sees_all = ids[..last].iter().all(|id| listed.contains(id));
+        state = format!("node 3 lists {list:?}; others list it: {others:?}");
+        if sees_all && others.len() == last && others.iter().all(|x| *x) {
+            break;
+        }
+    }
+    eprintln!(
+        "node 3 killed and restarted: connected to all three again {:?} after the kill",
+        dropped.elapsed()
+    );
     Ok(())
 }

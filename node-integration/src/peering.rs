@@ -45,19 +45,31 @@ pub const DEFAULT_TARGET: usize = 4;
 /// this many, fewer if its own cap is lower).
 pub const DISCOVER_SAMPLE: usize = 16;
 /// First pause between discoveries while short of the target; doubled after each that
-/// brought nothing new, up to [`DISCOVER_MAX_PAUSE`]. At most 30 requests a minute in the
-/// worst case stays within the rendezvous's default of 20 requests a minute per identity
-/// only once doubled, so the first few are quick and the rest slow.
+/// brought nothing new, up to [`DISCOVER_MAX_PAUSE`]. Discoveries and punches share the
+/// rendezvous's request budget (20 a minute per identity by default): quick at first, then
+/// slow; a rate-limited answer's `retry_after` is respected.
 pub const DISCOVER_MIN_PAUSE: Duration = Duration::from_secs(2);
+/// When kaspad dials an empty slot and no candidate is known, a discovery is sent at once,
+/// but not sooner than this after the previous one.
+pub const DISCOVER_ASKED_PAUSE: Duration = Duration::from_secs(3);
 /// Longest pause between discoveries.
 pub const DISCOVER_MAX_PAUSE: Duration = Duration::from_secs(60);
-/// A discovered peer whose punch failed is not tried again for this long.
-pub const FAILED_COOLDOWN: Duration = Duration::from_secs(60);
+/// A discovered peer whose punch failed is not tried again for this long, doubled for each
+/// failure in a row up to [`FAILED_COOLDOWN_MAX`] (a peer that is restarting is back in
+/// seconds; one that is gone costs a request every two minutes at most).
+pub const FAILED_COOLDOWN: Duration = Duration::from_secs(5);
+/// See [`FAILED_COOLDOWN`].
+pub const FAILED_COOLDOWN_MAX: Duration = Duration::from_secs(120);
+/// A punched session no node connection used ([`Outcome::NoSlot`]): not the peer's fault;
+/// tried again after this.
+pub const NO_SLOT_COOLDOWN: Duration = Duration::from_secs(2);
 /// A discovered peer whose Kaspa connection lasted less than [`SHORT_LIVED`] (kaspad refused
 /// it: another network, a duplicate, a misbehaving peer) is not tried again for this long.
 pub const REFUSED_COOLDOWN: Duration = Duration::from_secs(300);
-/// See [`REFUSED_COOLDOWN`].
-pub const SHORT_LIVED: Duration = Duration::from_secs(10);
+/// kaspad refuses a peer during its handshake (Version, Verack, Ready: a few round trips), so a
+/// connection that ends this soon was refused, not dropped; a peer that restarts after a few
+/// seconds must not be taken for one (measured in the lab: a refusal ends in milliseconds).
+pub const SHORT_LIVED: Duration = Duration::from_secs(2);
 /// A discovered peer whose Kaspa connection ended normally may be tried again after this.
 pub const ENDED_COOLDOWN: Duration = Duration::from_secs(5);
 /// A punched outbound session that no node connection used within this is closed (the peer
@@ -68,6 +80,9 @@ pub const BAN_POLL: Duration = Duration::from_secs(5);
 /// A mirrored ban lasts this long unless the next polls see it again (so an unban in the
 /// node is followed within a few polls).
 pub const BAN_HOLD: Duration = Duration::from_secs(15);
+/// After a Kaspa connection ended, how long to wait for the session's own end before
+/// deciding the node (not the path) closed it.
+const SESSION_END_GRACE: Duration = Duration::from_millis(500);
 /// The manager's pace.
 const TICK: Duration = Duration::from_millis(250);
 
@@ -126,10 +141,16 @@ impl PeeringConfig {
 /// How an outbound round with a peer ended, as the planner needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// The punch (or the bridge, or the slot) failed.
+    /// The punch (or the bridge) failed.
     Failed,
-    /// A Kaspa connection was made and lasted this long.
+    /// The session was up but the node dialed no slot for it in time.
+    NoSlot,
+    /// A Kaspa connection was made and the node closed it after this long, the punched
+    /// session still up: the node dropped the peer (if soon: refused it in its handshake).
     Connected(Duration),
+    /// A Kaspa connection was made, then the punched session ended under it: the peer or
+    /// the path went away (a restart, a NAT mapping lost), whatever the node thought.
+    Gone,
 }
 
 /// The pure outbound decisions: which peers to punch now, and when to ask for more.
@@ -147,6 +168,12 @@ pub struct Planner {
     cooldown: HashMap<PeerId, Instant>,
     /// Pinned peers' current backoff.
     backoff: HashMap<PeerId, Duration>,
+    /// Discovered peers' failed punches in a row.
+    fails: HashMap<PeerId, u32>,
+    /// When each peer was last in a discovery answer: an answer counts as bringing something
+    /// new (so discoveries stay quick) only with peers not seen for [`DISCOVER_MAX_PAUSE`].
+    seen: HashMap<PeerId, Instant>,
+    last_discover: Option<Instant>,
     /// Discovered candidates not yet tried, newest answer last.
     candidates: Vec<PeerId>,
     next_discover: Instant,
@@ -166,6 +193,9 @@ impl Planner {
             running: HashMap::new(),
             cooldown: HashMap::new(),
             backoff: HashMap::new(),
+            fails: HashMap::new(),
+            seen: HashMap::new(),
+            last_discover: None,
             candidates: Vec::new(),
             next_discover: now,
             discover_pause: DISCOVER_MIN_PAUSE,
@@ -185,8 +215,20 @@ impl Planner {
             && now >= self.next_discover
     }
 
-    pub fn discover_started(&mut self) {
+    pub fn discover_started(&mut self, now: Instant) {
         self.discovering = true;
+        self.last_discover = Some(now);
+    }
+
+    /// The node dialed an empty slot with nothing in flight: discover now if there is no
+    /// candidate left (not sooner than [`DISCOVER_ASKED_PAUSE`] after the last discovery).
+    pub fn slot_wanted(&mut self, now: Instant) {
+        if self.candidates.is_empty() {
+            let soonest = self
+                .last_discover
+                .map_or(now, |t| (t + DISCOVER_ASKED_PAUSE).max(now));
+            self.next_discover = self.next_discover.min(soonest);
+        }
     }
 
     /// A Discover answered with `peers` (`None`: it failed; `retry_after` if rate limited).
@@ -198,10 +240,21 @@ impl Planner {
     ) {
         self.discovering = false;
         let mut new = 0;
+        if self.seen.len() > 16 * DISCOVER_SAMPLE {
+            self.seen
+                .retain(|_, at| now.duration_since(*at) < DISCOVER_MAX_PAUSE);
+            if self.seen.len() > 16 * DISCOVER_SAMPLE {
+                self.seen.clear(); // bounded; forgetting only makes the next answers "new"
+            }
+        }
         for p in peers.into_iter().flatten() {
+            let fresh = match self.seen.insert(p, now) {
+                None => true,
+                Some(at) => now.duration_since(at) >= DISCOVER_MAX_PAUSE,
+            };
             if p != self.me && !self.candidates.contains(&p) && !self.running.contains_key(&p) {
                 self.candidates.push(p);
-                new += 1;
+                new += usize::from(fresh);
             }
         }
         // Bounded: the rendezvous answers at most a sample; keep the newest few samples.
@@ -268,6 +321,10 @@ impl Planner {
         let pause = if pinned {
             let backoff = self.backoff.entry(peer).or_insert(self.retry_min);
             let pause = match outcome {
+                Outcome::Gone => {
+                    *backoff = self.retry_min;
+                    self.retry_min
+                }
                 Outcome::Connected(lasted) if lasted >= SHORT_LIVED => {
                     *backoff = self.retry_min;
                     self.retry_min
@@ -283,10 +340,24 @@ impl Planner {
             // A discovered peer gone: look for others soon.
             self.next_discover = self.next_discover.min(now + DISCOVER_MIN_PAUSE);
             self.discover_pause = DISCOVER_MIN_PAUSE;
+            if self.fails.len() > 4 * DISCOVER_SAMPLE {
+                self.fails.clear(); // bounded; forgetting only shortens a cooldown
+            }
             match outcome {
-                Outcome::Failed => FAILED_COOLDOWN,
+                Outcome::Failed => {
+                    let n = self.fails.entry(peer).or_insert(0);
+                    let pause = FAILED_COOLDOWN
+                        .saturating_mul(1 << (*n).min(8))
+                        .min(FAILED_COOLDOWN_MAX);
+                    *n += 1;
+                    pause
+                }
+                Outcome::NoSlot => NO_SLOT_COOLDOWN,
                 Outcome::Connected(lasted) if lasted < SHORT_LIVED => REFUSED_COOLDOWN,
-                Outcome::Connected(_) => ENDED_COOLDOWN,
+                Outcome::Connected(_) | Outcome::Gone => {
+                    self.fails.remove(&peer);
+                    ENDED_COOLDOWN
+                }
             }
         };
         self.cooldown.insert(peer, now + pause);
@@ -386,6 +457,7 @@ impl Manager {
                         }
                     }
                 }
+                _ = self.slots.wanted() => planner.slot_wanted(Instant::now()),
                 Some(done) = discovery.join_next(), if !discovery.is_empty() => {
                     let now = Instant::now();
                     match done {
@@ -407,7 +479,7 @@ impl Manager {
             }
             let now = Instant::now();
             if planner.discover_due(now) {
-                planner.discover_started();
+                planner.discover_started(now);
                 let client = self.client.clone();
                 let pending = self.slots.pending();
                 discovery.spawn(async move {
@@ -443,7 +515,8 @@ impl Manager {
                         let started = Instant::now();
                         let result = round.run().await;
                         let outcome = match result {
-                            Ok(lasted) => Outcome::Connected(lasted),
+                            Ok(outcome) => outcome,
+                            Err(LinkError::NoSlot { .. }) => Outcome::NoSlot,
                             Err(error) => {
                                 let _ = round.events.send(LinkEvent::PunchFailed {
                                     peer,
@@ -479,8 +552,9 @@ struct Round {
 }
 
 impl Round {
-    /// Ok(how long the Kaspa connection lasted) once it ended; Err if none was made.
-    async fn run(&self) -> Result<Duration, LinkError> {
+    /// Once the Kaspa connection ended, how ([`Outcome::Connected`] or [`Outcome::Gone`]);
+    /// Err if none was made.
+    async fn run(&self) -> Result<Outcome, LinkError> {
         let pending = self.slots.pending();
         let session = self
             .client
@@ -510,7 +584,17 @@ impl Round {
             peer: self.peer,
             outbound: true,
         });
-        Ok(connected.elapsed())
+        // A session that dies closes its Kaspa connections too, maybe a moment before the
+        // bridge notices the session's end: look again shortly before calling it the node's.
+        let lasted = connected.elapsed();
+        let ended = tokio::time::timeout(SESSION_END_GRACE, bridged.closed())
+            .await
+            .is_ok();
+        Ok(if ended {
+            Outcome::Gone
+        } else {
+            Outcome::Connected(lasted)
+        })
     }
 }
 
@@ -569,7 +653,7 @@ mod tests {
         config.accept = true;
         let mut p = Planner::new(me, &config, now);
         assert!(p.discover_due(now));
-        p.discover_started();
+        p.discover_started(now);
         assert!(!p.discover_due(now));
         let peers: Vec<PeerId> = (0..12).map(|_| id()).collect();
         let busy = peers[0];
@@ -604,6 +688,30 @@ mod tests {
     }
 
     #[test]
+    fn the_same_answer_again_slows_discovery_down() {
+        let now = Instant::now();
+        let me = id();
+        let mut p = Planner::new(me, &PeeringConfig::new(vec![], 4), now);
+        let peers: Vec<PeerId> = (0..3).map(|_| id()).collect();
+        let mut at = now;
+        let mut pauses = Vec::new();
+        for _ in 0..5 {
+            p.discover_started(at);
+            p.discovered(at, Some(peers.clone()), None);
+            // Every candidate is busy (already connected): none is picked.
+            assert!(p.pick(at, |_| true, |_| false).is_empty());
+            let next = (0..600)
+                .map(|ms| at + Duration::from_millis(100 * ms))
+                .find(|t| p.discover_due(*t))
+                .unwrap();
+            pauses.push(next - at);
+            at = next;
+        }
+        assert_eq!(pauses[0], DISCOVER_MIN_PAUSE, "{pauses:?}");
+        assert!(pauses[1] > pauses[0] && pauses[2] > pauses[1], "{pauses:?}");
+    }
+
+    #[test]
     fn a_node_that_does_not_accept_dials_every_pair() {
         let now = Instant::now();
         let me = id();
@@ -632,14 +740,58 @@ mod tests {
     }
 
     #[test]
+    fn a_failing_discovered_peer_backs_off_and_a_connection_resets_it() {
+        let now = Instant::now();
+        let me = id();
+        let mut config = PeeringConfig::new(vec![], 4);
+        config.accept = false;
+        let mut p = Planner::new(me, &config, now);
+        let peer = id();
+        let mut pauses = Vec::new();
+        for _ in 0..8 {
+            p.discovered(now, Some(vec![peer]), None);
+            assert_eq!(
+                p.pick(now + Duration::from_secs(3600), |_| false, |_| false)
+                    .len(),
+                1
+            );
+            pauses.push(p.ended(now, peer, Outcome::Failed));
+        }
+        assert_eq!(pauses[0], FAILED_COOLDOWN);
+        assert_eq!(pauses[1], 2 * FAILED_COOLDOWN);
+        assert_eq!(*pauses.last().unwrap(), FAILED_COOLDOWN_MAX);
+        p.discovered(now, Some(vec![peer]), None);
+        p.pick(now + Duration::from_secs(3600), |_| false, |_| false);
+        assert_eq!(
+            p.ended(now, peer, Outcome::Connected(SHORT_LIVED)),
+            ENDED_COOLDOWN
+        );
+        p.discovered(now, Some(vec![peer]), None);
+        p.pick(now + Duration::from_secs(3600), |_| false, |_| false);
+        assert_eq!(p.ended(now, peer, Outcome::Failed), FAILED_COOLDOWN);
+        p.discovered(now, Some(vec![peer]), None);
+        p.pick(now + Duration::from_secs(3600), |_| false, |_| false);
+        assert_eq!(p.ended(now, peer, Outcome::NoSlot), NO_SLOT_COOLDOWN);
+        // A peer that went away at once (restart) is not taken for a refusal.
+        p.discovered(now, Some(vec![peer]), None);
+        p.pick(now + Duration::from_secs(3600), |_| false, |_| false);
+        assert_eq!(p.ended(now, peer, Outcome::Gone), ENDED_COOLDOWN);
+    }
+
+    #[test]
     fn empty_discoveries_slow_down_and_rate_limits_are_respected() {
         let now = Instant::now();
         let mut p = Planner::new(id(), &PeeringConfig::new(vec![], 4), now);
-        p.discover_started();
+        p.discover_started(now);
         p.discovered(now, Some(vec![]), None);
         assert!(!p.discover_due(now + DISCOVER_MIN_PAUSE));
         assert!(p.discover_due(now + 2 * DISCOVER_MIN_PAUSE));
-        p.discover_started();
+        // kaspad dialing an empty slot brings the next discovery forward, not before the
+        // asked pause.
+        p.slot_wanted(now);
+        assert!(!p.discover_due(now + DISCOVER_ASKED_PAUSE - Duration::from_millis(1)));
+        assert!(p.discover_due(now + DISCOVER_ASKED_PAUSE));
+        p.discover_started(now);
         p.discovered(now, None, Some(Duration::from_secs(30)));
         assert!(!p.discover_due(now + Duration::from_secs(29)));
         assert!(p.discover_due(now + Duration::from_secs(30)));

@@ -53,6 +53,9 @@ pub const DEFAULT_HOLD: Duration = Duration::from_secs(8);
 /// usually before the rendezvous answered the first discovery. A slot failed then would wait
 /// 30-60 s for kaspad's next try.
 pub const DEFAULT_START_GRACE: Duration = Duration::from_secs(20);
+/// How long a connection to an empty slot with nothing in flight waits for a punch to start
+/// after asking for one ([`SlotPool::wanted`]): the manager answers within one of its ticks.
+pub const ASK_GRACE: Duration = Duration::from_millis(400);
 
 /// Binds `count` slot listeners (`127.0.200.1..`), each on a free port. Done before kaspad
 /// starts, because kaspad's `--addpeer` list is fixed at its start.
@@ -103,7 +106,11 @@ struct State {
 
 struct Inner {
     state: Mutex<State>,
+    /// A session was offered or a punch started or ended: held connections look again.
     arrived: Notify,
+    /// A node connection came to an empty slot with nothing in flight: the peering manager
+    /// is asked for a punch (see [`SlotPool::wanted`]).
+    want: Notify,
     hold: Duration,
     grace_until: Instant,
     addrs: Vec<SocketAddr>,
@@ -164,6 +171,7 @@ impl SlotPool {
                     stats: SlotStats::default(),
                 }),
                 arrived: Notify::new(),
+                want: Notify::new(),
                 hold,
                 grace_until: Instant::now() + start_grace,
                 addrs,
@@ -211,7 +219,16 @@ impl SlotPool {
     /// slots are held meanwhile.
     pub fn pending(&self) -> Pending {
         lock(&self.inner.state).pending += 1;
+        self.inner.arrived.notify_waiters();
         Pending(self.clone())
+    }
+
+    /// Resolves when the node dialed an empty slot with no punch in flight: whoever keeps
+    /// the peers should start one now (it is held for [`ASK_GRACE`] waiting for that, then up
+    /// to the hold while the punch runs), so a slot is filled when kaspad comes for it, not
+    /// only when a session happened to be ready.
+    pub async fn wanted(&self) {
+        self.inner.want.notified().await
     }
 
     /// Offers a punched session (the sender from the bridge) to the next node connection to
@@ -239,13 +256,15 @@ impl SlotPool {
     /// Hands one node connection to slot `slot` to a session, holding it if one is coming.
     async fn hand(&self, slot: usize, addr: SocketAddr, tcp: TcpStream, from: SocketAddr) {
         let deadline = tokio::time::Instant::now() + self.inner.hold;
+        let asked_until = tokio::time::Instant::now() + ASK_GRACE;
+        let mut asked = false;
         let mut held = false;
         let mut conn = (tcp, from);
         loop {
             let notified = self.inner.arrived.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            {
+            let until = {
                 let mut state = lock(&self.inner.state);
                 if let Some(bound) = state.bound[slot].as_ref().filter(|b| !b.tx.is_closed()) {
                     let peer = bound.peer;
@@ -281,24 +300,29 @@ impl SlotPool {
                         | Err(mpsc::error::TrySendError::Full(c)) => conn = c,
                     }
                 }
-                let waiting = state.pending > 0 || Instant::now() < self.inner.grace_until;
-                if !waiting || tokio::time::Instant::now() >= deadline {
+                if state.pending == 0 && !asked {
+                    asked = true;
+                    self.inner.want.notify_one();
+                }
+                let now = tokio::time::Instant::now();
+                let until = if state.pending > 0 || Instant::now() < self.inner.grace_until {
+                    deadline
+                } else if now < asked_until {
+                    asked_until
+                } else {
+                    now
+                };
+                if until <= now || now >= deadline {
                     state.stats.refused += 1;
                     debug!(%addr, held, "no punched peer for the slot; node connection closed");
                     return;
                 }
-            }
+                until
+            };
             held = true;
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                // Loop once more: take a session that arrived at the deadline, else close.
-                let state = lock(&self.inner.state);
-                if state.ready.iter().all(|r| r.tx.is_closed()) {
-                    drop(state);
-                    lock(&self.inner.state).stats.refused += 1;
-                    debug!(%addr, "no punched peer for the slot within the hold; node connection closed");
-                    return;
-                }
-            }
+            // Woken by an offered session or a punch starting or ending; else look again at
+            // `until` (then the checks above close the connection).
+            let _ = tokio::time::timeout_at(until, notified).await;
         }
     }
 }
