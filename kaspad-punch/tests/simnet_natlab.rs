@@ -4,7 +4,7 @@
 //! (`--punch-accept`). Each node must list the other (by its Kaspa node id, from GetInfo)
 //! among its connected peers over gRPC RPC (`kaspa-peers`), and both must stay connected,
 //! checked every few seconds, for a full minute. When B is restarted, A re-punches it; when
-//! B bans and unbans A, they reconnect over the same punch ports.
+//! B bans A, B refuses A at the punch layer too, and after the unban they reconnect.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -149,10 +149,16 @@ struct Pair<'a> {
     daemons: Vec<ProcId>,
     rendezvous: String,
     rendezvous_key: String,
+    b_extra: Vec<String>,
 }
 
 impl<'a> Pair<'a> {
     fn start(lab: &'a Lab) -> Result<Self, String> {
+        Self::start_with(lab, &[])
+    }
+
+    /// Like [`Pair::start`], with extra flags for B.
+    fn start_with(lab: &'a Lab, b_extra: &[&str]) -> Result<Self, String> {
         let dir = lab.case_dir();
         let (rendezvous, rendezvous_key) = start_rendezvous(lab).map_err(|e| format!("{e:#}"))?;
         let mut pair = Pair {
@@ -170,6 +176,7 @@ impl<'a> Pair<'a> {
             daemons: Vec::new(),
             rendezvous,
             rendezvous_key,
+            b_extra: b_extra.iter().map(|s| s.to_string()).collect(),
         };
         pair.start_b("b-app", "kaspad-punch-b")?;
         let b_id = Keypair::load_or_generate(&dir.join("b.key"))
@@ -200,7 +207,9 @@ impl<'a> Pair<'a> {
             &self.rendezvous,
             &self.rendezvous_key,
         );
-        b.arg("--punch-accept");
+        // B only accepts (it dials nobody itself), so the pair has exactly one Kaspa dialer.
+        b.args(["--punch-accept", "--punch-outpeers", "0"])
+            .args(&self.b_extra);
         let b = self
             .lab
             .spawn(label, &self.nodes[1].ns, &b)
@@ -423,15 +432,16 @@ struct PeerLine {
     secs: u64,
 }
 
-/// B's kaspad bans A's alias, so the Kaspa connection ends while both punch clients keep
-/// their control connections and ports: A re-punches from the same port to the same address
-/// of B, the exact 4-tuple of the session it just closed (in TIME_WAIT on A's side), again
-/// and again while the ban lasts (each Kaspa connection is refused). After the unban the
-/// nodes must connect again.
+/// B's kaspad bans A's alias (B's operator runs kaspad's unsafe RPC mode for that:
+/// `--unsaferpc`; kaspad-punch itself never needs it), so the Kaspa connection ends while both
+/// punch clients keep their control connections. B mirrors the ban at the punch layer: A's
+/// identity and the address the rendezvous observed for it are refused before any dial while
+/// kaspad bans the alias (B logs the refusals). After the unban the mirrored ban lapses and
+/// the nodes connect again.
 #[test]
-fn after_a_ban_and_unban_the_peers_reconnect_over_the_same_ports() {
+fn after_a_ban_and_unban_the_peers_reconnect() {
     with_lab("kaspad-punch-ban", |lab| {
-        let pair = Pair::start(lab)?;
+        let pair = Pair::start_with(lab, &["--unsaferpc"])?;
         let (a_id, b_id) = pair.wait_listed(CONNECT_WITHIN)?;
         let (_, b_peers) = pair.nodes[1].peers(lab)?;
         let alias = b_peers
@@ -455,8 +465,25 @@ fn after_a_ban_and_unban_the_peers_reconnect_over_the_same_ports() {
             "B banned A's alias {alias}; A lost B after {:?}",
             banned.elapsed()
         );
-        // Let A's link re-punch into the ban a few times (the same 4-tuple each time).
-        std::thread::sleep(Duration::from_secs(5));
+        // A keeps B pinned and re-punches; B refuses it at the punch layer (no dial).
+        let b_log = || lab.stderr(pair.daemons[0]).map_err(|e| e.to_string());
+        let denied = Instant::now();
+        while !b_log()?.contains("inbound punch from a denied peer or address; refused (no dial)") {
+            if denied.elapsed() > Duration::from_secs(40) {
+                return Err(format!(
+                    "B never refused A at the punch layer during the ban:\n{}",
+                    b_log()?
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        if !b_log()?.contains("node bans a punched peer: denied at the punch layer too") {
+            return Err("B did not log the mirrored ban".into());
+        }
+        eprintln!(
+            "B refused A's punch at the punch layer {:?} after the ban",
+            banned.elapsed()
+        );
         pair.running()?;
         pair.nodes[1].rpc(lab, &["--unban", &alias])?;
         let unbanned = Instant::now();
