@@ -103,6 +103,15 @@ fn peers(lab: &Lab, ns: &str, extra: &[&str]) -> Result<(String, Vec<(String, St
     Ok((own, list))
 }
 
+/// Seconds since midnight of a tracing line's RFC 3339 timestamp (`2026-12-07T13:27:30.26Z`).
+fn secs_of_day(line: &str) -> Option<f64> {
+    let t = line.get(11..26)?;
+    let h: f64 = t.get(0..2)?.parse().ok()?;
+    let m: f64 = t.get(3..5)?.parse().ok()?;
+    let s: f64 = t.get(6..)?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
 struct Net<'a> {
     lab: &'a Lab,
     daemons: Vec<ProcId>,
@@ -217,6 +226,21 @@ fn run(lab: &Lab) -> Result<(), String> {
         last = format!("{all:?}");
     };
     eprintln!("all four simnet nodes list the three others {took:?} after start");
+    // Per node, from its first log line to its first punched peer (log timestamps).
+    for (i, &d) in net.daemons[1..].iter().enumerate() {
+        let log = lab.stderr(d).map_err(|e| e.to_string())?;
+        let first = log.lines().next().and_then(secs_of_day);
+        let punched = log
+            .lines()
+            .find(|l| l.contains("punched peer connected"))
+            .and_then(secs_of_day);
+        if let (Some(a), Some(b)) = (first, punched) {
+            eprintln!(
+                "node {i}: first punched peer {:.2} s after its first log line",
+                b - a
+            );
+        }
+    }
     if took > ALL_CONNECTED_WITHIN {
         return Err(format!(
             "all connected only {took:?} after start (bound {ALL_CONNECTED_WITHIN:?})"

@@ -79,7 +79,7 @@ pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(25);
 pub const BAN_POLL: Duration = Duration::from_secs(5);
 /// A mirrored ban lasts this long unless the next polls see it again (so an unban in the
 /// node is followed within a few polls).
-pub const BAN_HOLD: Duration = Duration::from_secs(15);
+pub const BAN_HOLD: Duration = Duration::from_secs(8);
 /// After a Kaspa connection ended, how long to wait for the session's own end before
 /// deciding the node (not the path) closed it.
 const SESSION_END_GRACE: Duration = Duration::from_millis(500);
@@ -220,9 +220,17 @@ impl Planner {
         self.last_discover = Some(now);
     }
 
-    /// The node dialed an empty slot with nothing in flight: discover now if there is no
-    /// candidate left (not sooner than [`DISCOVER_ASKED_PAUSE`] after the last discovery).
+    /// The node dialed an empty slot with nothing in flight: a pinned peer waiting out its
+    /// backoff is punched now (kaspad's own pace for a slot, at most one dial per 30 s round,
+    /// bounds this; a slot failed now would wait 30 s x 2^n in kaspad, a far longer delay than
+    /// the backoff saves), and discovery runs now if there is no candidate left (not sooner
+    /// than [`DISCOVER_ASKED_PAUSE`] after the last discovery).
     pub fn slot_wanted(&mut self, now: Instant) {
+        for p in &self.pinned {
+            if !self.running.contains_key(p) {
+                self.cooldown.remove(p);
+            }
+        }
         if self.candidates.is_empty() {
             let soonest = self
                 .last_discover
@@ -733,10 +741,14 @@ mod tests {
         assert_eq!(p.pick(now, |_| false, |_| false), vec![(pinned, true)]);
         let first = p.ended(now, pinned, Outcome::Failed);
         assert!(p.pick(now, |_| false, |_| false).is_empty(), "cooling down");
-        let later = now + first + Duration::from_millis(1);
-        assert_eq!(p.pick(later, |_| false, |_| false), vec![(pinned, true)]);
-        let second = p.ended(later, pinned, Outcome::Failed);
+        // kaspad dialing an empty slot cuts the backoff short.
+        p.slot_wanted(now);
+        assert_eq!(p.pick(now, |_| false, |_| false), vec![(pinned, true)]);
+        let second = p.ended(now, pinned, Outcome::Failed);
+        // The backoff doubled (each pause is jittered between half and all of it).
         assert!(second > first / 2, "{first:?} then {second:?}");
+        let later = now + second + Duration::from_millis(1);
+        assert_eq!(p.pick(later, |_| false, |_| false), vec![(pinned, true)]);
     }
 
     #[test]
