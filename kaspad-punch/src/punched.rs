@@ -114,7 +114,7 @@ impl NodeDialer for NodeRpc {
                 Ok(addrs) => addrs
                     .banned_addresses
                     .into_iter()
-                    .map(|ip| IpAddr::from(ip))
+                    .map(IpAddr::from)
                     .collect(),
                 Err(error) => {
                     warn!(%error, "GetPeerAddresses failed; bans not mirrored this time");
