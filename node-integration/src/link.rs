@@ -393,7 +393,7 @@ pub(crate) async fn accept_loop(
                 let info = session.info();
                 let peer = info.peer;
                 let ip = info.observed.ip().to_canonical();
-                let refusal = if deny.is_denied(&peer, ip, std::time::Instant::now()) {
+                let refusal = if deny.is_denied(&peer, ip, tokio::time::Instant::now().into_std()) {
                     Some("denied (banned)".to_string())
                 } else if held.len() >= limits.max_inbound {
                     Some(format!("{} inbound punched peers already", limits.max_inbound))
@@ -403,7 +403,7 @@ pub(crate) async fn accept_loop(
                     None
                 };
                 if let Some(reason) = refusal {
-                    if let Some(held_back) = refuse_log.hit(std::time::Instant::now()) {
+                    if let Some(held_back) = refuse_log.hit(tokio::time::Instant::now().into_std()) {
                         warn!(peer = %peer.short(), %ip, %reason, held_back, total = refuse_log.total(), "inbound session refused");
                     }
                     let _ = events.send(LinkEvent::Refused { peer, reason });

@@ -83,6 +83,11 @@ pub const BAN_HOLD: Duration = Duration::from_secs(8);
 /// After a Kaspa connection ended, how long to wait for the session's own end before
 /// deciding the node (not the path) closed it.
 const SESSION_END_GRACE: Duration = Duration::from_millis(500);
+/// The one clock: tokio's (paused in tests that pause time), as the punch client's.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 /// The manager's pace.
 const TICK: Duration = Duration::from_millis(250);
 
@@ -446,7 +451,7 @@ struct Manager {
 
 impl Manager {
     async fn run(self) {
-        let mut planner = Planner::new(self.client.id(), &self.config, Instant::now());
+        let mut planner = Planner::new(self.client.id(), &self.config, now());
         let mut rounds: JoinSet<(PeerId, Outcome)> = JoinSet::new();
         let mut discovery: JoinSet<Result<Vec<PeerId>, punch::Error>> = JoinSet::new();
         let mut fail_log = LogThrottle::default();
@@ -457,17 +462,17 @@ impl Manager {
                 _ = tick.tick() => {}
                 Some(done) = rounds.join_next(), if !rounds.is_empty() => {
                     if let Ok((peer, outcome)) = done {
-                        let pause = planner.ended(Instant::now(), peer, outcome);
+                        let pause = planner.ended(now(), peer, outcome);
                         if outcome == Outcome::Failed {
-                            if let Some(held_back) = fail_log.hit(Instant::now()) {
+                            if let Some(held_back) = fail_log.hit(now()) {
                                 warn!(peer = %peer.short(), retry_in_s = pause.as_secs_f32(), held_back, "punched peer not connected");
                             }
                         }
                     }
                 }
-                _ = self.slots.wanted() => planner.slot_wanted(Instant::now()),
+                _ = self.slots.wanted() => planner.slot_wanted(now()),
                 Some(done) = discovery.join_next(), if !discovery.is_empty() => {
-                    let now = Instant::now();
+                    let now = now();
                     match done {
                         Ok(Ok(peers)) => {
                             info!(found = peers.len(), "discovered peers of this network");
@@ -485,7 +490,7 @@ impl Manager {
                     }
                 }
             }
-            let now = Instant::now();
+            let now = now();
             if planner.discover_due(now) {
                 planner.discover_started(now);
                 let client = self.client.clone();
@@ -520,7 +525,7 @@ impl Manager {
                 let span = info_span!("keep", peer = %peer.short(), pinned);
                 rounds.spawn(
                     async move {
-                        let started = Instant::now();
+                        let started = tokio::time::Instant::now();
                         let result = round.run().await;
                         let outcome = match result {
                             Ok(outcome) => outcome,
@@ -586,7 +591,7 @@ impl Round {
         {
             return Err(LinkError::NoSlot { waited });
         }
-        let connected = Instant::now();
+        let connected = now();
         bridged.idle().await;
         let _ = self.events.send(LinkEvent::Ended {
             peer: self.peer,
@@ -612,7 +617,7 @@ async fn mirror_bans(node: Arc<dyn NodeDialer>, bridge: Bridge, deny: Denylist, 
     let mut log = LogThrottle::default();
     loop {
         tokio::time::sleep(BAN_POLL).await;
-        let now = Instant::now();
+        let now = now();
         for ip in node.banned_ips().await {
             let IpAddr::V4(v4) = ip.to_canonical() else {
                 continue;

@@ -27,12 +27,13 @@ use std::collections::VecDeque;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use punch_proto::PeerId;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::bridge::Handoff;
@@ -255,8 +256,8 @@ impl SlotPool {
 
     /// Hands one node connection to slot `slot` to a session, holding it if one is coming.
     async fn hand(&self, slot: usize, addr: SocketAddr, tcp: TcpStream, from: SocketAddr) {
-        let deadline = tokio::time::Instant::now() + self.inner.hold;
-        let asked_until = tokio::time::Instant::now() + ASK_GRACE;
+        let deadline = Instant::now() + self.inner.hold;
+        let asked_until = Instant::now() + ASK_GRACE;
         let mut asked = false;
         let mut held = false;
         let mut conn = (tcp, from);
@@ -304,8 +305,8 @@ impl SlotPool {
                     asked = true;
                     self.inner.want.notify_one();
                 }
-                let now = tokio::time::Instant::now();
-                let until = if state.pending > 0 || Instant::now() < self.inner.grace_until {
+                let now = Instant::now();
+                let until = if state.pending > 0 || now < self.inner.grace_until {
                     deadline
                 } else if now < asked_until {
                     asked_until
