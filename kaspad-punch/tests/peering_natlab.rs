@@ -8,6 +8,8 @@
 //! punch needs no unsafe RPC, and AddPeer over RPC is refused as in stock kaspad.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::Command;
@@ -86,21 +88,13 @@ fn peers(lab: &Lab, ns: &str, extra: &[&str]) -> Result<(String, Vec<(String, St
     if code != 0 {
         return Err(format!("kaspa-peers exited {code}: {out}{err}"));
     }
-    let own = out
-        .lines()
-        .find_map(|l| l.strip_prefix("self "))
-        .and_then(|l| l.split_whitespace().next())
-        .ok_or_else(|| format!("no self line in {out:?}"))?
-        .to_string();
-    let list = out
-        .lines()
-        .filter_map(|l| l.strip_prefix("peer "))
-        .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            Some((w.next()?.to_string(), w.next()?.to_string()))
-        })
-        .collect();
-    Ok((own, list))
+    let (own, list) = common::parse_peers(&out)?;
+    Ok((
+        own,
+        list.into_iter()
+            .map(|p| (p.id, p.addr.to_string()))
+            .collect(),
+    ))
 }
 
 /// Seconds since midnight of a tracing line's RFC 3339 timestamp (`2026-12-07T13:27:30.26Z`).

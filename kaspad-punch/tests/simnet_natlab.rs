@@ -7,6 +7,8 @@
 //! B bans A, B refuses A at the punch layer too, and after the unban they reconnect.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -15,6 +17,8 @@ use punch_natlab::{skip_without_net_admin, Lab, LinkParams, ProcId, RouterKind, 
 use punch_proto::Keypair;
 use punch_tests::bin_path;
 use punch_tests::natlab::start_rendezvous;
+
+use common::PeerLine;
 
 const RPC: &str = "127.0.0.1:16610";
 /// From start to both nodes listing each other: kaspad's start, registration, the punch
@@ -54,29 +58,7 @@ impl Node {
                 lab.stderr(id).unwrap_or_default()
             ));
         }
-        let own = out
-            .lines()
-            .find_map(|l| l.strip_prefix("self "))
-            .and_then(|l| l.split_whitespace().next())
-            .ok_or_else(|| format!("no self line in {out:?}"))?
-            .to_string();
-        let peers = out
-            .lines()
-            .filter_map(|l| l.strip_prefix("peer "))
-            .filter_map(|l| {
-                let mut words = l.split_whitespace();
-                let id = words.next()?.to_string();
-                let addr: std::net::SocketAddr = words.next()?.parse().ok()?;
-                let secs = l
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("connected="))?
-                    .trim_end_matches('s')
-                    .parse()
-                    .ok()?;
-                Some(PeerLine { id, addr, secs })
-            })
-            .collect();
-        Ok((own, peers))
+        common::parse_peers(&out)
     }
 }
 
@@ -422,14 +404,6 @@ fn a_restarted_punch_peer_is_repunched_and_reconnected() {
         );
         Ok(())
     });
-}
-
-/// One connected peer as `kaspa-peers` prints it.
-#[derive(Debug)]
-struct PeerLine {
-    id: String,
-    addr: std::net::SocketAddr,
-    secs: u64,
 }
 
 /// B's kaspad bans A's alias (B's operator runs kaspad's unsafe RPC mode for that:

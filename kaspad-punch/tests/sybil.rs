@@ -5,6 +5,8 @@
 //! kaspad-punch, from another IP, finding the victim by discovery) still connects.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -92,18 +94,8 @@ fn connected(rpc: u16) -> Result<(String, Vec<String>), String> {
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    let own = text
-        .lines()
-        .find_map(|l| l.strip_prefix("self "))
-        .and_then(|l| l.split_whitespace().next())
-        .ok_or("no self line")?
-        .to_string();
-    let peers = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("peer "))
-        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-        .collect();
-    Ok((own, peers))
+    let (own, peers) = common::parse_peers(&text)?;
+    Ok((own, peers.into_iter().map(|p| p.id).collect()))
 }
 
 #[test]
