@@ -21,7 +21,7 @@ use kaspa_rpc_service::service::RpcCoreService;
 use kaspa_utils::networking::{ContextualNetAddress, NetAddress};
 use kaspad_lib::args::Args;
 use punch_node::bridge::{Bridge, BridgeConfig};
-use punch_node::link::{DialError, InboundLimits, LinkEvent, NodeDialer};
+use punch_node::link::{InboundLimits, LinkEvent, NodeView};
 use punch_node::peering::{Peering, PeeringConfig};
 use punch_node::slots::{self, SlotPool};
 use punch_proto::Keypair;
@@ -78,18 +78,7 @@ pub fn prepare(punch: &PunchArgs, args: &mut Args) -> anyhow::Result<Slots> {
 /// its connected peers (GetConnectedPeerInfo) and its bans (GetPeerAddresses).
 struct NodeRpc(Arc<RpcCoreService>);
 
-impl NodeDialer for NodeRpc {
-    fn dial(&self, addr: SocketAddr) -> BoxFuture<'static, Result<(), DialError>> {
-        // Never called: kaspad dials punched peers through its slots (punch_node::slots).
-        Box::pin(std::future::ready(Err(DialError::new(
-            addr,
-            std::io::Error::new(
-                std::io::ErrorKind::Unsupported,
-                "kaspad-punch dials through slots, not AddPeer",
-            ),
-        ))))
-    }
-
+impl NodeView for NodeRpc {
     fn has_peer_at(&self, ip: IpAddr) -> BoxFuture<'static, bool> {
         let rpc = self.0.clone();
         Box::pin(async move {

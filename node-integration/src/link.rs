@@ -55,12 +55,8 @@ pub const DEFAULT_INBOUND_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Events kept for slow observers.
 pub const EVENT_BUFFER: usize = 256;
 
-/// How the node is asked to connect to a bridge listener.
-pub trait NodeDialer: Send + Sync + 'static {
-    /// Asks the node to connect to `addr`. Returns an error if the node refused outright;
-    /// `Ok` may mean "requested" for nodes that connect asynchronously.
-    fn dial(&self, addr: SocketAddr) -> BoxFuture<'static, Result<(), DialError>>;
-
+/// What punch reads of the node: its connected peers and its bans.
+pub trait NodeView: Send + Sync + 'static {
     /// Whether the node has a Kaspa peer (handshake done) at `ip` now. An inbound punched
     /// session counts as carrying a Kaspa connection only then: a bare TCP connection to
     /// the node's P2P port, which the node's gRPC server keeps open without a request (no
@@ -72,6 +68,27 @@ pub trait NodeDialer: Send + Sync + 'static {
     /// address are then refused at the punch layer too (see [`crate::peering`]).
     fn banned_ips(&self) -> BoxFuture<'static, Vec<IpAddr>> {
         Box::pin(std::future::ready(Vec::new()))
+    }
+}
+
+/// How the node is asked to connect to a bridge listener (a [`Link`]'s node; kaspad-punch's
+/// kaspad dials its slots by itself, see [`crate::slots`], and is only a [`NodeView`]).
+pub trait NodeDialer: NodeView {
+    /// Asks the node to connect to `addr`. Returns an error if the node refused outright;
+    /// `Ok` may mean "requested" for nodes that connect asynchronously.
+    fn dial(&self, addr: SocketAddr) -> BoxFuture<'static, Result<(), DialError>>;
+}
+
+/// A [`NodeDialer`] seen as the [`NodeView`] it also is (for the accept loop).
+struct ViewOf(Arc<dyn NodeDialer>);
+
+impl NodeView for ViewOf {
+    fn has_peer_at(&self, ip: IpAddr) -> BoxFuture<'static, bool> {
+        self.0.has_peer_at(ip)
+    }
+
+    fn banned_ips(&self) -> BoxFuture<'static, Vec<IpAddr>> {
+        self.0.banned_ips()
     }
 }
 
@@ -129,7 +146,9 @@ impl NodeDialer for Arc<crate::node::KaspaNode> {
                 .map_err(|e| DialError::new(addr, e))
         })
     }
+}
 
+impl NodeView for Arc<crate::node::KaspaNode> {
     fn has_peer_at(&self, ip: IpAddr) -> BoxFuture<'static, bool> {
         let found = self
             .peers()
@@ -244,7 +263,7 @@ impl Link {
                 max_per_ip: usize::MAX,
                 idle_timeout: config.inbound_idle_timeout,
             },
-            dialer,
+            Arc::new(ViewOf(dialer)),
             Denylist::default(),
             Arc::new(Seen::default()),
             events.clone(),
@@ -375,7 +394,7 @@ pub(crate) async fn accept_loop(
     mut incoming: Incoming,
     bridge: Bridge,
     limits: InboundLimits,
-    node: Arc<dyn NodeDialer>,
+    node: Arc<dyn NodeView>,
     deny: Denylist,
     seen: Arc<Seen>,
     events: broadcast::Sender<LinkEvent>,
@@ -475,7 +494,7 @@ impl Seen {
 
 /// Waits until `bridged`'s session ends (`false`) or the node has had no Kaspa peer at its
 /// alias for `limit` (`true`), counted from now; looks every quarter of `limit`.
-pub(crate) async fn idle(bridged: &BridgedPeer, node: &dyn NodeDialer, limit: Duration) -> bool {
+pub(crate) async fn idle(bridged: &BridgedPeer, node: &dyn NodeView, limit: Duration) -> bool {
     let alias = IpAddr::V4(bridged.alias());
     let every = (limit / 4).max(Duration::from_millis(50));
     let mut last_used = tokio::time::Instant::now();

@@ -36,7 +36,7 @@ use tokio::task::JoinSet;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::bridge::Bridge;
-use crate::link::{self, InboundLimits, LinkError, LinkEvent, NodeDialer, Seen, EVENT_BUFFER};
+use crate::link::{self, InboundLimits, LinkError, LinkEvent, NodeView, Seen, EVENT_BUFFER};
 use crate::slots::SlotPool;
 
 /// Discovered outbound punched peers kept by default, on top of the node's own `--outpeers`.
@@ -393,7 +393,7 @@ impl Peering {
         incoming: Incoming,
         bridge: Bridge,
         slots: SlotPool,
-        node: Arc<dyn NodeDialer>,
+        node: Arc<dyn NodeView>,
         deny: Denylist,
         config: PeeringConfig,
     ) -> Peering {
@@ -613,7 +613,7 @@ impl Round {
 
 /// Mirrors the node's bans of aliases at the punch layer: the alias's identity and the IP
 /// the rendezvous observed for it are denied while the node bans the alias.
-async fn mirror_bans(node: Arc<dyn NodeDialer>, bridge: Bridge, deny: Denylist, seen: Arc<Seen>) {
+async fn mirror_bans(node: Arc<dyn NodeView>, bridge: Bridge, deny: Denylist, seen: Arc<Seen>) {
     let mut log = LogThrottle::default();
     loop {
         tokio::time::sleep(BAN_POLL).await;
