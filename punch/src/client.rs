@@ -47,7 +47,7 @@ use crate::error::{Error, RendezvousError};
 pub use crate::event::{Event, Status, EVENT_BUFFER};
 use crate::lock;
 use crate::routes::Routes;
-use crate::session::Session;
+use crate::session::{Session, SessionStatus, SessionTable};
 use crate::socket;
 
 /// How long an accepted stream may take to send its preamble.
@@ -111,6 +111,7 @@ pub struct Client {
     rendezvous: SocketAddr,
     id: PeerId,
     events: broadcast::Sender<Event>,
+    sessions: Arc<SessionTable>,
     tasks: Arc<Tasks>,
 }
 
@@ -169,6 +170,7 @@ impl Client {
             .instrument(span.clone()),
         );
         let control = Control::new(ControlConfig::from(&config), now(), rand::random());
+        let sessions: Arc<SessionTable> = Arc::default();
         let driver = ControlDriver {
             ctx: Arc::new(PunchCtx {
                 keypair: config.keypair.clone(),
@@ -179,6 +181,7 @@ impl Client {
                 relayed: Default::default(),
                 commands: cmd_tx.downgrade(),
                 status: status.clone(),
+                sessions: sessions.clone(),
             }),
             routes,
             cmd_rx,
@@ -199,6 +202,7 @@ impl Client {
                 rendezvous,
                 id,
                 events,
+                sessions,
                 tasks: Arc::new(Tasks {
                     shutdown,
                     handles: Mutex::new(vec![accept, driver]),
@@ -233,6 +237,23 @@ impl Client {
 
     pub fn status(&self) -> Status {
         self.status.borrow().clone()
+    }
+
+    /// The sessions this client punched (either way) that are still open, oldest first: peer,
+    /// path now, age, traffic and round-trip time.
+    pub fn sessions(&self) -> Vec<SessionStatus> {
+        self.sessions.snapshot(now())
+    }
+
+    /// Bytes sent and received by all sessions since the client started (sent, received):
+    /// plaintext yamux frames, every path.
+    pub fn bytes_total(&self) -> (u64, u64) {
+        self.sessions.bytes_total()
+    }
+
+    /// The rendezvous this client registers with.
+    pub fn rendezvous(&self) -> SocketAddr {
+        self.rendezvous
     }
 
     /// Events from now on (see [`Event`]).
@@ -578,6 +599,7 @@ impl ControlDriver {
                 let _ = events.send(Event::Failed {
                     peer,
                     session_id,
+                    kind: e.kind(),
                     error: e.to_string(),
                 });
             }

@@ -244,6 +244,10 @@ enum State {
         local: SocketAddr,
         last_heard: Instant,
         silence_limit: Duration,
+        /// Our ping to the server awaiting its pong: nonce and when it went out.
+        ping: Option<(u64, Instant)>,
+        /// The last round trip to the server (our ping to its pong).
+        rtt: Option<Duration>,
     },
 }
 
@@ -525,13 +529,42 @@ impl<T> Control<T> {
         match self.state {
             State::AwaitingRegistered { local, .. } => self.first_message(now, local, msg),
             State::Registered {
-                ref mut last_heard, ..
+                ref mut last_heard,
+                ref mut ping,
+                ref mut rtt,
+                observed,
+                local,
+                ..
             } => {
                 *last_heard = now;
                 match msg {
-                    ServerMsg::Ping { nonce } => self
-                        .actions
-                        .push_back(Action::Send(ClientMsg::Pong { nonce })),
+                    ServerMsg::Ping { nonce } => {
+                        self.actions
+                            .push_back(Action::Send(ClientMsg::Pong { nonce }));
+                        // One ping of ours per ping of the server's: our RTT stays as fresh as
+                        // its, at no timer of our own.
+                        if ping.is_none() {
+                            let nonce = self.rng.gen();
+                            *ping = Some((nonce, now));
+                            self.actions
+                                .push_back(Action::Send(ClientMsg::Ping { nonce }));
+                        }
+                    }
+                    ServerMsg::Pong { nonce } => {
+                        if let Some((sent_nonce, sent)) = *ping {
+                            if sent_nonce == nonce {
+                                *ping = None;
+                                *rtt = Some(now.saturating_duration_since(sent));
+                                let rtt = *rtt;
+                                self.actions
+                                    .push_back(Action::SetStatus(Status::Registered {
+                                        observed,
+                                        local,
+                                        rtt,
+                                    }));
+                            }
+                        }
+                    }
                     ServerMsg::Offer(offer) => self.offer(now, offer),
                     ServerMsg::Discovered { request_id, peers } => {
                         self.discovered(now, request_id, peers)
@@ -553,11 +586,14 @@ impl<T> Control<T> {
         match msg {
             ServerMsg::Registered(r) => {
                 info!(observed = %r.observed, %local, "registered with the rendezvous");
+                let nonce = self.rng.gen();
                 self.state = State::Registered {
                     observed: r.observed,
                     local,
                     last_heard: now,
                     silence_limit: r.ping_interval.max(MIN_PING_INTERVAL) * MISSED_PINGS,
+                    ping: Some((nonce, now)),
+                    rtt: None,
                 };
                 self.backoff.reset();
                 self.stats.registrations += 1;
@@ -569,6 +605,7 @@ impl<T> Control<T> {
                     .push_back(Action::SetStatus(Status::Registered {
                         observed: r.observed,
                         local,
+                        rtt: None,
                     }));
                 let waiting: Vec<u64> = self
                     .pending
@@ -579,6 +616,9 @@ impl<T> Control<T> {
                 for request_id in waiting {
                     self.send_request(request_id);
                 }
+                // A first ping at once: the round trip is known within one.
+                self.actions
+                    .push_back(Action::Send(ClientMsg::Ping { nonce }));
             }
             ServerMsg::Error(e) => {
                 let reason = RendezvousError::RegistrationRefused {

@@ -106,11 +106,37 @@ fn connects_at_once_and_registers() {
     assert!(drain(&mut c).is_empty());
     c.handle_message(t0 + 20 * MS, registered_msg());
     let actions = drain(&mut c);
-    assert!(matches!(
-        &actions[..],
-        [Action::Emit(Event::Registered { observed: o, local: l }),
-         Action::SetStatus(Status::Registered { .. })] if *o == observed() && *l == local()
-    ));
+    let Some(
+        [Action::Emit(Event::Registered { observed: o, local: l }), Action::SetStatus(Status::Registered { rtt: None, .. }), Action::Send(ClientMsg::Ping { nonce })],
+    ) = actions.get(..)
+    else {
+        panic!("{actions:?}")
+    };
+    assert_eq!((*o, *l), (observed(), local()));
+    // The pong to our first ping gives the round trip.
+    let nonce = *nonce;
+    c.handle_message(t0 + 20 * MS, ServerMsg::Pong { nonce: nonce ^ 1 });
+    assert!(drain(&mut c).is_empty(), "a pong of another nonce is no sample");
+    c.handle_message(t0 + 50 * MS, ServerMsg::Pong { nonce });
+    let actions = drain(&mut c);
+    assert!(
+        matches!(&actions[..], [Action::SetStatus(Status::Registered { rtt: Some(rtt), .. })] if *rtt == 30 * MS),
+        "{actions:?}"
+    );
+    // Each ping of the server's is answered, and (with none of ours outstanding) gets one
+    // of ours beside it.
+    c.handle_message(t0 + 60 * MS, ServerMsg::Ping { nonce: 9 });
+    let actions = drain(&mut c);
+    assert!(
+        matches!(&actions[..], [Action::Send(ClientMsg::Pong { nonce: 9 }), Action::Send(ClientMsg::Ping { .. })]),
+        "{actions:?}"
+    );
+    c.handle_message(t0 + 70 * MS, ServerMsg::Ping { nonce: 10 });
+    let actions = drain(&mut c);
+    assert!(
+        matches!(&actions[..], [Action::Send(ClientMsg::Pong { nonce: 10 })]),
+        "ours is still outstanding: {actions:?}"
+    );
     let reg = c.config().register_message(local());
     assert_eq!(reg.local_addrs, vec![local()]);
     assert!(reg.accept_inbound);
@@ -406,7 +432,8 @@ fn requests_wait_for_a_registration_under_way_and_fail_between_attempts() {
                 Action::Emit(Event::Registered { .. }),
                 Action::SetStatus(_),
                 Action::Send(ClientMsg::Connect { request_id: 1, .. }),
-                Action::Emit(Event::Requested { .. })
+                Action::Emit(Event::Requested { .. }),
+                Action::Send(ClientMsg::Ping { .. })
             ]
         ),
         "{actions:?}"

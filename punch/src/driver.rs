@@ -25,7 +25,7 @@ use crate::client::Command;
 use crate::config::Config;
 use crate::error::Error;
 use crate::event::{Event, Status};
-use crate::session::{PathControl, PathKind, PathState, Session, SessionInfo};
+use crate::session::{PathControl, PathKind, PathState, Session, SessionInfo, SessionTable};
 use crate::socket;
 
 /// A stream the listener accepted and routed to this punch by its preamble.
@@ -50,6 +50,8 @@ pub(crate) struct PunchCtx {
     pub commands: mpsc::WeakSender<Command>,
     /// The client's registration, whose observed address a retry loop watches.
     pub status: watch::Receiver<Status>,
+    /// Open sessions, for [`crate::Client::sessions`].
+    pub sessions: Arc<SessionTable>,
 }
 
 impl PunchCtx {
@@ -451,13 +453,15 @@ fn established(
     let yamux =
         crate::session::yamux_config(ctx.config.stream_window, ctx.config.max_streams_per_session);
     let notice = (path == PathKind::Relayed).then(|| ctx.relay_notice(offer.session_id));
-    Session::start(
+    let (session, control) = Session::start(
         auth.into_secure(),
         info,
         yamux,
         ctx.config.guard.clone(),
         notice,
-    )
+    );
+    ctx.sessions.insert(session.probe());
+    (session, control)
 }
 
 /// The requesting side of a relayed session, after its punch window: asks the rendezvous for

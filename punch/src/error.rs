@@ -94,6 +94,30 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
+impl Error {
+    /// A short, stable name of the kind of failure (a metrics label, a log field).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::RendezvousUnreachable { .. } => "rendezvous_unreachable",
+            Error::PeerOffline { .. } => "peer_offline",
+            Error::PeerRefuses { .. } => "peer_refuses",
+            Error::NotAllowed { .. } => "not_allowed",
+            Error::WrongNetwork { .. } => "wrong_network",
+            Error::Denied { .. } => "denied",
+            Error::NoNetwork => "no_network",
+            Error::InvalidNetwork { .. } => "invalid_network",
+            Error::RateLimited { .. } => "rate_limited",
+            Error::Rendezvous { .. } => "rendezvous_refused",
+            Error::RequestTimeout(_) => "request_timeout",
+            Error::PunchTimeout { .. } => "punch_timeout",
+            Error::AuthFailed { .. } => "auth_failed",
+            Error::Session(_) => "session",
+            Error::Shutdown => "shutdown",
+            Error::Io(_) => "io",
+        }
+    }
+}
+
 /// Why the rendezvous is unreachable or was lost.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]

@@ -25,6 +25,8 @@ pub enum Status {
         observed: SocketAddr,
         /// Our local address of the control connection.
         local: SocketAddr,
+        /// Round trip to the rendezvous (our ping to its pong), once measured.
+        rtt: Option<Duration>,
     },
     Disconnected {
         reason: RendezvousError,
@@ -90,6 +92,8 @@ pub enum Event {
     Failed {
         peer: PeerId,
         session_id: u64,
+        /// [`crate::Error::kind`] of the failure.
+        kind: &'static str,
         error: String,
     },
 }

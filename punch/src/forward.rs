@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -62,12 +63,50 @@ impl Default for ListenLimits {
     }
 }
 
+/// What [`serve`] holds now and what it refused, for status pages and metrics.
+#[derive(Debug, Default)]
+pub struct ListenUsage {
+    sessions: std::sync::atomic::AtomicUsize,
+    forwards: std::sync::atomic::AtomicUsize,
+    sessions_refused: std::sync::atomic::AtomicU64,
+    streams_refused: std::sync::atomic::AtomicU64,
+}
+
+impl ListenUsage {
+    /// Sessions being served now.
+    pub fn sessions(&self) -> usize {
+        self.sessions.load(Ordering::Relaxed)
+    }
+    /// Streams being forwarded now.
+    pub fn forwards(&self) -> usize {
+        self.forwards.load(Ordering::Relaxed)
+    }
+    /// Sessions closed at once for a session cap, since the start.
+    pub fn sessions_refused(&self) -> u64 {
+        self.sessions_refused.load(Ordering::Relaxed)
+    }
+    /// Streams reset at once for a forward cap, since the start.
+    pub fn streams_refused(&self) -> u64 {
+        self.streams_refused.load(Ordering::Relaxed)
+    }
+}
+
 /// Streams closed because a forward cap was reached, reported at most once an interval.
 type Refusals = Arc<std::sync::Mutex<LogThrottle>>;
 
 /// Forwards every stream of every session on `incoming` to `target`, within `limits`, until
 /// the client stops. Dropping the future ends every session and forward it runs.
-pub async fn serve(mut incoming: Incoming, target: SocketAddr, limits: ListenLimits) {
+pub async fn serve(incoming: Incoming, target: SocketAddr, limits: ListenLimits) {
+    serve_counted(incoming, target, limits, Arc::default()).await
+}
+
+/// [`serve`], counting what it holds and refuses in `usage`.
+pub async fn serve_counted(
+    mut incoming: Incoming,
+    target: SocketAddr,
+    limits: ListenLimits,
+    usage: Arc<ListenUsage>,
+) {
     let forwards = Arc::new(Semaphore::new(limits.forwards_total));
     let stream_refusals: Refusals = Arc::default();
     let mut session_refusals = LogThrottle::default();
@@ -80,6 +119,7 @@ pub async fn serve(mut incoming: Incoming, target: SocketAddr, limits: ListenLim
                 let peer = session.info().peer;
                 let held = per_peer.get(&peer).copied().unwrap_or(0);
                 if held >= limits.sessions_per_peer || sessions.len() >= limits.sessions_total {
+                    usage.sessions_refused.fetch_add(1, Ordering::Relaxed);
                     if let Some(held_back) = session_refusals.hit(Instant::now()) {
                         warn!(
                             peer = %peer.short(),
@@ -99,9 +139,12 @@ pub async fn serve(mut incoming: Incoming, target: SocketAddr, limits: ListenLim
                     limits.forwards_per_session,
                     forwards.clone(),
                     stream_refusals.clone(),
+                    usage.clone(),
                 ));
+                usage.sessions.store(sessions.len(), Ordering::Relaxed);
             }
             Some(done) = sessions.join_next(), if !sessions.is_empty() => {
+                usage.sessions.store(sessions.len(), Ordering::Relaxed);
                 if let Ok(peer) = done {
                     if let Some(n) = per_peer.get_mut(&peer) {
                         *n -= 1;
@@ -122,6 +165,7 @@ async fn serve_session(
     per_session: usize,
     total: Arc<Semaphore>,
     refusals: Refusals,
+    usage: Arc<ListenUsage>,
 ) -> PeerId {
     let peer = session.info().peer;
     let mine = Arc::new(Semaphore::new(per_session));
@@ -132,6 +176,7 @@ async fn serve_session(
                 let Some(stream) = stream else { break };
                 let permits = mine.clone().try_acquire_owned().ok().zip(total.clone().try_acquire_owned().ok());
                 let Some(permits) = permits else {
+                    usage.streams_refused.fetch_add(1, Ordering::Relaxed);
                     // Dropping the stream resets it: the peer learns at once.
                     let hit = lock(&refusals).hit(Instant::now());
                     if let Some(held_back) = hit {
@@ -143,10 +188,13 @@ async fn serve_session(
                     }
                     continue;
                 };
+                let usage = usage.clone();
+                usage.forwards.fetch_add(1, Ordering::Relaxed);
                 streams.spawn(async move {
                     if let Err(e) = to_service(stream, target).await {
                         warn!(%target, error = %e, "forwarding failed");
                     }
+                    usage.forwards.fetch_sub(1, Ordering::Relaxed);
                     drop(permits);
                 });
             }

@@ -242,7 +242,12 @@ pub struct Guard {
     streams: HashMap<u32, Ledger>,
     unread: u64,
     pending_replies: u32,
-    written_pings: VecDeque<u32>,
+    /// Our pings not yet acknowledged: id and when it was written.
+    written_pings: VecDeque<(u32, Instant)>,
+    /// When the bytes being read arrived ([`Guard::on_read_at`]), to time ping answers.
+    read_at: Option<Instant>,
+    /// The last round trip of a keepalive ping: written to acknowledged.
+    rtt: Option<Duration>,
     write_blocked_since: Option<Instant>,
     paused: Option<(Pause, Instant)>,
     last_write: Instant,
@@ -262,6 +267,8 @@ impl Guard {
             unread: 0,
             pending_replies: 0,
             written_pings: VecDeque::new(),
+            read_at: None,
+            rtt: None,
             write_blocked_since: None,
             paused: None,
             last_write: now,
@@ -282,6 +289,21 @@ impl Guard {
             self.violation = Some(v);
         }
         res
+    }
+
+    /// [`Guard::on_read`] for bytes that arrived at `now`: an acknowledgement of one of our
+    /// pings among them gives the session's round-trip time ([`Guard::rtt`]).
+    pub fn on_read_at(&mut self, bytes: &[u8], now: Instant) -> Result<(), Violation> {
+        self.read_at = Some(now);
+        let res = self.on_read(bytes);
+        self.read_at = None;
+        res
+    }
+
+    /// The round trip of the last keepalive ping we wrote and the peer acknowledged (yamux
+    /// pings every 15 s); `None` before the first.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.rtt
     }
 
     fn inbound_frame(&mut self, h: Header) -> Result<(), Violation> {
@@ -322,9 +344,17 @@ impl Guard {
                 if h.has(flag::SYN) {
                     self.pending_replies = self.pending_replies.saturating_add(1);
                 } else if h.has(flag::ACK) {
-                    match self.written_pings.iter().position(|&id| id == h.length) {
+                    match self
+                        .written_pings
+                        .iter()
+                        .position(|&(id, _)| id == h.length)
+                    {
                         Some(at) => {
-                            self.written_pings.remove(at);
+                            if let (Some((_, sent)), Some(now)) =
+                                (self.written_pings.remove(at), self.read_at)
+                            {
+                                self.rtt = Some(now.saturating_duration_since(sent));
+                            }
                         }
                         None => return Err(Violation::UnsolicitedPingAck { id: h.length }),
                     }
@@ -393,7 +423,7 @@ impl Guard {
                     if self.written_pings.len() == PINGS_REMEMBERED {
                         self.written_pings.pop_front();
                     }
-                    self.written_pings.push_back(h.length);
+                    self.written_pings.push_back((h.length, self.last_write));
                 } else if h.has(flag::ACK) {
                     self.pending_replies = self.pending_replies.saturating_sub(1);
                 }

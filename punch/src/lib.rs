@@ -24,6 +24,7 @@
 //!   and local connections to streams.
 //! - [`throttle`]: rate-limited reporting of refusals.
 //! - [`deny`]: the deny list of identities and IPs, checked before anything is dialed.
+//! - `ops` (feature `ops`): the client's Prometheus metrics and status document.
 //!
 //! Time: pure state machines ([`attempt`], [`control`], [`guard`]) take `std::time::Instant` values and
 //! never read a clock; drivers read tokio's clock (`tokio::time::Instant::now()`, converted with
@@ -40,6 +41,8 @@ pub mod error;
 pub mod event;
 pub mod forward;
 pub mod guard;
+#[cfg(feature = "ops")]
+pub mod ops;
 mod routes;
 pub mod secure;
 pub mod session;
@@ -51,7 +54,7 @@ pub use config::{Allow, Config};
 pub use deny::Denylist;
 pub use error::{Error, RendezvousError, SessionError};
 pub use event::{Event, Status};
-pub use session::{PathKind, Session, SessionInfo, Stream};
+pub use session::{PathKind, Session, SessionInfo, SessionStatus, Stream, Traffic};
 
 /// Locks a mutex, ignoring poisoning: a panic while holding one of the client's locks is a
 /// bug, and the tables behind them stay consistent enough to keep serving.

@@ -70,6 +70,22 @@ enum Command {
         #[arg(long, value_name = "HOST:PORT")]
         local: Option<SocketAddr>,
     },
+    /// Ask a running `punch listen` / `punch connect` (or kaspad-punch) for its status over
+    /// its local status socket: identity, rendezvous connection, caps, open sessions.
+    #[command(group(
+        clap::ArgGroup::new("which").required(true).args(["key_file", "socket"])
+    ))]
+    Status {
+        /// The running node's key file: its status socket is beside it (`<key-file>.status`).
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        /// The status socket's path, when the node was started with --status-socket.
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// Print the status document as JSON (for scripts) instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the ids of peers of --network that accept punches, one per line: a random sample
     /// from the rendezvous (never us; we register without accepting punches). Needs --network.
     #[command(group(
@@ -134,6 +150,13 @@ struct Common {
     /// between peers that name different networks. Default: none.
     #[arg(long, value_name = "NAME", value_parser = network_name)]
     network: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9718 (default: off).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+    /// Where `punch status` asks us: a unix socket, mode 0600 (default: beside the key file,
+    /// `<key-file>.status`).
+    #[arg(long, value_name = "PATH")]
+    status_socket: Option<PathBuf>,
     /// Local address of the punch port (default: any interface, port chosen by the OS).
     #[arg(long, value_name = "HOST:PORT")]
     bind: Option<SocketAddr>,
@@ -246,9 +269,98 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             local,
         } => connect(peer, common, local).await,
         Command::Discover { common, max } => discover(common, max).await,
+        Command::Status {
+            key_file,
+            socket,
+            json,
+        } => status(key_file, socket, json).await,
     }
 }
 
+/// What `punch listen` / `connect` run for operators: the metrics endpoint (when asked for),
+/// the status socket and the task counting the client's events. Dropped at exit (the socket
+/// file is removed then).
+struct Ops {
+    _metrics: Option<punch_ops::metrics::MetricsServer>,
+    _status: punch_ops::status::StatusServer,
+    follow: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Ops {
+    fn drop(&mut self) {
+        self.follow.abort();
+    }
+}
+
+/// Starts [`Ops`] for `client`; `extra` adds the command's own fields to the status document
+/// (what it serves, its caps and their use) and `gather` its own metrics.
+async fn start_ops<X>(
+    common: &Common,
+    client: &Client,
+    extra: X,
+    gather: Option<Box<dyn prometheus_client::collector::Collector>>,
+) -> anyhow::Result<Ops>
+where
+    X: Fn() -> serde_json::Value + Send + Sync + 'static,
+{
+    let mut registry = prometheus_client::registry::Registry::with_prefix("punch");
+    punch_ops::metrics::register_build_info(&mut registry, "punch", env!("CARGO_PKG_VERSION"));
+    let counters = punch::ops::ClientMetrics::register(&mut registry, client);
+    if let Some(g) = gather {
+        registry.register_collector(g);
+    }
+    let follow = counters.follow(client);
+    let metrics = match common.metrics {
+        Some(at) => {
+            let m = punch_ops::metrics::serve(at, std::sync::Arc::new(registry))
+                .await
+                .with_context(|| format!("--metrics {at}"))?;
+            eprintln!("punch: metrics at http://{}/metrics", m.local_addr());
+            Some(m)
+        }
+        None => None,
+    };
+    let path = common
+        .status_socket
+        .clone()
+        .unwrap_or_else(|| punch_ops::status::socket_beside(&common.key_file));
+    let c = client.clone();
+    let status = punch_ops::status::serve(&path, move || {
+        let mut doc = punch::ops::status_json(&c);
+        if let (Some(doc), serde_json::Value::Object(more)) = (doc.as_object_mut(), extra()) {
+            doc.extend(more);
+        }
+        doc
+    })
+    .await
+    .context("--status-socket")?;
+    Ok(Ops {
+        _metrics: metrics,
+        _status: status,
+        follow,
+    })
+}
+
+async fn status(
+    key_file: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let path = match (socket, key_file) {
+        (Some(s), _) => s,
+        (None, Some(k)) => punch_ops::status::socket_beside(&k),
+        (None, None) => bail!("--key-file or --socket is required"),
+    };
+    let doc = punch_ops::status::query(&path).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print!("{}", punch::ops::status_text(&doc));
+    }
+    Ok(())
+}
+
+/// Starts the client (it registers in the background: see [`registered`]).
 async fn start(
     common: &Common,
     accept_inbound: bool,
@@ -293,7 +405,11 @@ async fn start(
     if let Some(bind) = common.bind {
         config.bind = bind;
     }
-    let (client, incoming) = Client::start(config).await?;
+    Ok(Client::start(config).await?)
+}
+
+/// Waits for the first registration and says so.
+async fn registered(common: &Common, client: &Client) -> anyhow::Result<()> {
     let observed = client
         .wait_registered(Duration::from_secs(common.register_timeout_secs))
         .await?;
@@ -302,7 +418,7 @@ async fn start(
         client.id(),
         client.local_addr().port()
     );
-    Ok((client, incoming))
+    Ok(())
 }
 
 fn describe(session: &Session) -> String {
@@ -331,7 +447,52 @@ async fn listen(
         Allow::Any => eprintln!("punch: serving any peer (--allow-any)"),
         Allow::Only(ids) => eprintln!("punch: serving {} allowed peer(s)", ids.len()),
     }
+    let allowed = match &allow {
+        Allow::Any => serde_json::Value::from("any"),
+        Allow::Only(ids) => ids.iter().map(|id| id.short()).collect(),
+    };
     let (client, incoming) = start(&common, true, allow).await?;
+    let usage = std::sync::Arc::new(punch::forward::ListenUsage::default());
+    let (u, caps) = (usage.clone(), limits.clone());
+    let extra = move || {
+        serde_json::json!({
+            "command": "listen",
+            "forward": target.to_string(),
+            "allow": allowed,
+            "caps": {
+                "sessions": { "used": u.sessions(), "max": caps.sessions_total },
+                "sessions_per_peer": { "max": caps.sessions_per_peer },
+                "forwards": { "used": u.forwards(), "max": caps.forwards_total },
+                "forwards_per_session": { "max": caps.forwards_per_session },
+                "sessions_refused": u.sessions_refused(),
+                "streams_refused": u.streams_refused(),
+            },
+        })
+    };
+    let u = usage.clone();
+    let gather = punch_ops::metrics::Gather(move |e: &mut punch_ops::metrics::Emit<'_>| {
+        use punch_ops::metrics::gauge_value;
+        e.gauge(
+            "listen_sessions",
+            "Sessions served now",
+            gauge_value(u.sessions()),
+        )?;
+        e.gauge(
+            "listen_forwards",
+            "Streams forwarded to the service now",
+            gauge_value(u.forwards()),
+        )?;
+        e.counters(
+            "listen_refused",
+            "Closed at once for a cap, by what (session, stream)",
+            &[
+                (&[("what", "session")], u.sessions_refused()),
+                (&[("what", "stream")], u.streams_refused()),
+            ],
+        )
+    });
+    let _ops = start_ops(&common, &client, extra, Some(Box::new(gather))).await?;
+    registered(&common, &client).await?;
     println!("listening as {} forwarding to {target}", client.id());
     // Returning drops the serving future, which ends every session and forward it runs.
     tokio::select! {
@@ -339,7 +500,7 @@ async fn listen(
             eprintln!("punch: shutting down");
             Ok(())
         }
-        _ = punch::forward::serve(incoming, target, limits) => bail!("client stopped"),
+        _ = punch::forward::serve_counted(incoming, target, limits, usage) => bail!("client stopped"),
     }
 }
 
@@ -358,6 +519,15 @@ fn raise_fd_limit() {
 
 async fn connect(peer: PeerId, common: Common, local: Option<SocketAddr>) -> anyhow::Result<()> {
     let (client, _incoming) = start(&common, false, Allow::Any).await?;
+    let extra = move || {
+        serde_json::json!({
+            "command": "connect",
+            "target": peer.to_string(),
+            "local": local.map(|a| a.to_string()),
+        })
+    };
+    let _ops = start_ops(&common, &client, extra, None).await?;
+    registered(&common, &client).await?;
     let asked = std::time::Instant::now();
     let session = client
         .connect(peer)
@@ -373,6 +543,7 @@ async fn connect(peer: PeerId, common: Common, local: Option<SocketAddr>) -> any
 
 async fn discover(common: Common, max: usize) -> anyhow::Result<()> {
     let (client, _incoming) = start(&common, false, Allow::Any).await?;
+    registered(&common, &client).await?;
     let peers = client.discover(max).await.context("discovering peers")?;
     eprintln!(
         "punch: {} peer(s) of {}",

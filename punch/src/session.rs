@@ -117,6 +117,9 @@ type Handles = Arc<HandleState>;
 struct Shared {
     guard: Guard,
     paused_reader: Option<Waker>,
+    /// Plaintext bytes (yamux frames) written to and read from the peer, over every path.
+    bytes_sent: u64,
+    bytes_received: u64,
 }
 
 type SharedGuard = Arc<std::sync::Mutex<Shared>>;
@@ -265,7 +268,9 @@ impl AsyncRead for Tracked {
         std::task::ready!(this.poll_read_paths(cx, buf))?;
         let new = &buf.filled()[before..];
         if !new.is_empty() {
-            if let Err(v) = lock(&this.shared).guard.on_read(new) {
+            let mut shared = lock(&this.shared);
+            shared.bytes_received += new.len() as u64;
+            if let Err(v) = shared.guard.on_read_at(new, now()) {
                 return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, v)));
             }
         }
@@ -288,7 +293,10 @@ impl AsyncWrite for Tracked {
         };
         let mut shared = lock(&this.shared);
         match &res {
-            Poll::Ready(Ok(n)) => shared.guard.on_written(&buf[..*n], now()),
+            Poll::Ready(Ok(n)) => {
+                shared.bytes_sent += *n as u64;
+                shared.guard.on_written(&buf[..*n], now())
+            }
             Poll::Pending => shared.guard.on_write_blocked(now()),
             Poll::Ready(Err(_)) => {}
         }
@@ -415,6 +423,134 @@ pub struct Session {
     ended: watch::Receiver<Option<Arc<SessionError>>>,
     path: watch::Receiver<PathState>,
     _handles: Handles,
+    started: Instant,
+}
+
+/// A session's traffic and round-trip time now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Plaintext bytes (yamux frames, headers included) written to the peer, every path.
+    pub bytes_sent: u64,
+    /// Plaintext bytes read from the peer, every path.
+    pub bytes_received: u64,
+    /// Round trip of the last keepalive ping (yamux pings every [`YAMUX_KEEPALIVE`]); `None`
+    /// before the first answer.
+    pub rtt: Option<Duration>,
+}
+
+/// What a status page shows of one open session ([`crate::Client::sessions`]).
+#[derive(Debug, Clone)]
+pub struct SessionStatus {
+    /// As established (its `path` and `remote` are those it started on).
+    pub info: SessionInfo,
+    /// The path it uses now.
+    pub path: PathState,
+    /// Since it was established.
+    pub age: Duration,
+    pub traffic: Traffic,
+}
+
+/// Reads a session's state without keeping it open (the session table's entry).
+#[derive(Clone)]
+pub(crate) struct Probe {
+    info: SessionInfo,
+    started: Instant,
+    path: watch::Receiver<PathState>,
+    ended: watch::Receiver<Option<Arc<SessionError>>>,
+    /// Strong, so the final byte counts can still be read when the ended session is retired
+    /// from the table (the guard's memory lives that much longer: until the next look).
+    shared: SharedGuard,
+}
+
+impl std::fmt::Debug for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Probe")
+            .field("session_id", &self.info.session_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Probe {
+    /// The session now, or `None` once it has ended.
+    pub fn status(&self, now: Instant) -> Option<SessionStatus> {
+        if self.has_ended() {
+            return None;
+        }
+        Some(SessionStatus {
+            info: self.info.clone(),
+            path: *self.path.borrow(),
+            age: now.saturating_duration_since(self.started),
+            traffic: self.traffic(),
+        })
+    }
+
+    fn has_ended(&self) -> bool {
+        self.ended.has_changed().is_err()
+    }
+
+    fn traffic(&self) -> Traffic {
+        let s = lock(&self.shared);
+        Traffic {
+            bytes_sent: s.bytes_sent,
+            bytes_received: s.bytes_received,
+            rtt: s.guard.rtt(),
+        }
+    }
+}
+
+/// The client's open sessions, for status pages: entries are probes (they keep nothing open)
+/// and are forgotten once their session has ended.
+#[derive(Debug, Default)]
+pub(crate) struct SessionTable(std::sync::Mutex<Table>);
+
+#[derive(Debug, Default)]
+struct Table {
+    open: Vec<Probe>,
+    /// Bytes of the sessions that ended (sent, received).
+    retired: (u64, u64),
+}
+
+impl Table {
+    fn retire_ended(&mut self) {
+        let retired = &mut self.retired;
+        self.open.retain(|p| {
+            if !p.has_ended() {
+                return true;
+            }
+            let t = p.traffic();
+            retired.0 += t.bytes_sent;
+            retired.1 += t.bytes_received;
+            false
+        });
+    }
+}
+
+impl SessionTable {
+    pub fn insert(&self, probe: Probe) {
+        let mut table = lock(&self.0);
+        table.retire_ended();
+        table.open.push(probe);
+    }
+
+    /// Every session still open, oldest first.
+    pub fn snapshot(&self, now: Instant) -> Vec<SessionStatus> {
+        let mut table = lock(&self.0);
+        table.retire_ended();
+        table.open.iter().filter_map(|p| p.status(now)).collect()
+    }
+
+    /// Bytes sent and received by every session since the client started (ended ones too).
+    pub fn bytes_total(&self) -> (u64, u64) {
+        let mut table = lock(&self.0);
+        table.retire_ended();
+        let (mut sent, mut received) = table.retired;
+        for p in &table.open {
+            let t = p.traffic();
+            sent += t.bytes_sent;
+            received += t.bytes_received;
+        }
+        (sent, received)
+    }
 }
 
 /// Opens streams on a session; cloneable.
@@ -485,6 +621,8 @@ impl Session {
         let shared: SharedGuard = Arc::new(std::sync::Mutex::new(Shared {
             guard: Guard::new(limits, config.max_stream_count, now()),
             paused_reader: None,
+            bytes_sent: 0,
+            bytes_received: 0,
         }));
         let (upgrades_tx, upgrades) = mpsc::channel(1);
         let (path_tx, path) = watch::channel(PathState {
@@ -597,6 +735,7 @@ impl Session {
             ended,
             path,
             _handles: handles,
+            started: now(),
         };
         let control = PathControl {
             upgrades: upgrades_tx,
@@ -618,6 +757,27 @@ impl Session {
 
     pub fn info(&self) -> &SessionInfo {
         &self.info
+    }
+
+    /// Its traffic and round-trip time now.
+    pub fn traffic(&self) -> Traffic {
+        let s = lock(&self._handles.guard);
+        Traffic {
+            bytes_sent: s.bytes_sent,
+            bytes_received: s.bytes_received,
+            rtt: s.guard.rtt(),
+        }
+    }
+
+    /// A reader of its state for the client's session table.
+    pub(crate) fn probe(&self) -> Probe {
+        Probe {
+            info: self.info.clone(),
+            started: self.started,
+            path: self.path.clone(),
+            ended: self.ended.clone(),
+            shared: self._handles.guard.clone(),
+        }
     }
 
     /// Opens a new stream to the peer.

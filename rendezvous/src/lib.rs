@@ -22,6 +22,8 @@ pub mod directory;
 pub mod first_message;
 pub mod gate;
 pub mod limiter;
+#[cfg(feature = "cli")]
+pub mod metrics;
 pub mod refusal_log;
 pub mod registry;
 pub mod relay;

@@ -16,6 +16,10 @@ struct Args {
     /// Address to listen on (all interfaces by default).
     #[arg(long, default_value = config::DEFAULT_LISTEN)]
     listen: SocketAddr,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off by default; use a loopback or
+    /// firewalled address, e.g. 127.0.0.1:9717).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
     /// The server's secret key: created on first start (mode 0600) and reused after, so the
     /// identity clients pin survives restarts.
     #[arg(long, default_value = "rendezvous.key")]
@@ -196,6 +200,17 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = server.local_addr();
+    let _metrics = match args.metrics {
+        Some(at) => {
+            let registry = punch_rendezvous::metrics::registry(server.stats_reader());
+            let m = punch_ops::metrics::serve(at, std::sync::Arc::new(registry))
+                .await
+                .with_context(|| format!("--metrics {at}"))?;
+            println!("metrics http://{}/metrics", m.local_addr());
+            Some(m)
+        }
+        None => None,
+    };
     println!("rendezvous listening on {addr}");
     println!("identity {}", server.identity());
     if addr.ip().is_unspecified() {

@@ -139,6 +139,23 @@ pub struct Stats {
     pub wrong_network: u64,
     /// `Discover` requests answered with a sample (refusals count in `refused`).
     pub discovers: u64,
+    /// `rate_limited` by the budget that was spent.
+    pub limited: RateLimitHits,
+}
+
+/// Requests refused by each rate budget (their sum is [`Stats::rate_limited`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateLimitHits {
+    /// `punch_requests_per_minute` of one identity.
+    pub identity: u64,
+    /// `punch_requests_per_source_per_minute`.
+    pub source: u64,
+    /// `punch_requests_per_network_per_minute`.
+    pub network: u64,
+    /// `offers_per_target_per_source_per_minute`.
+    pub target_source: u64,
+    /// `offers_per_target_per_network_per_minute`.
+    pub target_network: u64,
 }
 
 #[derive(Debug)]
@@ -490,8 +507,10 @@ impl Registry {
         let ip = a.observed.ip();
         let (source, network) = (Prefix::of(ip), Prefix::network(ip));
         let limits = &self.limits;
+        let hits = &mut self.stats.limited;
         self.requests_by_id
             .check(now, &from)
+            .inspect_err(|_| hits.identity += 1)
             .map_err(rate_refusal(|| {
                 format!(
                     "more than {} requests per minute from this identity",
@@ -500,6 +519,7 @@ impl Registry {
             }))?;
         self.requests_by_source
             .check(now, &source)
+            .inspect_err(|_| hits.source += 1)
             .map_err(rate_refusal(|| {
                 format!(
                     "more than {} requests per minute from {source}",
@@ -508,6 +528,7 @@ impl Registry {
             }))?;
         self.requests_by_network
             .check(now, &network)
+            .inspect_err(|_| hits.network += 1)
             .map_err(rate_refusal(|| {
                 format!(
                     "more than {} requests per minute from {network}",
@@ -599,11 +620,14 @@ impl Registry {
                 )
             }
         };
+        let hits = &mut self.stats.limited;
         self.offers_by_source
             .check(now, &(target, source))
+            .inspect_err(|_| hits.target_source += 1)
             .map_err(rate_refusal(too_many(source)))?;
         self.offers_by_network
             .check(now, &(target, network))
+            .inspect_err(|_| hits.target_network += 1)
             .map_err(rate_refusal(too_many(network)))?;
         let taken = [
             self.offers_by_source.take(now, (target, source)),

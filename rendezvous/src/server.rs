@@ -166,6 +166,12 @@ impl Server {
         stats::snapshot(&self.shared)
     }
 
+    /// Reads the counters on demand, independently of `self` (a metrics scrape).
+    pub fn stats_reader(&self) -> impl Fn() -> ServerStats + Send + Sync + 'static {
+        let shared = self.shared.clone();
+        move || stats::snapshot(&shared)
+    }
+
     /// Stops accepting, closes every connection and waits for the tasks to end.
     pub async fn shutdown(mut self) {
         self.shutdown.cancel();
@@ -371,6 +377,7 @@ async fn handle_conn(
         res = tokio::time::timeout_at(deadline, handshake) => match res {
             Err(_) => {
                 shared.counters.handshake_failed.fetch_add(1, Ordering::Relaxed);
+                shared.counters.handshake_timeouts.fetch_add(1, Ordering::Relaxed);
                 if shared.lock().refusals.may_log_failure() {
                     info!(timeout = ?config.handshake_timeout, "closed: handshake timed out");
                 }
@@ -378,6 +385,7 @@ async fn handle_conn(
             }
             Ok(Err(e)) => {
                 shared.counters.handshake_failed.fetch_add(1, Ordering::Relaxed);
+                shared.counters.handshake_errors.fetch_add(1, Ordering::Relaxed);
                 if shared.lock().refusals.may_log_failure() {
                     info!(error = %e, "closed: handshake failed");
                 }
@@ -387,6 +395,10 @@ async fn handle_conn(
         },
     };
     drop(permit);
+    shared
+        .counters
+        .handshakes_ok
+        .fetch_add(1, Ordering::Relaxed);
     let peer = accepted.peer;
     tracing::Span::current().record("peer", peer.short().as_str());
     let mut channel = accepted.channel;
@@ -644,7 +656,10 @@ async fn drive(
                 };
                 last_heard = tokio::time::Instant::now();
                 match ClientMsg::decode(&bytes).map_err(ConnError::Malformed)? {
-                    ClientMsg::Ping { nonce } => send(channel, ServerMsg::Pong { nonce }).await?,
+                    ClientMsg::Ping { nonce } => {
+                        shared.counters.pings.fetch_add(1, Ordering::Relaxed);
+                        send(channel, ServerMsg::Pong { nonce }).await?
+                    }
                     ClientMsg::Pong { nonce } => {
                         if let Some((expected, sent)) = outstanding {
                             if expected == nonce {
@@ -654,14 +669,17 @@ async fn drive(
                         }
                     }
                     ClientMsg::Connect { request_id, peer: target } => {
+                        shared.counters.requests_connect.fetch_add(1, Ordering::Relaxed);
                         debug!(request_id, target = %target.short(), "punch request");
                         punch_request(shared, conn, peer, observed, request_id, target, None);
                     }
                     ClientMsg::Upgrade { request_id, peer: target, session_id } => {
+                        shared.counters.requests_upgrade.fetch_add(1, Ordering::Relaxed);
                         debug!(request_id, target = %target.short(), session = session_id, "punch request for a relayed session");
                         punch_request(shared, conn, peer, observed, request_id, target, Some(session_id));
                     }
                     ClientMsg::Discover { request_id, max } => {
+                        shared.counters.requests_discover.fetch_add(1, Ordering::Relaxed);
                         debug!(request_id, max, "discover");
                         discover_request(shared, conn, peer, observed, request_id, max);
                     }

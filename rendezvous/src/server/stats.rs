@@ -17,6 +17,13 @@ pub(super) struct Counters {
     pub(super) active: AtomicU64,
     pub(super) relay_active: AtomicU64,
     pub(super) relay_bytes: AtomicU64,
+    pub(super) handshakes_ok: AtomicU64,
+    pub(super) handshake_timeouts: AtomicU64,
+    pub(super) handshake_errors: AtomicU64,
+    pub(super) requests_connect: AtomicU64,
+    pub(super) requests_upgrade: AtomicU64,
+    pub(super) requests_discover: AtomicU64,
+    pub(super) pings: AtomicU64,
 }
 
 /// A snapshot of the server's counters.
@@ -33,6 +40,20 @@ pub struct ServerStats {
     /// Connections closed for not sending message 1 in time (also counted as failed).
     pub silent: u64,
     pub handshake_failed: u64,
+    /// Handshakes completed (registered or refused after it).
+    pub handshakes_ok: u64,
+    /// Handshakes that did not finish within the handshake timeout.
+    pub handshake_timeouts: u64,
+    /// Handshakes that failed (bad Noise message, wrong key, broken connection).
+    pub handshake_errors: u64,
+    /// Requests of registered clients, by kind.
+    pub requests_connect: u64,
+    pub requests_upgrade: u64,
+    pub requests_discover: u64,
+    /// Pings clients sent (each answered with a pong).
+    pub pings: u64,
+    /// Punch requests refused by each rate budget.
+    pub limited: crate::registry::RateLimitHits,
     pub protocol_errors: u64,
     pub offers: u64,
     pub refused: u64,
@@ -82,6 +103,14 @@ pub(super) fn snapshot(shared: &Shared) -> ServerStats {
         evicted: c.evicted.load(Ordering::Relaxed),
         silent: c.silent.load(Ordering::Relaxed),
         handshake_failed: c.handshake_failed.load(Ordering::Relaxed),
+        handshakes_ok: c.handshakes_ok.load(Ordering::Relaxed),
+        handshake_timeouts: c.handshake_timeouts.load(Ordering::Relaxed),
+        handshake_errors: c.handshake_errors.load(Ordering::Relaxed),
+        requests_connect: c.requests_connect.load(Ordering::Relaxed),
+        requests_upgrade: c.requests_upgrade.load(Ordering::Relaxed),
+        requests_discover: c.requests_discover.load(Ordering::Relaxed),
+        pings: c.pings.load(Ordering::Relaxed),
+        limited: r.limited,
         protocol_errors: c.protocol_errors.load(Ordering::Relaxed),
         offers: r.offers,
         refused: r.refused,
