@@ -107,7 +107,10 @@ fn connects_at_once_and_registers() {
     c.handle_message(t0 + 20 * MS, registered_msg());
     let actions = drain(&mut c);
     let Some(
-        [Action::Emit(Event::Registered { observed: o, local: l }), Action::SetStatus(Status::Registered { rtt: None, .. }), Action::Send(ClientMsg::Ping { nonce })],
+        [Action::Emit(Event::Registered {
+            observed: o,
+            local: l,
+        }), Action::SetStatus(Status::Registered { rtt: None, .. }), Action::Send(ClientMsg::Ping { nonce })],
     ) = actions.get(..)
     else {
         panic!("{actions:?}")
@@ -116,7 +119,10 @@ fn connects_at_once_and_registers() {
     // The pong to our first ping gives the round trip.
     let nonce = *nonce;
     c.handle_message(t0 + 20 * MS, ServerMsg::Pong { nonce: nonce ^ 1 });
-    assert!(drain(&mut c).is_empty(), "a pong of another nonce is no sample");
+    assert!(
+        drain(&mut c).is_empty(),
+        "a pong of another nonce is no sample"
+    );
     c.handle_message(t0 + 50 * MS, ServerMsg::Pong { nonce });
     let actions = drain(&mut c);
     assert!(
@@ -128,7 +134,13 @@ fn connects_at_once_and_registers() {
     c.handle_message(t0 + 60 * MS, ServerMsg::Ping { nonce: 9 });
     let actions = drain(&mut c);
     assert!(
-        matches!(&actions[..], [Action::Send(ClientMsg::Pong { nonce: 9 }), Action::Send(ClientMsg::Ping { .. })]),
+        matches!(
+            &actions[..],
+            [
+                Action::Send(ClientMsg::Pong { nonce: 9 }),
+                Action::Send(ClientMsg::Ping { .. })
+            ]
+        ),
         "{actions:?}"
     );
     c.handle_message(t0 + 70 * MS, ServerMsg::Ping { nonce: 10 });

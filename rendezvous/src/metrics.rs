@@ -104,7 +104,11 @@ fn emit(s: &ServerStats, e: &mut Emit<'_>) -> Result<(), std::fmt::Error> {
         "Registrations replaced by a newer one of the same identity",
         s.replaced,
     )?;
-    e.counter("offers", "Offers sent (two per scheduled punch)", s.offers)?;
+    e.counter(
+        "offers",
+        "Punches scheduled (an offer to each of the two peers)",
+        s.offers,
+    )?;
     e.counter(
         "discovers",
         "Discover requests answered with a sample",

@@ -84,6 +84,7 @@ pub struct RendezvousProcess {
     identity: PeerId,
     dir: PathBuf,
     log_path: PathBuf,
+    metrics: Option<SocketAddr>,
 }
 
 impl RendezvousProcess {
@@ -129,6 +130,7 @@ impl RendezvousProcess {
             identity: punch_proto::identity::public_key(&[0; 32]),
             dir,
             log_path,
+            metrics: None,
         };
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         let (mut addr, mut identity) = (None, None);
@@ -150,6 +152,12 @@ impl RendezvousProcess {
                         .parse()
                         .expect("a socket address after 'listening on'"),
                 );
+            } else if let Some(rest) = line.strip_prefix("metrics http://") {
+                let at = rest.trim().trim_end_matches("/metrics");
+                proc.metrics = Some(
+                    at.parse()
+                        .expect("a socket address after 'metrics http://'"),
+                );
             } else if let Some(rest) = line.strip_prefix("identity ") {
                 identity = Some(rest.trim().parse().expect("a peer id after 'identity'"));
             }
@@ -162,6 +170,11 @@ impl RendezvousProcess {
     /// The address the server is bound to.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where its `--metrics` endpoint listens, when it was started with one.
+    pub fn metrics(&self) -> Option<SocketAddr> {
+        self.metrics
     }
 
     /// The server's identity (its static public key).
@@ -512,6 +525,42 @@ impl ListenProcess {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Its key file (its status socket is beside it).
+    pub fn key_file(&self) -> PathBuf {
+        self.dir.join("listen.key")
+    }
+}
+
+/// `GET /metrics` from a `--metrics` endpoint: the body.
+pub async fn scrape(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connecting to the metrics endpoint");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: punch\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("sending the request");
+    let mut out = String::new();
+    s.read_to_string(&mut out)
+        .await
+        .expect("reading the answer");
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
+/// The value of one series (`name{labels}` exactly as exposed, or a bare name) in a scrape;
+/// `None` when absent.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 impl Drop for ListenProcess {
