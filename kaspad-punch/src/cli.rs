@@ -28,6 +28,8 @@ const PUNCH_FLAGS: &[(&str, bool)] = &[
     ("punch-max-inbound", true),
     ("punch-max-inbound-per-ip", true),
     ("punch-inbound-idle-secs", true),
+    ("punch-metrics", true),
+    ("punch-status-socket", true),
 ];
 
 /// What the punch flags ask for.
@@ -42,6 +44,10 @@ pub struct PunchArgs {
     pub max_inbound: usize,
     pub max_inbound_per_ip: usize,
     pub inbound_idle_timeout: Duration,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics: Option<SocketAddr>,
+    /// The status socket (`punch status --key-file <punch key>` asks it).
+    pub status_socket: PathBuf,
 }
 
 impl PunchArgs {
@@ -126,6 +132,19 @@ pub fn command() -> Command {
                     DEFAULT_INBOUND_IDLE_TIMEOUT.as_secs()
                 )),
         )
+        .arg(
+            Arg::new("punch-metrics")
+                .long("punch-metrics")
+                .value_name("ADDR")
+                .value_parser(clap::value_parser!(SocketAddr))
+                .help("Punch: serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9719 [default: off]"),
+        )
+        .arg(
+            Arg::new("punch-status-socket")
+                .long("punch-status-socket")
+                .value_name("PATH")
+                .help("Punch: the unix socket (mode 0600) `punch status` asks [default: beside --punch-key-file, <key-file>.status]"),
+        )
 }
 
 /// The punch flags, if punch is enabled (`--punch-rendezvous` given).
@@ -142,10 +161,14 @@ pub fn punch_args(m: &ArgMatches) -> anyhow::Result<Option<PunchArgs>> {
         .context("--punch-rendezvous-key is required with --punch-rendezvous")?
         .parse()
         .context("--punch-rendezvous-key")?;
-    let key_file = m
+    let key_file: PathBuf = m
         .get_one::<String>("punch-key-file")
         .context("--punch-key-file is required with --punch-rendezvous")?
         .into();
+    let status_socket = m
+        .get_one::<String>("punch-status-socket")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| punch_ops::status::socket_beside(&key_file));
     let peers = m
         .get_many::<String>("punch-peer")
         .into_iter()
@@ -174,6 +197,8 @@ pub fn punch_args(m: &ArgMatches) -> anyhow::Result<Option<PunchArgs>> {
             .get_one::<u64>("punch-inbound-idle-secs")
             .map(|s| Duration::from_secs(*s))
             .unwrap_or(DEFAULT_INBOUND_IDLE_TIMEOUT),
+        metrics: m.get_one::<SocketAddr>("punch-metrics").copied(),
+        status_socket,
     }))
 }
 
@@ -223,6 +248,9 @@ mod tests {
             "2",
             "--punch-no-accept",
             "--punch-max-inbound-per-ip=1",
+            "--punch-metrics",
+            "127.0.0.1:9719",
+            "--punch-status-socket=/tmp/s",
         ]
         .map(OsString::from);
         let kept: Vec<String> = kaspad_argv(argv)
@@ -243,6 +271,8 @@ mod tests {
             "--punch-outpeers",
             "--punch-no-accept",
             "--punch-max-inbound-per-ip",
+            "--punch-metrics",
+            "--punch-status-socket",
             "--appdir",
             "--connect",
             "--listen",

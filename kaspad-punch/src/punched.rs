@@ -24,7 +24,7 @@ use punch_node::bridge::{Bridge, BridgeConfig};
 use punch_node::link::{InboundLimits, LinkEvent, NodeView};
 use punch_node::peering::{Peering, PeeringConfig};
 use punch_node::slots::{self, SlotPool};
-use punch_proto::Keypair;
+use punch_proto::{Keypair, PeerId};
 use tokio::sync::{broadcast, oneshot};
 use tracing::{info, warn};
 
@@ -160,6 +160,150 @@ pub fn start(
     Ok(PunchThread { stop, thread })
 }
 
+/// Punched peers bridged to kaspad now, and whether we dialed them (from the link's events).
+type Connected = Arc<std::sync::Mutex<std::collections::HashMap<PeerId, bool>>>;
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Metrics endpoint (with `--punch-metrics`) and status socket, dropped when punch stops.
+struct Ops {
+    _metrics: Option<punch_ops::metrics::MetricsServer>,
+    _status: punch_ops::status::StatusServer,
+    follow: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Ops {
+    fn drop(&mut self) {
+        self.follow.abort();
+    }
+}
+
+async fn start_ops(
+    args: &PunchArgs,
+    client: &punch::Client,
+    slots: &SlotPool,
+    deny: &punch::Denylist,
+    connected: &Connected,
+) -> anyhow::Result<Ops> {
+    let mut registry = prometheus_client::registry::Registry::with_prefix("punch");
+    punch_ops::metrics::register_build_info(
+        &mut registry,
+        "kaspad-punch",
+        env!("CARGO_PKG_VERSION"),
+    );
+    let counters = punch::ops::ClientMetrics::register(&mut registry, client);
+    let (s, d, c) = (slots.clone(), deny.clone(), connected.clone());
+    registry.register_collector(Box::new(punch_ops::metrics::Gather(
+        move |e: &mut punch_ops::metrics::Emit<'_>| {
+            use punch_ops::metrics::gauge_value;
+            let (outbound, inbound) = {
+                let c = lock(&c);
+                let out = c.values().filter(|o| **o).count();
+                (out, c.len() - out)
+            };
+            e.gauges(
+                "kaspa_peers",
+                "Punched peers bridged to kaspad now, by who dialed",
+                &[
+                    (&[("direction", "outbound")], gauge_value(outbound)),
+                    (&[("direction", "inbound")], gauge_value(inbound)),
+                ],
+            )?;
+            e.gauge(
+                "slots",
+                "Slots kaspad dials punched peers through",
+                gauge_value(s.addrs().len()),
+            )?;
+            e.gauge(
+                "slots_in_use",
+                "Slots bound to a session, or sessions waiting for one",
+                gauge_value(s.in_use()),
+            )?;
+            let st = s.stats();
+            e.counters(
+                "slot_connections",
+                "kaspad's connections to slots, by what became of them",
+                &[
+                    (&[("outcome", "handed")], st.handed),
+                    (&[("outcome", "held")], st.held),
+                    (&[("outcome", "refused")], st.refused),
+                ],
+            )?;
+            let (peers, ips) = d.len();
+            e.gauges(
+                "denied",
+                "Identities and IPs refused at the punch layer now (kaspad's bans, mirrored)",
+                &[
+                    (&[("kind", "peer")], gauge_value(peers)),
+                    (&[("kind", "ip")], gauge_value(ips)),
+                ],
+            )
+        },
+    )));
+    let follow = counters.follow(client);
+    let metrics = match args.metrics {
+        Some(at) => Some(
+            punch_ops::metrics::serve(at, Arc::new(registry))
+                .await
+                .with_context(|| format!("--punch-metrics {at}"))?,
+        ),
+        None => None,
+    };
+    let (cl, s, d, c) = (
+        client.clone(),
+        slots.clone(),
+        deny.clone(),
+        connected.clone(),
+    );
+    let caps = (
+        args.max_inbound,
+        args.max_inbound_per_ip,
+        args.outpeers,
+        args.peers.len(),
+        args.accept,
+    );
+    let status = punch_ops::status::serve(&args.status_socket, move || {
+        let mut doc = punch::ops::status_json(&cl);
+        let (outbound, inbound) = {
+            let c = lock(&c);
+            let out = c.values().filter(|o| **o).count();
+            (out, c.len() - out)
+        };
+        let st = s.stats();
+        let (denied_peers, denied_ips) = d.len();
+        let more = serde_json::json!({
+            "command": "kaspad-punch",
+            "accept": caps.4,
+            "caps": {
+                "inbound": { "used": inbound, "max": caps.0 },
+                "inbound_per_ip": { "max": caps.1 },
+                "outbound": { "used": outbound, "max": caps.2 + caps.3 },
+            },
+            "slots": {
+                "count": s.addrs().len(),
+                "in_use": s.in_use(),
+                "handed": st.handed,
+                "held": st.held,
+                "refused": st.refused,
+            },
+            "denied": { "peers": denied_peers, "ips": denied_ips },
+        });
+        if let (Some(doc), serde_json::Value::Object(more)) = (doc.as_object_mut(), more) {
+            doc.extend(more);
+        }
+        doc
+    })
+    .await
+    .context("--punch-status-socket")?;
+    Ok(Ops {
+        _metrics: metrics,
+        _status: status,
+        follow,
+    })
+}
+
 async fn run(
     args: PunchArgs,
     keypair: Keypair,
@@ -186,6 +330,8 @@ async fn run(
     config.network = Some(network);
     config.deny = deny.clone();
     let (client, incoming) = punch::Client::start(config).await?;
+    let connected: Connected = Arc::default();
+    let _ops = start_ops(&args, &client, &slots, &deny, &connected).await?;
     let bridge = Bridge::new(BridgeConfig::new(node_p2p))?;
     let mut peering = PeeringConfig::new(args.peers, args.outpeers);
     peering.accept = args.accept;
@@ -209,8 +355,15 @@ async fn run(
     let log = async {
         loop {
             match events.recv().await {
+                Ok(LinkEvent::Punched { peer, outbound, .. }) => {
+                    lock(&connected).insert(peer, outbound);
+                }
                 Ok(LinkEvent::Ended { peer, outbound }) => {
+                    lock(&connected).remove(&peer);
                     info!(peer = %peer.short(), outbound, "punched peer disconnected")
+                }
+                Ok(LinkEvent::IdleClosed { peer, .. }) => {
+                    lock(&connected).remove(&peer);
                 }
                 // IdleClosed is logged by the link itself, rate-limited (a Sybil flood).
                 Ok(_) => {}
