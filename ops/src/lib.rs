@@ -2,3 +2,10 @@
 //! daemons. Libraries (`punch`, `punch-rendezvous`, `punch-node`) do not depend on it: they
 //! expose counters, events and snapshots, and the binaries turn them into metrics and status
 //! here.
+//!
+//! - [`config`]: every flag also from the environment and a TOML file (`--config`), and the
+//!   effective configuration printed back.
+//! - [`log`]: the log subscriber, as text or JSON lines (`--log-format`).
+
+pub mod config;
+pub mod log;
