@@ -1,7 +1,7 @@
 //! Tests of the configuration layers. Each test uses its own environment prefix, so tests
 //! running in parallel never see each other's variables.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
@@ -233,7 +233,7 @@ fn top_level_keys_serve_every_subcommand_and_tables_one() {
     }
     assert!(eff.to_toml().contains("[connect]\nrendezvous = \"flat:1\""));
     let (t, _) = tool("T7", &["--config", p, "keygen"]).unwrap();
-    assert!(matches!(t.command, Sub::Keygen { key_file } if key_file == PathBuf::from("k")));
+    assert!(matches!(t.command, Sub::Keygen { key_file } if key_file == Path::new("k")));
 }
 
 #[test]

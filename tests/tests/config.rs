@@ -72,10 +72,11 @@ fn check_help(what: &str, help: &str) -> Vec<String> {
         }
         let text = block.to_lowercase();
         let takes_value = block.lines().next().is_some_and(|l| l.contains('<'));
-        if takes_value && !text.contains("[default:") && !text.contains("default:") {
-            if !text.contains("required") {
-                problems.push(format!("{what} {flag}: no default stated"));
-            }
+        let stated = ["[default:", "default:", "required"]
+            .iter()
+            .any(|s| text.contains(s));
+        if takes_value && !stated {
+            problems.push(format!("{what} {flag}: no default stated"));
         }
         let unit = if flag.ends_with("-secs") {
             Some("seconds")
