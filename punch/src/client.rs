@@ -574,7 +574,7 @@ impl ControlDriver {
         let (tx, rx) = mpsc::channel(8);
         self.routes.insert(offer.session_id, tx);
         let span = info_span!("punch", session = offer.session_id, peer = %offer.peer.short(), role = ?offer.role);
-        info!(parent: &span, observed = %offer.peer_observed, locals = offer.peer_local.len(), delay_ms = offer.dial_delay.as_millis() as u64, "offer received");
+        debug!(parent: &span, observed = %offer.peer_observed, locals = offer.peer_local.len(), delay_ms = offer.dial_delay.as_millis() as u64, "offer received");
         let ctx = self.ctx.clone();
         let session_id = offer.session_id;
         self.punches.spawn(

@@ -466,11 +466,11 @@ impl<T> Control<T> {
         };
         let msg = match upgrade {
             None => {
-                info!(peer = %peer.short(), request_id, "punch requested");
+                debug!(peer = %peer.short(), request_id, "punch requested");
                 ClientMsg::Connect { request_id, peer }
             }
             Some(session_id) => {
-                info!(peer = %peer.short(), request_id, session = session_id, "punch requested to move a relayed session to direct");
+                debug!(peer = %peer.short(), request_id, session = session_id, "punch requested to move a relayed session to direct");
                 ClientMsg::Upgrade {
                     request_id,
                     peer,

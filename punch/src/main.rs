@@ -1,6 +1,7 @@
 //! `punch`: the operator's tool. Key management, staying registered and forwarding punched
 //! streams to a local service (`listen`), punching to a peer (`connect`), and finding peers of
-//! a network (`discover`).
+//! a network (`discover`). Every flag can also come from a `PUNCH_*` environment variable or a
+//! `--config` TOML file (see [`punch_ops::config`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,6 +11,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use punch::forward::ListenLimits;
 use punch::{Allow, Client, Config, Session};
+use punch_ops::log::LogFormat;
 use punch_proto::message::{check_network, MAX_ALLOW};
 use punch_proto::{Keypair, PeerId};
 use tokio::io::AsyncWriteExt;
@@ -23,18 +25,24 @@ use tracing::{debug, info, warn};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as human-readable text or as one JSON object per line (levels: RUST_LOG,
+    /// default warn,punch=info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Create a new identity (secret key file, mode 0600) and print its public id.
     Keygen {
-        #[arg(long)]
+        /// Secret key file to create. Required.
+        #[arg(long, value_name = "PATH")]
         key_file: PathBuf,
     },
     /// Print the public id of a key file.
     Id {
-        #[arg(long)]
+        /// Secret key file to read. Required.
+        #[arg(long, value_name = "PATH")]
         key_file: PathBuf,
     },
     /// Stay registered, accept punched sessions, forward each stream to a local TCP service.
@@ -45,12 +53,13 @@ enum Command {
     Listen {
         #[command(flatten)]
         common: Common,
-        /// Service that punched streams are forwarded to, e.g. 127.0.0.1:16111.
+        /// Service that punched streams are forwarded to, e.g. 127.0.0.1:16111. Required.
         #[arg(long, value_name = "HOST:PORT")]
         forward: String,
         /// A peer id (as printed by `punch id`) that may punch to us; repeat for more (at most
         /// 64). The list is sent to the rendezvous, which refuses other requesters before they
         /// cost us anything; offers from other peers are refused here too, before any dial.
+        /// Default: none (then --allow-any is needed).
         #[arg(long, value_name = "ID")]
         allow: Vec<PeerId>,
         /// Serve any peer the rendezvous introduces (a public service).
@@ -66,7 +75,7 @@ enum Command {
         peer: PeerId,
         #[command(flatten)]
         common: Common,
-        /// Local listener address, e.g. 127.0.0.1:9000.
+        /// Local listener address, e.g. 127.0.0.1:9000. Default: none (stdin/stdout).
         #[arg(long, value_name = "HOST:PORT")]
         local: Option<SocketAddr>,
     },
@@ -77,9 +86,11 @@ enum Command {
     ))]
     Status {
         /// The running node's key file: its status socket is beside it (`<key-file>.status`).
+        /// Required unless --socket is given.
         #[arg(long)]
         key_file: Option<PathBuf>,
-        /// The status socket's path, when the node was started with --status-socket.
+        /// The status socket's path, when the node was started with --status-socket (or
+        /// kaspad-punch with --punch-status-socket). Required unless --key-file is given.
         #[arg(long, value_name = "PATH")]
         socket: Option<PathBuf>,
         /// Print the status document as JSON (for scripts) instead of a summary.
@@ -136,32 +147,32 @@ fn at_least_one(s: &str) -> Result<usize, String> {
 
 #[derive(Debug, Args)]
 struct Common {
-    /// Rendezvous server address.
+    /// Rendezvous server address. Required.
     #[arg(long, value_name = "HOST:PORT")]
     rendezvous: String,
-    /// Rendezvous server identity, as it prints on start.
+    /// Rendezvous server identity, as it prints on start. Required.
     #[arg(long, value_name = "KEY")]
     rendezvous_key: PeerId,
-    /// Our identity's secret key file (created on first use).
-    #[arg(long)]
+    /// Our identity's secret key file (created on first use). Required.
+    #[arg(long, value_name = "PATH")]
     key_file: PathBuf,
     /// Our network, e.g. kaspa-mainnet (1 to 64 characters of a-z, 0-9 and -). The
     /// rendezvous lists a listener to `punch discover` of its network, and refuses punches
     /// between peers that name different networks. Default: none.
     #[arg(long, value_name = "NAME", value_parser = network_name)]
     network: Option<String>,
-    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9718 (default: off).
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9718. Default: off.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
-    /// Where `punch status` asks us: a unix socket, mode 0600 (default: beside the key file,
-    /// `<key-file>.status`).
+    /// Where `punch status` asks us: a unix socket, mode 0600. Default: beside the key file,
+    /// `<key-file>.status`.
     #[arg(long, value_name = "PATH")]
     status_socket: Option<PathBuf>,
     /// Local address of the punch port (default: any interface, port chosen by the OS).
     #[arg(long, value_name = "HOST:PORT")]
     bind: Option<SocketAddr>,
     /// Seconds to wait for the first registration with the rendezvous.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
     register_timeout_secs: u64,
     /// Seconds a session may stay stuck before it is ended: our writes making no progress
     /// (the peer stopped reading) or our reading paused with its unread budget full (the local
@@ -189,23 +200,10 @@ enum Switch {
     Off,
 }
 
-fn init_tracing() {
-    // `init` also routes the `log` crate (tokio-yamux logs through it) into tracing, via
-    // tracing-subscriber's default `tracing-log` feature.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,punch=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-}
-
 #[tokio::main]
 async fn main() {
-    let cli = Cli::parse();
-    init_tracing();
+    let (cli, _) = punch_ops::config::parse::<Cli>("PUNCH");
+    punch_ops::log::init(cli.log_format, "warn,punch=info");
     raise_fd_limit();
     let code = match run(cli).await {
         Ok(()) => 0,

@@ -1,12 +1,16 @@
-//! `rendezvous`: the punch rendezvous server binary. Parses flags, sets up logging, loads or
-//! creates the server key, and runs [`punch_rendezvous::Server`] until SIGINT or SIGTERM.
+//! `rendezvous`: the punch rendezvous server binary. Parses flags (also from `RENDEZVOUS_*`
+//! environment variables and a `--config` TOML file, see [`punch_ops::config`]), sets up
+//! logging, loads or creates the server key, and runs [`punch_rendezvous::Server`] until SIGINT
+//! or SIGTERM.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use clap::builder::RangedU64ValueParser;
 use clap::Parser;
+use punch_ops::log::LogFormat;
 use punch_rendezvous::{config, Config, Server};
 
 /// Rendezvous server for punch: registers peers and schedules TCP hole punches between them.
@@ -16,8 +20,8 @@ struct Args {
     /// Address to listen on (all interfaces by default).
     #[arg(long, default_value = config::DEFAULT_LISTEN)]
     listen: SocketAddr,
-    /// Serve Prometheus metrics at http://ADDR/metrics (off by default; use a loopback or
-    /// firewalled address, e.g. 127.0.0.1:9717).
+    /// Serve Prometheus metrics at http://ADDR/metrics; use a loopback or firewalled
+    /// address, e.g. 127.0.0.1:9717. Default: off.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
     /// The server's secret key: created on first start (mode 0600) and reused after, so the
@@ -31,23 +35,23 @@ struct Args {
     #[arg(long, default_value_t = config::DEFAULT_MAX_CONNECTIONS_PER_IP)]
     max_connections_per_ip: usize,
     /// Handshakes in progress at most; when full the oldest of the busiest source is evicted.
-    #[arg(long, default_value_t = config::DEFAULT_MAX_HANDSHAKES)]
+    #[arg(long, default_value_t = config::DEFAULT_MAX_HANDSHAKES, value_parser = positive())]
     max_handshakes: usize,
     /// Connections waiting for message 1 at most; when full the oldest of the busiest source
     /// is dropped.
-    #[arg(long, default_value_t = config::DEFAULT_MAX_WAITING_CONNECTIONS)]
+    #[arg(long, default_value_t = config::DEFAULT_MAX_WAITING_CONNECTIONS, value_parser = positive())]
     max_waiting_connections: usize,
     /// Handshakes in progress per source (IPv4 address or IPv6 /64).
-    #[arg(long, default_value_t = config::DEFAULT_MAX_PENDING_HANDSHAKES_PER_PREFIX)]
+    #[arg(long, default_value_t = config::DEFAULT_MAX_PENDING_HANDSHAKES_PER_PREFIX, value_parser = positive())]
     max_pending_handshakes_per_prefix: usize,
     /// Handshakes each source (IPv4 address or IPv6 /64) may start per minute (also the burst).
-    #[arg(long, default_value_t = config::DEFAULT_HANDSHAKES_PER_SOURCE_PER_MINUTE)]
+    #[arg(long, default_value_t = config::DEFAULT_HANDSHAKES_PER_SOURCE_PER_MINUTE, value_parser = clap::value_parser!(u32).range(1..))]
     handshakes_per_source_per_minute: u32,
     /// Seconds a new connection has to deliver Noise message 1 (it holds no slot meanwhile).
-    #[arg(long, default_value_t = config::DEFAULT_FIRST_MESSAGE_TIMEOUT.as_secs())]
+    #[arg(long, default_value_t = config::DEFAULT_FIRST_MESSAGE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     first_message_timeout_secs: u64,
     /// Seconds between summaries of refused connections (instead of a line per refusal).
-    #[arg(long, default_value_t = config::DEFAULT_REFUSAL_LOG_INTERVAL.as_secs())]
+    #[arg(long, default_value_t = config::DEFAULT_REFUSAL_LOG_INTERVAL.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     refusal_log_interval_secs: u64,
     /// Failed handshakes logged one line each per summary interval (the rest are counted).
     #[arg(long, default_value_t = config::DEFAULT_FAILURE_LOG_LINES_PER_INTERVAL)]
@@ -84,13 +88,13 @@ struct Args {
     #[arg(long)]
     ignore_fd_limit: bool,
     /// Seconds a client has to finish the Noise handshake.
-    #[arg(long, default_value_t = config::DEFAULT_HANDSHAKE_TIMEOUT.as_secs())]
+    #[arg(long, default_value_t = config::DEFAULT_HANDSHAKE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     handshake_timeout_secs: u64,
     /// Seconds between pings to each client (keeps NAT mappings and RTT estimates fresh).
-    #[arg(long, default_value_t = config::DEFAULT_PING_INTERVAL.as_secs())]
+    #[arg(long, default_value_t = config::DEFAULT_PING_INTERVAL.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     ping_interval_secs: u64,
     /// Seconds of silence after which a client is dropped.
-    #[arg(long, default_value_t = config::DEFAULT_IDLE_TIMEOUT.as_secs())]
+    #[arg(long, default_value_t = config::DEFAULT_IDLE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(2..))]
     idle_timeout_secs: u64,
     /// Relay fallback: offers carry relay tickets and relay connections (on this same port)
     /// are spliced. `off`: no tickets, and every relay hello is refused.
@@ -110,7 +114,7 @@ struct Args {
     #[arg(long, default_value_t = config::DEFAULT_RELAY_MAX_PENDING)]
     relay_max_pending: usize,
     /// Seconds a ticket pair stays valid, and a side that came first waits for its partner.
-    #[arg(long, default_value_t = config::DEFAULT_RELAY_PAIR_TIMEOUT.as_secs())]
+    #[arg(long, default_value_t = config::DEFAULT_RELAY_PAIR_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     relay_pair_timeout_secs: u64,
     /// Milliseconds: the earliest a ticket tells a client to try the relay after the dial
     /// moment (it says srtt_a + srtt_b within [this, 2000]).
@@ -118,21 +122,35 @@ struct Args {
     relay_after_min_ms: u64,
     /// Bytes per second each relayed session may move in each direction (16 MiB/s, about
     /// 134 Mbit/s).
-    #[arg(long, default_value_t = config::DEFAULT_RELAY_RATE_PER_SESSION)]
+    #[arg(long, default_value_t = config::DEFAULT_RELAY_RATE_PER_SESSION, value_parser = clap::value_parser!(u64).range(1..))]
     relay_rate_per_session: u64,
     /// Bytes per second all relayed sessions together may move (128 MiB/s, about 1 Gbit/s).
-    #[arg(long, default_value_t = config::DEFAULT_RELAY_RATE_TOTAL)]
+    #[arg(long, default_value_t = config::DEFAULT_RELAY_RATE_TOTAL, value_parser = clap::value_parser!(u64).range(1..))]
     relay_rate_total: u64,
     /// Bytes one relayed session may move, both directions together (64 GiB).
     #[arg(long, default_value_t = config::DEFAULT_RELAY_MAX_BYTES)]
     relay_max_bytes: u64,
     /// Seconds one relayed session may last (a day).
-    #[arg(long, default_value_t = config::DEFAULT_RELAY_MAX_DURATION.as_secs())]
+    #[arg(long, default_value_t = config::DEFAULT_RELAY_MAX_DURATION.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     relay_max_duration_secs: u64,
     /// Seconds without a byte either way (or with a write stuck) after which a relayed
     /// session is ended.
-    #[arg(long, default_value_t = config::DEFAULT_RELAY_IDLE.as_secs())]
+    #[arg(long, default_value_t = config::DEFAULT_RELAY_IDLE.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     relay_idle_secs: u64,
+    /// Log lines as human-readable text or as one JSON object per line (levels: RUST_LOG,
+    /// default info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Print the effective configuration (every flag, from the command line, environment,
+    /// --config file or default) as a TOML file --config accepts, with the open files it
+    /// needs, and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+/// At least 1: a zero would disable what the flag bounds.
+fn positive() -> RangedU64ValueParser<usize> {
+    RangedU64ValueParser::new().range(1..)
 }
 
 /// A switch given as `on` or `off`.
@@ -144,56 +162,21 @@ enum OnOff {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    // `init` also routes the `log` crate (tokio-yamux logs through it) into tracing, via
-    // tracing-subscriber's default `tracing-log` feature.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let (args, effective) = punch_ops::config::parse::<Args>("RENDEZVOUS");
+    if args.print_config {
+        // A throwaway key: printing must not create the key file.
+        let config = server_config(&args, punch_proto::Keypair::generate()?);
+        print!("{}{}", effective.to_toml(), derived(&config));
+        return Ok(());
+    }
+    punch_ops::log::init(args.log_format, "info");
 
     let (keypair, created) = punch_proto::Keypair::load_or_generate(&args.key_file)
         .with_context(|| format!("loading key file {}", args.key_file.display()))?;
     if created {
         tracing::info!(path = %args.key_file.display(), "created a new server key");
     }
-    let mut config = Config::new(args.listen, keypair);
-    config.max_peers = args.max_peers;
-    config.max_connections_per_ip = args.max_connections_per_ip;
-    config.punch_requests_per_minute = args.punch_requests_per_minute;
-    config.punch_requests_per_source_per_minute = args.punch_requests_per_source_per_minute;
-    config.punch_requests_per_network_per_minute = args.punch_requests_per_network_per_minute;
-    config.offers_per_target_per_source_per_minute = args.offers_per_target_per_source_per_minute;
-    config.offers_per_target_per_network_per_minute = args.offers_per_target_per_network_per_minute;
-    config.max_registrations_per_source = args.max_registrations_per_source;
-    config.max_registrations_per_network = args.max_registrations_per_network;
-    config.discover_max = args.discover_max;
-    config.max_handshakes = args.max_handshakes.max(1);
-    config.max_waiting_connections = args.max_waiting_connections.max(1);
-    config.max_pending_handshakes_per_prefix = args.max_pending_handshakes_per_prefix.max(1);
-    config.handshakes_per_source_per_minute = args.handshakes_per_source_per_minute.max(1);
-    config.first_message_timeout = Duration::from_secs(args.first_message_timeout_secs.max(1));
-    config.refusal_log_interval = Duration::from_secs(args.refusal_log_interval_secs.max(1));
-    config.failure_log_lines_per_interval = args.failure_log_lines_per_interval;
-    config.handshake_timeout = Duration::from_secs(args.handshake_timeout_secs.max(1));
-    config.ping_interval = Duration::from_secs(args.ping_interval_secs.max(1));
-    config.idle_timeout = Duration::from_secs(args.idle_timeout_secs.max(2));
-    config.relay = args.relay == OnOff::On;
-    config.relay_max_sessions = args.relay_max_sessions;
-    config.relay_max_sessions_per_peer = args.relay_max_sessions_per_peer;
-    config.relay_max_sessions_per_source = args.relay_max_sessions_per_source;
-    config.relay_max_pending = args.relay_max_pending;
-    config.relay_pair_timeout = Duration::from_secs(args.relay_pair_timeout_secs.max(1));
-    config.relay_after_min = Duration::from_millis(args.relay_after_min_ms);
-    config.relay_rate_per_session = args.relay_rate_per_session.max(1);
-    config.relay_rate_total = args.relay_rate_total.max(1);
-    config.relay_max_bytes = args.relay_max_bytes;
-    config.relay_max_duration = Duration::from_secs(args.relay_max_duration_secs.max(1));
-    config.relay_idle = Duration::from_secs(args.relay_idle_secs.max(1));
-
+    let config = server_config(&args, keypair);
     check_fd_limit(&config, args.ignore_fd_limit)?;
 
     let server = Server::spawn(config)
@@ -230,6 +213,60 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!("signal received, shutting down");
     server.shutdown().await;
     Ok(())
+}
+
+/// The server configuration the flags ask for.
+fn server_config(args: &Args, keypair: punch_proto::Keypair) -> Config {
+    let mut config = Config::new(args.listen, keypair);
+    config.max_peers = args.max_peers;
+    config.max_connections_per_ip = args.max_connections_per_ip;
+    config.punch_requests_per_minute = args.punch_requests_per_minute;
+    config.punch_requests_per_source_per_minute = args.punch_requests_per_source_per_minute;
+    config.punch_requests_per_network_per_minute = args.punch_requests_per_network_per_minute;
+    config.offers_per_target_per_source_per_minute = args.offers_per_target_per_source_per_minute;
+    config.offers_per_target_per_network_per_minute = args.offers_per_target_per_network_per_minute;
+    config.max_registrations_per_source = args.max_registrations_per_source;
+    config.max_registrations_per_network = args.max_registrations_per_network;
+    config.discover_max = args.discover_max;
+    config.max_handshakes = args.max_handshakes;
+    config.max_waiting_connections = args.max_waiting_connections;
+    config.max_pending_handshakes_per_prefix = args.max_pending_handshakes_per_prefix;
+    config.handshakes_per_source_per_minute = args.handshakes_per_source_per_minute;
+    config.first_message_timeout = Duration::from_secs(args.first_message_timeout_secs);
+    config.refusal_log_interval = Duration::from_secs(args.refusal_log_interval_secs);
+    config.failure_log_lines_per_interval = args.failure_log_lines_per_interval;
+    config.handshake_timeout = Duration::from_secs(args.handshake_timeout_secs);
+    config.ping_interval = Duration::from_secs(args.ping_interval_secs);
+    config.idle_timeout = Duration::from_secs(args.idle_timeout_secs);
+    config.relay = args.relay == OnOff::On;
+    config.relay_max_sessions = args.relay_max_sessions;
+    config.relay_max_sessions_per_peer = args.relay_max_sessions_per_peer;
+    config.relay_max_sessions_per_source = args.relay_max_sessions_per_source;
+    config.relay_max_pending = args.relay_max_pending;
+    config.relay_pair_timeout = Duration::from_secs(args.relay_pair_timeout_secs);
+    config.relay_after_min = Duration::from_millis(args.relay_after_min_ms);
+    config.relay_rate_per_session = args.relay_rate_per_session;
+    config.relay_rate_total = args.relay_rate_total;
+    config.relay_max_bytes = args.relay_max_bytes;
+    config.relay_max_duration = Duration::from_secs(args.relay_max_duration_secs);
+    config.relay_idle = Duration::from_secs(args.relay_idle_secs);
+    config
+}
+
+/// What the configuration implies and no flag sets, as TOML comments for `--print-config`.
+fn derived(config: &Config) -> String {
+    format!(
+        "\n# Derived, not settable:\n\
+         # open files needed: {} (max-peers + max-waiting-connections + max-handshakes\n\
+         #   + 2 x relay-max-sessions when relay is on + {} spare); below it the server refuses\n\
+         #   to start, unless ignore-fd-limit\n\
+         # fixed: {} keys per rate table, {} queued messages per client, dial margin {} ms\n",
+        config.fds_needed(),
+        config::FD_RESERVE,
+        config.max_rate_keys,
+        config.outbound_queue,
+        config.dial_margin.as_millis(),
+    )
 }
 
 /// Raises the soft limit on open files to the hard limit (every registered peer holds a

@@ -523,8 +523,43 @@ fn punch_request(
     }
     if let Some(reason) = refusal_reason(&actions) {
         state.refusals.record(reason, Prefix::of(observed.ip()));
+    } else {
+        log_punch(state, &actions, target, upgrade);
     }
     Shared::dispatch(state, actions);
+}
+
+/// One info line per punch request (in the requester's span): the offers sent, or why it was
+/// refused. Refusals that go to the summary (rate limits, allow-lists) are not passed here;
+/// the others share the failure lines' budget, so a requester naming offline peers in a loop
+/// cannot flood the log.
+fn log_punch(state: &mut State, actions: &[Action], target: PeerId, upgrade: Option<u64>) {
+    let offer = actions.iter().find_map(|a| match a {
+        Action::Send {
+            msg: ServerMsg::Offer(o),
+            ..
+        } => Some(o),
+        _ => None,
+    });
+    match (offer, actions) {
+        (Some(o), _) => info!(
+            target = %target.short(),
+            session = o.session_id,
+            relay = o.relay.is_some(),
+            upgrade = upgrade.is_some(),
+            "punch: offers sent"
+        ),
+        (
+            None,
+            [Action::Send {
+                msg: ServerMsg::Error(e),
+                ..
+            }],
+        ) if state.refusals.may_log_failure() => {
+            info!(target = %target.short(), code = ?e.code, "punch refused");
+        }
+        _ => {}
+    }
 }
 
 /// A `Discover`: the registry samples the asker's network (charging the request budgets); a
@@ -633,7 +668,7 @@ async fn drive(
             out = rx.recv() => match out {
                 Some(Outbound::Msg(msg)) => {
                     if let ServerMsg::Offer(o) = &msg {
-                        info!(session = o.session_id, peer = %o.peer.short(), role = ?o.role,
+                        debug!(session = o.session_id, peer = %o.peer.short(), role = ?o.role,
                               dial_delay_ms = o.dial_delay.as_millis() as u64,
                               relay_after_ms = o.relay.as_ref().map(|t| t.after.as_millis() as u64),
                               "offer");
