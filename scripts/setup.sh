@@ -13,6 +13,9 @@
 #                      manager, never guessed from a file name.
 #   g++                RocksDB is compiled from C++ source by librocksdb-sys's build script;
 #                      it brings gcc, which ring (snow's faster cipher) compiles its C with
+#   curl               the README's operator walkthrough (scraping --metrics), which
+#                      tests/tests/walkthrough.rs runs as written
+#   systemd            systemd-analyze, which checks the units in deploy/ (tests/tests/deploy.rs)
 #
 # Kernel modules for the lab (conntrack, NAT, NFQUEUE for the delay helper, statistic for loss)
 # are loaded when possible; most kernels have them built in, so failure is tolerated.
@@ -25,7 +28,7 @@ set -u
 
 say() { echo "setup.sh: $*"; }
 
-packages=(iproute2 iptables protobuf-compiler libclang-dev g++)
+packages=(iproute2 iptables protobuf-compiler libclang-dev g++ curl systemd)
 
 # Installed, as the package manager knows it ("ii" = desired install, status installed).
 installed() {
@@ -39,6 +42,8 @@ present_without_dpkg() {
     iptables) command -v iptables >/dev/null 2>&1 ;;
     protobuf-compiler) command -v protoc >/dev/null 2>&1 ;;
     g++) command -v c++ >/dev/null 2>&1 ;;
+    curl) command -v curl >/dev/null 2>&1 ;;
+    systemd) command -v systemd-analyze >/dev/null 2>&1 ;;
     # clang-sys accepts libclang.so / libclang-N.so(.M): the C library, not libclang-cpp.
     libclang-dev)
         [ -n "${LIBCLANG_PATH:-}" ] && return 0
