@@ -74,6 +74,11 @@ struct Args {
     /// most 64, the protocol's bound).
     #[arg(long, default_value_t = config::DEFAULT_DISCOVER_MAX)]
     discover_max: usize,
+    /// Registrations per second to spread the peers' return over after a restart: on
+    /// SIGTERM each registered peer is told to reconnect at a random moment within
+    /// registered / this many seconds (at least 1 s, at most 600 s).
+    #[arg(long, default_value_t = config::DEFAULT_RECONNECT_RATE)]
+    reconnect_rate: u32,
     /// Start even if the open-files limit (after raising the soft limit to the hard one) is
     /// below what --max-peers, --max-waiting-connections, --max-handshakes and (two per
     /// session) --relay-max-sessions need; by default the server refuses to start then.
@@ -167,6 +172,7 @@ async fn main() -> anyhow::Result<()> {
     config.max_registrations_per_source = args.max_registrations_per_source;
     config.max_registrations_per_network = args.max_registrations_per_network;
     config.discover_max = args.discover_max;
+    config.reconnect_rate = args.reconnect_rate.max(1);
     config.max_handshakes = args.max_handshakes.max(1);
     config.max_waiting_connections = args.max_waiting_connections.max(1);
     config.max_pending_handshakes_per_prefix = args.max_pending_handshakes_per_prefix.max(1);

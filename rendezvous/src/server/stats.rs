@@ -17,6 +17,7 @@ pub(super) struct Counters {
     pub(super) active: AtomicU64,
     pub(super) relay_active: AtomicU64,
     pub(super) relay_bytes: AtomicU64,
+    pub(super) going_away: AtomicU64,
 }
 
 /// A snapshot of the server's counters.
@@ -65,6 +66,8 @@ pub struct ServerStats {
     pub relay_peer_absent: u64,
     /// Bytes forwarded by the relay, both directions of every session.
     pub relay_bytes: u64,
+    /// Registered peers told `GoingAway` (at shutdown).
+    pub going_away: u64,
 }
 
 /// The counters now.
@@ -102,5 +105,6 @@ pub(super) fn snapshot(shared: &Shared) -> ServerStats {
         relay_refused_source_limit: rs.refused_source_limit,
         relay_peer_absent: rs.peer_absent,
         relay_bytes: c.relay_bytes.load(Ordering::Relaxed),
+        going_away: c.going_away.load(Ordering::Relaxed),
     }
 }
