@@ -18,7 +18,13 @@
 //!   +-- backoff: doubling, --+-- timeout / failure ----------+-- timeout / refused     |
 //!   |   jitter, capped                                                                 |
 //!   +-- reconnect_min (jittered): silence, lost connection, malformed message ---------+
+//!   +-- uniformly random in reconnect_within: GoingAway (the server restarts) ---------+
 //! ```
+//!
+//! A rendezvous that shuts down says `GoingAway { reconnect_within }` first. That is no
+//! failure: the machine comes back at a uniformly random moment in the window (from its seeded
+//! RNG), so the server's peers return spread over it instead of all at once, and the backoff
+//! starts afresh from `reconnect_min` should that attempt fail (the server not up yet).
 //!
 //! Requests ([`Control::connect`], [`Control::discover`]: `Discover` -> `Discovered | Error`)
 //! made while a connection attempt is under way are sent once
@@ -226,6 +232,8 @@ pub struct Stats {
     pub denied: u64,
     /// `Discover` requests answered.
     pub discovered: u64,
+    /// Times the rendezvous said it was going away (a restart); not counted in `losses`.
+    pub going_away: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -540,6 +548,9 @@ impl<T> Control<T> {
                     ServerMsg::RelayEnded { session_id, reason } => self
                         .actions
                         .push_back(Action::RelayEnded { session_id, reason }),
+                    ServerMsg::GoingAway { reconnect_within } => {
+                        self.going_away(now, reconnect_within)
+                    }
                     other => debug!(?other, "ignored message"),
                 }
             }
@@ -580,6 +591,8 @@ impl<T> Control<T> {
                     self.send_request(request_id);
                 }
             }
+            // Shut down before it registered us: the same as when registered.
+            ServerMsg::GoingAway { reconnect_within } => self.going_away(now, reconnect_within),
             ServerMsg::Error(e) => {
                 let reason = RendezvousError::RegistrationRefused {
                     code: e.code,
@@ -815,6 +828,26 @@ impl<T> Control<T> {
         self.disconnected(now + delay, reason);
     }
 
+    /// The rendezvous is going away (restarting) and closes the connection next: come back
+    /// at a uniformly random moment within its window, then with a fresh backoff. We leave
+    /// the close to the server (no [`Action::Close`]), so the TIME_WAIT of the connection is
+    /// its own and not on the 4-tuple our punch port reconnects from; a connection the server
+    /// fails to close is dropped at the reconnect ([`Action::Connect`]).
+    fn going_away(&mut self, now: Instant, reconnect_within: Duration) {
+        let delay = reconnect_within.mul_f64(self.rng.gen::<f64>());
+        info!(
+            rendezvous = %self.config.rendezvous,
+            window_ms = reconnect_within.as_millis() as u64,
+            reconnect_in_ms = delay.as_millis() as u64,
+            "the rendezvous is going away (restart); reconnecting at a random moment in its window"
+        );
+        self.stats.going_away += 1;
+        self.backoff.reset();
+        let reason = RendezvousError::GoingAway { reconnect_within };
+        self.fail_pending(&reason);
+        self.disconnected(now + delay, reason);
+    }
+
     /// Every request ends with the connection (its offer could only come on it).
     fn fail_pending(&mut self, reason: &RendezvousError) {
         for (_, p) in std::mem::take(&mut self.pending) {
@@ -850,3 +883,7 @@ mod tests;
 #[cfg(test)]
 #[path = "control_network_tests.rs"]
 mod network_tests;
+
+#[cfg(test)]
+#[path = "control_restart_tests.rs"]
+mod restart_tests;
