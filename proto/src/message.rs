@@ -295,7 +295,9 @@ pub enum ServerMsg {
     /// The server is going away (shutting down, most often to restart) and closes the
     /// connection next: reconnect at a uniformly random moment within `reconnect_within`
     /// (at most [`MAX_RECONNECT_WITHIN`]), so that its peers do not all come back at once.
-    GoingAway { reconnect_within: Duration },
+    GoingAway {
+        reconnect_within: Duration,
+    },
 }
 
 fn relay_end_to_pb(reason: RelayEnd) -> i32 {
