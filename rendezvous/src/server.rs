@@ -293,6 +293,9 @@ async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationT
             }
         }
     }
+    // Closed at once: a peer that comes back while we shut down is refused and backs off,
+    // instead of waiting in the accept backlog for a reset when the process exits.
+    drop(listener);
     let registered = shared.lock().registry.len();
     let window = shared.config.reconnect_window(registered);
     let _ = shared.going_away.set(window);
