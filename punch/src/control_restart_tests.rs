@@ -139,16 +139,35 @@ fn reconnect_moments_are_uniform_over_the_window_and_seeded() {
 }
 
 #[test]
-fn a_failed_reconnect_backs_off_afresh_from_reconnect_min() {
+fn a_failed_reconnect_tries_again_within_the_window_then_backs_off_afresh() {
     let t0 = Instant::now();
+    let min = config().reconnect_min;
     let mut c = registered(t0, 3);
     c.handle_message(t0, going_away(WINDOW));
     let mut t = c.poll_timeout().unwrap();
-    c.handle_timeout(t);
-    drain(&mut c);
-    // The server is not up yet: the usual jittered doubling, from the minimum.
-    let mut nominal = config().reconnect_min;
+    let end = t0 + WINDOW;
+    // The server is not up yet: new random moments in what is left of the window.
+    let mut moments = 0;
+    while t + min < end {
+        c.handle_timeout(t);
+        drain(&mut c);
+        c.on_connect_failed(t, refused());
+        drain(&mut c);
+        let retry_at = c.poll_timeout().unwrap();
+        assert!(
+            retry_at >= t + min && retry_at <= end,
+            "{:?}",
+            retry_at - t0
+        );
+        t = retry_at;
+        moments += 1;
+        assert!(moments < 100, "the window ends");
+    }
+    // Past the window: the usual jittered doubling, from the minimum.
+    let mut nominal = min;
     for _ in 0..4 {
+        c.handle_timeout(t);
+        drain(&mut c);
         c.on_connect_failed(t, refused());
         drain(&mut c);
         let retry_at = c.poll_timeout().unwrap();
@@ -156,13 +175,27 @@ fn a_failed_reconnect_backs_off_afresh_from_reconnect_min() {
         assert!(d >= nominal / 2 && d <= nominal, "{d:?} vs {nominal:?}");
         nominal *= 2;
         t = retry_at;
-        c.handle_timeout(t);
-        drain(&mut c);
     }
+    c.handle_timeout(t);
     c.on_connected(t, local());
     c.handle_message(t, registered_msg());
     assert!(c.registered().is_some());
     assert_eq!(c.stats().registrations, 2);
+    // Registered again: a later failure is an ordinary one, whatever the old window said.
+    let mut c = registered(t0, 4);
+    c.handle_message(t0, going_away(WINDOW));
+    let t = c.poll_timeout().unwrap();
+    c.handle_timeout(t);
+    c.on_connected(t, local());
+    c.handle_message(t, registered_msg());
+    c.on_lost(t, RendezvousError::Silent);
+    c.handle_timeout(c.poll_timeout().unwrap());
+    let t = c.poll_timeout().unwrap();
+    c.on_connect_failed(t, refused());
+    assert!(
+        c.poll_timeout().unwrap() - t <= 2 * min,
+        "backoff, not the old window"
+    );
 }
 
 #[test]
