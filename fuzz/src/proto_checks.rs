@@ -19,7 +19,7 @@ use punch_proto::frame::{FrameCodec, FrameError, HEADER_LEN, MAX_CONTROL_FRAME};
 use punch_proto::message::{
     check_network, ClientMsg, DecodeError, ErrorCode, ErrorReply, Offer, Register, Registered,
     RelayEnd, RelayTicket, ServerMsg, MAX_ALLOW, MAX_DETAIL_LEN, MAX_DISCOVERED, MAX_LOCAL_ADDRS,
-    MAX_NETWORK_LEN, PROTOCOL_VERSION,
+    MAX_NETWORK_LEN, MAX_RECONNECT_WITHIN, PROTOCOL_VERSION,
 };
 use punch_proto::noise::{
     Handshake, NoiseError, Transport, MAX_MESSAGE_LEN, MAX_PLAINTEXT_LEN, TAG_LEN,
@@ -416,8 +416,12 @@ const KNOWN_CODES: [ErrorCode; 11] = [
 ];
 
 fn build_server_msg(input: &mut Input) -> ServerMsg {
-    match input.u8() % 7 {
+    match input.u8() % 8 {
         0 => ServerMsg::Ping { nonce: input.u64() },
+        // Up to u32::MAX ms: far beyond the 10 minutes the encoder sends at most.
+        7 => ServerMsg::GoingAway {
+            reconnect_within: build_duration(input),
+        },
         1 => ServerMsg::Pong { nonce: input.u64() },
         5 => ServerMsg::Discovered {
             request_id: input.u64(),
@@ -485,7 +489,7 @@ fn wire_millis(d: Duration) -> Duration {
 }
 
 /// What `decode(encode(m))` must give: durations in whole milliseconds saturating at
-/// `u32::MAX` ms, a zero `retry_after` omitted, details cut to 256 bytes at a character
+/// `u32::MAX` ms (a `GoingAway` window at [`MAX_RECONNECT_WITHIN`]), a zero `retry_after` omitted, details cut to 256 bytes at a character
 /// boundary, at most 16 local addresses and 64 discovered identities, an `Unknown` code that a
 /// known code uses decoding as that code; `None` when `m` holds port 0 or (among the identities
 /// kept) one identity twice, which the decoder refuses.
@@ -502,6 +506,9 @@ fn expected_server(m: &ServerMsg) -> Option<ServerMsg> {
             }
             ServerMsg::Discovered { request_id, peers }
         }
+        ServerMsg::GoingAway { reconnect_within } => ServerMsg::GoingAway {
+            reconnect_within: wire_millis(reconnect_within.min(MAX_RECONNECT_WITHIN)),
+        },
         ServerMsg::Registered(mut r) => {
             if r.observed.port() == 0 {
                 return None;
@@ -1130,6 +1137,14 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             ClientMsg::Discover {
                 request_id: 2,
                 max: 16,
+            }
+            .encode(),
+        ),
+        (
+            "server_msg",
+            "going_away",
+            ServerMsg::GoingAway {
+                reconnect_within: Duration::from_secs(100),
             }
             .encode(),
         ),

@@ -14,6 +14,7 @@
 //!   Discover { max }                ->
 //!                                   <-     Discovered { peers } | Error
 //!                                   <-     RelayEnded (to both peers of a relayed session)
+//!                                   <-     GoingAway { reconnect_within }, then close
 //! ```
 //!
 //! An offer may carry a [`RelayTicket`]: the relay connection's own bytes are in
@@ -46,6 +47,12 @@ pub const MAX_NETWORK_LEN: usize = 64;
 /// sample (16), enough for a node filling its outbound slots in one round, and 2 KiB on the
 /// wire. A server asked for more answers with at most this many.
 pub const MAX_DISCOVERED: usize = 64;
+/// The longest reconnect window a `GoingAway` may give (decoding refuses more, encoding
+/// sends at most this). A server derives its window from the peers it held and its admission
+/// rate: 10,000 peers at 100 registrations a second is 100 s. Ten minutes is far beyond that;
+/// a peer told to stay away longer would be unreachable for punches that long, so a larger
+/// value is a broken (or hostile) server, not a plan.
+pub const MAX_RECONNECT_WITHIN: Duration = Duration::from_secs(600);
 /// Error details are for humans and logs; longer text is truncated when encoding and refused
 /// when decoding.
 pub const MAX_DETAIL_LEN: usize = 256;
@@ -88,6 +95,12 @@ pub enum DecodeError {
     Duplicate { field: &'static str },
     #[error("invalid network name: {0}")]
     Network(#[from] NetworkNameError),
+    #[error("{field} is {value_ms} ms, more than {max_ms} ms")]
+    TooLate {
+        field: &'static str,
+        value_ms: u64,
+        max_ms: u64,
+    },
 }
 
 /// Why a network name is not valid (see [`check_network`]).
@@ -278,6 +291,12 @@ pub enum ServerMsg {
     Discovered {
         request_id: u64,
         peers: Vec<PeerId>,
+    },
+    /// The server is going away (shutting down, most often to restart) and closes the
+    /// connection next: reconnect at a uniformly random moment within `reconnect_within`
+    /// (at most [`MAX_RECONNECT_WITHIN`]), so that its peers do not all come back at once.
+    GoingAway {
+        reconnect_within: Duration,
     },
 }
 
@@ -562,6 +581,9 @@ impl ServerMsg {
                     .map(|p| p.as_bytes().to_vec())
                     .collect(),
             }),
+            ServerMsg::GoingAway { reconnect_within } => Kind::GoingAway(pb::GoingAway {
+                reconnect_within_ms: millis((*reconnect_within).min(MAX_RECONNECT_WITHIN)),
+            }),
             ServerMsg::Error(e) => {
                 let mut detail = e.detail.clone();
                 if detail.len() > MAX_DETAIL_LEN {
@@ -640,6 +662,19 @@ impl ServerMsg {
                 request_id: d.request_id,
                 peers: peers_from_pb("peers", &d.peers, MAX_DISCOVERED)?,
             },
+            Kind::GoingAway(g) => {
+                let within = Duration::from_millis(u64::from(g.reconnect_within_ms));
+                if within > MAX_RECONNECT_WITHIN {
+                    return Err(DecodeError::TooLate {
+                        field: "reconnect_within_ms",
+                        value_ms: u64::from(g.reconnect_within_ms),
+                        max_ms: millis(MAX_RECONNECT_WITHIN).into(),
+                    });
+                }
+                ServerMsg::GoingAway {
+                    reconnect_within: within,
+                }
+            }
             Kind::Error(e) => {
                 if e.detail.len() > MAX_DETAIL_LEN {
                     return Err(DecodeError::TooLong {
@@ -743,6 +778,12 @@ mod tests {
             ServerMsg::Discovered {
                 request_id: 7,
                 peers: vec![],
+            },
+            ServerMsg::GoingAway {
+                reconnect_within: Duration::ZERO,
+            },
+            ServerMsg::GoingAway {
+                reconnect_within: MAX_RECONNECT_WITHIN,
             },
             ServerMsg::Error(ErrorReply {
                 request_id: 0,
@@ -876,6 +917,51 @@ mod tests {
         let mut expected = vec![0x3a, 36, 0x08, 0x03, 0x12, 32];
         expected.extend_from_slice(&[0x11; 32]);
         assert_eq!(discovered, expected);
+        // GoingAway is ServerMessage field 8, its window in milliseconds.
+        assert_eq!(
+            ServerMsg::GoingAway {
+                reconnect_within: Duration::from_millis(300)
+            }
+            .encode(),
+            [0x42, 0x03, 0x08, 0xac, 0x02]
+        );
+    }
+
+    #[test]
+    fn going_away_windows_are_bounded() {
+        let encode = |ms: u32| {
+            pb::ServerMessage {
+                kind: Some(pb::server_message::Kind::GoingAway(pb::GoingAway {
+                    reconnect_within_ms: ms,
+                })),
+            }
+            .encode_to_vec()
+        };
+        let max_ms = millis(MAX_RECONNECT_WITHIN);
+        assert_eq!(
+            ServerMsg::decode(&encode(max_ms)).unwrap(),
+            ServerMsg::GoingAway {
+                reconnect_within: MAX_RECONNECT_WITHIN
+            }
+        );
+        assert!(matches!(
+            ServerMsg::decode(&encode(max_ms + 1)),
+            Err(DecodeError::TooLate {
+                field: "reconnect_within_ms",
+                ..
+            })
+        ));
+        assert!(ServerMsg::decode(&encode(u32::MAX)).is_err());
+        // Encoding sends at most the maximum, so what we send always decodes.
+        let long = ServerMsg::GoingAway {
+            reconnect_within: Duration::from_secs(86_400),
+        };
+        assert_eq!(
+            ServerMsg::decode(&long.encode()).unwrap(),
+            ServerMsg::GoingAway {
+                reconnect_within: MAX_RECONNECT_WITHIN
+            }
+        );
     }
 
     #[test]

@@ -174,6 +174,10 @@ pub enum RendezvousError {
     /// Nothing heard from the rendezvous for several ping intervals.
     #[error("rendezvous went silent")]
     Silent,
+    /// The rendezvous is going away (shutting down, most often to restart): we reconnect at a
+    /// random moment within `reconnect_within`, as it asked. Nobody's fault.
+    #[error("rendezvous is going away (restarting); reconnecting within {reconnect_within:?}")]
+    GoingAway { reconnect_within: Duration },
 }
 
 /// Why a yamux session or stream operation failed.

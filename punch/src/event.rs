@@ -28,6 +28,8 @@ pub enum Status {
         /// Round trip to the rendezvous (our ping to its pong), once measured.
         rtt: Option<Duration>,
     },
+    /// Not registered; the client reconnects by itself. [`RendezvousError::GoingAway`]: the
+    /// rendezvous said it is restarting, and the client comes back within its window.
     Disconnected {
         reason: RendezvousError,
     },
@@ -45,6 +47,8 @@ pub enum Event {
         local: SocketAddr,
     },
     /// The control connection was lost or could not be made; the client keeps retrying.
+    /// [`RendezvousError::GoingAway`]: the rendezvous is restarting, and the client comes
+    /// back at a random moment within the window it gave.
     Disconnected { reason: RendezvousError },
     /// We asked the rendezvous to punch to `peer`.
     Requested { peer: PeerId },

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use punch_proto::message::MAX_RECONNECT_WITHIN;
 use punch_proto::Keypair;
 
 /// Where the server listens by default: all interfaces, a fixed port operators can open.
@@ -100,6 +101,21 @@ pub const FD_RESERVE: u64 = 64;
 /// Extra time added to the later side's one-way delay before both dial: absorbs jitter and the
 /// time a client needs to bind its sockets. 50 ms is a few scheduler slices plus typical jitter.
 pub const DEFAULT_DIAL_MARGIN: Duration = Duration::from_millis(50);
+/// Registrations per second the server asks its peers to come back at after a restart: on
+/// shutdown each registered peer is told (`GoingAway`) to reconnect at a uniformly random
+/// moment within `registered / rate` seconds ([`Config::reconnect_window`]). Derived from the
+/// handshake gate: by Little's law, handshakes in progress = rate x slot time, and a handshake
+/// holds its slot from message 1 to message 3, one round trip plus two Diffie-Hellmans; at
+/// 1,000/s and a 250 ms RTT 250 of the 512 slots (`DEFAULT_MAX_HANDSHAKES`) are busy, so the
+/// gate never evicts a returning peer. Any one source's share stays far below its 120
+/// handshakes a minute (32 registrations at most). The CPU is no tighter: a restart of 10,000
+/// peers at this rate, server and clients on one 2-core machine, refused and evicted nobody
+/// and had them all back 11.1 s after SIGTERM (README, "Graceful restart").
+pub const DEFAULT_RECONNECT_RATE: u32 = 1_000;
+/// The reconnect window is at least this, however few peers were registered: a restart
+/// itself takes some hundreds of milliseconds (exit, start, key file), and a peer that comes
+/// back before the server only falls into its backoff; one second spreads even a small crowd.
+pub const MIN_RECONNECT_WINDOW: Duration = Duration::from_secs(1);
 /// Outbound messages queued per connection. Control traffic is tiny; a client that lets this
 /// many pile up is not reading and is dropped rather than buffered without bound.
 pub const DEFAULT_OUTBOUND_QUEUE: usize = 64;
@@ -198,6 +214,9 @@ pub struct Config {
     pub discover_max: usize,
     /// Why: a client that does not read its messages is dropped, not buffered for.
     pub outbound_queue: usize,
+    /// Why: after a restart the peers come back spread at this rate (registrations/s),
+    /// within what the handshake gate admits, not all at once ([`Config::reconnect_window`]).
+    pub reconnect_rate: u32,
     /// Whether offers carry relay tickets and relay connections are served (`--relay off`:
     /// neither; a relay HELLO is then refused as an unknown token).
     pub relay: bool,
@@ -245,6 +264,16 @@ impl Config {
             .saturating_add(FD_RESERVE)
     }
 
+    /// The window a shutdown gives its `registered` peers to reconnect in (`GoingAway`): they
+    /// pick uniformly random moments in it, so they arrive at about `reconnect_rate` a second.
+    /// At least [`MIN_RECONNECT_WINDOW`], at most the protocol's [`MAX_RECONNECT_WITHIN`].
+    pub fn reconnect_window(&self, registered: usize) -> Duration {
+        let rate = f64::from(self.reconnect_rate.max(1));
+        // `registered` is at most `max_peers`: far inside f64's exact integers.
+        let window = Duration::from_secs_f64(registered as f64 / rate);
+        window.clamp(MIN_RECONNECT_WINDOW, MAX_RECONNECT_WITHIN)
+    }
+
     /// Defaults for everything but the key and listen address.
     pub fn new(listen: SocketAddr, keypair: Keypair) -> Self {
         Self {
@@ -275,6 +304,7 @@ impl Config {
             dial_margin: DEFAULT_DIAL_MARGIN,
             discover_max: DEFAULT_DISCOVER_MAX,
             outbound_queue: DEFAULT_OUTBOUND_QUEUE,
+            reconnect_rate: DEFAULT_RECONNECT_RATE,
             relay: true,
             relay_max_sessions: DEFAULT_RELAY_MAX_SESSIONS,
             relay_max_sessions_per_peer: DEFAULT_RELAY_MAX_SESSIONS_PER_PEER,
@@ -305,5 +335,20 @@ mod tests {
         assert_eq!(c.fds_needed(), base + 2 * DEFAULT_RELAY_MAX_SESSIONS as u64);
         c.relay = false;
         assert_eq!(c.fds_needed(), base);
+    }
+
+    #[test]
+    fn the_reconnect_window_spreads_peers_at_the_reconnect_rate() {
+        let listen = "127.0.0.1:0".parse().unwrap();
+        let mut c = Config::new(listen, Keypair::from_secret(&[1; 32]).unwrap());
+        assert_eq!(c.reconnect_window(10_000), Duration::from_secs(10));
+        assert_eq!(c.reconnect_window(2_500), Duration::from_millis(2_500));
+        // A few peers still get the minimum; a rate of 0 is taken as 1.
+        assert_eq!(c.reconnect_window(0), MIN_RECONNECT_WINDOW);
+        assert_eq!(c.reconnect_window(3), MIN_RECONNECT_WINDOW);
+        c.reconnect_rate = 100;
+        assert_eq!(c.reconnect_window(10_000), Duration::from_secs(100));
+        c.reconnect_rate = 0;
+        assert_eq!(c.reconnect_window(10_000), MAX_RECONNECT_WITHIN);
     }
 }

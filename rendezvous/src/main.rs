@@ -82,6 +82,11 @@ struct Args {
     /// most 64, the protocol's bound).
     #[arg(long, default_value_t = config::DEFAULT_DISCOVER_MAX)]
     discover_max: usize,
+    /// Registrations per second to spread the peers' return over after a restart: on
+    /// SIGTERM each registered peer is told to reconnect at a random moment within
+    /// registered / this many seconds (at least 1 s, at most 600 s).
+    #[arg(long, default_value_t = config::DEFAULT_RECONNECT_RATE, value_parser = clap::value_parser!(u32).range(1..))]
+    reconnect_rate: u32,
     /// Start even if the open-files limit (after raising the soft limit to the hard one) is
     /// below what --max-peers, --max-waiting-connections, --max-handshakes and (two per
     /// session) --relay-max-sessions need; by default the server refuses to start then.
@@ -228,6 +233,7 @@ fn server_config(args: &Args, keypair: punch_proto::Keypair) -> Config {
     config.max_registrations_per_source = args.max_registrations_per_source;
     config.max_registrations_per_network = args.max_registrations_per_network;
     config.discover_max = args.discover_max;
+    config.reconnect_rate = args.reconnect_rate;
     config.max_handshakes = args.max_handshakes;
     config.max_waiting_connections = args.max_waiting_connections;
     config.max_pending_handshakes_per_prefix = args.max_pending_handshakes_per_prefix;

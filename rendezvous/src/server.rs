@@ -15,13 +15,15 @@
 //! A connection whose first bytes are "PR" instead of message 1's length is a relay
 //! connection, served by `relay` (in `server/relay.rs`): it never takes a handshake slot.
 //! Shutdown ends relayed sessions first, so their `RelayEnded` goes out over the control
-//! connections, which close after.
+//! connections, which close after, each with a `GoingAway` telling its peer to come back at a
+//! random moment within the reconnect window ([`Config::reconnect_window`]: the peers
+//! registered, spread at `reconnect_rate`), so that a restart is not a thundering herd.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use punch_proto::channel::{server_handshake, Channel, ChannelError};
@@ -98,6 +100,8 @@ struct Shared {
     counters: Counters,
     /// The relay's server-wide byte budget (`relay_rate_total`).
     relay_total: Mutex<ByteBucket>,
+    /// Set once shutdown begins: the window each peer is told to reconnect within.
+    going_away: OnceLock<Duration>,
 }
 
 impl Shared {
@@ -224,6 +228,7 @@ fn new_shared(config: Config) -> Arc<Shared> {
     let relay_total = ByteBucket::new(config.relay_rate_total, total_burst, Instant::now());
     Arc::new(Shared {
         relay_total: Mutex::new(relay_total),
+        going_away: OnceLock::new(),
         state: Mutex::new(State {
             registry: Registry::new(limits, rand::random()),
             conns: HashMap::new(),
@@ -294,7 +299,18 @@ async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationT
             }
         }
     }
-    info!(connections = tasks.len(), "shutting down");
+    // Closed at once: a peer that comes back while we shut down is refused and backs off,
+    // instead of waiting in the accept backlog for a reset when the process exits.
+    drop(listener);
+    let registered = shared.lock().registry.len();
+    let window = shared.config.reconnect_window(registered);
+    let _ = shared.going_away.set(window);
+    info!(
+        connections = tasks.len(),
+        registered,
+        reconnect_window_ms = window.as_millis() as u64,
+        "shutting down"
+    );
     relay_stop.cancel();
     let relays_ended = async {
         while shared.counters.relay_active.load(Ordering::Relaxed) > 0 {
@@ -307,6 +323,21 @@ async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationT
     if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
         tasks.abort_all();
     }
+    let s = stats::snapshot(&shared);
+    let told = s.going_away;
+    info!(
+        told,
+        registered,
+        reconnect_window_ms = window.as_millis() as u64,
+        accepted = s.accepted,
+        rejected_ip_limit = s.rejected_ip_limit,
+        rejected_rate = s.rejected_rate,
+        evicted = s.evicted,
+        silent = s.silent,
+        handshake_failed = s.handshake_failed,
+        network_full = s.network_full,
+        "shut down: told {told} of {registered} peers to reconnect within {window:?}"
+    );
 }
 
 async fn handle_conn(
@@ -662,6 +693,9 @@ async fn drive(
                 while let Ok(Outbound::Msg(msg)) = rx.try_recv() {
                     send(channel, msg).await?;
                 }
+                let reconnect_within = shared.going_away.get().copied().unwrap_or_default();
+                send(channel, ServerMsg::GoingAway { reconnect_within }).await?;
+                shared.counters.going_away.fetch_add(1, Ordering::Relaxed);
                 return Ok("server shutting down");
             }
             _ = tokio::time::sleep_until(idle_deadline) => return Ok("idle timeout"),

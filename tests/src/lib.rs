@@ -9,12 +9,14 @@
 //! - [`TestClient`]: a control-protocol client built straight on `punch_proto`'s channel, with
 //!   no client-library logic, so tests see exactly what the server sends.
 //! - [`ListenProcess`]: the real `punch listen`, killed on drop, its log kept in a file.
+//! - [`restart`]: a crowd of `punch::Client`s in helper processes, for restart measurements.
 //! - [`rss_kib`]: a process's resident memory, for "memory stays flat" checks.
 //! - [`natlab`]: network-namespace NAT lab for the real-network tests.
 //! - [`relay`]: punches with relay tickets and hand-made relay connections.
 
 pub mod natlab;
 pub mod relay;
+pub mod restart;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -92,11 +94,50 @@ impl RendezvousProcess {
     /// waits (at most [`STARTUP_TIMEOUT`]) for it to print its address and identity.
     pub fn spawn(extra_args: &[&str]) -> Self {
         let dir = unique_temp_dir("punch-rendezvous");
-        let log_path = dir.join("rendezvous.log");
+        Self::start(dir, "127.0.0.1:0", "rendezvous.log", extra_args)
+    }
+
+    /// Stops the server with SIGTERM (a graceful shutdown: its peers are told `GoingAway`)
+    /// and waits at most `timeout` for it to exit.
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -TERM failed");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exited() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rendezvous did not exit within {timeout:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Starts the server again on the same address with the same key file (after
+    /// [`Self::terminate`]), as a restart does; its log goes to `log_name` in the same
+    /// directory.
+    pub fn restart(&mut self, log_name: &str, extra_args: &[&str]) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let listen = self.addr.to_string();
+        let mut old = Self::start(self.dir.clone(), &listen, log_name, extra_args);
+        std::mem::swap(self, &mut old);
+        // `old` holds the exited process; the directory belongs to the new one.
+        old.dir = PathBuf::new();
+    }
+
+    fn start(dir: PathBuf, listen: &str, log_name: &str, extra_args: &[&str]) -> Self {
+        let log_path = dir.join(log_name);
         let log = File::create(&log_path).expect("creating the rendezvous log file");
         let mut child = Command::new(bin_path("rendezvous"))
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen)
             .arg("--key-file")
             .arg(dir.join("rendezvous.key"))
             .args(extra_args)
@@ -204,7 +245,9 @@ impl Drop for RendezvousProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if !self.dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

@@ -503,8 +503,18 @@ async fn graceful_shutdown_closes_every_connection() {
     tokio::time::timeout(Duration::from_secs(5), server.shutdown())
         .await
         .expect("shutdown finishes within its grace period");
-    a.expect_closed(Duration::from_secs(1)).await.unwrap();
-    b.expect_closed(Duration::from_secs(1)).await.unwrap();
+    // Each registered peer is told to come back within the window (2 peers: the minimum),
+    // then closed.
+    for c in [&mut a, &mut b] {
+        let told = c.recv_skip_pings(Duration::from_secs(1)).await.unwrap();
+        assert_eq!(
+            told,
+            ServerMsg::GoingAway {
+                reconnect_within: punch_rendezvous::config::MIN_RECONNECT_WINDOW
+            }
+        );
+        c.expect_closed(Duration::from_secs(1)).await.unwrap();
+    }
     wait_closed(&mut half_open, Duration::from_secs(1)).await;
     assert!(
         TcpStream::connect(addr).await.is_err(),

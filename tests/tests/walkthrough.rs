@@ -29,7 +29,10 @@ fn walkthrough_block() -> String {
         .split_once("```sh\n")
         .expect("a sh block follows the marker")
         .1;
-    body.split_once("\n```").expect("the block ends").0.to_owned()
+    body.split_once("\n```")
+        .expect("the block ends")
+        .0
+        .to_owned()
 }
 
 #[test]
@@ -42,7 +45,7 @@ fn the_readme_operator_walkthrough_works_as_written() {
         bin_dir.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let mut child = Command::new("timeout")
+    let child = Command::new("timeout")
         .arg(HANG.as_secs().to_string())
         .args(["bash", "-c", &script])
         .env("PATH", path)
@@ -52,7 +55,6 @@ fn the_readme_operator_walkthrough_works_as_written() {
         .spawn()
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    let _ = &mut child;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");
@@ -77,7 +79,10 @@ fn the_readme_operator_walkthrough_works_as_written() {
         find("\"path\": \"direct\""),
     ];
     assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}\n{stdout}");
-    assert!(stdout.contains("punch_sessions_open{path=\"direct\"} 1"), "{stdout}");
+    assert!(
+        stdout.contains("punch_sessions_open{path=\"direct\"} 1"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("punch_time_to_session_seconds_count{path=\"direct\"} 1"),
         "{stdout}"

@@ -24,6 +24,7 @@ pub(super) struct Counters {
     pub(super) requests_upgrade: AtomicU64,
     pub(super) requests_discover: AtomicU64,
     pub(super) pings: AtomicU64,
+    pub(super) going_away: AtomicU64,
 }
 
 /// A snapshot of the server's counters.
@@ -86,6 +87,8 @@ pub struct ServerStats {
     pub relay_peer_absent: u64,
     /// Bytes forwarded by the relay, both directions of every session.
     pub relay_bytes: u64,
+    /// Registered peers told `GoingAway` (at shutdown).
+    pub going_away: u64,
 }
 
 /// The counters now.
@@ -131,5 +134,6 @@ pub(super) fn snapshot(shared: &Shared) -> ServerStats {
         relay_refused_source_limit: rs.refused_source_limit,
         relay_peer_absent: rs.peer_absent,
         relay_bytes: c.relay_bytes.load(Ordering::Relaxed),
+        going_away: c.going_away.load(Ordering::Relaxed),
     }
 }
