@@ -4,7 +4,7 @@ use std::io;
 
 use super::*;
 use punch_proto::channel::ChannelError;
-use punch_proto::message::Registered;
+use punch_proto::message::{NatMapping, Registered};
 use punch_proto::Role;
 
 const MS: Duration = Duration::from_millis(1);
@@ -44,6 +44,7 @@ fn registered_msg() -> ServerMsg {
     ServerMsg::Registered(Registered {
         observed: observed(),
         ping_interval: PING,
+        nat_check_port: None,
     })
 }
 
@@ -69,6 +70,7 @@ fn offer(request_id: u64, peer: PeerId, role: Role) -> Offer {
         dial_delay: 50 * MS,
         relay: None,
         upgrade: None,
+        peer_nat: NatMapping::Unknown,
     }
 }
 
@@ -106,10 +108,14 @@ fn connects_at_once_and_registers() {
     assert!(drain(&mut c).is_empty());
     c.handle_message(t0 + 20 * MS, registered_msg());
     let actions = drain(&mut c);
+    // A rendezvous without a NAT check port: the check's result (unknown) comes at once.
     assert!(matches!(
         &actions[..],
         [Action::Emit(Event::Registered { observed: o, local: l }),
-         Action::SetStatus(Status::Registered { .. })] if *o == observed() && *l == local()
+         Action::SetStatus(Status::Registered { .. }),
+         Action::Emit(Event::NatChecked(_)),
+         Action::SetNat(nat)]
+            if *o == observed() && *l == local() && nat.mapping == NatMapping::Unknown
     ));
     let reg = c.config().register_message(local());
     assert_eq!(reg.local_addrs, vec![local()]);
@@ -278,6 +284,7 @@ fn tiny_ping_intervals_do_not_make_a_hair_trigger() {
         ServerMsg::Registered(Registered {
             observed: observed(),
             ping_interval: Duration::ZERO,
+            nat_check_port: None,
         }),
     );
     assert_eq!(
@@ -406,7 +413,10 @@ fn requests_wait_for_a_registration_under_way_and_fail_between_attempts() {
                 Action::Emit(Event::Registered { .. }),
                 Action::SetStatus(_),
                 Action::Send(ClientMsg::Connect { request_id: 1, .. }),
-                Action::Emit(Event::Requested { .. })
+                Action::Emit(Event::Requested { .. }),
+                // The NAT check's result (this rendezvous offers none).
+                Action::Emit(Event::NatChecked(_)),
+                Action::SetNat(_),
             ]
         ),
         "{actions:?}"

@@ -24,6 +24,8 @@
 //!   and local connections to streams.
 //! - [`throttle`]: rate-limited reporting of refusals.
 //! - [`deny`]: the deny list of identities and IPs, checked before anything is dialed.
+//! - [`nat`]: what the NAT check says about our NAT ([`NatBehaviour`], [`Client::nat`]) and
+//!   what two peers' mappings mean for a direct punch.
 //!
 //! Time: pure state machines ([`attempt`], [`control`], [`guard`]) take `std::time::Instant` values and
 //! never read a clock; drivers read tokio's clock (`tokio::time::Instant::now()`, converted with
@@ -40,6 +42,7 @@ pub mod error;
 pub mod event;
 pub mod forward;
 pub mod guard;
+pub mod nat;
 mod routes;
 pub mod secure;
 pub mod session;
@@ -51,6 +54,7 @@ pub use config::{Allow, Config};
 pub use deny::Denylist;
 pub use error::{Error, RendezvousError, SessionError};
 pub use event::{Event, Status};
+pub use nat::{NatBehaviour, NatMapping};
 pub use session::{PathKind, Session, SessionInfo, Stream};
 
 /// Locks a mutex, ignoring poisoning: a panic while holding one of the client's locks is a

@@ -219,6 +219,7 @@ pub fn default_register() -> Register {
         accept_inbound: true,
         allow: vec![],
         network: String::new(),
+        probe: false,
     }
 }
 
