@@ -81,6 +81,7 @@ pub fn unique_temp_dir(prefix: &str) -> PathBuf {
 pub struct RendezvousProcess {
     child: Child,
     addr: SocketAddr,
+    nat_check: Option<SocketAddr>,
     identity: PeerId,
     dir: PathBuf,
     log_path: PathBuf,
@@ -126,6 +127,7 @@ impl RendezvousProcess {
         let mut proc = Self {
             child,
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            nat_check: None,
             identity: punch_proto::identity::public_key(&[0; 32]),
             dir,
             log_path,
@@ -150,6 +152,9 @@ impl RendezvousProcess {
                         .parse()
                         .expect("a socket address after 'listening on'"),
                 );
+            } else if let Some(rest) = line.strip_prefix("NAT check listening on ") {
+                // Printed before the identity, so known once the loop ends.
+                proc.nat_check = Some(rest.trim().parse().expect("a socket address"));
             } else if let Some(rest) = line.strip_prefix("identity ") {
                 identity = Some(rest.trim().parse().expect("a peer id after 'identity'"));
             }
@@ -162,6 +167,11 @@ impl RendezvousProcess {
     /// The address the server is bound to.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The NAT check listener's address (`None` with `--nat-check-listen off`).
+    pub fn nat_check_addr(&self) -> Option<SocketAddr> {
+        self.nat_check
     }
 
     /// The server's identity (its static public key).
