@@ -90,7 +90,8 @@ async fn without_a_check_port_the_mapping_is_unknown_and_nothing_breaks() {
 
 /// A library server on loopback with both ports, short first-message and handshake timeouts.
 async fn server() -> Server {
-    let mut config = Config::new("127.0.0.1:0".parse().unwrap(), Keypair::generate().unwrap());
+    let listen = "127.0.0.1:0".parse().expect("an address");
+    let mut config = Config::new(listen, Keypair::generate().expect("a key"));
     config.first_message_timeout = Duration::from_secs(1);
     config.handshake_timeout = Duration::from_secs(2);
     Server::spawn(config).await.expect("binding")
@@ -106,8 +107,8 @@ async fn wait_for(server: &Server, what: &str, cond: impl Fn(&ServerStats) -> bo
 
 /// Sends `bytes` (maybe nothing) and returns once the server closed the connection.
 async fn send_and_expect_close(addr: std::net::SocketAddr, bytes: &[u8]) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(bytes).await.unwrap();
+    let mut s = TcpStream::connect(addr).await.expect("connecting");
+    s.write_all(bytes).await.expect("writing");
     let mut buf = [0u8; 64];
     let closed = tokio::time::timeout(CLOSE_WAIT, async {
         loop {

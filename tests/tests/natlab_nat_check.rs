@@ -52,7 +52,7 @@ fn punch(lab: &Lab, rendezvous: &(String, String), args: &[&str], key: &str) -> 
 fn wait_stderr(lab: &Lab, proc: ProcId, needle: &str) -> String {
     let deadline = Instant::now() + STARTUP;
     loop {
-        let err = lab.stderr(proc).unwrap();
+        let err = lab.stderr(proc).expect("reading stderr");
         if let Some(line) = err.lines().find(|l| l.contains(needle)) {
             return line.to_string();
         }
