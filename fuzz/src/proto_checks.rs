@@ -17,9 +17,9 @@ use bytes::BytesMut;
 use punch_proto::channel::{server_handshake, ChannelError, XK_MESSAGE1_LEN};
 use punch_proto::frame::{FrameCodec, FrameError, HEADER_LEN, MAX_CONTROL_FRAME};
 use punch_proto::message::{
-    check_network, ClientMsg, DecodeError, ErrorCode, ErrorReply, Offer, Register, Registered,
-    RelayEnd, RelayTicket, ServerMsg, MAX_ALLOW, MAX_DETAIL_LEN, MAX_DISCOVERED, MAX_LOCAL_ADDRS,
-    MAX_NETWORK_LEN, MAX_RECONNECT_WITHIN, PROTOCOL_VERSION,
+    check_network, ClientMsg, DecodeError, ErrorCode, ErrorReply, NatMapping, Offer, Register,
+    Registered, RelayEnd, RelayTicket, ServerMsg, MAX_ALLOW, MAX_DETAIL_LEN, MAX_DISCOVERED,
+    MAX_LOCAL_ADDRS, MAX_NETWORK_LEN, MAX_RECONNECT_WITHIN, PROTOCOL_VERSION,
 };
 use punch_proto::noise::{
     Handshake, NoiseError, Transport, MAX_MESSAGE_LEN, MAX_PLAINTEXT_LEN, TAG_LEN,
@@ -340,6 +340,7 @@ pub fn register_msg(data: &[u8]) -> bool {
             .map(|_| build_peer(&mut input))
             .collect(),
         network: build_network(&mut input),
+        probe: input.bool(),
     };
     let wire = built.encode();
     assert!(wire.len() <= MAX_CONTROL_PLAINTEXT);
@@ -432,6 +433,8 @@ fn build_server_msg(input: &mut Input) -> ServerMsg {
         2 => ServerMsg::Registered(Registered {
             observed: build_addr(input),
             ping_interval: build_duration(input),
+            // Zero is "none" on the wire.
+            nat_check_port: Some(input.u16()).filter(|&p| p != 0),
         }),
         3 => ServerMsg::Offer(Offer {
             session_id: input.u64(),
@@ -451,6 +454,11 @@ fn build_server_msg(input: &mut Input) -> ServerMsg {
             }),
             // Zero is "none" on the wire.
             upgrade: Some(input.u64()).filter(|&s| s != 0),
+            peer_nat: match input.u8() % 3 {
+                0 => NatMapping::Unknown,
+                1 => NatMapping::EndpointIndependent,
+                _ => NatMapping::EndpointDependent,
+            },
         }),
         4 => ServerMsg::RelayEnded {
             session_id: input.u64(),
@@ -1050,6 +1058,7 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         accept_inbound: true,
         allow: vec![],
         network: String::new(),
+        probe: false,
     }
     .encode();
     let reg_len = u16::try_from(register.len()).expect("small").to_be_bytes();
@@ -1063,6 +1072,7 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         dial_delay: Duration::from_millis(250),
         relay: None,
         upgrade: None,
+        peer_nat: NatMapping::Unknown,
     });
     let error = ServerMsg::Error(ErrorReply {
         request_id: 3,
@@ -1073,6 +1083,7 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     let registered = ServerMsg::Registered(Registered {
         observed: "198.51.100.1:4000".parse().expect("addr"),
         ping_interval: Duration::from_secs(5),
+        nat_check_port: None,
     });
     let mut frames = vec![0x00, 0x10, 0x00, 3, 1, 7, 255];
     for m in [&offer, &error, &registered] {
@@ -1116,6 +1127,7 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
                     punch_proto::identity::public_key(&[2; 32]),
                 ],
                 network: String::new(),
+                probe: false,
             }
             .encode(),
         ),
@@ -1128,6 +1140,7 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
                 accept_inbound: true,
                 allow: vec![],
                 network: "kaspa-testnet-10".into(),
+                probe: false,
             }
             .encode(),
         ),

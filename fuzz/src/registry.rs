@@ -48,7 +48,9 @@ use std::time::{Duration, Instant};
 
 use arbitrary::Arbitrary;
 use punch_proto::frame::MAX_CONTROL_FRAME;
-use punch_proto::message::{ErrorCode, Register, ServerMsg, MAX_DISCOVERED, PROTOCOL_VERSION};
+use punch_proto::message::{
+    ErrorCode, NatMapping, Register, ServerMsg, MAX_DISCOVERED, PROTOCOL_VERSION,
+};
 use punch_proto::noise::TAG_LEN;
 use punch_proto::{PeerId, Role};
 use punch_rendezvous::directory::DRAWS_PER_ANSWER;
@@ -118,6 +120,11 @@ pub enum Event {
     Prune,
     Advance {
         ms: u32,
+    },
+    /// A NAT check (probe) of `peer`, seen from `observed`.
+    NatCheck {
+        peer: u8,
+        observed: Addr,
     },
 }
 
@@ -198,6 +205,7 @@ struct ModelPeer {
     accept_inbound: bool,
     allow: Vec<PeerId>,
     network: &'static str,
+    nat: NatMapping,
 }
 
 /// Counts events in sliding windows, for the rate-limit checks.
@@ -313,6 +321,7 @@ pub fn run(s: Scenario) {
                         .map(peer)
                         .collect(),
                     network: network.into(),
+                    probe: false,
                 };
                 let rtt = Duration::from_millis(u64::from(*rtt_ms));
                 let res = r.register(c, p, observed, &register, rtt);
@@ -359,6 +368,8 @@ pub fn run(s: Scenario) {
                             accept_inbound: *accept_inbound,
                             allow: register.allow.clone(),
                             network,
+                            // A new registration is unchecked.
+                            nat: NatMapping::Unknown,
                         },
                     );
                     assert_eq!(r.srtt(&p), Some(rtt));
@@ -456,6 +467,8 @@ pub fn run(s: Scenario) {
                             (oa.peer_observed, ob.peer_observed),
                             (b.observed, a.observed)
                         );
+                        // Each side hears the other's NAT check.
+                        assert_eq!((oa.peer_nat, ob.peer_nat), (b.nat, a.nat));
                         // Local addresses only between peers behind one public IP.
                         if a.observed.ip() == b.observed.ip() {
                             assert_eq!((&oa.peer_local, &ob.peer_local), (&b.local, &a.local));
@@ -669,6 +682,27 @@ pub fn run(s: Scenario) {
                     }
                     other => panic!("discover answered {other:?}"),
                 }
+            }
+            Event::NatCheck { peer: p, observed } => {
+                let p = peer(*p);
+                let observed = observed.get();
+                let got = r.nat_checked(&p, observed);
+                let want = model.get_mut(&p).map(|m| {
+                    m.nat = if m.observed == observed {
+                        NatMapping::EndpointIndependent
+                    } else {
+                        NatMapping::EndpointDependent
+                    };
+                    m.nat
+                });
+                assert_eq!(got, want);
+                if let Some(nat) = want {
+                    stats.nat_checks += 1;
+                    if nat == NatMapping::EndpointDependent {
+                        stats.nat_endpoint_dependent += 1;
+                    }
+                }
+                assert_eq!(r.nat_of(&p), want);
             }
             Event::Prune => r.prune(now),
             Event::Advance { ms } => now += Duration::from_millis(u64::from(*ms)),

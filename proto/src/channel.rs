@@ -166,6 +166,7 @@ mod tests {
             accept_inbound: true,
             allow: vec![],
             network: String::new(),
+            probe: false,
         };
         let server_pub = server.public();
         let client_task =
@@ -193,6 +194,7 @@ mod tests {
             accept_inbound: false,
             allow: vec![],
             network: String::new(),
+            probe: false,
         };
         let client_task =
             tokio::spawn(async move { client_handshake(a, &client, &wrong, &reg).await });

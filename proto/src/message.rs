@@ -7,7 +7,7 @@
 //! ```text
 //! client                                   server
 //!   Noise XK 1, 2, 3 (+ Register)   ->
-//!                                   <-     Registered { observed }
+//!                                   <-     Registered { observed, nat_check_port }
 //!   Ping / Pong                     <->    Ping / Pong        (both directions, RTT samples)
 //!   Connect { peer }                ->
 //!                                   <-     Offer (to both peers) | Error
@@ -19,6 +19,16 @@
 //!
 //! An offer may carry a [`RelayTicket`]: the relay connection's own bytes are in
 //! [`crate::relay`].
+//!
+//! NAT check, on a second connection from the same local port to `nat_check_port`:
+//!
+//! ```text
+//!   Noise XK 1, 2, 3 (+ Register { probe: true })  ->
+//!                                                  <-  Registered { observed }, then close
+//! ```
+//!
+//! The server compares the two observed addresses ([`NatMapping::from_observed`]) and passes
+//! the result on in offers to the peer's partners ([`Offer::peer_nat`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -101,6 +111,8 @@ pub enum DecodeError {
         value_ms: u64,
         max_ms: u64,
     },
+    #[error("{field} {value} is not a port number")]
+    Port { field: &'static str, value: u32 },
 }
 
 /// Why a network name is not valid (see [`check_network`]).
@@ -144,6 +156,8 @@ pub struct Register {
     /// The peer's network (e.g. `kaspa-mainnet`); empty: none. Valid by [`check_network`]
     /// (decoding refuses anything else; encode only what [`check_network`] accepts).
     pub network: String,
+    /// A NAT check, not a registration: answered with the observed address and closed.
+    pub probe: bool,
 }
 
 /// Messages from a client after the handshake.
@@ -178,6 +192,65 @@ pub enum ClientMsg {
 pub struct Registered {
     pub observed: SocketAddr,
     pub ping_interval: Duration,
+    /// The server's NAT check port (same IP as the control connection's); `None`: no check.
+    pub nat_check_port: Option<u16>,
+}
+
+/// A NAT's mapping behaviour for one local port (RFC 4787 terms), as a NAT check shows it:
+/// the server sees a control connection and a probe from the same local port, to two of its
+/// ports. Two ports of one IP tell apart endpoint-independent mapping and the
+/// address-and-port-dependent ("symmetric") kind; an address-dependent NAT (rare) looks
+/// endpoint-independent here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum NatMapping {
+    /// Not checked (yet), or the check failed.
+    #[default]
+    Unknown,
+    /// Both seen at the same address (this includes no NAT at all): a peer dialing the
+    /// observed address reaches the mapping our punch dials come from.
+    EndpointIndependent,
+    /// A different port or address per destination: our punch dials leave from a mapping
+    /// nobody has seen, so a peer behind a NAT of its own cannot answer them.
+    EndpointDependent,
+}
+
+impl NatMapping {
+    /// Classifies from the address seen for the control connection and the one seen for a
+    /// probe from the same local port to another destination.
+    pub fn from_observed(control: SocketAddr, probe: SocketAddr) -> Self {
+        if control == probe {
+            NatMapping::EndpointIndependent
+        } else {
+            NatMapping::EndpointDependent
+        }
+    }
+}
+
+impl std::fmt::Display for NatMapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NatMapping::Unknown => "unknown",
+            NatMapping::EndpointIndependent => "endpoint-independent",
+            NatMapping::EndpointDependent => "endpoint-dependent",
+        })
+    }
+}
+
+fn nat_to_pb(nat: NatMapping) -> i32 {
+    (match nat {
+        NatMapping::Unknown => pb::NatMapping::Unspecified,
+        NatMapping::EndpointIndependent => pb::NatMapping::EndpointIndependent,
+        NatMapping::EndpointDependent => pb::NatMapping::EndpointDependent,
+    }) as i32
+}
+
+/// A value this version does not know (a newer server) is `Unknown`: the mapping is a hint.
+fn nat_from_pb(raw: i32) -> NatMapping {
+    match pb::NatMapping::try_from(raw) {
+        Ok(pb::NatMapping::EndpointIndependent) => NatMapping::EndpointIndependent,
+        Ok(pb::NatMapping::EndpointDependent) => NatMapping::EndpointDependent,
+        Ok(pb::NatMapping::Unspecified) | Err(_) => NatMapping::Unknown,
+    }
 }
 
 /// Instructions for one side of a punch.
@@ -196,6 +269,8 @@ pub struct Offer {
     /// This punch moves the relayed session with this id (between the same peers) to a
     /// direct connection ([`ClientMsg::Upgrade`]); such offers carry no relay ticket.
     pub upgrade: Option<u64>,
+    /// The peer's NAT mapping, from its NAT check.
+    pub peer_nat: NatMapping,
 }
 
 /// Length of a relay token.
@@ -458,6 +533,7 @@ impl Register {
                 .map(|p| p.as_bytes().to_vec())
                 .collect(),
             network: self.network.clone(),
+            probe: self.probe,
         }
         .encode_to_vec()
     }
@@ -484,6 +560,7 @@ impl Register {
                 check_network(&m.network)?;
                 m.network
             },
+            probe: m.probe,
         })
     }
 }
@@ -547,6 +624,7 @@ impl ServerMsg {
             ServerMsg::Registered(r) => Kind::Registered(pb::Registered {
                 observed: Some(addr_to_pb(&r.observed)),
                 ping_interval_ms: millis(r.ping_interval),
+                nat_check_port: r.nat_check_port.map_or(0, u32::from),
             }),
             ServerMsg::Offer(o) => Kind::Offer(pb::Offer {
                 session_id: o.session_id,
@@ -568,6 +646,7 @@ impl ServerMsg {
                     .unwrap_or_default(),
                 relay_after_ms: o.relay.as_ref().map(|t| millis(t.after)).unwrap_or(0),
                 upgrade_session: o.upgrade.unwrap_or(0),
+                peer_nat: nat_to_pb(o.peer_nat),
             }),
             ServerMsg::RelayEnded { session_id, reason } => Kind::RelayEnded(pb::RelayEnded {
                 session_id: *session_id,
@@ -617,6 +696,13 @@ impl ServerMsg {
                         .ok_or(DecodeError::Missing("observed"))?,
                 )?,
                 ping_interval: Duration::from_millis(u64::from(r.ping_interval_ms)),
+                nat_check_port: match r.nat_check_port {
+                    0 => None,
+                    port => Some(u16::try_from(port).map_err(|_| DecodeError::Port {
+                        field: "nat_check_port",
+                        value: port,
+                    })?),
+                },
             }),
             Kind::Offer(o) => ServerMsg::Offer(Offer {
                 session_id: o.session_id,
@@ -653,6 +739,7 @@ impl ServerMsg {
                     }
                 },
                 upgrade: (o.upgrade_session != 0).then_some(o.upgrade_session),
+                peer_nat: nat_from_pb(o.peer_nat),
             }),
             Kind::RelayEnded(r) => ServerMsg::RelayEnded {
                 session_id: r.session_id,
@@ -721,6 +808,7 @@ mod tests {
                 after: Duration::from_millis(120),
             }),
             upgrade: None,
+            peer_nat: NatMapping::EndpointDependent,
         }
     }
 
@@ -732,6 +820,7 @@ mod tests {
             ServerMsg::Registered(Registered {
                 observed: "198.51.100.1:65535".parse().unwrap(),
                 ping_interval: Duration::from_secs(5),
+                nat_check_port: None,
             }),
             ServerMsg::Offer(offer()),
             ServerMsg::Offer(Offer {
@@ -824,6 +913,7 @@ mod tests {
             accept_inbound: true,
             allow: vec![peer(5)],
             network: String::new(),
+            probe: false,
         };
         assert_eq!(Register::decode(&reg.encode()).unwrap(), reg);
         let reg = Register {
@@ -844,6 +934,7 @@ mod tests {
             accept_inbound: true,
             allow: (0..MAX_ALLOW as u8).map(|i| peer(0x10 + i)).collect(),
             network: "n".repeat(MAX_NETWORK_LEN),
+            probe: true,
         };
         // Noise XK message 3: the encrypted static key (32 + 16) and the payload's tag (16).
         let len = reg.encode().len() + 32 + 2 * crate::noise::TAG_LEN;
@@ -870,6 +961,7 @@ mod tests {
             accept_inbound: true,
             allow: vec![],
             network: String::new(),
+            probe: false,
         }
         .encode();
         assert_eq!(
@@ -883,6 +975,7 @@ mod tests {
             accept_inbound: true,
             allow: vec![peer(0x11)],
             network: String::new(),
+            probe: false,
         }
         .encode();
         let mut expected = vec![0x08, 0x01, 0x18, 0x01, 0x22, 32];
@@ -895,6 +988,7 @@ mod tests {
             accept_inbound: false,
             allow: vec![],
             network: "kaspa-simnet".into(),
+            probe: false,
         }
         .encode();
         let mut expected = vec![0x08, 0x01, 0x2a, 12];
@@ -962,6 +1056,94 @@ mod tests {
                 reconnect_within: MAX_RECONNECT_WITHIN
             }
         );
+    }
+
+    #[test]
+    fn nat_check_fields_round_trip_and_snapshot() {
+        // Register.probe is field 6, a bool.
+        let probe = Register {
+            version: 1,
+            local_addrs: vec![],
+            accept_inbound: false,
+            allow: vec![],
+            network: String::new(),
+            probe: true,
+        };
+        assert_eq!(probe.encode(), [0x08, 0x01, 0x30, 0x01]);
+        assert_eq!(Register::decode(&probe.encode()).unwrap(), probe);
+        // Registered.nat_check_port is field 3; absent (0) when there is no check port.
+        let registered = |port| {
+            ServerMsg::Registered(Registered {
+                observed: "10.0.0.1:80".parse().unwrap(),
+                ping_interval: Duration::from_millis(1),
+                nat_check_port: port,
+            })
+        };
+        assert_eq!(
+            registered(Some(7718)).encode(),
+            [
+                0x1a, 0x0f, 0x0a, 0x08, 0x0a, 0x04, 10, 0, 0, 1, 0x10, 80, 0x10, 0x01, 0x18, 0xa6,
+                0x3c
+            ]
+        );
+        assert_eq!(registered(None).encode().len(), 14, "no field 3 when None");
+        for port in [None, Some(1), Some(u16::MAX)] {
+            let m = registered(port);
+            assert_eq!(ServerMsg::decode(&m.encode()).unwrap(), m);
+        }
+        let too_big = pb::ServerMessage {
+            kind: Some(pb::server_message::Kind::Registered(pb::Registered {
+                observed: Some(addr_to_pb(&"10.0.0.1:80".parse().unwrap())),
+                ping_interval_ms: 1,
+                nat_check_port: 65_536,
+            })),
+        };
+        assert!(matches!(
+            ServerMsg::decode(&too_big.encode_to_vec()),
+            Err(DecodeError::Port {
+                field: "nat_check_port",
+                value: 65_536
+            })
+        ));
+        // Offer.peer_nat is field 11, an enum; unknown values (a newer server) read as Unknown.
+        for nat in [
+            NatMapping::Unknown,
+            NatMapping::EndpointIndependent,
+            NatMapping::EndpointDependent,
+        ] {
+            let m = ServerMsg::Offer(Offer {
+                peer_nat: nat,
+                ..offer()
+            });
+            assert_eq!(ServerMsg::decode(&m.encode()).unwrap(), m);
+        }
+        let mut o = pb::ServerMessage::decode(&ServerMsg::Offer(offer()).encode()[..]).unwrap();
+        let Some(pb::server_message::Kind::Offer(ref mut inner)) = o.kind else {
+            panic!("not an offer");
+        };
+        assert_eq!(inner.peer_nat, 2);
+        inner.peer_nat = 9;
+        let ServerMsg::Offer(back) = ServerMsg::decode(&o.encode_to_vec()).unwrap() else {
+            panic!("not an offer");
+        };
+        assert_eq!(back.peer_nat, NatMapping::Unknown);
+    }
+
+    #[test]
+    fn nat_mapping_from_two_observed_addresses() {
+        let a: SocketAddr = "203.0.113.5:40001".parse().unwrap();
+        assert_eq!(
+            NatMapping::from_observed(a, a),
+            NatMapping::EndpointIndependent
+        );
+        let other_port: SocketAddr = "203.0.113.5:51234".parse().unwrap();
+        let other_ip: SocketAddr = "203.0.113.6:40001".parse().unwrap();
+        for b in [other_port, other_ip] {
+            assert_eq!(
+                NatMapping::from_observed(a, b),
+                NatMapping::EndpointDependent
+            );
+        }
     }
 
     #[test]
@@ -1095,6 +1277,7 @@ mod tests {
             accept_inbound: false,
             allow: vec![],
             network: String::new(),
+            probe: false,
         };
         let mut pbm = pb::Register::decode(&many.encode()[..]).unwrap();
         pbm.local_addrs = vec![addr_to_pb(&"10.0.0.1:1".parse().unwrap()); MAX_LOCAL_ADDRS + 1];

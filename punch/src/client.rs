@@ -16,6 +16,10 @@
 //!                                     driver <--Discovered / Error-- (peer ids, or typed error)
 //! ```
 //!
+//! After each registration the driver runs the NAT check the machine asks for (a probe from
+//! the punch port to the rendezvous's check port, see [`crate::nat`]); its result is
+//! [`Client::nat`].
+//!
 //! Offers for punches other peers requested end up on [`Incoming`]. The listener reads the
 //! 12-byte preamble of each accepted stream and routes it to the punch with that session id.
 //! Every task (driver, listener, punches, routed streams) belongs to a `JoinSet` or an
@@ -31,7 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use punch_proto::channel::{client_handshake, Channel, ChannelError};
-use punch_proto::message::Offer;
+use punch_proto::message::{Offer, ServerMsg};
 use punch_proto::PeerId;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Semaphore};
@@ -46,6 +50,7 @@ use crate::driver::{self, PunchCtx};
 use crate::error::{Error, RendezvousError};
 pub use crate::event::{Event, Status, EVENT_BUFFER};
 use crate::lock;
+use crate::nat::{self, NatBehaviour, NatCheckError};
 use crate::routes::Routes;
 use crate::session::{Session, SessionStatus, SessionTable};
 use crate::socket;
@@ -62,6 +67,11 @@ const INCOMING_BACKLOG: usize = 32;
 const CONTROL_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause after an accept error (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+/// After the NAT check's answer, the client waits this long for the rendezvous to close
+/// first, so that the connection's TIME_WAIT stays on the server: on our side it would block
+/// the next check from the punch port to the same address for a minute. The close follows
+/// the answer at once; 2 s covers a slow path's round trip.
+const NAT_CHECK_CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// The one clock of the drivers: tokio's (which `tokio::time::pause` controls), as the `std`
 /// instant the pure machines take.
@@ -107,6 +117,7 @@ pub(crate) enum Command {
 pub struct Client {
     cmd: mpsc::Sender<Command>,
     status: watch::Receiver<Status>,
+    nat: watch::Receiver<Option<NatBehaviour>>,
     local: SocketAddr,
     rendezvous: SocketAddr,
     id: PeerId,
@@ -157,6 +168,7 @@ impl Client {
         let shutdown = CancellationToken::new();
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let (status_tx, status) = watch::channel(Status::Connecting);
+        let (nat_tx, nat) = watch::channel(None);
         let (incoming_tx, incoming_rx) = mpsc::channel(INCOMING_BACKLOG);
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let span = info_span!("punch-client", id = %id.short(), port = local.port());
@@ -186,10 +198,12 @@ impl Client {
             routes,
             cmd_rx,
             status_tx,
+            nat_tx,
             incoming_tx,
             control,
             conn: None,
             handshake: None,
+            nat_check: None,
             punches: JoinSet::new(),
             shutdown: shutdown.clone(),
         };
@@ -198,6 +212,7 @@ impl Client {
             Client {
                 cmd: cmd_tx,
                 status,
+                nat,
                 local,
                 rendezvous,
                 id,
@@ -254,6 +269,25 @@ impl Client {
     /// The rendezvous this client registers with.
     pub fn rendezvous(&self) -> SocketAddr {
         self.rendezvous
+    }
+
+    /// What the last NAT check said about our NAT (see [`crate::nat`]): `None` until the
+    /// check after the first registration finished. Checked again after each registration.
+    pub fn nat(&self) -> Option<NatBehaviour> {
+        self.nat.borrow().clone()
+    }
+
+    /// Waits for the first NAT check's result, at most `timeout`; `None` if there is none by
+    /// then (or the client stopped).
+    pub async fn wait_nat(&self, timeout: Duration) -> Option<NatBehaviour> {
+        let mut rx = self.nat.clone();
+        let waited = tokio::time::timeout(timeout, async {
+            rx.wait_for(Option::is_some)
+                .await
+                .ok()
+                .and_then(|b| b.clone())
+        });
+        waited.await.ok().flatten()
     }
 
     /// Events from now on (see [`Event`]).
@@ -371,17 +405,21 @@ async fn route(mut stream: TcpStream, from: SocketAddr, routes: &Routes) {
 /// The control connection's handshake in progress: yields the channel and its local address.
 type Handshake =
     Pin<Box<dyn Future<Output = Result<(Channel<TcpStream>, SocketAddr), RendezvousError>> + Send>>;
+/// The NAT check in progress: yields the address the rendezvous saw the probe at.
+type NatCheck = Pin<Box<dyn Future<Output = Result<SocketAddr, NatCheckError>> + Send>>;
 
 struct ControlDriver {
     ctx: Arc<PunchCtx>,
     routes: Arc<Routes>,
     cmd_rx: mpsc::Receiver<Command>,
     status_tx: watch::Sender<Status>,
+    nat_tx: watch::Sender<Option<NatBehaviour>>,
     incoming_tx: mpsc::Sender<Session>,
     control: Control<Token>,
     /// The control connection, once its handshake is done.
     conn: Option<Channel<TcpStream>>,
     handshake: Option<Handshake>,
+    nat_check: Option<NatCheck>,
     punches: JoinSet<u64>,
     shutdown: CancellationToken,
 }
@@ -398,6 +436,13 @@ async fn handshaking(
 ) -> Result<(Channel<TcpStream>, SocketAddr), RendezvousError> {
     match h {
         Some(h) => h.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn nat_checking(check: &mut Option<NatCheck>) -> Result<SocketAddr, NatCheckError> {
+    match check {
+        Some(c) => c.await,
         None => std::future::pending().await,
     }
 }
@@ -428,6 +473,46 @@ async fn connect(
     Ok((channel, local))
 }
 
+/// The NAT check: connects from the punch port to the rendezvous's check port `server`, runs
+/// the control handshake as a probe, and returns the address the rendezvous saw it at; then
+/// waits (bounded) for the server to close first. Bounded as a whole by the handshake timeout.
+async fn nat_probe(ctx: Arc<PunchCtx>, server: SocketAddr) -> Result<SocketAddr, NatCheckError> {
+    let timeout = ctx.config.auth_timeout;
+    let channel_error = |e: ChannelError| NatCheckError::Channel {
+        addr: server,
+        source: Arc::new(e),
+    };
+    let probe = async {
+        let stream =
+            socket::connect_from(ctx.local, server)
+                .await
+                .map_err(|e| NatCheckError::Connect {
+                    addr: server,
+                    source: Arc::new(e),
+                })?;
+        let key = &ctx.config.rendezvous_key;
+        let mut channel = client_handshake(stream, &ctx.keypair, key, &nat::probe_message())
+            .await
+            .map_err(channel_error)?;
+        let frame = channel.recv().await.map_err(channel_error)?;
+        match ServerMsg::decode(&frame) {
+            Ok(ServerMsg::Registered(r)) => Ok((channel, r.observed)),
+            Ok(ServerMsg::Error(e)) => Err(NatCheckError::Refused {
+                addr: server,
+                code: e.code,
+                detail: e.detail,
+            }),
+            Ok(_) => Err(NatCheckError::Unexpected { addr: server }),
+            Err(e) => Err(channel_error(ChannelError::Decode(e))),
+        }
+    };
+    let (mut channel, observed) = tokio::time::timeout(timeout, probe)
+        .await
+        .map_err(|_| NatCheckError::Timeout(timeout))??;
+    let _ = tokio::time::timeout(NAT_CHECK_CLOSE_WAIT, channel.recv()).await;
+    Ok(observed)
+}
+
 impl ControlDriver {
     async fn run(mut self) {
         loop {
@@ -450,6 +535,10 @@ impl ControlDriver {
                         }
                         Err(reason) => self.control.on_connect_failed(now(), reason),
                     }
+                }
+                res = nat_checking(&mut self.nat_check) => {
+                    self.nat_check = None;
+                    self.control.on_nat_checked(res);
                 }
                 msg = recv(&mut self.conn) => match msg {
                     Ok(bytes) => self.control.handle_frame(now(), &bytes),
@@ -476,12 +565,20 @@ impl ControlDriver {
                 Action::Connect => {
                     let config = self.control.config().clone();
                     self.conn = None;
+                    self.nat_check = None;
                     self.handshake = Some(Box::pin(connect(self.ctx.clone(), config)));
                 }
                 Action::Close { reason } => {
                     debug!(%reason, "closing the control connection");
                     self.conn = None;
                     self.handshake = None;
+                    self.nat_check = None;
+                }
+                Action::NatCheck { server } => {
+                    self.nat_check = Some(Box::pin(nat_probe(self.ctx.clone(), server)));
+                }
+                Action::SetNat(behaviour) => {
+                    self.nat_tx.send_replace(Some(behaviour));
                 }
                 Action::Send(msg) => {
                     let Some(channel) = self.conn.as_mut() else {

@@ -27,6 +27,13 @@
 //! fails (the server not up yet) is retried at a new random moment in the rest of the window,
 //! and after the window with the usual backoff, afresh from `reconnect_min`.
 //!
+//! NAT check: a `Registered` naming a NAT check port makes the machine ask for one
+//! ([`Action::NatCheck`]: a probe from the punch port, see [`crate::nat`]); the driver reports
+//! the answer with [`Control::on_nat_checked`], and the machine classifies it
+//! ([`crate::nat::classify`]), logs it (at info the first time and when it changes) and
+//! publishes it ([`Action::SetNat`], [`Event::NatChecked`]). An offer whose two mappings rule
+//! out a direct punch ([`crate::nat::direct_outlook`]) is logged as such when it arrives.
+//!
 //! Requests ([`Control::connect`], [`Control::discover`]: `Discover` -> `Discovered | Error`)
 //! made while a connection attempt is under way are sent once
 //! registered; between attempts they fail at once. Each waits for its offer or refusal at
@@ -59,6 +66,7 @@ use crate::config::{Allow, Config};
 use crate::deny::Denylist;
 use crate::error::{Error, RendezvousError};
 use crate::event::{Event, Status};
+use crate::nat::{self, DirectOutlook, NatBehaviour, NatCheckError};
 use crate::throttle::LogThrottle;
 
 /// The rendezvous is considered gone after this many of its ping intervals without a word:
@@ -139,6 +147,7 @@ impl ControlConfig {
             accept_inbound,
             allow,
             network: self.network.clone(),
+            probe: false,
         }
     }
 }
@@ -175,6 +184,12 @@ pub enum Action<T> {
     Emit(Event),
     /// Publish the new status.
     SetStatus(Status),
+    /// Run a NAT check: connect from the punch port to `server`, handshake with
+    /// [`crate::nat::probe_message`], read the observed address, wait for the server to close
+    /// (bounded); report [`Control::on_nat_checked`]. Replaces a check still running.
+    NatCheck { server: SocketAddr },
+    /// Publish the NAT check's result.
+    SetNat(NatBehaviour),
 }
 
 /// Reconnect delays: doubling from `min` up to `max`, each jittered to between half and all
@@ -235,6 +250,8 @@ pub struct Stats {
     pub discovered: u64,
     /// Times the rendezvous said it was going away (a restart); not counted in `losses`.
     pub going_away: u64,
+    /// NAT checks finished (answered or failed).
+    pub nat_checks: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -297,6 +314,10 @@ pub struct Control<T> {
     refusals: LogThrottle,
     /// Denied inbound offers likewise, on a line of their own.
     denials: LogThrottle,
+    /// The last NAT check's result (kept across reconnects until the next one finishes).
+    nat: Option<NatBehaviour>,
+    /// The NAT check under way: the control connection's local and observed addresses.
+    nat_check: Option<(SocketAddr, SocketAddr)>,
 }
 
 impl<T> Control<T> {
@@ -314,6 +335,8 @@ impl<T> Control<T> {
             stats: Stats::default(),
             refusals: LogThrottle::default(),
             denials: LogThrottle::default(),
+            nat: None,
+            nat_check: None,
         };
         c.start_connect(now);
         c
@@ -325,6 +348,11 @@ impl<T> Control<T> {
 
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// What the last NAT check said (`None` before the first one finished).
+    pub fn nat(&self) -> Option<&NatBehaviour> {
+        self.nat.as_ref()
     }
 
     /// Our observed address while registered.
@@ -632,6 +660,15 @@ impl<T> Control<T> {
                 for request_id in waiting {
                     self.send_request(request_id);
                 }
+                // After the requests: they are what someone waits for.
+                match r.nat_check_port {
+                    Some(port) => {
+                        self.nat_check = Some((local, r.observed));
+                        let server = SocketAddr::new(self.config.rendezvous.ip(), port);
+                        self.actions.push_back(Action::NatCheck { server });
+                    }
+                    None => self.nat_checked(local, r.observed, Err(NatCheckError::NotOffered)),
+                }
                 // A first ping at once: the round trip is known within one.
                 self.actions
                     .push_back(Action::Send(ClientMsg::Ping { nonce }));
@@ -707,12 +744,73 @@ impl<T> Control<T> {
             observed: offer.peer_observed,
             locals: offer.peer_local.len(),
             dial_delay: offer.dial_delay,
+            peer_nat: offer.peer_nat,
         }));
+        self.log_outlook(&offer);
         self.actions.push_back(Action::StartPunch {
             offer,
             reply,
             started,
         });
+    }
+
+    /// The NAT check the machine asked for ([`Action::NatCheck`]) ended: `Ok` with the
+    /// address the rendezvous saw the probe at. Ignored when the connection it was for is
+    /// gone.
+    pub fn on_nat_checked(&mut self, result: Result<SocketAddr, NatCheckError>) {
+        let Some((local, observed)) = self.nat_check.take() else {
+            debug!("NAT check result for a connection that is gone; ignored");
+            return;
+        };
+        self.nat_checked(local, observed, result);
+    }
+
+    fn nat_checked(
+        &mut self,
+        local: SocketAddr,
+        observed: SocketAddr,
+        result: Result<SocketAddr, NatCheckError>,
+    ) {
+        let behaviour = nat::classify(local, observed, result);
+        self.stats.nat_checks += 1;
+        if self.nat.as_ref().is_some_and(|b| b.same_as(&behaviour)) {
+            debug!("NAT check: {behaviour}");
+        } else {
+            info!("NAT check: {behaviour}");
+        }
+        self.nat = Some(behaviour.clone());
+        self.actions
+            .push_back(Action::Emit(Event::NatChecked(behaviour.clone())));
+        self.actions.push_back(Action::SetNat(behaviour));
+    }
+
+    /// Says early when the two NAT mappings rule a direct punch out, or make it unlikely
+    /// (once per offer; an upgrade offer, retried in the background, only at debug).
+    fn log_outlook(&self, offer: &Offer) {
+        let outlook = nat::direct_outlook(self.nat.as_ref(), offer.peer_nat);
+        let then = match (offer.upgrade, &offer.relay) {
+            (Some(_), _) => "the session stays relayed",
+            (None, Some(_)) => "expecting the relay",
+            (None, None) => "and the rendezvous gave no relay ticket: the punch will fail",
+        };
+        let peer = offer.peer.short();
+        match outlook {
+            DirectOutlook::Possible => {}
+            _ if offer.upgrade.is_some() => {
+                debug!(%peer, ?outlook, "direct punch unlikely; {then}");
+            }
+            DirectOutlook::Impossible => warn!(
+                %peer,
+                "our NAT and the peer's are both endpoint-dependent (symmetric): a direct \
+                 punch cannot work; {then}"
+            ),
+            DirectOutlook::OneSideDependent { ours } => info!(
+                %peer,
+                "{} NAT is endpoint-dependent (symmetric): a direct punch works only if the \
+                 other side accepts unsolicited connections; otherwise {then}",
+                if ours { "our" } else { "the peer's" }
+            ),
+        }
     }
 
     /// An inbound offer from a peer not on the allow-list: counted, reported, never dialed.
@@ -922,6 +1020,7 @@ impl<T> Control<T> {
 
     fn disconnected(&mut self, retry_at: Instant, reason: RendezvousError) {
         self.state = State::Idle { retry_at };
+        self.nat_check = None;
         self.actions.push_back(Action::Emit(Event::Disconnected {
             reason: reason.clone(),
         }));
@@ -944,6 +1043,10 @@ mod tests;
 #[cfg(test)]
 #[path = "control_network_tests.rs"]
 mod network_tests;
+
+#[cfg(test)]
+#[path = "control_nat_tests.rs"]
+mod nat_tests;
 
 #[cfg(test)]
 #[path = "control_restart_tests.rs"]

@@ -1,7 +1,7 @@
 //! Unit tests of the control machine's networks, `Discover` and deny list, on made-up instants.
 
 use super::*;
-use punch_proto::message::Registered;
+use punch_proto::message::{NatMapping, Registered};
 use punch_proto::Role;
 
 const MS: Duration = Duration::from_millis(1);
@@ -37,6 +37,7 @@ fn registered(config: ControlConfig, t0: Instant) -> Control<u32> {
         ServerMsg::Registered(Registered {
             observed: "203.0.113.7:4000".parse().unwrap(),
             ping_interval: Duration::from_secs(5),
+            nat_check_port: None,
         }),
     );
     drain(&mut c);
@@ -54,6 +55,7 @@ fn inbound_offer(from: PeerId, observed: &str) -> Offer {
         dial_delay: 50 * MS,
         relay: None,
         upgrade: None,
+        peer_nat: NatMapping::Unknown,
     }
 }
 

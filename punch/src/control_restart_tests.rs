@@ -39,6 +39,7 @@ fn registered_msg() -> ServerMsg {
     ServerMsg::Registered(Registered {
         observed: "203.0.113.7:4000".parse().unwrap(),
         ping_interval: Duration::from_secs(5),
+        nat_check_port: None,
     })
 }
 

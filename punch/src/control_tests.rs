@@ -4,7 +4,7 @@ use std::io;
 
 use super::*;
 use punch_proto::channel::ChannelError;
-use punch_proto::message::Registered;
+use punch_proto::message::{NatMapping, Registered};
 use punch_proto::Role;
 
 const MS: Duration = Duration::from_millis(1);
@@ -44,6 +44,7 @@ fn registered_msg() -> ServerMsg {
     ServerMsg::Registered(Registered {
         observed: observed(),
         ping_interval: PING,
+        nat_check_port: None,
     })
 }
 
@@ -69,6 +70,7 @@ fn offer(request_id: u64, peer: PeerId, role: Role) -> Offer {
         dial_delay: 50 * MS,
         relay: None,
         upgrade: None,
+        peer_nat: NatMapping::Unknown,
     }
 }
 
@@ -110,12 +112,14 @@ fn connects_at_once_and_registers() {
         [Action::Emit(Event::Registered {
             observed: o,
             local: l,
-        }), Action::SetStatus(Status::Registered { rtt: None, .. }), Action::Send(ClientMsg::Ping { nonce })],
+        }), Action::SetStatus(Status::Registered { rtt: None, .. }), Action::Emit(Event::NatChecked(_)), Action::SetNat(nat), Action::Send(ClientMsg::Ping { nonce })],
     ) = actions.get(..)
     else {
         panic!("{actions:?}")
     };
     assert_eq!((*o, *l), (observed(), local()));
+    // A rendezvous without a NAT check port: the check's result (unknown) comes at once.
+    assert_eq!(nat.mapping, NatMapping::Unknown);
     // The pong to our first ping gives the round trip.
     let nonce = *nonce;
     c.handle_message(t0 + 20 * MS, ServerMsg::Pong { nonce: nonce ^ 1 });
@@ -316,6 +320,7 @@ fn tiny_ping_intervals_do_not_make_a_hair_trigger() {
         ServerMsg::Registered(Registered {
             observed: observed(),
             ping_interval: Duration::ZERO,
+            nat_check_port: None,
         }),
     );
     assert_eq!(
@@ -445,6 +450,9 @@ fn requests_wait_for_a_registration_under_way_and_fail_between_attempts() {
                 Action::SetStatus(_),
                 Action::Send(ClientMsg::Connect { request_id: 1, .. }),
                 Action::Emit(Event::Requested { .. }),
+                // The NAT check's result (this rendezvous offers none).
+                Action::Emit(Event::NatChecked(_)),
+                Action::SetNat(_),
                 Action::Send(ClientMsg::Ping { .. })
             ]
         ),

@@ -10,6 +10,7 @@ use std::time::Duration;
 use punch_proto::{PeerId, Role};
 
 use crate::error::RendezvousError;
+use crate::nat::{NatBehaviour, NatMapping};
 use crate::session::{PathKind, SessionInfo};
 
 /// Events kept for slow receivers of [`crate::Client::events`].
@@ -46,6 +47,9 @@ pub enum Event {
         observed: SocketAddr,
         local: SocketAddr,
     },
+    /// The NAT check after a registration finished (see [`crate::nat`]; also
+    /// [`crate::Client::nat`]). A failed check reports [`NatMapping::Unknown`].
+    NatChecked(NatBehaviour),
     /// The control connection was lost or could not be made; the client keeps retrying.
     /// [`RendezvousError::GoingAway`]: the rendezvous is restarting, and the client comes
     /// back at a random moment within the window it gave.
@@ -62,6 +66,8 @@ pub enum Event {
         observed: SocketAddr,
         locals: usize,
         dial_delay: Duration,
+        /// The peer's NAT mapping as the rendezvous classified it.
+        peer_nat: NatMapping,
     },
     /// An inbound offer from a peer the allow-list ([`crate::config::Allow`]) does not
     /// name: nothing was dialed.

@@ -24,6 +24,8 @@
 //!   and local connections to streams.
 //! - [`throttle`]: rate-limited reporting of refusals.
 //! - [`deny`]: the deny list of identities and IPs, checked before anything is dialed.
+//! - [`nat`]: what the NAT check says about our NAT ([`NatBehaviour`], [`Client::nat`]) and
+//!   what two peers' mappings mean for a direct punch.
 //! - `ops` (feature `ops`): the client's Prometheus metrics and status document.
 //!
 //! Time: pure state machines ([`attempt`], [`control`], [`guard`]) take `std::time::Instant` values and
@@ -41,6 +43,7 @@ pub mod error;
 pub mod event;
 pub mod forward;
 pub mod guard;
+pub mod nat;
 #[cfg(feature = "ops")]
 pub mod ops;
 mod routes;
@@ -54,6 +57,7 @@ pub use config::{Allow, Config};
 pub use deny::Denylist;
 pub use error::{Error, RendezvousError, SessionError};
 pub use event::{Event, Status};
+pub use nat::{NatBehaviour, NatMapping};
 pub use session::{PathKind, Session, SessionInfo, SessionStatus, Stream, Traffic};
 
 /// Locks a mutex, ignoring poisoning: a panic while holding one of the client's locks is a

@@ -194,6 +194,12 @@ struct Common {
     direct: Switch,
 }
 
+/// How long `start` waits for the NAT check after registering before it goes on: the check
+/// is one more handshake with the rendezvous (milliseconds), so a punch requested after it is
+/// told whether both NATs rule a direct path out; a check port that does not answer costs
+/// this much at most.
+const NAT_CHECK_WAIT: Duration = Duration::from_secs(3);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Switch {
     On,
@@ -416,6 +422,13 @@ async fn registered(common: &Common, client: &Client) -> anyhow::Result<()> {
         client.id(),
         client.local_addr().port()
     );
+    match client.wait_nat(NAT_CHECK_WAIT).await {
+        Some(nat) => eprintln!("punch: NAT check: {nat}"),
+        None => eprintln!(
+            "punch: NAT check: no result within {} s; going on",
+            NAT_CHECK_WAIT.as_secs()
+        ),
+    }
     Ok(())
 }
 

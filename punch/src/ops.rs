@@ -207,6 +207,14 @@ fn gather(client: &Client, e: &mut Emit<'_>) -> Result<(), std::fmt::Error> {
             (&[("direction", "received")], received),
         ],
     )?;
+    if let Some(nat) = client.nat() {
+        let mapping = nat.mapping.to_string();
+        e.gauges(
+            "nat_mapping",
+            "1 for what the last NAT check found (endpoint-independent, endpoint-dependent, unknown)",
+            &[(&[("mapping", mapping.as_str())], 1)],
+        )?;
+    }
     let (registered, rtt) = match client.status() {
         Status::Registered { rtt, .. } => (1, rtt),
         _ => (0, None),
@@ -272,11 +280,23 @@ pub fn status_json(client: &Client) -> Value {
             })
         })
         .collect();
+    let nat = client.nat().map(|n| {
+        json!({
+            "summary": n.to_string(),
+            "mapping": n.mapping.to_string(),
+            "port_preserved": n.port_preserved,
+            "public": n.public,
+            "observed": n.observed.to_string(),
+            "probe_observed": n.probe_observed.map(|a| a.to_string()),
+            "check_error": n.check_error.as_ref().map(|e| e.to_string()),
+        })
+    });
     json!({
         "identity": client.id().to_string(),
         "identity_short": client.id().short(),
         "local_port": client.local_addr().port(),
         "rendezvous": rendezvous,
+        "nat": nat,
         "sessions": sessions,
     })
 }
@@ -308,8 +328,8 @@ pub fn status_text(doc: &Value) -> String {
     if let Some(reason) = r.get("reason") {
         let _ = writeln!(out, "            last error: {}", s(reason));
     }
-    if let Some(nat) = doc.get("nat") {
-        let _ = writeln!(out, "nat         {}", s(nat));
+    if let Some(nat) = doc.get("nat").filter(|n| !n.is_null()) {
+        let _ = writeln!(out, "nat         {}", s(&nat["summary"]));
     }
     if let Some(Value::Object(caps)) = doc.get("caps") {
         for (name, cap) in caps {

@@ -8,6 +8,22 @@ use punch_proto::Keypair;
 
 /// Where the server listens by default: all interfaces, a fixed port operators can open.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:7717";
+/// The NAT check listens on the main port plus this (7718 beside 7717): one more port for
+/// operators to open, next to the first, and clients learn it from `Registered`, so any other
+/// port works too (`--nat-check-listen`).
+pub const DEFAULT_NAT_CHECK_PORT_OFFSET: u16 = 1;
+
+/// The NAT check's default address for a server listening on `listen`: the same IP, port + 1
+/// ([`DEFAULT_NAT_CHECK_PORT_OFFSET`]); port 0 stays 0 (any free port, for tests). `None` for
+/// port 65535, which has no next port.
+pub fn default_nat_check(listen: SocketAddr) -> Option<SocketAddr> {
+    let port = match listen.port() {
+        0 => 0,
+        port => port.checked_add(DEFAULT_NAT_CHECK_PORT_OFFSET)?,
+    };
+    Some(SocketAddr::new(listen.ip(), port))
+}
+
 /// Registered peers at most. Each costs about 18 KB of server memory (measured: socket
 /// buffers, its task, Noise state) and one file descriptor; 10,000 bounds memory to about
 /// 180 MB against an identity flood (identities are free to make). The server checks at start
@@ -96,7 +112,7 @@ pub const DEFAULT_MAX_RATE_KEYS: usize = 65_536;
 /// Never the whole list: an accepting peer is then found only at the pace of those budgets.
 pub const DEFAULT_DISCOVER_MAX: usize = 16;
 /// File descriptors the server keeps beyond one per registered peer, waiting connection and
-/// handshake: the listener, stdio, log files, the runtime's own.
+/// handshake: the listeners (main and NAT check), stdio, log files, the runtime's own.
 pub const FD_RESERVE: u64 = 64;
 /// Extra time added to the later side's one-way delay before both dial: absorbs jitter and the
 /// time a client needs to bind its sockets. 50 ms is a few scheduler slices plus typical jitter.
@@ -165,6 +181,12 @@ pub const DEFAULT_RELAY_IDLE: Duration = Duration::from_secs(60);
 pub struct Config {
     /// Address to listen on; port 0 picks a free port (tests).
     pub listen: SocketAddr,
+    /// Where the NAT check listens; `None`: no check. Why: a client connecting to it from its
+    /// punch port learns whether its NAT maps that port endpoint-independently (a direct punch
+    /// can work) or per destination (it cannot, against another such NAT). Clients reach it
+    /// at the IP they reach `listen` at, on the port `Registered` names. Default:
+    /// [`default_nat_check`].
+    pub nat_check: Option<SocketAddr>,
     /// The server's static key: its identity, pinned by clients.
     pub keypair: Keypair,
     /// Why: bounds registry memory against identity floods.
@@ -278,6 +300,7 @@ impl Config {
     pub fn new(listen: SocketAddr, keypair: Keypair) -> Self {
         Self {
             listen,
+            nat_check: default_nat_check(listen),
             keypair,
             max_peers: DEFAULT_MAX_PEERS,
             max_handshakes: DEFAULT_MAX_HANDSHAKES,
@@ -324,6 +347,15 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_nat_check_listens_next_to_the_main_port() {
+        let at = |s: &str| default_nat_check(s.parse().unwrap());
+        assert_eq!(at("0.0.0.0:7717"), Some("0.0.0.0:7718".parse().unwrap()));
+        assert_eq!(at("[::1]:7717"), Some("[::1]:7718".parse().unwrap()));
+        assert_eq!(at("127.0.0.1:0"), Some("127.0.0.1:0".parse().unwrap()));
+        assert_eq!(at("127.0.0.1:65535"), None);
+    }
 
     #[test]
     fn the_fd_check_counts_two_descriptors_per_relayed_session() {

@@ -24,6 +24,12 @@ struct Args {
     /// address, e.g. 127.0.0.1:9717. Default: off.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// Where the NAT check listens: clients connect to it from their punch port, at the IP
+    /// they reach --listen at (on the port the server names when they register), to learn
+    /// whether their NAT maps that port the same for every destination. `off`: no check.
+    /// Default: --listen's IP, port + 1 (7718).
+    #[arg(long, value_name = "ADDR|off", value_parser = nat_check_listen)]
+    nat_check_listen: Option<NatCheckListen>,
     /// The server's secret key: created on first start (mode 0600) and reused after, so the
     /// identity clients pin survives restarts.
     #[arg(long, default_value = "rendezvous.key")]
@@ -158,6 +164,22 @@ fn positive() -> RangedU64ValueParser<usize> {
     RangedU64ValueParser::new().range(1..)
 }
 
+/// `--nat-check-listen`: an address, or `off`.
+#[derive(Debug, Clone, Copy)]
+enum NatCheckListen {
+    Off,
+    At(SocketAddr),
+}
+
+fn nat_check_listen(s: &str) -> Result<NatCheckListen, String> {
+    if s == "off" {
+        return Ok(NatCheckListen::Off);
+    }
+    s.parse()
+        .map(NatCheckListen::At)
+        .map_err(|e| format!("{e}: expected HOST:PORT or off"))
+}
+
 /// A switch given as `on` or `off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum OnOff {
@@ -181,12 +203,25 @@ async fn main() -> anyhow::Result<()> {
     if created {
         tracing::info!(path = %args.key_file.display(), "created a new server key");
     }
-    let config = server_config(&args, keypair);
+    let mut config = server_config(&args, keypair);
+    match args.nat_check_listen {
+        Some(NatCheckListen::Off) => config.nat_check = None,
+        Some(NatCheckListen::At(addr)) => config.nat_check = Some(addr),
+        None if config.nat_check.is_none() => anyhow::bail!(
+            "--listen port {} has no next port for the NAT check: pass --nat-check-listen",
+            args.listen.port()
+        ),
+        None => {}
+    }
     check_fd_limit(&config, args.ignore_fd_limit)?;
 
+    let nat_check = config.nat_check;
     let server = Server::spawn(config)
         .await
-        .with_context(|| format!("listening on {}", args.listen))?;
+        .with_context(|| match nat_check {
+            Some(check) => format!("listening on {} and {check} (NAT check)", args.listen),
+            None => format!("listening on {}", args.listen),
+        })?;
     let addr = server.local_addr();
     let _metrics = match args.metrics {
         Some(at) => {
@@ -200,6 +235,10 @@ async fn main() -> anyhow::Result<()> {
         None => None,
     };
     println!("rendezvous listening on {addr}");
+    match server.nat_check_addr() {
+        Some(check) => println!("NAT check listening on {check}"),
+        None => println!("NAT check off"),
+    }
     println!("identity {}", server.identity());
     if addr.ip().is_unspecified() {
         println!(

@@ -43,6 +43,12 @@
 //! at most one entry per peer; each of the five rate tables at most `max_rate_keys` keys
 //! ([`RateTable`]), and [`Registry::prune`] drops keys idle for a minute.
 //!
+//! NAT check. A peer's probe (a second connection from its punch port to the server's NAT
+//! check port, authenticated as the same identity) is compared with its registration's
+//! observed address ([`Registry::nat_checked`]); the result travels in the offers its partners
+//! get ([`Offer::peer_nat`]), so they can tell early when a direct punch cannot work. A new
+//! registration starts unknown again.
+//!
 //! Session ids are random (from an RNG the registry owns, seeded at construction so tests and
 //! the simulator stay deterministic), never 0, so they reveal neither how many sessions the
 //! server has coordinated nor which id comes next.
@@ -55,7 +61,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use punch_proto::message::{
-    ErrorCode, ErrorReply, Offer, Register, ServerMsg, MAX_ALLOW, MAX_DISCOVERED, PROTOCOL_VERSION,
+    ErrorCode, ErrorReply, NatMapping, Offer, Register, ServerMsg, MAX_ALLOW, MAX_DISCOVERED,
+    PROTOCOL_VERSION,
 };
 use punch_proto::{PeerId, Role};
 
@@ -139,6 +146,10 @@ pub struct Stats {
     pub wrong_network: u64,
     /// `Discover` requests answered with a sample (refusals count in `refused`).
     pub discovers: u64,
+    /// NAT checks compared with a registration.
+    pub nat_checks: u64,
+    /// Of those, the ones that showed an endpoint-dependent mapping.
+    pub nat_endpoint_dependent: u64,
     /// `rate_limited` by the budget that was spent.
     pub limited: RateLimitHits,
 }
@@ -169,6 +180,8 @@ struct Peer {
     /// The network it registered; empty: none.
     network: String,
     srtt: Duration,
+    /// The mapping its NAT check showed; unknown until one arrives.
+    nat: NatMapping,
 }
 
 impl Peer {
@@ -344,6 +357,7 @@ impl Registry {
                 allow: register.allow.iter().take(MAX_ALLOW).copied().collect(),
                 network: register.network.clone(),
                 srtt: rtt,
+                nat: NatMapping::Unknown,
             },
         );
         if register.accept_inbound {
@@ -387,6 +401,24 @@ impl Registry {
     /// sessions).
     pub fn conn_of(&self, peer: &PeerId) -> Option<ConnId> {
         self.peers.get(peer).map(|p| p.conn)
+    }
+
+    /// A NAT check of `peer`, seen from `probe`: classified against the address its
+    /// registration was seen from, and kept for the offers its partners get. `None` when
+    /// `peer` is not registered (nothing is kept; the prober can still compare for itself).
+    pub fn nat_checked(&mut self, peer: &PeerId, probe: SocketAddr) -> Option<NatMapping> {
+        let p = self.peers.get_mut(peer)?;
+        p.nat = NatMapping::from_observed(p.observed, probe);
+        self.stats.nat_checks += 1;
+        if p.nat == NatMapping::EndpointDependent {
+            self.stats.nat_endpoint_dependent += 1;
+        }
+        Some(p.nat)
+    }
+
+    /// The NAT mapping recorded for a registered peer.
+    pub fn nat_of(&self, peer: &PeerId) -> Option<NatMapping> {
+        self.peers.get(peer).map(|p| p.nat)
     }
 
     /// The smoothed RTT of a registered peer.
@@ -653,6 +685,7 @@ impl Registry {
                     dial_delay: at - owd_a,
                     relay: None,
                     upgrade: None,
+                    peer_nat: b.nat,
                 }),
             },
             Action::Send {
@@ -667,6 +700,7 @@ impl Registry {
                     dial_delay: at - owd_b,
                     relay: None,
                     upgrade: None,
+                    peer_nat: a.nat,
                 }),
             },
         ])

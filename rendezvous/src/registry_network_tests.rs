@@ -23,6 +23,7 @@ fn reg(network: &str, accept: bool) -> Register {
         accept_inbound: accept,
         allow: vec![],
         network: network.into(),
+        probe: false,
     }
 }
 

@@ -34,6 +34,7 @@ fn reg(accept: bool) -> Register {
         accept_inbound: accept,
         allow: vec![],
         network: String::new(),
+        probe: false,
     }
 }
 
@@ -524,4 +525,46 @@ fn local_address_filter() {
     assert!(ok("127.0.0.1:5", &lo));
     assert!(!ok("8.8.8.8:53", &public));
     assert!(!ok("10.1.2.3:0", &public));
+}
+
+#[test]
+fn nat_checks_classify_the_registration_and_travel_in_offers() {
+    let mut r = Registry::new(limits(), 10);
+    let a_obs: SocketAddr = "203.0.113.1:1000".parse().unwrap();
+    let b_obs: SocketAddr = "203.0.113.2:2000".parse().unwrap();
+    r.register(1, id(1), a_obs, &reg(true), Duration::ZERO)
+        .unwrap();
+    r.register(2, id(2), b_obs, &reg(true), Duration::ZERO)
+        .unwrap();
+    let (oa, ob) = {
+        let actions = r.connect(Instant::now(), 1, id(1), 1, id(2), |_| true);
+        let (oa, ob) = offers(&actions);
+        (oa.peer_nat, ob.peer_nat)
+    };
+    assert_eq!((oa, ob), (NatMapping::Unknown, NatMapping::Unknown));
+    // A's probe comes from the same address, B's from another port of its NAT.
+    assert_eq!(
+        r.nat_checked(&id(1), a_obs),
+        Some(NatMapping::EndpointIndependent)
+    );
+    let b_probe: SocketAddr = "203.0.113.2:2999".parse().unwrap();
+    assert_eq!(
+        r.nat_checked(&id(2), b_probe),
+        Some(NatMapping::EndpointDependent)
+    );
+    // A stranger's probe changes nothing and is not counted.
+    assert_eq!(r.nat_checked(&id(9), a_obs), None);
+    assert_eq!(
+        (r.stats().nat_checks, r.stats().nat_endpoint_dependent),
+        (2, 1)
+    );
+    let actions = r.connect(Instant::now(), 1, id(1), 2, id(2), |_| true);
+    let (oa, ob) = offers(&actions);
+    // Each side hears about the other.
+    assert_eq!(oa.peer_nat, NatMapping::EndpointDependent);
+    assert_eq!(ob.peer_nat, NatMapping::EndpointIndependent);
+    // A new registration (a reconnect, maybe through another network) starts unknown again.
+    r.register(3, id(2), b_obs, &reg(true), Duration::ZERO)
+        .unwrap();
+    assert_eq!(r.nat_of(&id(2)), Some(NatMapping::Unknown));
 }

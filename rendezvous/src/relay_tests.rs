@@ -267,6 +267,7 @@ fn offer(session_id: u64, peer: PeerId, role: Role) -> Offer {
         dial_delay: 50 * MS,
         relay: None,
         upgrade: None,
+        peer_nat: punch_proto::message::NatMapping::Unknown,
     }
 }
 

@@ -18,6 +18,10 @@
 //! connections, which close after, each with a `GoingAway` telling its peer to come back at a
 //! random moment within the reconnect window ([`Config::reconnect_window`]: the peers
 //! registered, spread at `reconnect_rate`), so that a restart is not a thundering herd.
+//!
+//! A second listener, the NAT check port (`server/nat_check.rs`, named to clients in
+//! `Registered`), takes connections through the same admission and handshake and answers a
+//! client's probe with the address it saw, then closes.
 
 use std::collections::HashMap;
 use std::io;
@@ -36,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 mod admission;
+mod nat_check;
 mod relay;
 mod stats;
 
@@ -50,6 +55,7 @@ use crate::refusal_log::{Reason, RefusalLog};
 use crate::registry::{Action, ConnId, Limits, Registry};
 use crate::relay::{attach_tickets, PairId, RelayLimits, RelayTable};
 use admission::{admit, admit_handshake, admit_waiting, HandshakeSlot, IpSlot};
+use nat_check::Listener;
 
 /// A write to a client that takes longer than this means the client is not reading: drop it.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -96,6 +102,8 @@ struct State {
 #[derive(Debug)]
 struct Shared {
     config: Config,
+    /// The NAT check listener's bound port, announced in `Registered`.
+    nat_check_port: Option<u16>,
     state: Mutex<State>,
     counters: Counters,
     /// The relay's server-wide byte budget (`relay_rate_total`).
@@ -132,6 +140,7 @@ impl Shared {
 #[derive(Debug)]
 pub struct Server {
     local_addr: SocketAddr,
+    nat_check_addr: Option<SocketAddr>,
     identity: PeerId,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
@@ -139,16 +148,23 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds `config.listen` and serves in a background task.
+    /// Binds `config.listen` (and `config.nat_check`, when set) and serves in a background
+    /// task.
     pub async fn spawn(config: Config) -> io::Result<Server> {
         let listener = TcpListener::bind(config.listen).await?;
         let local_addr = listener.local_addr()?;
+        let check = match config.nat_check {
+            Some(addr) => Some(TcpListener::bind(addr).await?),
+            None => None,
+        };
+        let nat_check_addr = check.as_ref().map(TcpListener::local_addr).transpose()?;
         let identity = config.keypair.public();
         let shutdown = CancellationToken::new();
-        let shared = new_shared(config);
-        let task = tokio::spawn(run(listener, shared.clone(), shutdown.clone()));
+        let shared = new_shared(config, nat_check_addr.map(|a| a.port()));
+        let task = tokio::spawn(run(listener, check, shared.clone(), shutdown.clone()));
         Ok(Server {
             local_addr,
+            nat_check_addr,
             identity,
             shared,
             shutdown,
@@ -159,6 +175,11 @@ impl Server {
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The NAT check listener's bound address, when there is one.
+    pub fn nat_check_addr(&self) -> Option<SocketAddr> {
+        self.nat_check_addr
     }
 
     /// The server's identity, which clients pin.
@@ -191,7 +212,7 @@ impl Drop for Server {
     }
 }
 
-fn new_shared(config: Config) -> Arc<Shared> {
+fn new_shared(config: Config, nat_check_port: Option<u16>) -> Arc<Shared> {
     let limits = Limits {
         max_peers: config.max_peers,
         max_registrations_per_source: config.max_registrations_per_source,
@@ -248,14 +269,68 @@ fn new_shared(config: Config) -> Arc<Shared> {
         }),
         counters: Counters::default(),
         config,
+        nat_check_port,
     })
 }
 
-async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+/// Accepts on the NAT check listener, if there is one.
+async fn accept_on(listener: Option<&TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One accepted connection (of either listener): admitted and given a task, or refused.
+async fn accepted(
+    res: io::Result<(TcpStream, SocketAddr)>,
+    listener: Listener,
+    shared: &Arc<Shared>,
+    tasks: &mut JoinSet<()>,
+    (conns_stop, relay_stop): (&CancellationToken, &CancellationToken),
+) {
+    let (stream, addr) = match res {
+        Ok(pair) => pair,
+        Err(e) => {
+            warn!(error = %e, ?listener, "accept failed");
+            tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+            return;
+        }
+    };
+    if let Some(slot) = admit(shared, addr) {
+        // In accept order, so the oldest waiting connections really are the oldest.
+        let waiting = admit_waiting(shared, addr);
+        let span = match listener {
+            Listener::Main => info_span!("conn", %addr, peer = tracing::field::Empty),
+            Listener::NatCheck => info_span!("nat_check", %addr, peer = tracing::field::Empty),
+        };
+        let tokens = (conns_stop.clone(), relay_stop.clone());
+        tasks.spawn(
+            handle_conn(
+                stream,
+                addr,
+                listener,
+                shared.clone(),
+                slot,
+                waiting,
+                tokens,
+            )
+            .instrument(span),
+        );
+    }
+}
+
+async fn run(
+    listener: TcpListener,
+    check: Option<TcpListener>,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
     // Shutdown in two steps: relayed sessions end first (telling their peers why, through
     // the control connections), then the control connections.
     let relay_stop = CancellationToken::new();
     let conns_stop = CancellationToken::new();
+    let stops = (&conns_stop, &relay_stop);
     let mut tasks = JoinSet::new();
     let mut prune = tokio::time::interval(PRUNE_INTERVAL);
     let mut summary = tokio::time::interval(shared.config.refusal_log_interval);
@@ -263,24 +338,10 @@ async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationT
         tokio::select! {
             _ = shutdown.cancelled() => break,
             res = listener.accept() => {
-                let (stream, addr) = match res {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                        continue;
-                    }
-                };
-                if let Some(slot) = admit(&shared, addr) {
-                    // In accept order, so the oldest waiting connections really are the oldest.
-                    let waiting = admit_waiting(&shared, addr);
-                    let span = info_span!("conn", %addr, peer = tracing::field::Empty);
-                    let tokens = (conns_stop.clone(), relay_stop.clone());
-                    tasks.spawn(
-                        handle_conn(stream, addr, shared.clone(), slot, waiting, tokens)
-                            .instrument(span),
-                    );
-                }
+                accepted(res, Listener::Main, &shared, &mut tasks, stops).await;
+            }
+            res = accept_on(check.as_ref()) => {
+                accepted(res, Listener::NatCheck, &shared, &mut tasks, stops).await;
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             _ = prune.tick() => {
@@ -343,6 +404,7 @@ async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationT
 async fn handle_conn(
     mut stream: TcpStream,
     addr: SocketAddr,
+    listener: Listener,
     shared: Arc<Shared>,
     slot: IpSlot,
     (wait_slot, dropped): (HandshakeSlot, CancellationToken),
@@ -375,7 +437,8 @@ async fn handle_conn(
             Ok(Ok(head)) => head,
         },
     };
-    if relay::is_relay(&head) {
+    // The NAT check port serves no relay: a relay hello there fails the handshake below.
+    if listener == Listener::Main && relay::is_relay(&head) {
         let waiting = (wait_slot, dropped);
         relay::serve(
             stream,
@@ -432,6 +495,11 @@ async fn handle_conn(
         .fetch_add(1, Ordering::Relaxed);
     let peer = accepted.peer;
     tracing::Span::current().record("peer", peer.short().as_str());
+    if nat_check::is_nat_check(listener, &accepted.register) {
+        let register = &accepted.register;
+        nat_check::serve(accepted.channel, &shared, peer, addr, listener, register).await;
+        return;
+    }
     let mut channel = accepted.channel;
 
     let (tx, rx) = mpsc::channel(config.outbound_queue);
@@ -676,6 +744,7 @@ async fn drive(
         ServerMsg::Registered(Registered {
             observed,
             ping_interval: config.ping_interval,
+            nat_check_port: shared.nat_check_port,
         }),
     )
     .await?;

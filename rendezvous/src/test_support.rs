@@ -44,6 +44,7 @@ impl LyingRendezvous {
             let reg = ServerMsg::Registered(Registered {
                 observed: from,
                 ping_interval: Duration::from_secs(5),
+                nat_check_port: None,
             });
             if acc.channel.send(&reg.encode()).await.is_err() {
                 return;
@@ -60,6 +61,7 @@ impl LyingRendezvous {
                         dial_delay: Duration::ZERO,
                         relay: None,
                         upgrade: None,
+                        peer_nat: punch_proto::message::NatMapping::Unknown,
                     });
                     if acc.channel.send(&offer.encode()).await.is_err() {
                         return;

@@ -83,6 +83,7 @@ pub fn unique_temp_dir(prefix: &str) -> PathBuf {
 pub struct RendezvousProcess {
     child: Child,
     addr: SocketAddr,
+    nat_check: Option<SocketAddr>,
     identity: PeerId,
     dir: PathBuf,
     log_path: PathBuf,
@@ -168,6 +169,7 @@ impl RendezvousProcess {
         let mut proc = Self {
             child,
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            nat_check: None,
             identity: punch_proto::identity::public_key(&[0; 32]),
             dir,
             log_path,
@@ -199,6 +201,9 @@ impl RendezvousProcess {
                     at.parse()
                         .expect("a socket address after 'metrics http://'"),
                 );
+            } else if let Some(rest) = line.strip_prefix("NAT check listening on ") {
+                // Printed before the identity, so known once the loop ends.
+                proc.nat_check = Some(rest.trim().parse().expect("a socket address"));
             } else if let Some(rest) = line.strip_prefix("identity ") {
                 identity = Some(rest.trim().parse().expect("a peer id after 'identity'"));
             }
@@ -216,6 +221,11 @@ impl RendezvousProcess {
     /// Where its `--metrics` endpoint listens, when it was started with one.
     pub fn metrics(&self) -> Option<SocketAddr> {
         self.metrics
+    }
+
+    /// The NAT check listener's address (`None` with `--nat-check-listen off`).
+    pub fn nat_check_addr(&self) -> Option<SocketAddr> {
+        self.nat_check
     }
 
     /// The server's identity (its static public key).
@@ -275,6 +285,7 @@ pub fn default_register() -> Register {
         accept_inbound: true,
         allow: vec![],
         network: String::new(),
+        probe: false,
     }
 }
 

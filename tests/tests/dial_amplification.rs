@@ -53,6 +53,7 @@ async fn attacker(rv: &RendezvousProcess, ip: &str) -> TestClient {
         accept_inbound: false,
         allow: vec![],
         network: String::new(),
+        probe: false,
     };
     let socket = TcpSocket::new_v4().unwrap();
     socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();

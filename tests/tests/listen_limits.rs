@@ -79,6 +79,7 @@ async fn a_stranger_is_never_dialed_while_the_allowed_peer_is_served() {
         accept_inbound: false,
         allow: vec![],
         network: String::new(),
+        probe: false,
     };
     let mut raw = TestClient::connect_with(
         rv.addr(),

@@ -49,6 +49,7 @@ fn register(local_addrs: &[&str], accept_inbound: bool) -> Register {
         accept_inbound,
         allow: vec![],
         network: String::new(),
+        probe: false,
     }
 }
 

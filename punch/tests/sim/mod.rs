@@ -472,6 +472,10 @@ impl Sim {
                     self.send(true, i, conn, Packet::Frame(msg.encode()));
                 }
             }
+            // The simulated rendezvous names no NAT check port, so only the "not offered"
+            // result is published.
+            Action::NatCheck { server } => self.log(name, format_args!("NAT check to {server}")),
+            Action::SetNat(nat) => self.log(name, format_args!("NAT check: {nat}")),
             Action::RelayEnded { session_id, reason } => {
                 self.log(
                     name,

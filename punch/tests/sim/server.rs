@@ -64,6 +64,7 @@ impl Sim {
                 let msg = ServerMsg::Registered(Registered {
                     observed,
                     ping_interval: interval,
+                    nat_check_port: None,
                 });
                 self.send(false, client, conn, Packet::Frame(msg.encode()));
                 self.dispatch(actions);

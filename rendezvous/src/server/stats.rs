@@ -14,6 +14,7 @@ pub(super) struct Counters {
     pub(super) silent: AtomicU64,
     pub(super) handshake_failed: AtomicU64,
     pub(super) protocol_errors: AtomicU64,
+    pub(super) nat_checks_answered: AtomicU64,
     pub(super) active: AtomicU64,
     pub(super) relay_active: AtomicU64,
     pub(super) relay_bytes: AtomicU64,
@@ -68,6 +69,12 @@ pub struct ServerStats {
     pub wrong_network: u64,
     /// `Discover` requests answered with a sample.
     pub discovers: u64,
+    /// NAT checks answered (probes on the NAT check port).
+    pub nat_checks_answered: u64,
+    /// NAT checks compared with a registration, and those showing an endpoint-dependent
+    /// ("symmetric") mapping.
+    pub nat_checks: u64,
+    pub nat_endpoint_dependent: u64,
     pub replaced: u64,
     /// Relayed sessions being spliced now.
     pub relay_active: u64,
@@ -122,6 +129,9 @@ pub(super) fn snapshot(shared: &Shared) -> ServerStats {
         network_full: r.network_full,
         wrong_network: r.wrong_network,
         discovers: r.discovers,
+        nat_checks_answered: c.nat_checks_answered.load(Ordering::Relaxed),
+        nat_checks: r.nat_checks,
+        nat_endpoint_dependent: r.nat_endpoint_dependent,
         replaced: r.replaced,
         relay_active: c.relay_active.load(Ordering::Relaxed),
         relay_held: state.relay.held() as u64,
