@@ -103,9 +103,10 @@ fn requests_expire_when_the_rendezvous_hangs_then_silence_reconnects() {
     assert!(
         matches!(outcome, Outcome::Failed(Error::RequestTimeout(d)) if *d == punch::config::DEFAULT_REQUEST_TIMEOUT)
     );
-    // The last word from the server was its first ping, sent 5 s after A's registration at
-    // 60 ms, heard at 5.08 s: three intervals later A gives up on the server.
-    let silent = 5080 * MS + 3 * punch_rendezvous::config::DEFAULT_PING_INTERVAL;
+    // The last word from the server was the pong to the ping A sent beside its answer to the
+    // server's first ping (sent 5 s after A's registration at 60 ms, heard at 5.08 s): that
+    // pong is heard at 5.12 s, and three intervals later A gives up on the server.
+    let silent = 5120 * MS + 3 * punch_rendezvous::config::DEFAULT_PING_INTERVAL;
     sim.run_until(silent - MS);
     assert!(sim.is_registered(A), "{:#?}", sim.trace());
     sim.run_until(silent);
