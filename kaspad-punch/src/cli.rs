@@ -58,7 +58,10 @@ impl PunchArgs {
     }
 }
 
-/// kaspad's command with the punch flags added (so `--help` lists both).
+/// kaspad's command with the punch flags added (so `--help` lists both). Each punch flag can
+/// also come from the environment, `KASPAD_` and the flag in capitals (`KASPAD_PUNCH_RENDEZVOUS`);
+/// the command line wins. kaspad's own flags keep kaspad's ways (the command line,
+/// `--configfile`).
 pub fn command() -> Command {
     kaspad_lib::args::cli()
         .name("kaspad-punch")
@@ -66,24 +69,28 @@ pub fn command() -> Command {
         .arg(
             Arg::new("punch-rendezvous")
                 .long("punch-rendezvous")
+                .env("KASPAD_PUNCH_RENDEZVOUS")
                 .value_name("HOST:PORT")
                 .help("Punch: rendezvous server address. Enables punch."),
         )
         .arg(
             Arg::new("punch-rendezvous-key")
                 .long("punch-rendezvous-key")
+                .env("KASPAD_PUNCH_RENDEZVOUS_KEY")
                 .value_name("KEY")
                 .help("Punch: the rendezvous server's public key (52 base32 characters)."),
         )
         .arg(
             Arg::new("punch-key-file")
                 .long("punch-key-file")
+                .env("KASPAD_PUNCH_KEY_FILE")
                 .value_name("PATH")
                 .help("Punch: this node's identity key file (created on first start)."),
         )
         .arg(
             Arg::new("punch-peer")
                 .long("punch-peer")
+                .env("KASPAD_PUNCH_PEER")
                 .value_name("ID")
                 .action(ArgAction::Append)
                 .help("Punch: a private peer to keep connected, re-punched when its session drops (repeatable)."),
@@ -91,12 +98,14 @@ pub fn command() -> Command {
         .arg(
             Arg::new("punch-accept")
                 .long("punch-accept")
+                .env("KASPAD_PUNCH_ACCEPT")
                 .action(ArgAction::SetTrue)
                 .help("Punch: take inbound punches from other peers (the default with punch on; kept for older command lines)."),
         )
         .arg(
             Arg::new("punch-no-accept")
                 .long("punch-no-accept")
+                .env("KASPAD_PUNCH_NO_ACCEPT")
                 .action(ArgAction::SetTrue)
                 .conflicts_with("punch-accept")
                 .help("Punch: take no inbound punches (this node is then not listed for discovery; it still dials its own punched peers)."),
@@ -104,6 +113,7 @@ pub fn command() -> Command {
         .arg(
             Arg::new("punch-outpeers")
                 .long("punch-outpeers")
+                .env("KASPAD_PUNCH_OUTPEERS")
                 .value_name("N")
                 .value_parser(clap::value_parser!(u8).range(0..=64))
                 .help(format!("Punch: punched outbound peers to keep, found on the rendezvous among private nodes of this node's network, in addition to --outpeers; 0 turns discovery off [default: {DEFAULT_TARGET}]")),
@@ -111,6 +121,7 @@ pub fn command() -> Command {
         .arg(
             Arg::new("punch-max-inbound")
                 .long("punch-max-inbound")
+                .env("KASPAD_PUNCH_MAX_INBOUND")
                 .value_name("N")
                 .value_parser(clap::value_parser!(usize))
                 .help(format!("Punch: inbound punched peers at most [default: {DEFAULT_MAX_INBOUND}]")),
@@ -118,6 +129,7 @@ pub fn command() -> Command {
         .arg(
             Arg::new("punch-max-inbound-per-ip")
                 .long("punch-max-inbound-per-ip")
+                .env("KASPAD_PUNCH_MAX_INBOUND_PER_IP")
                 .value_name("N")
                 .value_parser(clap::value_parser!(u32).range(1..))
                 .help(format!("Punch: inbound punched peers at most from one IP address, as the rendezvous observed it [default: {DEFAULT_MAX_INBOUND_PER_IP}]")),
@@ -125,6 +137,7 @@ pub fn command() -> Command {
         .arg(
             Arg::new("punch-inbound-idle-secs")
                 .long("punch-inbound-idle-secs")
+                .env("KASPAD_PUNCH_INBOUND_IDLE_SECS")
                 .value_name("SECS")
                 .value_parser(clap::value_parser!(u64).range(1..))
                 .help(format!(
@@ -135,6 +148,7 @@ pub fn command() -> Command {
         .arg(
             Arg::new("punch-metrics")
                 .long("punch-metrics")
+                .env("KASPAD_PUNCH_METRICS")
                 .value_name("ADDR")
                 .value_parser(clap::value_parser!(SocketAddr))
                 .help("Punch: serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9719 [default: off]"),
@@ -142,6 +156,7 @@ pub fn command() -> Command {
         .arg(
             Arg::new("punch-status-socket")
                 .long("punch-status-socket")
+                .env("KASPAD_PUNCH_STATUS_SOCKET")
                 .value_name("PATH")
                 .help("Punch: the unix socket (mode 0600) `punch status` asks [default: beside --punch-key-file, <key-file>.status]"),
         )

@@ -5,7 +5,9 @@
 //! nonce found with kaspa-pow, SubmitBlock: `kaspa-mine`) must reach every other node's DAG
 //! through the punched connections; a node of another network (devnet) registered on the same
 //! rendezvous is never punched. One node runs with its RPC on 0.0.0.0 and wRPC (Borsh) on:
-//! punch needs no unsafe RPC, and AddPeer over RPC is refused as in stock kaspad.
+//! punch needs no unsafe RPC, and AddPeer over RPC is refused as in stock kaspad. Each node
+//! runs `--punch-metrics`: once connected, `punch status --json` and its metrics show its three
+//! direct sessions and punched Kaspa peers.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -21,6 +23,7 @@ use punch_tests::bin_path;
 use punch_tests::natlab::start_rendezvous;
 
 const RPC_PORT: u16 = 16610;
+const METRICS_PORT: u16 = 9719;
 const P2P_PORT: u16 = 16611;
 /// The issue's bound: from the start of the four nodes to every node listing the others.
 const ALL_CONNECTED_WITHIN: Duration = Duration::from_secs(30);
@@ -122,6 +125,59 @@ impl Net<'_> {
     }
 }
 
+/// What an operator sees of node `i` once it lists its `others`: `punch status --json` (over
+/// the status socket beside its punch key) shows one direct session per other node and the
+/// punched Kaspa peers in its caps; its `--punch-metrics` counters and time-to-session
+/// histogram moved, and its gauges show the sessions and the bridged peers.
+fn operator_view(lab: &Lab, dir: &Path, i: usize, others: usize) -> Result<(), String> {
+    let key = dir.join(format!("n{i}.key"));
+    let out = Command::new(bin_path("punch"))
+        .args(["status", "--json", "--key-file"])
+        .arg(&key)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "punch status on node {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let doc: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("node {i} status: {e}"))?;
+    let sessions = doc["sessions"].as_array().cloned().unwrap_or_default();
+    let direct = sessions.iter().filter(|s| s["path"] == "direct").count();
+    let caps = &doc["caps"];
+    let bridged = caps["inbound"]["used"].as_u64().unwrap_or(0)
+        + caps["outbound"]["used"].as_u64().unwrap_or(0);
+    if doc["command"] != "kaspad-punch"
+        || doc["rendezvous"]["state"] != "registered"
+        || direct < others
+        || bridged != others as u64
+    {
+        return Err(format!("node {i} status: {doc:#}"));
+    }
+    let mut curl = Command::new("curl");
+    curl.args(["-s", &format!("http://127.0.0.1:{METRICS_PORT}/metrics")]);
+    let (code, m, err) = tool(lab, &lab.peer_ns(i), "curl", &curl)?;
+    if code != 0 {
+        return Err(format!("curl on node {i}: {code} {err}"));
+    }
+    let get = |series: &str| punch_tests::metric(&m, series).unwrap_or(0.0);
+    let sessions_open = get("punch_sessions_open{path=\"direct\"}");
+    let timed = get("punch_time_to_session_seconds_count{path=\"direct\"}");
+    let peers = get("punch_kaspa_peers{direction=\"outbound\"}")
+        + get("punch_kaspa_peers{direction=\"inbound\"}");
+    if sessions_open < others as f64 || timed < 1.0 || peers != others as f64 {
+        return Err(format!("node {i} metrics:\n{m}"));
+    }
+    eprintln!(
+        "node {i}: status lists {direct} direct sessions, {bridged} punched Kaspa peers; \
+         metrics: {sessions_open} sessions open, {timed} timed, nat {}",
+        doc["nat"]["summary"]
+    );
+    Ok(())
+}
+
 #[test]
 fn four_private_nodes_find_each_other_and_carry_a_block() {
     let name = "kaspad-punch-peering";
@@ -164,7 +220,8 @@ fn run(lab: &Lab) -> Result<(), String> {
         let mut cmd = kaspad_punch(dir, &format!("n{i}"), &rendezvous, &rendezvous_key);
         cmd.arg("--simnet")
             .arg(format!("--listen=0.0.0.0:{P2P_PORT}"))
-            .arg("--enable-unsynced-mining");
+            .arg("--enable-unsynced-mining")
+            .arg(format!("--punch-metrics=127.0.0.1:{METRICS_PORT}"));
         if i == 0 {
             // Reachable RPC and wRPC: kaspad-punch does not need (nor turn on) unsafe RPC.
             cmd.arg(format!("--rpclisten=0.0.0.0:{RPC_PORT}"))
@@ -234,6 +291,9 @@ fn run(lab: &Lab) -> Result<(), String> {
                 b - a
             );
         }
+    }
+    for i in 0..KINDS.len() {
+        operator_view(lab, dir, i, KINDS.len() - 1)?;
     }
     if took > ALL_CONNECTED_WITHIN {
         return Err(format!(
