@@ -167,17 +167,11 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Metrics endpoint (with `--punch-metrics`) and status socket, dropped when punch stops.
-struct Ops {
-    _metrics: Option<punch_ops::metrics::MetricsServer>,
-    _status: punch_ops::status::StatusServer,
-    follow: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Ops {
-    fn drop(&mut self) {
-        self.follow.abort();
-    }
+/// (outbound, inbound) punched peers bridged now.
+fn directions(connected: &Connected) -> (usize, usize) {
+    let c = lock(connected);
+    let out = c.values().filter(|o| **o).count();
+    (out, c.len() - out)
 }
 
 async fn start_ops(
@@ -186,23 +180,12 @@ async fn start_ops(
     slots: &SlotPool,
     deny: &punch::Denylist,
     connected: &Connected,
-) -> anyhow::Result<Ops> {
-    let mut registry = prometheus_client::registry::Registry::with_prefix("punch");
-    punch_ops::metrics::register_build_info(
-        &mut registry,
-        "kaspad-punch",
-        env!("CARGO_PKG_VERSION"),
-    );
-    let counters = punch::ops::ClientMetrics::register(&mut registry, client);
+) -> anyhow::Result<punch::ops::Operated> {
     let (s, d, c) = (slots.clone(), deny.clone(), connected.clone());
-    registry.register_collector(Box::new(punch_ops::metrics::Gather(
-        move |e: &mut punch_ops::metrics::Emit<'_>| {
+    let gather: Box<dyn prometheus_client::collector::Collector> = Box::new(
+        punch_ops::metrics::Gather(move |e: &mut punch_ops::metrics::Emit<'_>| {
             use punch_ops::metrics::gauge_value;
-            let (outbound, inbound) = {
-                let c = lock(&c);
-                let out = c.values().filter(|o| **o).count();
-                (out, c.len() - out)
-            };
+            let (outbound, inbound) = directions(&c);
             e.gauges(
                 "kaspa_peers",
                 "Punched peers bridged to kaspad now, by who dialed",
@@ -240,23 +223,9 @@ async fn start_ops(
                     (&[("kind", "ip")], gauge_value(ips)),
                 ],
             )
-        },
-    )));
-    let follow = counters.follow(client);
-    let metrics = match args.metrics {
-        Some(at) => Some(
-            punch_ops::metrics::serve(at, Arc::new(registry))
-                .await
-                .with_context(|| format!("--punch-metrics {at}"))?,
-        ),
-        None => None,
-    };
-    let (cl, s, d, c) = (
-        client.clone(),
-        slots.clone(),
-        deny.clone(),
-        connected.clone(),
+        }),
     );
+    let (s, d, c) = (slots.clone(), deny.clone(), connected.clone());
     let caps = (
         args.max_inbound,
         args.max_inbound_per_ip,
@@ -264,16 +233,11 @@ async fn start_ops(
         args.peers.len(),
         args.accept,
     );
-    let status = punch_ops::status::serve(&args.status_socket, move || {
-        let mut doc = punch::ops::status_json(&cl);
-        let (outbound, inbound) = {
-            let c = lock(&c);
-            let out = c.values().filter(|o| **o).count();
-            (out, c.len() - out)
-        };
+    let extra = move || {
+        let (outbound, inbound) = directions(&c);
         let st = s.stats();
         let (denied_peers, denied_ips) = d.len();
-        let more = serde_json::json!({
+        serde_json::json!({
             "command": "kaspad-punch",
             "accept": caps.4,
             "caps": {
@@ -289,19 +253,18 @@ async fn start_ops(
                 "refused": st.refused,
             },
             "denied": { "peers": denied_peers, "ips": denied_ips },
-        });
-        if let (Some(doc), serde_json::Value::Object(more)) = (doc.as_object_mut(), more) {
-            doc.extend(more);
-        }
-        doc
-    })
+        })
+    };
+    punch::ops::operate(
+        client,
+        "kaspad-punch",
+        args.metrics,
+        &args.status_socket,
+        extra,
+        Some(gather),
+    )
     .await
-    .context("--punch-status-socket")?;
-    Ok(Ops {
-        _metrics: metrics,
-        _status: status,
-        follow,
-    })
+    .context("--punch-metrics / --punch-status-socket")
 }
 
 async fn run(

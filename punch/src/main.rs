@@ -281,68 +281,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// What `punch listen` / `connect` run for operators: the metrics endpoint (when asked for),
-/// the status socket and the task counting the client's events. Dropped at exit (the socket
-/// file is removed then).
-struct Ops {
-    _metrics: Option<punch_ops::metrics::MetricsServer>,
-    _status: punch_ops::status::StatusServer,
-    follow: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Ops {
-    fn drop(&mut self) {
-        self.follow.abort();
-    }
-}
-
-/// Starts [`Ops`] for `client`; `extra` adds the command's own fields to the status document
-/// (what it serves, its caps and their use) and `gather` its own metrics.
+/// Starts what operators see of `client` (`--metrics`, the status socket); `extra` adds the
+/// command's own fields to the status document and `gather` its own metrics.
 async fn start_ops<X>(
     common: &Common,
     client: &Client,
     extra: X,
     gather: Option<Box<dyn prometheus_client::collector::Collector>>,
-) -> anyhow::Result<Ops>
+) -> anyhow::Result<punch::ops::Operated>
 where
     X: Fn() -> serde_json::Value + Send + Sync + 'static,
 {
-    let mut registry = prometheus_client::registry::Registry::with_prefix("punch");
-    punch_ops::metrics::register_build_info(&mut registry, "punch", env!("CARGO_PKG_VERSION"));
-    let counters = punch::ops::ClientMetrics::register(&mut registry, client);
-    if let Some(g) = gather {
-        registry.register_collector(g);
-    }
-    let follow = counters.follow(client);
-    let metrics = match common.metrics {
-        Some(at) => {
-            let m = punch_ops::metrics::serve(at, std::sync::Arc::new(registry))
-                .await
-                .with_context(|| format!("--metrics {at}"))?;
-            eprintln!("punch: metrics at http://{}/metrics", m.local_addr());
-            Some(m)
-        }
-        None => None,
-    };
     let path = common
         .status_socket
         .clone()
         .unwrap_or_else(|| punch_ops::status::socket_beside(&common.key_file));
-    let c = client.clone();
-    let status = punch_ops::status::serve(&path, move || {
-        let mut doc = punch::ops::status_json(&c);
-        if let (Some(doc), serde_json::Value::Object(more)) = (doc.as_object_mut(), extra()) {
-            doc.extend(more);
-        }
-        doc
-    })
-    .await
-    .context("--status-socket")?;
-    Ok(Ops {
-        _metrics: metrics,
-        _status: status,
-        follow,
-    })
+    let ops = punch::ops::operate(client, "punch", common.metrics, &path, extra, gather)
+        .await
+        .context("--metrics / --status-socket")?;
+    if let Some(at) = ops.metrics_addr() {
+        eprintln!("punch: metrics at http://{at}/metrics");
+    }
+    Ok(ops)
 }
 
 async fn status(

@@ -3,11 +3,17 @@
 //! status socket ([`status_json`]). The `punch` binary and kaspad-punch use both; the library
 //! without the feature has neither dependency.
 
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
-use punch_ops::metrics::{gauge_value, Emit, Gather};
+use punch_ops::metrics::{gauge_value, Emit, Gather, MetricsServer};
+use punch_ops::status::{StatusError, StatusServer};
 use serde_json::{json, Value};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
@@ -16,6 +22,88 @@ use crate::session::PathKind;
 use crate::{Client, Event, Status};
 
 type Labels = Vec<(&'static str, &'static str)>;
+
+/// What a program runs for the operators of its client ([`operate`]): the metrics endpoint
+/// (when asked for), the status socket and the task counting the client's events. Dropping it
+/// stops all three (and removes the socket file).
+#[derive(Debug)]
+pub struct Operated {
+    metrics: Option<MetricsServer>,
+    _status: StatusServer,
+    follow: JoinHandle<()>,
+}
+
+impl Operated {
+    /// Where the metrics endpoint listens, if there is one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(MetricsServer::local_addr)
+    }
+}
+
+impl Drop for Operated {
+    fn drop(&mut self) {
+        self.follow.abort();
+    }
+}
+
+/// Why [`operate`] could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum OperateError {
+    /// The metrics address could not be bound.
+    #[error("metrics endpoint {addr}: {source}")]
+    Metrics {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Status(#[from] StatusError),
+}
+
+/// Starts what `binary`'s operators see of `client`: its metrics (prefix `punch`, with
+/// `punch_build_info{binary}`, plus `gather`, the program's own) at `http://metrics/metrics`
+/// when `metrics` is set, and its status at `status_socket`: [`status_json`] with `extra()`'s
+/// fields added (what the program serves, its caps and their use).
+pub async fn operate<X>(
+    client: &Client,
+    binary: &'static str,
+    metrics: Option<SocketAddr>,
+    status_socket: &Path,
+    extra: X,
+    gather: Option<Box<dyn Collector>>,
+) -> Result<Operated, OperateError>
+where
+    X: Fn() -> Value + Send + Sync + 'static,
+{
+    let mut registry = Registry::with_prefix("punch");
+    punch_ops::metrics::register_build_info(&mut registry, binary, env!("CARGO_PKG_VERSION"));
+    let counters = ClientMetrics::register(&mut registry, client);
+    if let Some(g) = gather {
+        registry.register_collector(g);
+    }
+    let metrics = match metrics {
+        Some(addr) => Some(
+            punch_ops::metrics::serve(addr, Arc::new(registry))
+                .await
+                .map_err(|source| OperateError::Metrics { addr, source })?,
+        ),
+        None => None,
+    };
+    let c = client.clone();
+    let status = punch_ops::status::serve(status_socket, move || {
+        let mut doc = status_json(&c);
+        if let (Some(doc), Value::Object(more)) = (doc.as_object_mut(), extra()) {
+            doc.extend(more);
+        }
+        doc
+    })
+    .await?;
+    Ok(Operated {
+        metrics,
+        _status: status,
+        follow: counters.follow(client),
+    })
+}
 
 /// The client's counters and histogram; cheap to clone (they are shared).
 #[derive(Debug, Clone)]
