@@ -1037,6 +1037,10 @@ impl<T> Control<T> {
 }
 
 #[cfg(test)]
+#[path = "control_test_support.rs"]
+mod test_support;
+
+#[cfg(test)]
 #[path = "control_tests.rs"]
 mod tests;
 

@@ -1,25 +1,11 @@
 //! Unit tests of the control machine's NAT check, on made-up instants.
 
+use super::test_support::{config, drain, MS};
 use super::*;
 use punch_proto::message::{NatMapping, Registered};
 use punch_proto::Role;
 
-const MS: Duration = Duration::from_millis(1);
 const CHECK_PORT: u16 = 7718;
-
-fn config() -> ControlConfig {
-    ControlConfig {
-        rendezvous: "198.51.100.1:7717".parse().unwrap(),
-        accept_inbound: true,
-        allow: Allow::Any,
-        network: String::new(),
-        deny: Denylist::new(),
-        handshake_timeout: Duration::from_secs(5),
-        request_timeout: Duration::from_secs(5),
-        reconnect_min: 200 * MS,
-        reconnect_max: Duration::from_secs(10),
-    }
-}
 
 fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -27,10 +13,6 @@ fn sa(s: &str) -> SocketAddr {
 
 fn local() -> SocketAddr {
     sa("192.168.1.2:40001")
-}
-
-fn drain(c: &mut Control<u32>) -> Vec<Action<u32>> {
-    std::iter::from_fn(|| c.poll_action()).collect()
 }
 
 /// Connects and registers `c` at `now`, seen at `observed`, told of the check port; returns

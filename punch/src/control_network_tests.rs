@@ -1,31 +1,16 @@
 //! Unit tests of the control machine's networks, `Discover` and deny list, on made-up instants.
 
+use super::test_support::{drain, peer, MS};
 use super::*;
 use punch_proto::message::{NatMapping, Registered};
 use punch_proto::Role;
 
-const MS: Duration = Duration::from_millis(1);
-
+/// A client on `network`.
 fn config(network: &str) -> ControlConfig {
     ControlConfig {
-        rendezvous: "198.51.100.1:7717".parse().unwrap(),
-        accept_inbound: true,
-        allow: Allow::Any,
         network: network.into(),
-        deny: Denylist::new(),
-        handshake_timeout: Duration::from_secs(5),
-        request_timeout: Duration::from_secs(5),
-        reconnect_min: 200 * MS,
-        reconnect_max: Duration::from_secs(10),
+        ..super::test_support::config()
     }
-}
-
-fn peer(b: u8) -> PeerId {
-    PeerId::from_bytes([b; 32]).expect("a valid key")
-}
-
-fn drain(c: &mut Control<u32>) -> Vec<Action<u32>> {
-    std::iter::from_fn(|| c.poll_action()).collect()
 }
 
 fn registered(config: ControlConfig, t0: Instant) -> Control<u32> {

@@ -3,37 +3,11 @@
 
 use std::io;
 
+use super::test_support::{config, drain, local, peer, MS};
 use super::*;
 use punch_proto::message::Registered;
 
-const MS: Duration = Duration::from_millis(1);
 const WINDOW: Duration = Duration::from_secs(10);
-
-fn config() -> ControlConfig {
-    ControlConfig {
-        rendezvous: "198.51.100.1:7717".parse().unwrap(),
-        accept_inbound: true,
-        allow: Allow::Any,
-        network: String::new(),
-        deny: Denylist::new(),
-        handshake_timeout: Duration::from_secs(5),
-        request_timeout: Duration::from_secs(5),
-        reconnect_min: 200 * MS,
-        reconnect_max: Duration::from_secs(10),
-    }
-}
-
-fn local() -> SocketAddr {
-    "192.168.1.2:4000".parse().unwrap()
-}
-
-fn peer(b: u8) -> PeerId {
-    PeerId::from_bytes([b; 32]).expect("a valid key")
-}
-
-fn drain(c: &mut Control<u32>) -> Vec<Action<u32>> {
-    std::iter::from_fn(|| c.poll_action()).collect()
-}
 
 fn registered_msg() -> ServerMsg {
     ServerMsg::Registered(Registered {

@@ -2,42 +2,16 @@
 
 use std::io;
 
+use super::test_support::{config, drain, local, peer, MS};
 use super::*;
 use punch_proto::channel::ChannelError;
 use punch_proto::message::{NatMapping, Registered};
 use punch_proto::Role;
 
-const MS: Duration = Duration::from_millis(1);
 const PING: Duration = Duration::from_secs(5);
-
-fn config() -> ControlConfig {
-    ControlConfig {
-        rendezvous: "198.51.100.1:7717".parse().unwrap(),
-        accept_inbound: true,
-        allow: Allow::Any,
-        network: String::new(),
-        deny: Denylist::new(),
-        handshake_timeout: Duration::from_secs(5),
-        request_timeout: Duration::from_secs(5),
-        reconnect_min: 200 * MS,
-        reconnect_max: Duration::from_secs(10),
-    }
-}
 
 fn observed() -> SocketAddr {
     "203.0.113.7:4000".parse().unwrap()
-}
-
-fn local() -> SocketAddr {
-    "192.168.1.2:4000".parse().unwrap()
-}
-
-fn peer(b: u8) -> PeerId {
-    PeerId::from_bytes([b; 32]).expect("a valid key")
-}
-
-fn drain(c: &mut Control<u32>) -> Vec<Action<u32>> {
-    std::iter::from_fn(|| c.poll_action()).collect()
 }
 
 fn registered_msg() -> ServerMsg {
