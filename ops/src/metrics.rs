@@ -22,6 +22,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -179,20 +180,12 @@ impl std::fmt::Debug for Emit<'_> {
 impl Emit<'_> {
     /// A counter without labels.
     pub fn counter(&mut self, name: &str, help: &str, value: u64) -> Result<(), std::fmt::Error> {
-        let c = ConstCounter::new(value);
-        let encoder = self
-            .encoder
-            .encode_descriptor(name, help, None, c.metric_type())?;
-        c.encode(encoder)
+        self.single(name, help, ConstCounter::new(value))
     }
 
     /// A gauge without labels.
     pub fn gauge(&mut self, name: &str, help: &str, value: i64) -> Result<(), std::fmt::Error> {
-        let g = ConstGauge::new(value);
-        let encoder = self
-            .encoder
-            .encode_descriptor(name, help, None, g.metric_type())?;
-        g.encode(encoder)
+        self.single(name, help, ConstGauge::new(value))
     }
 
     /// One counter family: a series per label set.
@@ -202,16 +195,8 @@ impl Emit<'_> {
         help: &str,
         series: &[(Labels<'_>, u64)],
     ) -> Result<(), std::fmt::Error> {
-        let probe = ConstCounter::new(0u64);
-        let mut family = self
-            .encoder
-            .encode_descriptor(name, help, None, probe.metric_type())?;
-        for (labels, value) in series {
-            let labels: Vec<(&str, &str)> = labels.to_vec();
-            let encoder = family.encode_family(&labels)?;
-            ConstCounter::new(*value).encode(encoder)?;
-        }
-        Ok(())
+        let series = series.iter().map(|(l, v)| (*l, ConstCounter::new(*v)));
+        self.family(name, help, MetricType::Counter, series)
     }
 
     /// One gauge family: a series per label set.
@@ -221,14 +206,35 @@ impl Emit<'_> {
         help: &str,
         series: &[(Labels<'_>, i64)],
     ) -> Result<(), std::fmt::Error> {
-        let probe = ConstGauge::new(0i64);
+        let series = series.iter().map(|(l, v)| (*l, ConstGauge::new(*v)));
+        self.family(name, help, MetricType::Gauge, series)
+    }
+
+    fn single<M: EncodeMetric>(
+        &mut self,
+        name: &str,
+        help: &str,
+        metric: M,
+    ) -> Result<(), std::fmt::Error> {
+        let encoder = self
+            .encoder
+            .encode_descriptor(name, help, None, metric.metric_type())?;
+        metric.encode(encoder)
+    }
+
+    fn family<'l, M: EncodeMetric>(
+        &mut self,
+        name: &str,
+        help: &str,
+        metric_type: MetricType,
+        series: impl Iterator<Item = (Labels<'l>, M)>,
+    ) -> Result<(), std::fmt::Error> {
         let mut family = self
             .encoder
-            .encode_descriptor(name, help, None, probe.metric_type())?;
-        for (labels, value) in series {
+            .encode_descriptor(name, help, None, metric_type)?;
+        for (labels, metric) in series {
             let labels: Vec<(&str, &str)> = labels.to_vec();
-            let encoder = family.encode_family(&labels)?;
-            ConstGauge::new(*value).encode(encoder)?;
+            metric.encode(family.encode_family(&labels)?)?;
         }
         Ok(())
     }
