@@ -11,10 +11,9 @@
 //! Needs root (network namespaces, iptables): without it every test prints a SKIPPED line to
 //! stderr and passes.
 
-use punch_tests::bin_path;
 use punch_tests::natlab::{
-    helper_bin, skip_without_net_admin, start_rendezvous, wait_connected, wait_moved, ConnectOpts,
-    ConnectOutcome, Expect, Lab, LinkParams, Peer, ProcId, RouterKind, UPGRADE_BOUND,
+    helper_bin, punch_cmd, skip_without_net_admin, start_rendezvous, wait_connected, wait_moved,
+    ConnectOpts, ConnectOutcome, Expect, Lab, LinkParams, Peer, ProcId, RouterKind, UPGRADE_BOUND,
 };
 use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
@@ -142,22 +141,6 @@ fn four_sites_map_filter_delay_and_clean_up() {
     drop_and_check_clean(lab);
 }
 
-/// `punch SUBCOMMAND...` against the lab's rendezvous with key file `key` in the case dir.
-fn punch(lab: &Lab, rendezvous: &(String, String), args: &[&str], key: &str) -> Command {
-    let mut cmd = Command::new(bin_path("punch"));
-    cmd.env("RUST_LOG", "punch=debug,warn");
-    cmd.args(args);
-    cmd.args([
-        "--rendezvous",
-        &rendezvous.0,
-        "--rendezvous-key",
-        &rendezvous.1,
-        "--key-file",
-        &lab.case_dir().join(key).display().to_string(),
-    ]);
-    cmd
-}
-
 /// One `punch connect` from peer `from` to peer `to`, exposing the tunnel at `local`.
 struct Dial {
     from: Peer,
@@ -188,11 +171,11 @@ fn four_sites_punch_every_pair() {
         lab.wait_stdout_line(echo, STARTUP, |l| l.starts_with("listening "))
             .unwrap();
         let args = ["listen", "--forward", &service, "--allow-any"];
-        let listen = punch(
+        let listen = punch_cmd(
             &lab,
-            &rendezvous,
             &args,
             &format!("listen{}.key", peer.index()),
+            &rendezvous.1,
         );
         let listen = lab
             .spawn(&format!("listen-{}", peer.index()), &ns, &listen)
@@ -211,7 +194,7 @@ fn four_sites_punch_every_pair() {
             let (i, j) = (from.index(), to.index());
             let local: SocketAddr = format!("127.0.0.1:{}", 9000 + 10 * i + j).parse().unwrap();
             let args = ["connect", &ids[j], "--local", &local.to_string()];
-            let cmd = punch(&lab, &rendezvous, &args, &format!("dial{i}{j}.key"));
+            let cmd = punch_cmd(&lab, &args, &format!("dial{i}{j}.key"), &rendezvous.1);
             let proc = lab
                 .spawn(&format!("connect-{i}-{j}"), &lab.peer_ns(from), &cmd)
                 .unwrap();

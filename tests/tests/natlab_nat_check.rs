@@ -8,12 +8,10 @@
 //! Needs root (network namespaces, iptables): without it the test prints a SKIPPED line to
 //! stderr and passes.
 
-use punch_tests::bin_path;
 use punch_tests::natlab::{
-    skip_without_net_admin, start_rendezvous, wait_connected, Expect, Lab, LinkParams, ProcId,
-    RouterKind,
+    punch_cmd, skip_without_net_admin, start_rendezvous, wait_connected, Expect, Lab, LinkParams,
+    ProcId, RouterKind,
 };
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use RouterKind::*;
@@ -31,22 +29,6 @@ const KINDS: [RouterKind; 6] = [
 const STARTUP: Duration = Duration::from_secs(15);
 /// The line `punch` prints once the NAT check answered.
 const NAT_LINE: &str = "punch: NAT check: ";
-
-/// `punch SUBCOMMAND...` against the lab's rendezvous with key file `key` in the case dir.
-fn punch(lab: &Lab, rendezvous: &(String, String), args: &[&str], key: &str) -> Command {
-    let mut cmd = Command::new(bin_path("punch"));
-    cmd.env("RUST_LOG", "punch=info,warn");
-    cmd.args(args);
-    cmd.args([
-        "--rendezvous",
-        &rendezvous.0,
-        "--rendezvous-key",
-        &rendezvous.1,
-        "--key-file",
-        &lab.case_dir().join(key).display().to_string(),
-    ]);
-    cmd
-}
 
 /// Waits until the stderr of `proc` has a line containing `needle`; returns it.
 fn wait_stderr(lab: &Lab, proc: ProcId, needle: &str) -> String {
@@ -78,7 +60,7 @@ fn each_router_kind_is_reported_as_built() {
     for peer in lab.peers() {
         let i = peer.index();
         let args = ["listen", "--forward", "127.0.0.1:7000", "--allow-any"];
-        let cmd = punch(&lab, &rendezvous, &args, &format!("listen{i}.key"));
+        let cmd = punch_cmd(&lab, &args, &format!("listen{i}.key"), &rendezvous.1);
         let proc = lab
             .spawn(&format!("listen-{i}"), &lab.peer_ns(peer), &cmd)
             .unwrap();
@@ -108,7 +90,7 @@ fn each_router_kind_is_reported_as_built() {
     // Symmetric to symmetric: said before the dial, and the relay carries the session.
     let (from, to) = (4, 5);
     let args = ["connect", &ids[to], "--local", "127.0.0.1:9045"];
-    let cmd = punch(&lab, &rendezvous, &args, "dial.key");
+    let cmd = punch_cmd(&lab, &args, "dial.key", &rendezvous.1);
     let proc = lab.spawn("connect-4-5", &lab.peer_ns(from), &cmd).unwrap();
     let check = wait_stderr(&lab, proc, NAT_LINE);
     assert!(check.contains("endpoint-dependent mapping"), "{check}");

@@ -162,7 +162,7 @@ fn record(topology: Topology, link: LinkParams, outcome: &Outcome) -> Result<()>
 }
 
 /// `punch SUBCOMMAND...` with the lab's rendezvous flags and a key file in the case directory.
-fn punch_cmd(lab: &Lab, subcommand: &[&str], key: &str, rendezvous_key: &str) -> Command {
+pub fn punch_cmd(lab: &Lab, subcommand: &[&str], key: &str, rendezvous_key: &str) -> Command {
     let mut cmd = Command::new(bin_path("punch"));
     cmd.env("RUST_LOG", "punch=debug,warn");
     cmd.args(subcommand);

@@ -5,8 +5,8 @@
 mod case;
 
 pub use case::{
-    expected, results_dir, run_case, start_peers, start_rendezvous, variant, wait_connected,
-    wait_moved, Expect, Outcome, Peers, FAILURE_BOUND, TUNNEL, UPGRADE_BOUND,
+    expected, punch_cmd, results_dir, run_case, start_peers, start_rendezvous, variant,
+    wait_connected, wait_moved, Expect, Outcome, Peers, FAILURE_BOUND, TUNNEL, UPGRADE_BOUND,
 };
 pub use punch_natlab::*;
 
