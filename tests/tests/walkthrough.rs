@@ -45,10 +45,14 @@ fn the_readme_operator_walkthrough_works_as_written() {
         bin_dir.display(),
         std::env::var("PATH").unwrap_or_default()
     );
+    // The block works in `mktemp -d`; pointing TMPDIR at a directory of the test's own lets a
+    // failure show the peers' logs.
+    let tmp = Scratch::new();
     let child = Command::new("timeout")
         .arg(HANG.as_secs().to_string())
         .args(["bash", "-c", &script])
         .env("PATH", path)
+        .env("TMPDIR", &tmp.0)
         .env("NO_COLOR", "1")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -60,8 +64,9 @@ fn the_readme_operator_walkthrough_works_as_written() {
     println!("{stdout}");
     assert!(
         out.status.success(),
-        "walkthrough failed ({}):\n{stdout}\n{stderr}",
-        out.status
+        "walkthrough failed ({}):\n{stdout}\n{stderr}\n{}",
+        out.status,
+        logs(&tmp.0)
     );
     let lines: Vec<&str> = stdout.lines().collect();
     let find = |want: &str| {
@@ -87,4 +92,42 @@ fn the_readme_operator_walkthrough_works_as_written() {
         stdout.contains("punch_time_to_session_seconds_count{path=\"direct\"} 1"),
         "{stdout}"
     );
+}
+
+/// Every `.out` and `.log` file the block wrote (it works in one directory under `root`).
+fn logs(root: &Path) -> String {
+    let mut text = String::new();
+    let dirs = std::fs::read_dir(root).into_iter().flatten().flatten();
+    for dir in dirs {
+        let mut files: Vec<_> = std::fs::read_dir(dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("out" | "log")))
+            .collect();
+        files.sort();
+        for file in files {
+            let body = std::fs::read_to_string(&file).unwrap_or_default();
+            text.push_str(&format!("--- {}\n{body}\n", file.display()));
+        }
+    }
+    text
+}
+
+/// A directory of this test's own, removed when the test ends.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("punch-walkthrough-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
