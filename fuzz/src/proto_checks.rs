@@ -423,7 +423,11 @@ fn build_server_msg(input: &mut Input) -> ServerMsg {
         7 => ServerMsg::GoingAway {
             reconnect_within: build_duration(input),
         },
-        1 => ServerMsg::Pong { nonce: input.u64() },
+        1 => ServerMsg::Pong {
+            nonce: input.u64(),
+            // Zero is "none" on the wire.
+            server_time_us: Some(input.u64()).filter(|&t| t != 0),
+        },
         5 => ServerMsg::Discovered {
             request_id: input.u64(),
             // Up to 79 identities: more than the 64 the encoder keeps; a repeated one (an
@@ -447,6 +451,8 @@ fn build_server_msg(input: &mut Input) -> ServerMsg {
                 Role::Initiator
             },
             dial_delay: build_duration(input),
+            // Zero is "none" on the wire.
+            dial_at_us: Some(input.u64()).filter(|&t| t != 0),
             peer_local: build_addrs(input),
             relay: input.bool().then(|| RelayTicket {
                 token: input.array(),
@@ -1070,6 +1076,7 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         peer_local: vec!["10.0.0.2:4000".parse().expect("addr")],
         role: Role::Responder,
         dial_delay: Duration::from_millis(250),
+        dial_at_us: Some(5_000_250),
         relay: None,
         upgrade: None,
         peer_nat: NatMapping::Unknown,
@@ -1113,7 +1120,15 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         ("server_msg", "offer", offer.encode()),
         ("server_msg", "error", error.encode()),
         ("server_msg", "registered", registered.encode()),
-        ("server_msg", "pong", ServerMsg::Pong { nonce: 9 }.encode()),
+        (
+            "server_msg",
+            "pong",
+            ServerMsg::Pong {
+                nonce: 9,
+                server_time_us: Some(5_000_000),
+            }
+            .encode(),
+        ),
         ("register_msg", "register", register.clone()),
         (
             "register_msg",

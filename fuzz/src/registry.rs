@@ -480,8 +480,13 @@ pub fn run(s: Scenario) {
                         let owd_a = registry::owd(srtt_a.expect("requester has an RTT"));
                         let owd_b = registry::owd(srtt_b.expect("target has an RTT"));
                         assert_eq!(oa.dial_delay + owd_a, ob.dial_delay + owd_b, "dial moments");
-                        assert_eq!(oa.dial_delay.min(ob.dial_delay), limits.dial_margin);
-                        let most = registry::MAX_OWD + limits.dial_margin;
+                        // The later side waits the margin plus the room for a late offer
+                        // (an RTT variation, capped), never more.
+                        let least = oa.dial_delay.min(ob.dial_delay);
+                        assert!(least >= limits.dial_margin, "margin {least:?}");
+                        assert!(least <= limits.dial_margin + registry::MAX_LATENESS);
+                        assert_eq!(oa.dial_at_us, ob.dial_at_us, "one moment on the clock");
+                        let most = registry::MAX_OWD + registry::MAX_LATENESS + limits.dial_margin;
                         assert!(oa.dial_delay.max(ob.dial_delay) <= most, "dial delay bound");
                         let ms = |d: Duration| d.as_millis().min(u128::from(u32::MAX));
                         let (wa, wb) = (ms(oa.dial_delay), ms(ob.dial_delay));

@@ -289,25 +289,24 @@ impl Lab {
     /// Starts one delay helper per router link (if any delay) in the internet namespace and
     /// loads the loss/delay rules on the bridge ports there (see `rules::wire_rules`).
     fn start_impairments(&mut self, inet: &str, sites: &[Peer]) -> Result<()> {
-        let delayed = self.link.delay_ms > 0;
         let links: Vec<WanLink> = sites
             .iter()
             .map(|p| WanLink {
                 port: format!("e{}", p.letter()),
-                queue: delayed.then_some(p.index() as u16 + 1),
+                queue: (self.link.delay_of(p.index()) > 0).then_some(p.index() as u16 + 1),
             })
             .collect();
         let Some(rules) = rules::wire_rules(&links, self.link.loss_percent) else {
             return Ok(());
         };
-        for link in &links {
+        for (link, site) in links.iter().zip(sites) {
             let Some(q) = link.queue else { continue };
             let mut cmd = Command::new(helper_bin("natlab_delay")?);
             cmd.args([
                 "--queue",
                 &q.to_string(),
                 "--delay-ms",
-                &self.link.delay_ms.to_string(),
+                &self.link.delay_of(site.index()).to_string(),
                 "--max-secs",
                 &HELPER_MAX_SECS.to_string(),
             ]);

@@ -252,6 +252,9 @@ pub struct LinkParams {
     /// Percentage (0..=100) of packets dropped on each router's WAN link, each direction,
     /// independently per packet.
     pub loss_percent: f32,
+    /// The one-way delay of peer B's router link instead of `delay_ms`: an asymmetric pair
+    /// (peer A near the rendezvous, B far from it). `None`: `delay_ms` everywhere.
+    pub delay_ms_b: Option<u32>,
 }
 
 impl Default for LinkParams {
@@ -260,6 +263,7 @@ impl Default for LinkParams {
         LinkParams {
             delay_ms: 0,
             loss_percent: 0.0,
+            delay_ms_b: None,
         }
     }
 }
@@ -269,7 +273,24 @@ impl LinkParams {
     pub fn delay(delay_ms: u32) -> Self {
         LinkParams {
             delay_ms,
-            loss_percent: 0.0,
+            ..LinkParams::default()
+        }
+    }
+
+    /// Delay only, `a_ms` on peer A's router link (and any other but B's), `b_ms` on B's.
+    pub fn asymmetric(a_ms: u32, b_ms: u32) -> Self {
+        LinkParams {
+            delay_ms: a_ms,
+            delay_ms_b: Some(b_ms),
+            ..LinkParams::default()
+        }
+    }
+
+    /// The one-way delay on the router link of peer `index` (0 is A, 1 is B).
+    pub fn delay_of(&self, index: usize) -> u32 {
+        match (index, self.delay_ms_b) {
+            (1, Some(b)) => b,
+            _ => self.delay_ms,
         }
     }
 }

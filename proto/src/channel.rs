@@ -8,10 +8,10 @@
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::Framed;
 
-use crate::frame::{FrameCodec, FrameError};
+use crate::frame::{FrameCodec, FrameError, HEADER_LEN};
 use crate::identity::{Keypair, PeerId};
 use crate::message::{DecodeError, Register};
 use crate::noise::{Handshake, NoiseError, Transport};
@@ -41,12 +41,27 @@ pub enum ChannelError {
 }
 
 /// A Noise-encrypted, framed channel.
+///
+/// After the handshake it holds no buffer while idle: a registered peer of the rendezvous
+/// sends a message every few seconds, and the server holds one channel per peer, so fixed
+/// read and write buffers (a codec's 8 KiB each) would be most of its memory per peer. `read`
+/// holds at most the frame being received (capped by [`FrameCodec::control`]) and is freed
+/// once empty; `buf` holds one encrypted message while it is written.
 #[derive(Debug)]
 pub struct Channel<S> {
-    framed: Framed<S, FrameCodec>,
+    io: S,
+    codec: FrameCodec,
     transport: Transport,
+    /// Bytes received and not yet taken as frames.
+    read: Vec<u8>,
     buf: Vec<u8>,
 }
+
+/// The first read of a frame asks for this much: a whole control message usually fits, so it
+/// takes one system call.
+const FIRST_READ: usize = 256;
+/// A write buffer larger than this is not kept between messages.
+const KEEP_WRITE_BUF: usize = 1024;
 
 async fn next_frame<S: AsyncRead + AsyncWrite + Unpin>(
     framed: &mut Framed<S, FrameCodec>,
@@ -70,11 +85,7 @@ pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     let m2 = next_frame(&mut framed).await?;
     hs.read(&m2)?;
     framed.send(hs.write(&register.encode())?).await?;
-    Ok(Channel {
-        framed,
-        transport: hs.into_transport()?,
-        buf: Vec::new(),
-    })
+    Ok(Channel::after_handshake(framed, hs.into_transport()?))
 }
 
 /// What the server learns from a completed handshake.
@@ -113,31 +124,98 @@ pub async fn server_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     let transport = hs.into_transport()?;
     Ok(Accepted {
         peer: transport.remote(),
-        channel: Channel {
-            framed,
-            transport,
-            buf: Vec::new(),
-        },
+        channel: Channel::after_handshake(framed, transport),
         register,
         rtt,
     })
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
+    /// Leaves the handshake's codec buffers behind, keeping what was read past message 3.
+    fn after_handshake(framed: Framed<S, FrameCodec>, transport: Transport) -> Self {
+        let parts = framed.into_parts();
+        Channel {
+            io: parts.io,
+            codec: parts.codec,
+            transport,
+            read: parts.read_buf.to_vec(),
+            buf: Vec::new(),
+        }
+    }
+
     /// Encrypts and sends one message.
     pub async fn send(&mut self, plaintext: &[u8]) -> Result<(), ChannelError> {
         self.buf.clear();
+        self.buf.extend_from_slice(&[0; HEADER_LEN]);
         self.transport.encrypt(plaintext, &mut self.buf)?;
-        self.framed.send(&self.buf[..]).await?;
+        let len = self.buf.len() - HEADER_LEN;
+        if len > self.codec.max() {
+            return Err(FrameError::Oversized {
+                len,
+                max: self.codec.max(),
+            }
+            .into());
+        }
+        self.buf[..HEADER_LEN].copy_from_slice(&(len as u16).to_be_bytes());
+        self.io.write_all(&self.buf).await.map_err(FrameError::Io)?;
+        self.io.flush().await.map_err(FrameError::Io)?;
+        if self.buf.capacity() > KEEP_WRITE_BUF {
+            self.buf = Vec::new();
+        }
         Ok(())
     }
 
-    /// Receives and decrypts one message. Cancel-safe: a frame is either wholly consumed or not.
+    /// Receives and decrypts one message. Cancel-safe: its only wait is a read whose bytes,
+    /// once read, are kept in `self` before anything else can happen.
     pub async fn recv(&mut self) -> Result<Vec<u8>, ChannelError> {
-        let frame = next_frame(&mut self.framed).await?;
-        let mut out = Vec::with_capacity(frame.len());
-        self.transport.decrypt(&frame, &mut out)?;
-        Ok(out)
+        loop {
+            if let Some(len) = self.whole_frame()? {
+                let mut out = Vec::with_capacity(len);
+                let res = self
+                    .transport
+                    .decrypt(&self.read[HEADER_LEN..HEADER_LEN + len], &mut out);
+                self.read.drain(..HEADER_LEN + len);
+                if self.read.is_empty() {
+                    self.read = Vec::new();
+                }
+                res?;
+                return Ok(out);
+            }
+            // Room for the rest of this frame (its length is checked), or a first read.
+            let want = match self.read.len() {
+                n if n < HEADER_LEN => FIRST_READ,
+                _ => HEADER_LEN + usize::from(u16::from_be_bytes([self.read[0], self.read[1]])),
+            };
+            self.read.reserve(want.saturating_sub(self.read.len()));
+            let n = self
+                .io
+                .read_buf(&mut self.read)
+                .await
+                .map_err(FrameError::Io)?;
+            if n == 0 {
+                return Err(ChannelError::Closed);
+            }
+        }
+    }
+
+    /// The plaintext length of the whole frame at the front of `read`, if it is there; an
+    /// empty or oversized frame is refused before it is read.
+    fn whole_frame(&self) -> Result<Option<usize>, ChannelError> {
+        if self.read.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let len = usize::from(u16::from_be_bytes([self.read[0], self.read[1]]));
+        if len == 0 {
+            return Err(FrameError::Empty.into());
+        }
+        if len > self.codec.max() {
+            return Err(FrameError::Oversized {
+                len,
+                max: self.codec.max(),
+            }
+            .into());
+        }
+        Ok((self.read.len() >= HEADER_LEN + len).then_some(len))
     }
 
     /// The authenticated identity of the other side.
@@ -146,7 +224,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
     }
 
     pub fn get_ref(&self) -> &S {
-        self.framed.get_ref()
+        &self.io
     }
 }
 

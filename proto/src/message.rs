@@ -263,7 +263,13 @@ pub struct Offer {
     pub peer_observed: SocketAddr,
     pub peer_local: Vec<SocketAddr>,
     pub role: Role,
+    /// Wait this long after receiving the offer, then dial (what a client without the
+    /// server's clock does; see `dial_at`).
     pub dial_delay: Duration,
+    /// The dial moment on the server's clock (microseconds, see [`ServerMsg::Pong`]), the
+    /// same in both offers: a client that has placed that clock on its own dials then,
+    /// however late the offer reached it. `None` from a server that does not say.
+    pub dial_at_us: Option<u64>,
     /// The relay fallback for this punch, when the server relays.
     pub relay: Option<RelayTicket>,
     /// This punch moves the relayed session with this id (between the same peers) to a
@@ -353,6 +359,10 @@ pub enum ServerMsg {
     },
     Pong {
         nonce: u64,
+        /// The server's clock when it sent this pong: microseconds from an epoch of its own
+        /// (its start), never 0. With the round trip of the ping it answers, the client
+        /// places the server's clock on its own, and so [`Offer::dial_at_us`].
+        server_time_us: Option<u64>,
     },
     Registered(Registered),
     Offer(Offer),
@@ -570,7 +580,10 @@ impl ClientMsg {
         use pb::client_message::Kind;
         let kind = match self {
             ClientMsg::Ping { nonce } => Kind::Ping(pb::Ping { nonce: *nonce }),
-            ClientMsg::Pong { nonce } => Kind::Pong(pb::Pong { nonce: *nonce }),
+            ClientMsg::Pong { nonce } => Kind::Pong(pb::Pong {
+                nonce: *nonce,
+                server_time_us: 0,
+            }),
             ClientMsg::Connect { request_id, peer } => Kind::Connect(pb::ConnectRequest {
                 request_id: *request_id,
                 peer: peer.as_bytes().to_vec(),
@@ -620,7 +633,13 @@ impl ServerMsg {
         use pb::server_message::Kind;
         let kind = match self {
             ServerMsg::Ping { nonce } => Kind::Ping(pb::Ping { nonce: *nonce }),
-            ServerMsg::Pong { nonce } => Kind::Pong(pb::Pong { nonce: *nonce }),
+            ServerMsg::Pong {
+                nonce,
+                server_time_us,
+            } => Kind::Pong(pb::Pong {
+                nonce: *nonce,
+                server_time_us: server_time_us.unwrap_or(0),
+            }),
             ServerMsg::Registered(r) => Kind::Registered(pb::Registered {
                 observed: Some(addr_to_pb(&r.observed)),
                 ping_interval_ms: millis(r.ping_interval),
@@ -639,6 +658,7 @@ impl ServerMsg {
                     .collect(),
                 role: role_to_pb(o.role) as i32,
                 dial_delay_ms: millis(o.dial_delay),
+                dial_at_us: o.dial_at_us.unwrap_or(0),
                 relay_token: o
                     .relay
                     .as_ref()
@@ -688,7 +708,10 @@ impl ServerMsg {
         let m = pb::ServerMessage::decode(bytes)?;
         Ok(match m.kind.ok_or(DecodeError::Empty)? {
             Kind::Ping(p) => ServerMsg::Ping { nonce: p.nonce },
-            Kind::Pong(p) => ServerMsg::Pong { nonce: p.nonce },
+            Kind::Pong(p) => ServerMsg::Pong {
+                nonce: p.nonce,
+                server_time_us: (p.server_time_us != 0).then_some(p.server_time_us),
+            },
             Kind::Registered(r) => ServerMsg::Registered(Registered {
                 observed: addr_from_pb(
                     r.observed
@@ -720,6 +743,7 @@ impl ServerMsg {
                     _ => return Err(DecodeError::Role(o.role)),
                 },
                 dial_delay: Duration::from_millis(u64::from(o.dial_delay_ms)),
+                dial_at_us: (o.dial_at_us != 0).then_some(o.dial_at_us),
                 relay: match o.relay_token.len() {
                     0 => None,
                     RELAY_TOKEN_LEN => {
@@ -803,6 +827,7 @@ mod tests {
             ],
             role: Role::Responder,
             dial_delay: Duration::from_millis(250),
+            dial_at_us: Some(1_000_250),
             relay: Some(RelayTicket {
                 token: [7; RELAY_TOKEN_LEN],
                 after: Duration::from_millis(120),
@@ -816,7 +841,14 @@ mod tests {
     fn server_messages_round_trip() {
         let msgs = vec![
             ServerMsg::Ping { nonce: u64::MAX },
-            ServerMsg::Pong { nonce: 0 },
+            ServerMsg::Pong {
+                nonce: 0,
+                server_time_us: None,
+            },
+            ServerMsg::Pong {
+                nonce: 7,
+                server_time_us: Some(u64::MAX),
+            },
             ServerMsg::Registered(Registered {
                 observed: "198.51.100.1:65535".parse().unwrap(),
                 ping_interval: Duration::from_secs(5),

@@ -34,6 +34,12 @@
 //! publishes it ([`Action::SetNat`], [`Event::NatChecked`]). An offer whose two mappings rule
 //! out a direct punch ([`crate::nat::direct_outlook`]) is logged as such when it arrives.
 //!
+//! Dial moments: pongs from the server carry its clock, which [`ServerClock`] places on ours
+//! from our pings' round trips; an offer's dial moment on that clock then decides when to dial
+//! (see [`crate::clock`]), and before the first such pong (or from a server that does not say)
+//! the offer's `dial_delay` after its arrival does. Either way [`Action::StartPunch`] carries
+//! the delay from the offer's arrival.
+//!
 //! Requests ([`Control::connect`], [`Control::discover`]: `Discover` -> `Discovered | Error`)
 //! made while a connection attempt is under way are sent once
 //! registered; between attempts they fail at once. Each waits for its offer or refusal at
@@ -62,6 +68,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tracing::{debug, info, warn};
 
+use crate::clock::ServerClock;
 use crate::config::{Allow, Config};
 use crate::deny::Denylist;
 use crate::error::{Error, RendezvousError};
@@ -72,6 +79,10 @@ use crate::throttle::LogThrottle;
 /// The rendezvous is considered gone after this many of its ping intervals without a word:
 /// one lost or late ping is normal on a congested path, three in a row are not.
 pub const MISSED_PINGS: u32 = 3;
+/// How much later than the offer's `dial_delay` the server's clock may place the dial: the
+/// server's estimate of our one-way delay can be high by up to its cap (500 ms), and an
+/// estimate of its clock further off than that is not believed.
+pub const MAX_CLOCK_SHIFT: Duration = Duration::from_millis(500);
 /// The silence limit is computed from at least this ping interval, so that a server announcing
 /// a tiny interval does not make us drop it on the first scheduling hiccup.
 pub const MIN_PING_INTERVAL: Duration = Duration::from_millis(100);
@@ -274,6 +285,8 @@ enum State {
         ping: Option<(u64, Instant)>,
         /// The last round trip to the server (our ping to its pong).
         rtt: Option<Duration>,
+        /// The server's clock, from our pings' round trips: offers' dial moments are on it.
+        clock: ServerClock,
     },
 }
 
@@ -572,6 +585,7 @@ impl<T> Control<T> {
                 ref mut last_heard,
                 ref mut ping,
                 ref mut rtt,
+                ref mut clock,
                 observed,
                 local,
                 ..
@@ -590,11 +604,17 @@ impl<T> Control<T> {
                                 .push_back(Action::Send(ClientMsg::Ping { nonce }));
                         }
                     }
-                    ServerMsg::Pong { nonce } => {
+                    ServerMsg::Pong {
+                        nonce,
+                        server_time_us,
+                    } => {
                         if let Some((sent_nonce, sent)) = *ping {
                             if sent_nonce == nonce {
                                 *ping = None;
                                 *rtt = Some(now.saturating_duration_since(sent));
+                                if let Some(server_us) = server_time_us {
+                                    clock.on_pong(sent, now, server_us);
+                                }
                                 let rtt = *rtt;
                                 self.actions
                                     .push_back(Action::SetStatus(Status::Registered {
@@ -637,6 +657,7 @@ impl<T> Control<T> {
                     silence_limit: r.ping_interval.max(MIN_PING_INTERVAL) * MISSED_PINGS,
                     ping: Some((nonce, now)),
                     rtt: None,
+                    clock: ServerClock::default(),
                 };
                 self.backoff.reset();
                 self.restart_until = None;
@@ -691,6 +712,23 @@ impl<T> Control<T> {
         }
     }
 
+    /// How long after `now` (the offer's arrival) to dial: until the offer's dial moment on
+    /// the server's clock when that clock is placed ([`ServerClock`]), so a late offer does
+    /// not make a late dial; else the offer's `dial_delay`. A moment already past means now.
+    /// Never later than `dial_delay` + [`MAX_CLOCK_SHIFT`]: a clock estimate that far off is
+    /// wrong (the server restarted, the samples are stale), and the relative delay is safe.
+    fn dial_delay(&self, now: Instant, offer: &Offer) -> Duration {
+        let State::Registered { clock, .. } = &self.state else {
+            return offer.dial_delay;
+        };
+        match offer.dial_at_us.and_then(|at| clock.local(at)) {
+            Some((at, _)) => at
+                .saturating_duration_since(now)
+                .min(offer.dial_delay + MAX_CLOCK_SHIFT),
+            None => offer.dial_delay,
+        }
+    }
+
     fn offer(&mut self, now: Instant, offer: Offer) {
         let inbound = offer.request_id == 0;
         let (reply, started) = if inbound {
@@ -736,6 +774,8 @@ impl<T> Control<T> {
             }
         };
         self.stats.offers += 1;
+        let mut offer = offer;
+        offer.dial_delay = self.dial_delay(now, &offer);
         self.actions.push_back(Action::Emit(Event::Offer {
             peer: offer.peer,
             session_id: offer.session_id,

@@ -122,6 +122,7 @@ fn offers_carry_the_peers_mapping() {
             peer_local: vec![],
             role: Role::Responder,
             dial_delay: 50 * MS,
+            dial_at_us: None,
             relay: None,
             upgrade: None,
             peer_nat: NatMapping::EndpointDependent,

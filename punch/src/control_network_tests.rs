@@ -38,6 +38,7 @@ fn inbound_offer(from: PeerId, observed: &str) -> Offer {
         peer_local: vec![],
         role: Role::Responder,
         dial_delay: 50 * MS,
+        dial_at_us: None,
         relay: None,
         upgrade: None,
         peer_nat: NatMapping::Unknown,

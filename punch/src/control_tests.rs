@@ -42,6 +42,7 @@ fn offer(request_id: u64, peer: PeerId, role: Role) -> Offer {
         peer_local: vec![],
         role,
         dial_delay: 50 * MS,
+        dial_at_us: None,
         relay: None,
         upgrade: None,
         peer_nat: NatMapping::Unknown,
@@ -96,12 +97,24 @@ fn connects_at_once_and_registers() {
     assert_eq!(nat.mapping, NatMapping::Unknown);
     // The pong to our first ping gives the round trip.
     let nonce = *nonce;
-    c.handle_message(t0 + 20 * MS, ServerMsg::Pong { nonce: nonce ^ 1 });
+    c.handle_message(
+        t0 + 20 * MS,
+        ServerMsg::Pong {
+            nonce: nonce ^ 1,
+            server_time_us: None,
+        },
+    );
     assert!(
         drain(&mut c).is_empty(),
         "a pong of another nonce is no sample"
     );
-    c.handle_message(t0 + 50 * MS, ServerMsg::Pong { nonce });
+    c.handle_message(
+        t0 + 50 * MS,
+        ServerMsg::Pong {
+            nonce,
+            server_time_us: None,
+        },
+    );
     let actions = drain(&mut c);
     assert!(
         matches!(&actions[..], [Action::SetStatus(Status::Registered { rtt: Some(rtt), .. })] if *rtt == 30 * MS),
@@ -633,4 +646,59 @@ fn the_registration_carries_the_allow_list() {
     // Inbound off stays off whatever the list.
     let off = with(Allow::Only([peer(4)].into_iter().collect()), false);
     assert!(!off.accept_inbound);
+}
+
+/// The delay the machine hands the driver for the punch it starts.
+fn started_delay(actions: &[Action<u32>]) -> Duration {
+    actions
+        .iter()
+        .find_map(|a| match a {
+            Action::StartPunch { offer, .. } => Some(offer.dial_delay),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no punch started: {actions:?}"))
+}
+
+#[test]
+fn an_offer_is_dialed_at_its_moment_on_the_servers_clock() {
+    let t0 = Instant::now();
+    let mut c = Control::new(config(), t0, 1);
+    drain(&mut c);
+    c.on_connected(t0, local());
+    c.handle_message(t0, registered_msg());
+    let nonce = drain(&mut c)
+        .iter()
+        .find_map(|a| match a {
+            Action::Send(ClientMsg::Ping { nonce }) => Some(*nonce),
+            _ => None,
+        })
+        .expect("a ping at registration");
+    let offer_at = |session_id: u64, dial_at_us: u64| {
+        let mut o = offer(0, peer(4), Role::Responder);
+        o.session_id = session_id;
+        o.dial_at_us = Some(dial_at_us);
+        ServerMsg::Offer(o)
+    };
+    // Before a pong with the server's time, the offer's own delay (50 ms) counts.
+    c.handle_message(t0 + 5 * MS, offer_at(1, 1_300_000));
+    assert_eq!(started_delay(&drain(&mut c)), 50 * MS);
+    // The pong: a 20 ms round trip, the server's clock reading 1.01 s at its middle (t0 + 10
+    // ms), so its 1.3 s is our t0 + 300 ms.
+    c.handle_message(
+        t0 + 20 * MS,
+        ServerMsg::Pong {
+            nonce,
+            server_time_us: Some(1_010_000),
+        },
+    );
+    drain(&mut c);
+    // An offer arriving at t0 + 100 ms waits until t0 + 300 ms, whatever its own delay says.
+    c.handle_message(t0 + 100 * MS, offer_at(2, 1_300_000));
+    assert_eq!(started_delay(&drain(&mut c)), 200 * MS);
+    // One arriving after its moment dials at once.
+    c.handle_message(t0 + 400 * MS, offer_at(3, 1_300_000));
+    assert_eq!(started_delay(&drain(&mut c)), Duration::ZERO);
+    // A moment far beyond the offer's own delay is not believed past MAX_CLOCK_SHIFT.
+    c.handle_message(t0 + 400 * MS, offer_at(4, 60_000_000));
+    assert_eq!(started_delay(&drain(&mut c)), 50 * MS + MAX_CLOCK_SHIFT);
 }

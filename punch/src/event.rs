@@ -57,7 +57,9 @@ pub enum Event {
     /// We asked the rendezvous to punch to `peer`.
     Requested { peer: PeerId },
     /// An offer arrived: for our request, or for another peer's punch to us
-    /// (`inbound`). Both sides dial `dial_delay` after it.
+    /// (`inbound`). This side dials `dial_delay` after it: until the offer's dial moment on
+    /// the rendezvous's clock once that clock is placed ([`crate::clock`]), else the delay the
+    /// offer names.
     Offer {
         peer: PeerId,
         session_id: u64,

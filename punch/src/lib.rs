@@ -35,6 +35,7 @@
 pub mod attempt;
 pub mod auth;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod deny;

@@ -114,9 +114,11 @@ pub const DEFAULT_DISCOVER_MAX: usize = 16;
 /// File descriptors the server keeps beyond one per registered peer, waiting connection and
 /// handshake: the listeners (main and NAT check), stdio, log files, the runtime's own.
 pub const FD_RESERVE: u64 = 64;
-/// Extra time added to the later side's one-way delay before both dial: absorbs jitter and the
-/// time a client needs to bind its sockets. 50 ms is a few scheduler slices plus typical jitter.
-pub const DEFAULT_DIAL_MARGIN: Duration = Duration::from_millis(50);
+/// Time added to the dial moment for a client to act on its offer (decode it, arm a timer,
+/// open a socket on its punch port): under a millisecond on an idle host, a few scheduler
+/// slices on a loaded one. Path delay and its variation are measured per peer and added on
+/// top (see the registry's dial schedule), so this is no jitter allowance.
+pub const DEFAULT_DIAL_MARGIN: Duration = Duration::from_millis(5);
 /// Registrations per second the server asks its peers to come back at after a restart: on
 /// shutdown each registered peer is told (`GoingAway`) to reconnect at a uniformly random
 /// moment within `registered / rate` seconds ([`Config::reconnect_window`]). Derived from the
@@ -229,7 +231,8 @@ pub struct Config {
     pub max_registrations_per_network: usize,
     /// Why: bounds the memory of the registry's rate tables.
     pub max_rate_keys: usize,
-    /// Why: jitter allowance so both SYNs leave together even if an estimate is a bit off.
+    /// Why: a client needs a moment to act on its offer before the dial moment (path delay
+    /// and its variation are measured, not part of this).
     pub dial_margin: Duration,
     /// Why: a `Discover` answer is a sample, never the directory: scraping it takes many
     /// requests, each charged to the punch request budgets.

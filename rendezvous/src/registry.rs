@@ -6,11 +6,19 @@
 //! `now` and carry out the returned [`Action`]s in order.
 //!
 //! Dial scheduling: the server sends both offers at the same instant `now`. Offer X reaches its
-//! peer after that peer's one-way delay `owd_x` (estimated as SRTT / 2). Both should dial at
-//! server time `T = now + max(owd_a, owd_b) + margin`, so peer X waits `T - now - owd_x` after
-//! receiving its offer. Both SYNs then leave at the same moment, whatever the two path lengths.
-//! A peer controls its own SRTT (it can answer pings late), so each estimate is capped at
-//! [`MAX_OWD`]: one side's claimed delay cannot hold the other's dial back by more than that.
+//! peer after that peer's one-way delay `owd_x` (estimated as SRTT / 2), give or take the
+//! variation of its round trips (RTTVAR, kept as TCP keeps it, RFC 6298). Both dial at server
+//! time `T = now + max(owd_a + late_a, owd_b + late_b) + margin`, where `late_x` (RTTVAR,
+//! capped at [`MAX_LATENESS`]) is the room left for offer X arriving later than its estimate,
+//! and `margin` only the time a client needs to act on an offer. The offer names `T` twice:
+//! on the server's clock ([`Offer::dial_at_us`], microseconds from the epoch given by
+//! [`Registry::with_clock`]; a client that has placed that clock from its pongs dials then,
+//! so a late offer does not make a late dial) and as the wait after receipt,
+//! `T - now - owd_x` (for a client without the clock). So the wait is measured, not fixed: a
+//! steady 1 ms path gets a few milliseconds, a jittery one as much room as its jitter.
+//! A peer controls its own SRTT and RTTVAR (it can answer pings late), so each is capped
+//! ([`MAX_OWD`], [`MAX_LATENESS`]): one side's claimed delay cannot hold the other's dial back
+//! by more than that.
 //!
 //! Local addresses. A peer's claimed local addresses are not verified, and its partner dials
 //! every one it is given, so they are a lever for making others dial hosts the claimant
@@ -180,6 +188,8 @@ struct Peer {
     /// The network it registered; empty: none.
     network: String,
     srtt: Duration,
+    /// The mean deviation of its round trips (RFC 6298's RTTVAR).
+    rttvar: Duration,
     /// The mapping its NAT check showed; unknown until one arrives.
     nat: NatMapping,
 }
@@ -210,6 +220,8 @@ pub struct Registry {
     /// Draws `Discover` samples (its own stream, so samples do not shift session ids).
     sampler: StdRng,
     stats: Stats,
+    /// The epoch of the server's clock that offers name dial moments on, if any.
+    epoch: Option<Instant>,
 }
 
 /// A refusal of a punch request: code, detail for the requester, retry time.
@@ -250,6 +262,11 @@ const SAMPLER_SEED: u64 = 0x6469_7363_6f76_6572;
 /// `MAX_OWD + dial_margin` after its offer arrives.
 pub const MAX_OWD: Duration = Duration::from_millis(500);
 
+/// The most room the dial schedule leaves for an offer arriving late (see the module doc): a
+/// peer whose round trips vary more than this is on a path no schedule can hit, and its
+/// claimed variation must not hold the other peer's dial back further.
+pub const MAX_LATENESS: Duration = Duration::from_millis(250);
+
 /// The most claimed local addresses passed on in one offer. A host behind one NAT has one or
 /// two LAN addresses (an interface per family, sometimes a VPN or container bridge); four
 /// covers that, while bounding how many hosts on the partner's LAN one offer makes it dial.
@@ -279,6 +296,7 @@ impl Registry {
             sessions: StdRng::seed_from_u64(session_seed),
             sampler: StdRng::seed_from_u64(session_seed ^ SAMPLER_SEED),
             stats: Stats::default(),
+            epoch: None,
         }
     }
 
@@ -357,6 +375,8 @@ impl Registry {
                 allow: register.allow.iter().take(MAX_ALLOW).copied().collect(),
                 network: register.network.clone(),
                 srtt: rtt,
+                // RFC 6298's first estimate: one sample says little about the variation.
+                rttvar: rtt / 2,
                 nat: NatMapping::Unknown,
             },
         );
@@ -389,12 +409,25 @@ impl Registry {
         }
     }
 
-    /// Feeds an RTT sample (smoothed as TCP does: srtt += (sample - srtt) / 8).
+    /// Feeds an RTT sample, smoothed as TCP does (RFC 6298): rttvar += (|srtt - sample| -
+    /// rttvar) / 4, then srtt += (sample - srtt) / 8.
     pub fn rtt_sample(&mut self, peer: &PeerId, conn: ConnId, sample: Duration) {
         if let Some(p) = self.peers.get_mut(peer).filter(|p| p.conn == conn) {
-            let srtt = p.srtt.as_secs_f64();
-            p.srtt = Duration::from_secs_f64(srtt + (sample.as_secs_f64() - srtt) / 8.0);
+            let (srtt, rttvar, r) = (
+                p.srtt.as_secs_f64(),
+                p.rttvar.as_secs_f64(),
+                sample.as_secs_f64(),
+            );
+            p.rttvar = Duration::from_secs_f64(rttvar + ((srtt - r).abs() - rttvar) / 4.0);
+            p.srtt = Duration::from_secs_f64(srtt + (r - srtt) / 8.0);
         }
+    }
+
+    /// Sets the epoch of the server's clock that offers name their dial moment on
+    /// ([`Offer::dial_at_us`], [`clock_us`]); without it offers carry only the relative delay.
+    pub fn with_clock(mut self, epoch: Instant) -> Self {
+        self.epoch = Some(epoch);
+        self
     }
 
     /// The control connection `peer` is registered on now (to tell it about its relayed
@@ -424,6 +457,11 @@ impl Registry {
     /// The smoothed RTT of a registered peer.
     pub fn srtt(&self, peer: &PeerId) -> Option<Duration> {
         self.peers.get(peer).map(|p| p.srtt)
+    }
+
+    /// The RTT variation (RTTVAR) of a registered peer.
+    pub fn rttvar(&self, peer: &PeerId) -> Option<Duration> {
+        self.peers.get(peer).map(|p| p.rttvar)
     }
 
     /// Handles a punch request from `from` (registered on `conn`) to `target`.
@@ -668,7 +706,9 @@ impl Registry {
         debug_assert!(taken.iter().all(Result::is_ok), "{taken:?}");
 
         let (owd_a, owd_b) = (owd(a.srtt), owd(b.srtt));
-        let at = owd_a.max(owd_b) + limits.dial_margin;
+        let reach = |owd: Duration, p: &Peer| owd + p.rttvar.min(MAX_LATENESS);
+        let at = reach(owd_a, a).max(reach(owd_b, b)) + limits.dial_margin;
+        let dial_at_us = self.epoch.map(|epoch| clock_us(epoch, now + at));
         let session_id = next_session_id(&mut self.sessions);
         self.stats.offers += 1;
         let (a_local, b_local) = local_candidates(a, b);
@@ -683,6 +723,7 @@ impl Registry {
                     peer_local: b_local,
                     role: Role::Initiator,
                     dial_delay: at - owd_a,
+                    dial_at_us,
                     relay: None,
                     upgrade: None,
                     peer_nat: b.nat,
@@ -698,6 +739,7 @@ impl Registry {
                     peer_local: a_local,
                     role: Role::Responder,
                     dial_delay: at - owd_b,
+                    dial_at_us,
                     relay: None,
                     upgrade: None,
                     peer_nat: a.nat,
@@ -747,6 +789,12 @@ fn local_candidates(a: &Peer, b: &Peer) -> (Vec<SocketAddr>, Vec<SocketAddr>) {
 /// The one-way delay estimate used for dial scheduling: half the SRTT, at most [`MAX_OWD`].
 pub fn owd(srtt: Duration) -> Duration {
     (srtt / 2).min(MAX_OWD)
+}
+
+/// The server's clock at `at`, as pongs and offers carry it: microseconds since `epoch`, plus
+/// one (0 on the wire means "not given").
+pub fn clock_us(epoch: Instant, at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(epoch).as_micros()).unwrap_or(u64::MAX - 1) + 1
 }
 
 /// A random session id, never 0 (a client's `Offer` with id 0 would look unset in logs and

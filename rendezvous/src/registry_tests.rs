@@ -69,6 +69,8 @@ fn offers_are_consistent_and_synchronized() {
     r.register(2, id(2), b_obs, &reg(true), Duration::from_millis(200))
         .unwrap();
     let now = Instant::now();
+    let epoch = now - Duration::from_secs(1);
+    let mut r = r.with_clock(epoch);
     let actions = r.connect(now, 1, id(1), 42, id(2), |_| true);
     let [Action::Send {
         conn: 1,
@@ -92,7 +94,58 @@ fn offers_are_consistent_and_synchronized() {
         Duration::from_millis(10) + oa.dial_delay,
         Duration::from_millis(100) + ob.dial_delay
     );
-    assert_eq!(ob.dial_delay, Duration::from_millis(50));
+    // That moment: B's one-way delay (100 ms) + its RTT variation (one sample: half the RTT,
+    // 100 ms) + the margin (50 ms), 250 ms after the offers left.
+    assert_eq!(ob.dial_delay, Duration::from_millis(150));
+    // The same moment on the server's clock, in both offers.
+    let at = clock_us(epoch, now + Duration::from_millis(250));
+    assert_eq!((oa.dial_at_us, ob.dial_at_us), (Some(at), Some(at)));
+    assert_eq!(at, 1_250_001);
+}
+
+#[test]
+fn the_room_for_a_late_offer_follows_the_measured_rtt_variation() {
+    let mut r = Registry::new(limits(), 10);
+    let obs: SocketAddr = "203.0.113.1:1000".parse().unwrap();
+    let rtt = Duration::from_millis(40);
+    r.register(1, id(1), obs, &reg(true), rtt).unwrap();
+    r.register(2, id(2), obs, &reg(true), rtt).unwrap();
+    // One sample: RTTVAR is half of it (RFC 6298).
+    assert_eq!(r.rttvar(&id(1)), Some(Duration::from_millis(20)));
+    // Steady samples shrink it by a quarter each...
+    for _ in 0..10 {
+        r.rtt_sample(&id(1), 1, rtt);
+    }
+    let steady = r.rttvar(&id(1)).unwrap();
+    assert!(steady < Duration::from_millis(2), "{steady:?}");
+    // The moment is the later reach (one-way delay + variation) plus the margin: B's, 20 + 20
+    // ms, so A (20 ms away) waits 20 ms + the margin after its offer arrives.
+    let actions = r.connect(Instant::now(), 1, id(1), 1, id(2), |_| true);
+    let oa = offers(&actions).0;
+    assert_eq!(
+        oa.dial_delay,
+        Duration::from_millis(20) + limits().dial_margin
+    );
+    // Once B's round trips are steady too, the wait is little more than the margin.
+    for _ in 0..10 {
+        r.rtt_sample(&id(2), 2, rtt);
+    }
+    let actions = r.connect(Instant::now(), 1, id(1), 2, id(2), |_| true);
+    let oa = offers(&actions).0;
+    assert!(
+        oa.dial_delay < Duration::from_millis(2) + limits().dial_margin,
+        "{oa:?}"
+    );
+    // Jitter (samples of 10 and 70 ms around a 40 ms mean) widens it again.
+    for i in 0..8 {
+        let sample = Duration::from_millis(if i % 2 == 0 { 10 } else { 70 });
+        r.rtt_sample(&id(2), 2, sample);
+    }
+    let jittery = r.rttvar(&id(2)).unwrap();
+    assert!(jittery > Duration::from_millis(20), "{jittery:?}");
+    // A sample from another connection of the same identity is not taken.
+    r.rtt_sample(&id(2), 7, Duration::from_secs(3));
+    assert_eq!(r.rttvar(&id(2)), Some(jittery));
 }
 
 fn offers(actions: &[Action]) -> (&Offer, &Offer) {
@@ -119,10 +172,15 @@ fn a_claimed_rtt_cannot_delay_the_other_dial_beyond_the_cap() {
         .unwrap();
     let actions = r.connect(Instant::now(), 1, id(1), 1, id(2), |_| true);
     let (oa, ob) = offers(&actions);
+    // The claim is capped twice: its one-way delay at MAX_OWD, its variation (half of 4.6 s
+    // from the one sample) at MAX_LATENESS.
     let margin = limits().dial_margin;
-    assert_eq!(ob.dial_delay, MAX_OWD + margin - Duration::from_millis(10));
-    assert_eq!(oa.dial_delay, margin);
-    assert!(ob.dial_delay <= MAX_OWD + margin);
+    assert_eq!(
+        ob.dial_delay,
+        MAX_OWD + MAX_LATENESS + margin - Duration::from_millis(10)
+    );
+    assert_eq!(oa.dial_delay, MAX_LATENESS + margin);
+    assert!(ob.dial_delay <= MAX_OWD + MAX_LATENESS + margin);
     assert_eq!(owd(Duration::from_secs(60)), MAX_OWD);
     assert_eq!(owd(Duration::from_millis(300)), Duration::from_millis(150));
 }

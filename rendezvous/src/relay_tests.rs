@@ -265,6 +265,7 @@ fn offer(session_id: u64, peer: PeerId, role: Role) -> Offer {
         peer_local: vec![],
         role,
         dial_delay: 50 * MS,
+        dial_at_us: None,
         relay: None,
         upgrade: None,
         peer_nat: punch_proto::message::NatMapping::Unknown,

@@ -30,7 +30,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use punch_proto::channel::{server_handshake, Channel, ChannelError};
+use punch_proto::channel::{server_handshake, Accepted, Channel, ChannelError};
 use punch_proto::message::{ClientMsg, DecodeError, ErrorCode, ErrorReply, Registered, ServerMsg};
 use punch_proto::PeerId;
 use tokio::net::{TcpListener, TcpStream};
@@ -52,7 +52,7 @@ use crate::first_message::{read_first_message, Rewound};
 use crate::gate::{GateLimits, HandshakeGate, Prefix};
 use crate::limiter::ByteBucket;
 use crate::refusal_log::{Reason, RefusalLog};
-use crate::registry::{Action, ConnId, Limits, Registry};
+use crate::registry::{clock_us, Action, ConnId, Limits, Registry};
 use crate::relay::{attach_tickets, PairId, RelayLimits, RelayTable};
 use admission::{admit, admit_handshake, admit_waiting, HandshakeSlot, IpSlot};
 use nat_check::Listener;
@@ -76,7 +76,9 @@ type Conn = Rewound<TcpStream>;
 
 #[derive(Debug)]
 enum Outbound {
-    Msg(ServerMsg),
+    /// Boxed: the queue's first block (32 slots) is allocated with the queue, one per
+    /// registered peer, so a slot is a pointer, not a whole offer.
+    Msg(Box<ServerMsg>),
     Close(&'static str),
 }
 
@@ -110,6 +112,8 @@ struct Shared {
     relay_total: Mutex<ByteBucket>,
     /// Set once shutdown begins: the window each peer is told to reconnect within.
     going_away: OnceLock<Duration>,
+    /// Where the server's clock starts ([`crate::registry::clock_us`]).
+    epoch: Instant,
 }
 
 impl Shared {
@@ -123,7 +127,7 @@ impl Shared {
     fn dispatch(state: &mut State, actions: Vec<Action>) {
         for action in actions {
             let (conn, out) = match action {
-                Action::Send { conn, msg } => (conn, Outbound::Msg(msg)),
+                Action::Send { conn, msg } => (conn, Outbound::Msg(Box::new(msg))),
                 Action::Close { conn, reason } => (conn, Outbound::Close(reason)),
             };
             if let Some(tx) = state.conns.get(&conn) {
@@ -245,13 +249,15 @@ fn new_shared(config: Config, nat_check_port: Option<u16>) -> Arc<Shared> {
         max_sessions_per_source: config.relay_max_sessions_per_source,
         after_min: config.relay_after_min,
     });
+    // The server's clock (pongs and offers' dial moments) counts from here.
+    let epoch = Instant::now();
     let total_burst = (config.relay_rate_total / 8).max(relay::RELAY_BUFFER as u64);
     let relay_total = ByteBucket::new(config.relay_rate_total, total_burst, Instant::now());
     Arc::new(Shared {
         relay_total: Mutex::new(relay_total),
         going_away: OnceLock::new(),
         state: Mutex::new(State {
-            registry: Registry::new(limits, rand::random()),
+            registry: Registry::new(limits, rand::random()).with_clock(epoch),
             conns: HashMap::new(),
             per_ip: HashMap::new(),
             next_conn: 1,
@@ -270,6 +276,7 @@ fn new_shared(config: Config, nat_check_port: Option<u16>) -> Arc<Shared> {
         counters: Counters::default(),
         config,
         nat_check_port,
+        epoch,
     })
 }
 
@@ -440,7 +447,9 @@ async fn handle_conn(
     // The NAT check port serves no relay: a relay hello there fails the handshake below.
     if listener == Listener::Main && relay::is_relay(&head) {
         let waiting = (wait_slot, dropped);
-        relay::serve(
+        // Boxed, like the handshake below: a future's size is that of its largest state, and
+        // the task of every registered peer would carry these for its whole life.
+        Box::pin(relay::serve(
             stream,
             head,
             addr,
@@ -449,7 +458,7 @@ async fn handle_conn(
             waiting,
             first_deadline,
             relay_stop,
-        )
+        ))
         .await;
         return;
     }
@@ -457,7 +466,10 @@ async fn handle_conn(
     let Some((permit, evict)) = admit_handshake(&shared, addr) else {
         return;
     };
-    let handshake = server_handshake(Rewound::new(head, stream), &config.keypair);
+    let handshake = Box::pin(server_handshake(
+        Rewound::new(head, stream),
+        &config.keypair,
+    ));
     let accepted = tokio::select! {
         _ = shutdown.cancelled() => {
             info!("closed: server shutting down during the handshake");
@@ -497,20 +509,30 @@ async fn handle_conn(
     tracing::Span::current().record("peer", peer.short().as_str());
     if nat_check::is_nat_check(listener, &accepted.register) {
         let register = &accepted.register;
-        nat_check::serve(accepted.channel, &shared, peer, addr, listener, register).await;
+        Box::pin(nat_check::serve(
+            accepted.channel,
+            &shared,
+            peer,
+            addr,
+            listener,
+            register,
+        ))
+        .await;
         return;
     }
-    let mut channel = accepted.channel;
+    let Accepted {
+        mut channel,
+        register,
+        rtt,
+        ..
+    } = accepted;
 
     let (tx, rx) = mpsc::channel(config.outbound_queue);
     let registered = {
         let mut state = shared.lock();
         let conn = state.next_conn;
         state.next_conn += 1;
-        match state
-            .registry
-            .register(conn, peer, addr, &accepted.register, accepted.rtt)
-        {
+        match state.registry.register(conn, peer, addr, &register, rtt) {
             Ok(actions) => {
                 state.conns.insert(conn, tx);
                 Shared::dispatch(&mut state, actions);
@@ -553,12 +575,14 @@ async fn handle_conn(
         }
     };
     info!(
-        local_addrs = accepted.register.local_addrs.len(),
-        accept_inbound = accepted.register.accept_inbound,
-        network = accepted.register.network.as_str(),
-        rtt_ms = accepted.rtt.as_millis() as u64,
+        local_addrs = register.local_addrs.len(),
+        accept_inbound = register.accept_inbound,
+        network = register.network.as_str(),
+        rtt_ms = rtt.as_millis() as u64,
         "registered"
     );
+    // The registry holds what it needs of the registration; the connection keeps none of it.
+    drop(register);
     let reason = drive(&mut channel, &shared, peer, addr, conn, rx, &shutdown).await;
     {
         let mut state = shared.lock();
@@ -760,7 +784,7 @@ async fn drive(
                 // Goodbyes already queued (a relayed session's RelayEnded) go out first; the
                 // queue is bounded and each send by its write timeout.
                 while let Ok(Outbound::Msg(msg)) = rx.try_recv() {
-                    send(channel, msg).await?;
+                    send(channel, *msg).await?;
                 }
                 let reconnect_within = shared.going_away.get().copied().unwrap_or_default();
                 send(channel, ServerMsg::GoingAway { reconnect_within }).await?;
@@ -770,13 +794,13 @@ async fn drive(
             _ = tokio::time::sleep_until(idle_deadline) => return Ok("idle timeout"),
             out = rx.recv() => match out {
                 Some(Outbound::Msg(msg)) => {
-                    if let ServerMsg::Offer(o) = &msg {
+                    if let ServerMsg::Offer(o) = &*msg {
                         debug!(session = o.session_id, peer = %o.peer.short(), role = ?o.role,
                               dial_delay_ms = o.dial_delay.as_millis() as u64,
                               relay_after_ms = o.relay.as_ref().map(|t| t.after.as_millis() as u64),
                               "offer");
                     }
-                    send(channel, msg).await?;
+                    send(channel, *msg).await?;
                 }
                 Some(Outbound::Close(reason)) => return Ok(reason),
                 None => return Ok("dropped: not reading its messages"),
@@ -796,7 +820,8 @@ async fn drive(
                 match ClientMsg::decode(&bytes).map_err(ConnError::Malformed)? {
                     ClientMsg::Ping { nonce } => {
                         shared.counters.pings.fetch_add(1, Ordering::Relaxed);
-                        send(channel, ServerMsg::Pong { nonce }).await?
+                        let server_time_us = Some(clock_us(shared.epoch, Instant::now()));
+                        send(channel, ServerMsg::Pong { nonce, server_time_us }).await?
                     }
                     ClientMsg::Pong { nonce } => {
                         if let Some((expected, sent)) = outstanding {

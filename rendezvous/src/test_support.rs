@@ -59,6 +59,7 @@ impl LyingRendezvous {
                         peer_local: vec![],
                         role: Role::Responder,
                         dial_delay: Duration::ZERO,
+                        dial_at_us: None,
                         relay: None,
                         upgrade: None,
                         peer_nat: punch_proto::message::NatMapping::Unknown,

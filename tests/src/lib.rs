@@ -469,7 +469,7 @@ impl TestClient {
         let nonce = rand::random();
         self.send(&ClientMsg::Ping { nonce }).await?;
         match self.recv_skip_pings(RECV_TIMEOUT).await? {
-            ServerMsg::Pong { nonce: n } if n == nonce => Ok(()),
+            ServerMsg::Pong { nonce: n, .. } if n == nonce => Ok(()),
             other => bail!("expected Pong {nonce}, got {other:?}"),
         }
     }

@@ -66,6 +66,7 @@ fn home_home_loss_5_percent() {
         LinkParams {
             delay_ms: 0,
             loss_percent: 5.0,
+            delay_ms_b: None,
         },
     );
 }

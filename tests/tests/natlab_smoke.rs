@@ -340,6 +340,7 @@ fn full_loss_blackholes_the_wan_link() {
     let link = LinkParams {
         delay_ms: 0,
         loss_percent: 100.0,
+        delay_ms_b: None,
     };
     let Some(lab) = lab("loss_100", Topology::Pair(Public, Public), link) else {
         return;

@@ -145,16 +145,24 @@ async fn without_the_network_cap_the_same_flood_locks_honest_peers_out() {
 }
 
 /// Runs the binary under `sh` with the given `ulimit` settings and `args`; returns its exit
-/// status (None: still running after `wait`, then killed) and its stderr.
+/// status (None: still running after `wait`, then killed), its stderr and its soft limit.
+/// Unless `may_raise`, it runs without CAP_SYS_RESOURCE (`setpriv`), so, even started by
+/// root, it cannot lift its hard limit: the position of a server run by a plain user.
 fn run_limited(
     ulimit: &str,
     args: &[&str],
     wait: Duration,
+    may_raise: bool,
 ) -> (Option<std::process::ExitStatus>, String, u64) {
     let dir = unique_temp_dir("punch-fd-limit");
     let log = dir.join("stderr");
+    let exec = if may_raise {
+        "exec"
+    } else {
+        "exec setpriv --bounding-set=-sys_resource --inh-caps=-sys_resource"
+    };
     let script = format!(
-        "{ulimit} || exit 99; exec \"$0\" --listen 127.0.0.1:0 --key-file {} \"$@\" 2>{}",
+        "{ulimit} || exit 99; {exec} \"$0\" --listen 127.0.0.1:0 --key-file {} \"$@\" 2>{}",
         dir.join("key").display(),
         log.display()
     );
@@ -215,13 +223,21 @@ fn the_fd_limit_is_raised_and_checked_against_max_peers() {
     );
     let limits = format!("ulimit -Sn 512 && ulimit -Hn {hard}");
     // A soft limit of 512 below the hard one: raised, and then 1,000 peers fit.
-    let (status, stderr, soft) =
-        run_limited(&limits, &["--max-peers", "1000"], Duration::from_secs(2));
+    let (status, stderr, soft) = run_limited(
+        &limits,
+        &["--max-peers", "1000"],
+        Duration::from_secs(2),
+        false,
+    );
     assert!(status.is_none(), "exited: {status:?}\n{stderr}");
     assert_eq!(soft, hard, "{stderr}");
     // A hard limit that cannot hold --max-peers: refused at start, naming the flags.
-    let (status, stderr, _) =
-        run_limited(&limits, &["--max-peers", "10000"], Duration::from_secs(10));
+    let (status, stderr, _) = run_limited(
+        &limits,
+        &["--max-peers", "10000"],
+        Duration::from_secs(10),
+        false,
+    );
     assert!(
         matches!(status, Some(s) if !s.success()),
         "{status:?}\n{stderr}"
@@ -235,7 +251,35 @@ fn the_fd_limit_is_raised_and_checked_against_max_peers() {
         &limits,
         &["--max-peers", "10000", "--ignore-fd-limit"],
         Duration::from_secs(2),
+        false,
     );
     assert!(status.is_none(), "exited: {status:?}\n{stderr}");
     assert!(stderr.contains("starting anyway"), "{stderr}");
+    // A server that may lift its hard limit (CAP_SYS_RESOURCE: root, unless a container
+    // dropped it) lifts both limits to what --max-peers needs (10,000 + 512 + 512 + 64).
+    if may_raise_hard_limit() {
+        let (status, stderr, soft) = run_limited(
+            &limits,
+            &["--max-peers", "10000", "--relay", "off"],
+            Duration::from_secs(2),
+            true,
+        );
+        assert!(status.is_none(), "exited: {status:?}\n{stderr}");
+        assert_eq!(soft, 11_088, "{stderr}");
+    } else {
+        println!(
+            "SKIPPED: lifting the hard limit needs CAP_SYS_RESOURCE, which this process lacks"
+        );
+    }
+}
+
+/// Whether this process holds CAP_SYS_RESOURCE (bit 24 of `CapEff`), which children started
+/// without `setpriv` inherit.
+fn may_raise_hard_limit() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << 24) != 0)
 }

@@ -76,5 +76,9 @@ fn relayed_against_direct_throughput_in_the_lab() {
              relayed/direct {:.3}",
             relayed / direct
         );
+        println!(
+            "BENCH\tNAT lab {tag} ms per link: tunnel echo relayed\t{relayed:.1} MB/s\tdirect {direct:.1} MB/s\t{:.3}",
+            relayed / direct
+        );
     }
 }

@@ -184,6 +184,9 @@ async fn offers_reach_both_sides_with_one_dial_moment() {
             "dial delay {d:?} with margin {margin:?}"
         );
     }
+    // ...both offers name one moment on the server's clock...
+    assert!(oa.dial_at_us.is_some());
+    assert_eq!(oa.dial_at_us, ob.dial_at_us);
     // ...and both sides would dial at the same moment: arrival + delay agree.
     let skew = abs_diff(ta + oa.dial_delay, tb + ob.dial_delay);
     println!(

@@ -72,6 +72,8 @@ pub enum Fault {
     CutLink(usize),
     /// The client's path drops everything, without any RST (a peer that never answers).
     Blackhole(usize, bool),
+    /// The client's path now has this one-way delay (a route change, a queue filling up).
+    Delay(usize, Duration),
 }
 
 /// What a request ended with.
@@ -143,6 +145,8 @@ struct ServerConn {
 
 struct Server {
     registry: Registry,
+    /// The epoch of the server's clock (pongs, offers' dial moments): its (re)start.
+    epoch: Instant,
     limits: Limits,
     ping_interval: Duration,
     conns: BTreeMap<ConnId, ServerConn>,
@@ -218,7 +222,8 @@ impl Sim {
                 node(B, "B", "198.51.100.2:50000", "10.0.0.20:50000", links[B]),
             ],
             server: Server {
-                registry: Registry::new(limits.clone(), seed),
+                registry: Registry::new(limits.clone(), seed).with_clock(t0),
+                epoch: t0,
                 limits,
                 ping_interval: punch_rendezvous::config::DEFAULT_PING_INTERVAL,
                 conns: BTreeMap::new(),
@@ -379,7 +384,9 @@ impl Sim {
                 self.server.up = true;
                 self.server.restarts += 1;
                 self.server.registry =
-                    Registry::new(self.server.limits.clone(), 1000 + self.server.restarts);
+                    Registry::new(self.server.limits.clone(), 1000 + self.server.restarts)
+                        .with_clock(self.now);
+                self.server.epoch = self.now;
             }
             Fault::ServerHung(hung) => self.server.hung = hung,
             Fault::CutLink(i) => {
@@ -397,6 +404,7 @@ impl Sim {
                 }
             }
             Fault::Blackhole(i, on) => self.nodes[i].blackholed = on,
+            Fault::Delay(i, delay) => self.nodes[i].link.delay = delay,
         }
     }
 

@@ -101,7 +101,10 @@ impl Sim {
                 }
             }
             ClientMsg::Ping { nonce } => {
-                let msg = ServerMsg::Pong { nonce };
+                let msg = ServerMsg::Pong {
+                    nonce,
+                    server_time_us: Some(registry::clock_us(self.server.epoch, now)),
+                };
                 self.send(false, client, conn, Packet::Frame(msg.encode()));
             }
             ClientMsg::Connect {

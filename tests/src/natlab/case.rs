@@ -110,7 +110,9 @@ impl fmt::Display for Outcome {
 
 /// A short label of the link parameters, used as the matrix's name.
 pub fn variant(link: LinkParams) -> String {
-    if link.loss_percent > 0.0 {
+    if let Some(b) = link.delay_ms_b {
+        format!("{}ms-{}ms", link.delay_ms, b)
+    } else if link.loss_percent > 0.0 {
         format!("{}ms-loss{}", link.delay_ms, link.loss_percent)
     } else {
         format!("{}ms", link.delay_ms)
