@@ -3,7 +3,11 @@
 //! `cargo run --release -p punch --example throughput -- [MIB] [WINDOW_MIB] [ROUNDS] [tunnel]`
 //! (defaults 1024, 16, 3): starts an in-process rendezvous and two clients, punches, then sends
 //! MIB MiB over one stream (the receiver counts every byte) and the same over a plain loopback
-//! TCP connection, alternating, ROUNDS times; prints each run and the median ratio. With
+//! TCP connection, alternating, ROUNDS times; prints each run and the median ratio. Each round
+//! also measures, as anchors: the one-core seal rate of the Noise transport (MIB MiB in
+//! 65,519-byte messages; the stream as a fraction of it), the same transfer over snow +
+//! tokio-yamux without punch (`anchors.rs`), and 16 streams of MIB/16 MiB each at once over
+//! the punched session (their total rate against the one stream). With
 //! `tunnel`, a third measurement runs what `punch connect --local` -> `punch listen --forward`
 //! do (TCP -> `forward::splice` -> stream -> `forward::serve` -> TCP), on a second session, and
 //! its ratio to the stream. With `relay`, a third pair of clients that dial nothing directly
@@ -14,6 +18,8 @@
 #![allow(clippy::unwrap_used)] // a measuring tool: any failure is fatal and says where
 
 use std::time::{Duration, Instant};
+
+mod anchors;
 
 use punch::{Client, Config};
 use punch_proto::Keypair;
@@ -57,6 +63,26 @@ async fn raw_tcp(total: u64) -> f64 {
     let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
     let (a, (b, _)) = (a.unwrap(), b.unwrap());
     pump(a, b, total).await
+}
+
+/// Sends `total` bytes split over `streams` streams of one session at once; total MB/s.
+async fn pump_many(a: &punch::Session, b: &mut punch::Session, streams: u64, total: u64) -> f64 {
+    let mut pairs = Vec::new();
+    for _ in 0..streams {
+        let w = a.open_stream().await.unwrap();
+        let r = b.accept_stream().await.unwrap();
+        pairs.push((w, r));
+    }
+    let start = Instant::now();
+    let each = total / streams;
+    let runs: Vec<_> = pairs
+        .into_iter()
+        .map(|(w, r)| tokio::spawn(pump(w, r, each)))
+        .collect();
+    for run in runs {
+        run.await.unwrap();
+    }
+    (each * streams) as f64 / start.elapsed().as_secs_f64() / 1e6
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -152,15 +178,30 @@ async fn main() {
     let mut relay_runs = Vec::new();
     let mut relayed = relayed;
     let (mut punch_runs, mut tcp_runs, mut tunnel_runs) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut seal_runs, mut plain_runs, mut many_runs) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
         let w = sa.open_stream().await.unwrap();
         let r = sb.accept_stream().await.unwrap();
         let p = pump(w, r, total).await;
         let t = raw_tcp(total).await;
+        let (w, r) = anchors::plain_yamux_stream((window_mib * 1024 * 1024) as u32).await;
+        let y = pump(w, r, total).await;
+        let s = tokio::task::spawn_blocking(move || anchors::seal_rate(total))
+            .await
+            .unwrap();
+        let m = pump_many(&sa, &mut sb, 16, total).await;
         print!(
-            "round {round}: punch stream {p:.0} MB/s, raw TCP {t:.0} MB/s, ratio {:.3}",
-            p / t
+            "round {round}: punch stream {p:.0} MB/s, raw TCP {t:.0} MB/s, ratio {:.3}; \
+             snow+yamux {y:.0} MB/s, stream/that {:.3}; seal {s:.0} MB/s, stream/seal {:.3}; \
+             16 streams {m:.0} MB/s, {:.3} of one",
+            p / t,
+            p / y,
+            p / s,
+            m / p
         );
+        plain_runs.push(p / y);
+        seal_runs.push(p / s);
+        many_runs.push(m / p);
         if let Some((local_addr, sink)) = &local {
             let w = TcpStream::connect(local_addr).await.unwrap();
             let (r, _) = sink.accept().await.unwrap();
@@ -183,6 +224,12 @@ async fn main() {
     print!(
         "median of {rounds}: punch stream {p:.0} MB/s ({mib} MiB, {window_mib} MiB window), raw TCP {t:.0} MB/s, ratio {:.3}",
         p / t
+    );
+    print!(
+        "; stream/(snow+yamux) {:.3}; stream/seal {:.3}; 16 streams/one {:.3}",
+        median(plain_runs),
+        median(seal_runs),
+        median(many_runs)
     );
     if tunnel {
         print!("; tunnel/stream {:.3}", median(tunnel_runs));
