@@ -14,7 +14,7 @@
 //! gets a session through the rendezvous's relay (its rate limits lifted for the measurement),
 //! and the same transfer over one of its streams is compared with the direct stream: what the
 //! relay's extra hop and copy cost. Only public API, so the same file measures older commits
-//! (`relay` needs the relay).
+//! (`relay` needs the relay). With `profile`, only the punched stream runs (for `perf record`).
 #![allow(clippy::unwrap_used)] // a measuring tool: any failure is fatal and says where
 
 use std::time::{Duration, Instant};
@@ -94,9 +94,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 async fn main() {
     let tunnel = std::env::args().any(|a| a == "tunnel");
     let relay = std::env::args().any(|a| a == "relay");
+    let only_stream = std::env::args().any(|a| a == "profile");
     let args: Vec<u64> = std::env::args()
         .skip(1)
-        .filter(|a| a != "tunnel" && a != "relay")
+        .filter(|a| a != "tunnel" && a != "relay" && a != "profile")
         .map(|a| a.parse().expect("numbers: MIB WINDOW_MIB ROUNDS"))
         .collect();
     let mib = args.first().copied().unwrap_or(1024);
@@ -183,6 +184,10 @@ async fn main() {
         let w = sa.open_stream().await.unwrap();
         let r = sb.accept_stream().await.unwrap();
         let p = pump(w, r, total).await;
+        if only_stream {
+            println!("round {round}: punch stream {p:.0} MB/s");
+            continue;
+        }
         let t = raw_tcp(total).await;
         let (w, r) = anchors::plain_yamux_stream((window_mib * 1024 * 1024) as u32).await;
         let y = pump(w, r, total).await;
@@ -219,6 +224,9 @@ async fn main() {
         println!();
         punch_runs.push(p);
         tcp_runs.push(t);
+    }
+    if only_stream {
+        return;
     }
     let (p, t) = (median(punch_runs), median(tcp_runs));
     print!(
