@@ -72,6 +72,14 @@ use crate::throttle::LogThrottle;
 
 /// Per-stream receive window (see the module doc).
 pub const DEFAULT_STREAM_WINDOW: u32 = 16 * 1024 * 1024;
+/// The most data one write of a [`Stream`] hands to yamux, so one yamux frame (12-byte header
+/// and this much data) is one Noise message of the punched stream, not four and a 92-byte
+/// remainder. tokio-yamux copies each write into a buffer of its own, and the peer's yamux
+/// reads whole frames into one growing buffer: at this size both stay under glibc's mmap
+/// threshold (128 KiB), so they come from the heap and are reused. At the 256 KiB frames a
+/// large write used to make, each was mapped, zero-filled by page faults and unmapped again,
+/// a third of a bulk stream's CPU (issue 16's profile).
+pub const MAX_WRITE: usize = punch_proto::noise::MAX_PLAINTEXT_LEN - crate::guard::HEADER_LEN;
 /// yamux pings this often: keeps NAT mappings of the punched connection alive (home routers
 /// forget idle TCP mappings after minutes, some after 5 minutes) and detects a dead path.
 pub const YAMUX_KEEPALIVE: Duration = Duration::from_secs(15);
@@ -877,6 +885,7 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        let buf = &buf[..buf.len().min(MAX_WRITE)];
         match Pin::new(&mut self.inner).poll_write(cx, buf) {
             Poll::Pending => {
                 // Process pending frames (window updates) without consuming data; this also
