@@ -7,7 +7,8 @@
 //! also measures, as anchors: the one-core seal rate of the Noise transport (MIB MiB in
 //! 65,519-byte messages; the stream as a fraction of it), the same transfer over snow +
 //! tokio-yamux without punch (`anchors.rs`), and 16 streams of MIB/16 MiB each at once over
-//! the punched session (their total rate against the one stream). With
+//! the punched session (their total rate against the one stream). After the rounds, 1 KiB
+//! request/response latency (p50, p99) over a stream and over TCP, alternating. With
 //! `tunnel`, a third measurement runs what `punch connect --local` -> `punch listen --forward`
 //! do (TCP -> `forward::splice` -> stream -> `forward::serve` -> TCP), on a second session, and
 //! its ratio to the stream. With `relay`, a third pair of clients that dial nothing directly
@@ -63,6 +64,34 @@ async fn raw_tcp(total: u64) -> f64 {
     let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
     let (a, (b, _)) = (a.unwrap(), b.unwrap());
     pump(a, b, total).await
+}
+
+/// Request/response round trips of `MESSAGE` bytes each way, after which the other side
+/// echoes them: (p50, p99) in microseconds over `n` round trips.
+async fn round_trips<S>(mut client: S, server: S, n: usize) -> (f64, f64)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    const MESSAGE: usize = 1024;
+    let echo = tokio::spawn(async move {
+        let mut server = server;
+        let mut buf = [0u8; MESSAGE];
+        while server.read_exact(&mut buf).await.is_ok() {
+            server.write_all(&buf).await.unwrap();
+        }
+    });
+    let (request, mut response) = ([0x5Au8; MESSAGE], [0u8; MESSAGE]);
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        client.write_all(&request).await.unwrap();
+        client.read_exact(&mut response).await.unwrap();
+        times.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    drop(client);
+    echo.abort();
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (times[n / 2], times[n * 99 / 100])
 }
 
 /// Sends `total` bytes split over `streams` streams of one session at once; total MB/s.
@@ -228,6 +257,27 @@ async fn main() {
     if only_stream {
         return;
     }
+    // Latency of small messages: 1 KiB request/response over a stream and over TCP, 2,000
+    // round trips each, alternating.
+    let (mut rr_stream, mut rr_tcp) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        let a = sa.open_stream().await.unwrap();
+        let b = sb.accept_stream().await.unwrap();
+        let (s50, s99) = round_trips(a, b, 2000).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (a, (b, _)) = (a.unwrap(), b.unwrap());
+        a.set_nodelay(true).unwrap();
+        b.set_nodelay(true).unwrap();
+        let (t50, t99) = round_trips(a, b, 2000).await;
+        println!(
+            "round {round}: 1 KiB request/response p50/p99: stream {s50:.0}/{s99:.0} us, TCP {t50:.0}/{t99:.0} us, p50 ratio {:.2}",
+            s50 / t50
+        );
+        rr_stream.push(s50);
+        rr_tcp.push(t50);
+    }
     let (p, t) = (median(punch_runs), median(tcp_runs));
     print!(
         "median of {rounds}: punch stream {p:.0} MB/s ({mib} MiB, {window_mib} MiB window), raw TCP {t:.0} MB/s, ratio {:.3}",
@@ -245,5 +295,9 @@ async fn main() {
     if relay {
         print!("; relayed/direct {:.3}", median(relay_runs));
     }
-    println!();
+    let (s50, t50) = (median(rr_stream), median(rr_tcp));
+    println!(
+        "; 1 KiB request/response p50 stream {s50:.0} us, TCP {t50:.0} us, ratio {:.2}",
+        s50 / t50
+    );
 }
