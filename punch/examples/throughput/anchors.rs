@@ -150,10 +150,20 @@ impl AsyncWrite for PlainNoise {
     }
 }
 
-/// A yamux stream written by a task that never reads it: tokio-yamux processes window
-/// updates only while a stream is polled for reading, so a blocked write polls an empty read
-/// (what `punch::Stream` does).
+/// A yamux stream that may be written by a task that never reads it: tokio-yamux processes
+/// window updates only while a stream is polled for reading, so a blocked write polls an empty
+/// read (what `punch::Stream` does).
 pub struct Writer(StreamHandle);
+
+impl AsyncRead for Writer {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
 
 impl AsyncWrite for Writer {
     fn poll_write(
@@ -181,7 +191,7 @@ impl AsyncWrite for Writer {
 
 /// A writing and a reading end of one stream of a snow + tokio-yamux session over loopback
 /// TCP, with the window of a punched session. The sessions' tasks end with the process.
-pub async fn plain_yamux_stream(window: u32) -> (Writer, StreamHandle) {
+pub async fn plain_yamux_stream(window: u32) -> (Writer, Writer) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
@@ -201,5 +211,5 @@ pub async fn plain_yamux_stream(window: u32) -> (Writer, StreamHandle) {
         }
     });
     let w = control.open_stream().await.unwrap();
-    (Writer(w), rx.recv().await.unwrap())
+    (Writer(w), Writer(rx.recv().await.unwrap()))
 }

@@ -8,7 +8,7 @@
 //! 65,519-byte messages; the stream as a fraction of it), the same transfer over snow +
 //! tokio-yamux without punch (`anchors.rs`), and 16 streams of MIB/16 MiB each at once over
 //! the punched session (their total rate against the one stream). After the rounds, 1 KiB
-//! request/response latency (p50, p99) over a stream and over TCP, alternating. With
+//! request/response latency (p50, p99) over a stream, over TCP and over snow + tokio-yamux. With
 //! `tunnel`, a third measurement runs what `punch connect --local` -> `punch listen --forward`
 //! do (TCP -> `forward::splice` -> stream -> `forward::serve` -> TCP), on a second session, and
 //! its ratio to the stream. With `relay`, a third pair of clients that dial nothing directly
@@ -259,7 +259,7 @@ async fn main() {
     }
     // Latency of small messages: 1 KiB request/response over a stream and over TCP, 2,000
     // round trips each, alternating.
-    let (mut rr_stream, mut rr_tcp) = (Vec::new(), Vec::new());
+    let (mut rr_stream, mut rr_tcp, mut rr_plain) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
         let a = sa.open_stream().await.unwrap();
         let b = sb.accept_stream().await.unwrap();
@@ -271,12 +271,16 @@ async fn main() {
         a.set_nodelay(true).unwrap();
         b.set_nodelay(true).unwrap();
         let (t50, t99) = round_trips(a, b, 2000).await;
+        let (a, b) = anchors::plain_yamux_stream((window_mib * 1024 * 1024) as u32).await;
+        let (y50, y99) = round_trips(a, b, 2000).await;
         println!(
-            "round {round}: 1 KiB request/response p50/p99: stream {s50:.0}/{s99:.0} us, TCP {t50:.0}/{t99:.0} us, p50 ratio {:.2}",
-            s50 / t50
+            "round {round}: 1 KiB request/response p50/p99: stream {s50:.0}/{s99:.0} us, TCP {t50:.0}/{t99:.0} us, snow+yamux {y50:.0}/{y99:.0} us; p50 stream/TCP {:.2}, stream/(snow+yamux) {:.2}",
+            s50 / t50,
+            s50 / y50
         );
         rr_stream.push(s50);
         rr_tcp.push(t50);
+        rr_plain.push(s50 / y50);
     }
     let (p, t) = (median(punch_runs), median(tcp_runs));
     print!(
@@ -297,7 +301,8 @@ async fn main() {
     }
     let (s50, t50) = (median(rr_stream), median(rr_tcp));
     println!(
-        "; 1 KiB request/response p50 stream {s50:.0} us, TCP {t50:.0} us, ratio {:.2}",
-        s50 / t50
+        "; 1 KiB request/response p50 stream {s50:.0} us, TCP {t50:.0} us, ratio {:.2}, stream/(snow+yamux) {:.2}",
+        s50 / t50,
+        median(rr_plain)
     );
 }
