@@ -6,7 +6,7 @@
 #   scripts/bench.sh [ROUNDS]          (default 3)
 #
 # 1. One punched stream against raw TCP, the CLI tunnel against the stream, and a relayed
-#    stream against the direct one, on loopback (`punch/examples/throughput/`; relay rates
+#    stream against the direct one, on loopback (`punch/examples/throughput.rs`; relay rates
 #    lifted, so it measures the relay's own cost).
 # 2. The relay's cost to the rendezvous (`tests/tests/relay_cost.rs`): CPU per relayed GiB
 #    against raw loopback TCP, memory per open session, and 500 sessions moving data at the
