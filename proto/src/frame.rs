@@ -54,6 +54,23 @@ impl FrameCodec {
     pub fn max(&self) -> usize {
         self.max
     }
+
+    /// The body length announced by the frame at the front of `src`, checked against the
+    /// maximum; `None` while the 2-byte header is incomplete. For readers that decode in place
+    /// instead of splitting frames off (the body is whole once `src` holds `HEADER_LEN + len`).
+    pub fn frame_len(&self, src: &[u8]) -> Result<Option<usize>, FrameError> {
+        let Some(header) = src.get(..HEADER_LEN) else {
+            return Ok(None);
+        };
+        let len = usize::from(u16::from_be_bytes([header[0], header[1]]));
+        if len == 0 {
+            return Err(FrameError::Empty);
+        }
+        if len > self.max {
+            return Err(FrameError::Oversized { len, max: self.max });
+        }
+        Ok(Some(len))
+    }
 }
 
 impl Decoder for FrameCodec {
@@ -61,16 +78,9 @@ impl Decoder for FrameCodec {
     type Error = FrameError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
-        if src.len() < HEADER_LEN {
+        let Some(len) = self.frame_len(src)? else {
             return Ok(None);
-        }
-        let len = usize::from(u16::from_be_bytes([src[0], src[1]]));
-        if len == 0 {
-            return Err(FrameError::Empty);
-        }
-        if len > self.max {
-            return Err(FrameError::Oversized { len, max: self.max });
-        }
+        };
         if src.len() < HEADER_LEN + len {
             src.reserve(HEADER_LEN + len - src.len());
             return Ok(None);
@@ -154,6 +164,24 @@ mod tests {
         assert!(codec
             .encode(&vec![0u8; MAX_CONTROL_FRAME + 1][..], &mut out)
             .is_err());
+    }
+
+    #[test]
+    fn frame_len_agrees_with_decode() {
+        let codec = FrameCodec::control();
+        assert_eq!(codec.frame_len(&[]).unwrap(), None);
+        assert_eq!(codec.frame_len(&[0]).unwrap(), None);
+        assert_eq!(
+            codec.frame_len(&[0, 3, b'a']).unwrap(),
+            Some(3),
+            "incomplete body"
+        );
+        assert_eq!(codec.frame_len(&encode(b"abc")).unwrap(), Some(3));
+        assert!(matches!(codec.frame_len(&[0, 0]), Err(FrameError::Empty)));
+        assert!(matches!(
+            codec.frame_len(&[0x10, 0x01]),
+            Err(FrameError::Oversized { len: 4097, .. })
+        ));
     }
 
     #[test]

@@ -72,6 +72,9 @@ pub enum NoiseError {
     BadRemoteKey(KeyError),
     #[error("message of {len} bytes exceeds the Noise limit of {max}")]
     TooLarge { len: usize, max: usize },
+    /// A caller's output buffer cannot hold the result (a local bug, not the peer's fault).
+    #[error("output buffer of {have} bytes, {need} needed")]
+    BufferTooSmall { need: usize, have: usize },
     #[error("handshake has not finished")]
     Unfinished,
 }
@@ -245,6 +248,48 @@ impl Transport {
         Ok(())
     }
 
+    /// Encrypts `plaintext` (at most [`MAX_PLAINTEXT_LEN`] bytes) into the front of `out`,
+    /// which must hold `plaintext.len() + TAG_LEN` bytes; returns the message length. For
+    /// callers that keep one buffer for many messages instead of growing a `Vec` each time.
+    pub fn encrypt_into(&mut self, plaintext: &[u8], out: &mut [u8]) -> Result<usize, NoiseError> {
+        if plaintext.len() > MAX_PLAINTEXT_LEN {
+            return Err(NoiseError::TooLarge {
+                len: plaintext.len(),
+                max: MAX_PLAINTEXT_LEN,
+            });
+        }
+        let need = plaintext.len() + TAG_LEN;
+        if out.len() < need {
+            return Err(NoiseError::BufferTooSmall {
+                need,
+                have: out.len(),
+            });
+        }
+        Ok(self.state.write_message(plaintext, &mut out[..need])?)
+    }
+
+    /// Decrypts one transport message into the front of `out`, which must hold
+    /// `message.len()` bytes (the plaintext and room for the tag, which the cipher uses as
+    /// scratch); returns the plaintext length. What follows the plaintext in `out` is
+    /// unspecified afterwards, and all of it when decryption fails.
+    pub fn decrypt_into(&mut self, message: &[u8], out: &mut [u8]) -> Result<usize, NoiseError> {
+        if message.len() > MAX_MESSAGE_LEN {
+            return Err(NoiseError::TooLarge {
+                len: message.len(),
+                max: MAX_MESSAGE_LEN,
+            });
+        }
+        if out.len() < message.len() {
+            return Err(NoiseError::BufferTooSmall {
+                need: message.len(),
+                have: out.len(),
+            });
+        }
+        Ok(self
+            .state
+            .read_message(message, &mut out[..message.len()])?)
+    }
+
     /// Decrypts one transport message, appending the plaintext to `out`.
     pub fn decrypt(&mut self, message: &[u8], out: &mut Vec<u8>) -> Result<(), NoiseError> {
         if message.len() > MAX_MESSAGE_LEN {
@@ -303,6 +348,31 @@ mod tests {
         pt.clear();
         assert!(s.decrypt(&ct, &mut pt).is_err());
         assert!(pt.is_empty());
+    }
+
+    #[test]
+    fn into_slices_round_trip_and_refuse_short_buffers() {
+        let (mut c, mut s) = run_control(None).unwrap();
+        let mut sealed = [0u8; 64];
+        assert!(matches!(
+            c.encrypt_into(b"hello", &mut sealed[..20]),
+            Err(NoiseError::BufferTooSmall { need: 21, have: 20 })
+        ));
+        let n = c.encrypt_into(b"hello", &mut sealed).unwrap();
+        assert_eq!(n, 5 + TAG_LEN);
+        // The appending form reads what the slice form wrote, and the other way round.
+        let mut opened = Vec::new();
+        s.decrypt(&sealed[..n], &mut opened).unwrap();
+        assert_eq!(opened, b"hello");
+        let mut again = Vec::new();
+        c.encrypt(b"world!", &mut again).unwrap();
+        let mut out = [0u8; 64];
+        assert!(matches!(
+            s.decrypt_into(&again, &mut out[..again.len() - 1]),
+            Err(NoiseError::BufferTooSmall { .. })
+        ));
+        let n = s.decrypt_into(&again, &mut out).unwrap();
+        assert_eq!(&out[..n], b"world!");
     }
 
     #[test]

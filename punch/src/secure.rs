@@ -16,35 +16,41 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use punch_proto::frame::{FrameCodec, HEADER_LEN, MAX_DATA_FRAME};
-use punch_proto::noise::{Transport, MAX_PLAINTEXT_LEN};
+use punch_proto::noise::{Transport, MAX_PLAINTEXT_LEN, TAG_LEN};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_util::codec::Decoder;
 
-/// Read from the socket in chunks of this size: several full frames per system call.
+/// Read from the socket in chunks of up to this size: several full frames per system call.
+/// Also the most plaintext one write accepts (then encrypted into one batch of frames).
 const READ_CHUNK: usize = 128 * 1024;
 
 /// An encrypted stream over `S`.
+///
+/// Copies: the socket is read straight into `read_raw`; a frame decrypts straight into the
+/// reader's buffer when it has room for it (else into `plain`, then copied out); a write is
+/// encrypted into `write_buf`, which keeps its size, so no byte is zeroed or reallocated per
+/// frame once it has grown.
 pub struct SecureStream<S> {
     inner: S,
     transport: Transport,
     codec: FrameCodec,
     /// Ciphertext read from `inner`, not yet decrypted.
     read_raw: BytesMut,
-    /// Decrypted plaintext not yet handed to the reader.
+    /// Decrypted plaintext not yet handed to the reader (a frame larger than its buffer).
     plain: Vec<u8>,
     plain_pos: usize,
-    /// Encrypted frames not yet written to `inner`.
+    plain_len: usize,
+    /// Encrypted frames not yet written to `inner`: `write_buf[write_pos..write_end]`. Its
+    /// length is its high-water mark, not the queued amount.
     write_buf: Vec<u8>,
     write_pos: usize,
+    write_end: usize,
     read_eof: bool,
     /// The peer's path-end marker was read.
     peer_ended: bool,
     /// Our path-end marker was queued.
     ended: bool,
-    /// Socket reads land here first (no uninitialised memory without `unsafe`).
-    scratch: Vec<u8>,
 }
 
 impl<S> std::fmt::Debug for SecureStream<S> {
@@ -69,12 +75,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SecureStream<S> {
             read_raw: leftover,
             plain: Vec::new(),
             plain_pos: 0,
+            plain_len: 0,
             write_buf: Vec::new(),
             write_pos: 0,
+            write_end: 0,
             read_eof: false,
             peer_ended: false,
             ended: false,
-            scratch: vec![0; READ_CHUNK],
         }
     }
 
@@ -85,7 +92,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SecureStream<S> {
     /// Whether the peer ended this path with the marker (see the module doc) and what it sent
     /// before has been read in full.
     pub fn peer_ended_path(&self) -> bool {
-        self.peer_ended && self.plain_pos >= self.plain.len()
+        self.peer_ended && self.plain_pos >= self.plain_len
     }
 
     /// Writes everything queued, then our path-end marker, and flushes. Nothing may be
@@ -102,29 +109,72 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SecureStream<S> {
 
     /// Encrypts one frame of at most [`MAX_PLAINTEXT_LEN`] bytes into the write buffer.
     fn push_frame(&mut self, chunk: &[u8]) -> io::Result<()> {
-        let at = self.write_buf.len();
-        self.write_buf.extend_from_slice(&[0; HEADER_LEN]);
-        self.transport
-            .encrypt(chunk, &mut self.write_buf)
+        let at = self.write_end;
+        let end = at + HEADER_LEN + chunk.len() + TAG_LEN;
+        if self.write_buf.len() < end {
+            self.write_buf.resize(end, 0);
+        }
+        let n = self
+            .transport
+            .encrypt_into(chunk, &mut self.write_buf[at + HEADER_LEN..end])
             .map_err(invalid)?;
-        let len = (self.write_buf.len() - at - HEADER_LEN) as u16;
-        self.write_buf[at..at + HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+        self.write_buf[at..at + HEADER_LEN].copy_from_slice(&(n as u16).to_be_bytes());
+        self.write_end = at + HEADER_LEN + n;
         Ok(())
     }
 
     fn poll_flush_buf(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.write_pos < self.write_buf.len() {
-            let n = ready!(
-                Pin::new(&mut self.inner).poll_write(cx, &self.write_buf[self.write_pos..])
-            )?;
+        while self.write_pos < self.write_end {
+            let n = ready!(Pin::new(&mut self.inner)
+                .poll_write(cx, &self.write_buf[self.write_pos..self.write_end]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.write_pos += n;
         }
-        self.write_buf.clear();
         self.write_pos = 0;
+        self.write_end = 0;
         Poll::Ready(Ok(()))
+    }
+
+    /// Decrypts the whole frames in `read_raw` straight into `buf` while they fit. A frame
+    /// that does not fit stays buffered once something went to `buf`, and is decrypted into
+    /// `plain` otherwise. Stops at the path-end marker. Whether anything went to `buf`.
+    fn decrypt_buffered(&mut self, buf: &mut ReadBuf<'_>) -> io::Result<bool> {
+        let mut wrote = false;
+        while let Some(len) = self.codec.frame_len(&self.read_raw).map_err(invalid)? {
+            if self.read_raw.len() < HEADER_LEN + len || (wrote && buf.remaining() < len) {
+                break;
+            }
+            let frame = &self.read_raw[HEADER_LEN..HEADER_LEN + len];
+            let n = if buf.remaining() >= len {
+                let out = buf.initialize_unfilled_to(len);
+                let n = self.transport.decrypt_into(frame, out).map_err(invalid)?;
+                buf.advance(n);
+                n
+            } else {
+                if self.plain.len() < len {
+                    self.plain.resize(len, 0);
+                }
+                let n = self
+                    .transport
+                    .decrypt_into(frame, &mut self.plain)
+                    .map_err(invalid)?;
+                self.plain_pos = 0;
+                self.plain_len = n;
+                n
+            };
+            self.read_raw.advance(HEADER_LEN + len);
+            if n == 0 {
+                self.peer_ended = true;
+                break;
+            }
+            if self.plain_len > 0 {
+                break;
+            }
+            wrote = true;
+        }
+        Ok(wrote)
     }
 }
 
@@ -136,10 +186,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for SecureStream<S> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
-            if this.plain_pos < this.plain.len() {
-                let n = buf.remaining().min(this.plain.len() - this.plain_pos);
+            if this.plain_pos < this.plain_len {
+                let n = buf.remaining().min(this.plain_len - this.plain_pos);
                 buf.put_slice(&this.plain[this.plain_pos..this.plain_pos + n]);
                 this.plain_pos += n;
+                if this.plain_pos == this.plain_len {
+                    this.plain_pos = 0;
+                    this.plain_len = 0;
+                }
                 return Poll::Ready(Ok(()));
             }
             if this.peer_ended {
@@ -147,23 +201,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for SecureStream<S> {
                 // full; the peer writes nothing after it, and nothing after it is read.
                 return Poll::Ready(Ok(()));
             }
-            // Decrypt as many whole frames as are buffered (bounded by the buffer).
-            this.plain.clear();
-            this.plain_pos = 0;
-            while let Some(frame) = this.codec.decode(&mut this.read_raw).map_err(invalid)? {
-                let before = this.plain.len();
-                this.transport
-                    .decrypt(&frame, &mut this.plain)
-                    .map_err(invalid)?;
-                if this.plain.len() == before {
-                    this.peer_ended = true;
-                    break;
-                }
-                if this.plain.len() >= READ_CHUNK {
-                    break;
-                }
+            if buf.remaining() == 0 {
+                return Poll::Ready(Ok(()));
             }
-            if !this.plain.is_empty() || this.peer_ended {
+            if this.decrypt_buffered(buf)? {
+                return Poll::Ready(Ok(()));
+            }
+            if this.plain_len > 0 || this.peer_ended {
                 continue;
             }
             if this.read_eof {
@@ -176,15 +220,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for SecureStream<S> {
                     )))
                 };
             }
-            let n = {
-                let mut rb = ReadBuf::new(&mut this.scratch);
-                ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
-                rb.filled().len()
-            };
+            // Read into what is left of the buffer while a whole frame fits there; then make
+            // room for a batch, which reclaims the space of the frames already decrypted
+            // (moving at most one partial frame to the front).
+            if this.read_raw.capacity() - this.read_raw.len() < HEADER_LEN + MAX_DATA_FRAME {
+                this.read_raw.reserve(READ_CHUNK);
+            }
+            let n = ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut this.inner),
+                cx,
+                &mut this.read_raw
+            ))?;
             if n == 0 {
                 this.read_eof = true;
-            } else {
-                this.read_raw.extend_from_slice(&this.scratch[..n]);
             }
         }
     }
@@ -224,5 +272,86 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for SecureStream<S> {
         let this = self.get_mut();
         ready!(this.poll_flush_buf(cx))?;
         Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use punch_proto::noise::Handshake;
+    use punch_proto::{Keypair, Role};
+    use std::future::poll_fn;
+    use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    /// Two ends of one in-memory connection after a KK handshake.
+    fn pair() -> (SecureStream<DuplexStream>, SecureStream<DuplexStream>) {
+        let (ka, kb) = (Keypair::generate().unwrap(), Keypair::generate().unwrap());
+        let mut i = Handshake::peer(Role::Initiator, &ka, &kb.public(), 1).unwrap();
+        let mut r = Handshake::peer(Role::Responder, &kb, &ka.public(), 1).unwrap();
+        r.read(&i.write(&[]).unwrap()).unwrap();
+        i.read(&r.write(&[]).unwrap()).unwrap();
+        let (a, b) = duplex(256 * 1024);
+        (
+            SecureStream::new(a, i.into_transport().unwrap(), BytesMut::new()),
+            SecureStream::new(b, r.into_transport().unwrap(), BytesMut::new()),
+        )
+    }
+
+    /// Reads until the path end with reads of at most `size` bytes.
+    async fn read_all(r: &mut SecureStream<DuplexStream>, size: usize) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; size];
+        loop {
+            let n = r.read(&mut buf).await.unwrap();
+            if n == 0 {
+                return got;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    /// Frames decrypt straight into large read buffers and through `plain` into small ones:
+    /// the bytes, their order and the end marker come out the same either way.
+    #[tokio::test]
+    async fn any_read_size_sees_every_byte_then_the_path_end() {
+        let data: Vec<u8> = (0..700_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        for read_size in [
+            1,
+            100,
+            MAX_PLAINTEXT_LEN - 1,
+            MAX_PLAINTEXT_LEN + 16,
+            300_000,
+        ] {
+            let (mut w, mut r) = pair();
+            let sent = data.clone();
+            let writer = tokio::spawn(async move {
+                // Writes of odd sizes: full frames, short frames and batches of several.
+                for chunk in sent.chunks(90_001) {
+                    w.write_all(chunk).await.unwrap();
+                }
+                poll_fn(|cx| w.poll_end_path(cx)).await.unwrap();
+                w
+            });
+            let got = read_all(&mut r, read_size).await;
+            assert!(got == data, "read size {read_size}: bytes differ");
+            assert!(r.peer_ended_path());
+            let mut w = writer.await.unwrap();
+            assert!(w.write(b"late").await.is_err(), "nothing after the marker");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tampered_frame_is_an_error() {
+        let (mut w, r) = pair();
+        w.write_all(b"hello").await.unwrap();
+        w.flush().await.unwrap();
+        // Flip one ciphertext bit on the way: read the frame off the wire, alter, forward.
+        let (mut inner, transport) = (r.inner, r.transport);
+        let mut wire = vec![0u8; HEADER_LEN + 5 + TAG_LEN];
+        inner.read_exact(&mut wire).await.unwrap();
+        wire[HEADER_LEN] ^= 1;
+        let mut r = SecureStream::new(inner, transport, BytesMut::from(&wire[..]));
+        let err = r.read(&mut [0u8; 64]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     }
 }

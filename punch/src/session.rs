@@ -72,6 +72,19 @@ use crate::throttle::LogThrottle;
 
 /// Per-stream receive window (see the module doc).
 pub const DEFAULT_STREAM_WINDOW: u32 = 16 * 1024 * 1024;
+/// The most data one write of a [`Stream`] hands to yamux, so one yamux frame (12-byte header
+/// and this much data) is one Noise message of the punched stream, not four and a 92-byte
+/// remainder. tokio-yamux copies each write into a buffer of its own, and the peer's yamux
+/// reads whole frames into one growing buffer: at this size both stay under glibc's mmap
+/// threshold (128 KiB), so they come from the heap and are reused. At the 256 KiB frames a
+/// large write used to make, each was mapped, zero-filled by page faults and unmapped again,
+/// a third of a bulk stream's CPU (issue 16's profile).
+pub const MAX_WRITE: usize = punch_proto::noise::MAX_PLAINTEXT_LEN - crate::guard::HEADER_LEN;
+/// A vectored write of a [`Stream`] whose first slice is shorter than this is joined into one
+/// yamux frame (up to this size). HTTP/2 (tonic) writes a 9-byte frame header and then its
+/// payload as separate slices; written one by one, each became a yamux frame of its own, with
+/// its own trip through yamux's session task. Larger writes gain nothing from joining.
+const JOIN_BELOW: usize = 16 * 1024;
 /// yamux pings this often: keeps NAT mappings of the punched connection alive (home routers
 /// forget idle TCP mappings after minutes, some after 5 minutes) and detects a dead path.
 pub const YAMUX_KEEPALIVE: Duration = Duration::from_secs(15);
@@ -823,6 +836,8 @@ pub struct Stream {
     /// (and so takes over the frame-channel wakeup) can hand the wakeup back.
     parked_reader: Option<Waker>,
     handles: Handles,
+    /// Where small slices of a vectored write are joined (at most [`JOIN_BELOW`] bytes).
+    joined: Vec<u8>,
 }
 
 impl Stream {
@@ -831,6 +846,7 @@ impl Stream {
             inner,
             parked_reader: None,
             handles,
+            joined: Vec::new(),
         }
     }
 
@@ -877,6 +893,7 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        let buf = &buf[..buf.len().min(MAX_WRITE)];
         match Pin::new(&mut self.inner).poll_write(cx, buf) {
             Poll::Pending => {
                 // Process pending frames (window updates) without consuming data; this also
@@ -894,6 +911,38 @@ impl AsyncWrite for Stream {
             }
             ready => ready,
         }
+    }
+
+    /// Small slices go out as one yamux frame (see [`JOIN_BELOW`]). What was written is a
+    /// prefix of the slices' concatenation, as the trait requires.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let mut slices = bufs.iter().filter(|b| !b.is_empty());
+        let Some(first) = slices.next() else {
+            return Poll::Ready(Ok(0));
+        };
+        if first.len() >= JOIN_BELOW || bufs.iter().filter(|b| !b.is_empty()).count() == 1 {
+            return self.poll_write(cx, first);
+        }
+        let mut joined = std::mem::take(&mut self.joined);
+        joined.clear();
+        for b in bufs {
+            let room = JOIN_BELOW - joined.len();
+            if room == 0 {
+                break;
+            }
+            joined.extend_from_slice(&b[..b.len().min(room)]);
+        }
+        let res = self.as_mut().poll_write(cx, &joined);
+        self.joined = joined;
+        res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -1070,6 +1119,45 @@ mod tests {
         far.read_to_end(&mut buf).await.unwrap();
         assert_eq!(buf, b"after");
         assert!(!a.is_closed() && !b.is_closed());
+    }
+
+    /// Small slices of a vectored write are joined, large ones go alone, and each write's
+    /// count is a prefix of the concatenation: the far end reads exactly those bytes.
+    #[tokio::test]
+    async fn vectored_writes_arrive_as_the_concatenated_prefix() {
+        let (a, mut b) = pair().await;
+        let mut near = a.open_stream().await.unwrap();
+        let big = vec![3u8; JOIN_BELOW + 10];
+        let writes: [&[&[u8]]; 4] = [
+            &[b"header...", &[1u8; 1024], b"tail"],
+            &[b"", b"only"],
+            &[&big, b"after big"],
+            &[&[7u8; JOIN_BELOW - 3], b"crosses the join limit"],
+        ];
+        let mut expected = Vec::new();
+        let mut counts = Vec::new();
+        for slices in writes {
+            let bufs: Vec<io::IoSlice<'_>> = slices.iter().map(|s| io::IoSlice::new(s)).collect();
+            let n = near.write_vectored(&bufs).await.unwrap();
+            assert!(n > 0);
+            let all = slices.concat();
+            expected.extend_from_slice(&all[..n]);
+            counts.push(n);
+        }
+        // Joined in one frame; a lone slice; a large slice alone; joined up to the limit.
+        assert_eq!(counts, [9 + 1024 + 4, 4, JOIN_BELOW + 10, JOIN_BELOW]);
+        assert_eq!(near.write_vectored(&[]).await.unwrap(), 0);
+        near.shutdown().await.unwrap();
+        let mut far = tokio::time::timeout(HANG, b.accept_stream())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(HANG, far.read_to_end(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, expected);
     }
 
     #[tokio::test]

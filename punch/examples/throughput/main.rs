@@ -3,17 +3,24 @@
 //! `cargo run --release -p punch --example throughput -- [MIB] [WINDOW_MIB] [ROUNDS] [tunnel]`
 //! (defaults 1024, 16, 3): starts an in-process rendezvous and two clients, punches, then sends
 //! MIB MiB over one stream (the receiver counts every byte) and the same over a plain loopback
-//! TCP connection, alternating, ROUNDS times; prints each run and the median ratio. With
+//! TCP connection, alternating, ROUNDS times; prints each run and the median ratio. Each round
+//! also measures, as anchors: the one-core seal rate of the Noise transport (MIB MiB in
+//! 65,519-byte messages; the stream as a fraction of it), the same transfer over snow +
+//! tokio-yamux without punch (`anchors.rs`), and 16 streams of MIB/16 MiB each at once over
+//! the punched session (their total rate against the one stream). After the rounds, 1 KiB
+//! request/response latency (p50, p99) over a stream, over TCP and over snow + tokio-yamux. With
 //! `tunnel`, a third measurement runs what `punch connect --local` -> `punch listen --forward`
 //! do (TCP -> `forward::splice` -> stream -> `forward::serve` -> TCP), on a second session, and
 //! its ratio to the stream. With `relay`, a third pair of clients that dial nothing directly
 //! gets a session through the rendezvous's relay (its rate limits lifted for the measurement),
 //! and the same transfer over one of its streams is compared with the direct stream: what the
 //! relay's extra hop and copy cost. Only public API, so the same file measures older commits
-//! (`relay` needs the relay).
+//! (`relay` needs the relay). With `profile`, only the punched stream runs (for `perf record`).
 #![allow(clippy::unwrap_used)] // a measuring tool: any failure is fatal and says where
 
 use std::time::{Duration, Instant};
+
+mod anchors;
 
 use punch::{Client, Config};
 use punch_proto::Keypair;
@@ -59,6 +66,54 @@ async fn raw_tcp(total: u64) -> f64 {
     pump(a, b, total).await
 }
 
+/// Request/response round trips of `MESSAGE` bytes each way, after which the other side
+/// echoes them: (p50, p99) in microseconds over `n` round trips.
+async fn round_trips<S>(mut client: S, server: S, n: usize) -> (f64, f64)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    const MESSAGE: usize = 1024;
+    let echo = tokio::spawn(async move {
+        let mut server = server;
+        let mut buf = [0u8; MESSAGE];
+        while server.read_exact(&mut buf).await.is_ok() {
+            server.write_all(&buf).await.unwrap();
+        }
+    });
+    let (request, mut response) = ([0x5Au8; MESSAGE], [0u8; MESSAGE]);
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        client.write_all(&request).await.unwrap();
+        client.read_exact(&mut response).await.unwrap();
+        times.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    drop(client);
+    echo.abort();
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (times[n / 2], times[n * 99 / 100])
+}
+
+/// Sends `total` bytes split over `streams` streams of one session at once; total MB/s.
+async fn pump_many(a: &punch::Session, b: &mut punch::Session, streams: u64, total: u64) -> f64 {
+    let mut pairs = Vec::new();
+    for _ in 0..streams {
+        let w = a.open_stream().await.unwrap();
+        let r = b.accept_stream().await.unwrap();
+        pairs.push((w, r));
+    }
+    let start = Instant::now();
+    let each = total / streams;
+    let runs: Vec<_> = pairs
+        .into_iter()
+        .map(|(w, r)| tokio::spawn(pump(w, r, each)))
+        .collect();
+    for run in runs {
+        run.await.unwrap();
+    }
+    (each * streams) as f64 / start.elapsed().as_secs_f64() / 1e6
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -68,9 +123,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 async fn main() {
     let tunnel = std::env::args().any(|a| a == "tunnel");
     let relay = std::env::args().any(|a| a == "relay");
+    let only_stream = std::env::args().any(|a| a == "profile");
     let args: Vec<u64> = std::env::args()
         .skip(1)
-        .filter(|a| a != "tunnel" && a != "relay")
+        .filter(|a| a != "tunnel" && a != "relay" && a != "profile")
         .map(|a| a.parse().expect("numbers: MIB WINDOW_MIB ROUNDS"))
         .collect();
     let mib = args.first().copied().unwrap_or(1024);
@@ -152,15 +208,34 @@ async fn main() {
     let mut relay_runs = Vec::new();
     let mut relayed = relayed;
     let (mut punch_runs, mut tcp_runs, mut tunnel_runs) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut seal_runs, mut plain_runs, mut many_runs) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
         let w = sa.open_stream().await.unwrap();
         let r = sb.accept_stream().await.unwrap();
         let p = pump(w, r, total).await;
+        if only_stream {
+            println!("round {round}: punch stream {p:.0} MB/s");
+            continue;
+        }
         let t = raw_tcp(total).await;
+        let (w, r) = anchors::plain_yamux_stream((window_mib * 1024 * 1024) as u32).await;
+        let y = pump(w, r, total).await;
+        let s = tokio::task::spawn_blocking(move || anchors::seal_rate(total))
+            .await
+            .unwrap();
+        let m = pump_many(&sa, &mut sb, 16, total).await;
         print!(
-            "round {round}: punch stream {p:.0} MB/s, raw TCP {t:.0} MB/s, ratio {:.3}",
-            p / t
+            "round {round}: punch stream {p:.0} MB/s, raw TCP {t:.0} MB/s, ratio {:.3}; \
+             snow+yamux {y:.0} MB/s, stream/that {:.3}; seal {s:.0} MB/s, stream/seal {:.3}; \
+             16 streams {m:.0} MB/s, {:.3} of one",
+            p / t,
+            p / y,
+            p / s,
+            m / p
         );
+        plain_runs.push(p / y);
+        seal_runs.push(p / s);
+        many_runs.push(m / p);
         if let Some((local_addr, sink)) = &local {
             let w = TcpStream::connect(local_addr).await.unwrap();
             let (r, _) = sink.accept().await.unwrap();
@@ -179,10 +254,44 @@ async fn main() {
         punch_runs.push(p);
         tcp_runs.push(t);
     }
+    if only_stream {
+        return;
+    }
+    // Latency of small messages: 1 KiB request/response over a stream and over TCP, 2,000
+    // round trips each, alternating.
+    let (mut rr_stream, mut rr_tcp, mut rr_plain) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        let a = sa.open_stream().await.unwrap();
+        let b = sb.accept_stream().await.unwrap();
+        let (s50, s99) = round_trips(a, b, 2000).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (a, (b, _)) = (a.unwrap(), b.unwrap());
+        a.set_nodelay(true).unwrap();
+        b.set_nodelay(true).unwrap();
+        let (t50, t99) = round_trips(a, b, 2000).await;
+        let (a, b) = anchors::plain_yamux_stream((window_mib * 1024 * 1024) as u32).await;
+        let (y50, y99) = round_trips(a, b, 2000).await;
+        println!(
+            "round {round}: 1 KiB request/response p50/p99: stream {s50:.0}/{s99:.0} us, TCP {t50:.0}/{t99:.0} us, snow+yamux {y50:.0}/{y99:.0} us; p50 stream/TCP {:.2}, stream/(snow+yamux) {:.2}",
+            s50 / t50,
+            s50 / y50
+        );
+        rr_stream.push(s50);
+        rr_tcp.push(t50);
+        rr_plain.push(s50 / y50);
+    }
     let (p, t) = (median(punch_runs), median(tcp_runs));
     print!(
         "median of {rounds}: punch stream {p:.0} MB/s ({mib} MiB, {window_mib} MiB window), raw TCP {t:.0} MB/s, ratio {:.3}",
         p / t
+    );
+    print!(
+        "; stream/(snow+yamux) {:.3}; stream/seal {:.3}; 16 streams/one {:.3}",
+        median(plain_runs),
+        median(seal_runs),
+        median(many_runs)
     );
     if tunnel {
         print!("; tunnel/stream {:.3}", median(tunnel_runs));
@@ -190,5 +299,10 @@ async fn main() {
     if relay {
         print!("; relayed/direct {:.3}", median(relay_runs));
     }
-    println!();
+    let (s50, t50) = (median(rr_stream), median(rr_tcp));
+    println!(
+        "; 1 KiB request/response p50 stream {s50:.0} us, TCP {t50:.0} us, ratio {:.2}, stream/(snow+yamux) {:.2}",
+        s50 / t50,
+        median(rr_plain)
+    );
 }
