@@ -140,6 +140,20 @@ impl AsyncWrite for PunchedIo {
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
+    /// Passed through: the stream joins HTTP/2's small header and payload slices into one
+    /// frame (tonic unary p50 over a punched stream +31% -> +15% of TCP, issue 16).
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_flush(cx)
     }

@@ -289,20 +289,53 @@ async fn main() {
     );
     print!(
         "; stream/(snow+yamux) {:.3}; stream/seal {:.3}; 16 streams/one {:.3}",
-        median(plain_runs),
-        median(seal_runs),
-        median(many_runs)
+        median(plain_runs.clone()),
+        median(seal_runs.clone()),
+        median(many_runs.clone())
     );
     if tunnel {
-        print!("; tunnel/stream {:.3}", median(tunnel_runs));
+        print!("; tunnel/stream {:.3}", median(tunnel_runs.clone()));
     }
     if relay {
-        print!("; relayed/direct {:.3}", median(relay_runs));
+        print!("; relayed/direct {:.3}", median(relay_runs.clone()));
     }
     let (s50, t50) = (median(rr_stream), median(rr_tcp));
     println!(
         "; 1 KiB request/response p50 stream {s50:.0} us, TCP {t50:.0} us, ratio {:.2}, stream/(snow+yamux) {:.2}",
         s50 / t50,
         median(rr_plain)
+    );
+    // One line per figure for scripts/bench.sh's table: measurement, punch, baseline, ratio.
+    println!(
+        "BENCH\tone stream ({mib} MiB, loopback)\t{p:.0} MB/s\traw TCP {t:.0} MB/s\t{:.3}",
+        p / t
+    );
+    println!(
+        "BENCH\tone stream / snow + tokio-yamux without punch\t{p:.0} MB/s\tsame transfer over plain snow+yamux\t{:.3}",
+        median(plain_runs)
+    );
+    println!(
+        "BENCH\tone stream / one-core seal rate (both sides share 2 cores)\t{p:.0} MB/s\tNoise seal, one core\t{:.3}",
+        median(seal_runs)
+    );
+    println!(
+        "BENCH\t16 streams at once / one stream\t-\tone stream {p:.0} MB/s\t{:.3}",
+        median(many_runs)
+    );
+    if tunnel {
+        println!(
+            "BENCH\tCLI tunnel / session\t-\tthe stream in the same run\t{:.3}",
+            median(tunnel_runs)
+        );
+    }
+    if relay {
+        println!(
+            "BENCH\trelayed stream / direct (loopback, relay limits lifted)\t-\tdirect stream\t{:.3}",
+            median(relay_runs)
+        );
+    }
+    println!(
+        "BENCH\t1 KiB request/response p50 over a stream\t{s50:.0} us\tTCP {t50:.0} us\t{:.2}",
+        s50 / t50
     );
 }
