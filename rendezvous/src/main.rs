@@ -316,7 +316,7 @@ fn derived(config: &Config) -> String {
 
 /// Raises the soft limit on open files to the hard limit (every registered peer holds a
 /// descriptor, and 1,024, a common default, is few), or both past the hard limit when the
-/// process may (root) and the configuration needs it, then checks that it covers what the
+/// process may (CAP_SYS_RESOURCE) and the configuration needs it, then checks that it covers what the
 /// configuration can hold ([`Config::fds_needed`]). Past the limit accepts fail: an identity
 /// flood would lock honest peers out while `--max-peers` still has room (with a 1,024 limit,
 /// 33 addresses were enough). Refuses to start then, unless `--ignore-fd-limit`.
@@ -330,7 +330,7 @@ fn check_fd_limit(config: &Config, ignore: bool) -> anyhow::Result<()> {
     };
     let need = config.fds_needed();
     // Past the hard limit only a privileged process may go (CAP_SYS_RESOURCE, up to
-    // fs.nr_open): a root-run server lifts it to what it needs; anyone else is told below.
+    // fs.nr_open): a server that may lifts it to what it needs; anyone else is told below.
     if need > hard {
         match rlimit::setrlimit(rlimit::Resource::NOFILE, need, need) {
             Ok(()) => {
