@@ -169,7 +169,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
     /// once read, are kept in `self` before anything else can happen.
     pub async fn recv(&mut self) -> Result<Vec<u8>, ChannelError> {
         loop {
-            if let Some(len) = self.whole_frame()? {
+            // The header is checked (empty, oversized) before any of the body is read.
+            let len = self.codec.frame_len(&self.read)?;
+            if let Some(len) = len.filter(|&len| self.read.len() >= HEADER_LEN + len) {
                 let mut out = Vec::with_capacity(len);
                 let res = self
                     .transport
@@ -181,11 +183,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
                 res?;
                 return Ok(out);
             }
-            // Room for the rest of this frame (its length is checked), or a first read.
-            let want = match self.read.len() {
-                n if n < HEADER_LEN => FIRST_READ,
-                _ => HEADER_LEN + usize::from(u16::from_be_bytes([self.read[0], self.read[1]])),
-            };
+            // Room for the rest of this frame, or a first read.
+            let want = len.map_or(FIRST_READ, |len| HEADER_LEN + len);
             self.read.reserve(want.saturating_sub(self.read.len()));
             let n = self
                 .io
@@ -196,26 +195,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
                 return Err(ChannelError::Closed);
             }
         }
-    }
-
-    /// The plaintext length of the whole frame at the front of `read`, if it is there; an
-    /// empty or oversized frame is refused before it is read.
-    fn whole_frame(&self) -> Result<Option<usize>, ChannelError> {
-        if self.read.len() < HEADER_LEN {
-            return Ok(None);
-        }
-        let len = usize::from(u16::from_be_bytes([self.read[0], self.read[1]]));
-        if len == 0 {
-            return Err(FrameError::Empty.into());
-        }
-        if len > self.codec.max() {
-            return Err(FrameError::Oversized {
-                len,
-                max: self.codec.max(),
-            }
-            .into());
-        }
-        Ok((self.read.len() >= HEADER_LEN + len).then_some(len))
     }
 
     /// The authenticated identity of the other side.
