@@ -22,7 +22,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -689,6 +689,49 @@ pub async fn echo_once(session: &punch::Session, line: &[u8]) {
         .expect("the echo came back in time")
         .expect("reading the echo");
     assert_eq!(back, line);
+}
+
+/// A helper process whose stdout lines go to a channel (each through `wrap`), killed on drop.
+/// Its stdin stays open until then: the herds run until their stdin closes.
+#[derive(Debug)]
+pub struct LineChild {
+    child: Child,
+    _stdin: ChildStdin,
+}
+
+impl LineChild {
+    /// Starts `cmd` with stdin and stdout piped; a thread forwards each stdout line.
+    pub fn spawn<T: Send + 'static>(
+        cmd: &mut Command,
+        lines: mpsc::Sender<T>,
+        wrap: impl Fn(String) -> T + Send + 'static,
+    ) -> Self {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {:?}: {e}", cmd.get_program()));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stdin = child.stdin.take().expect("stdin is piped");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if lines.send(wrap(line)).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            _stdin: stdin,
+        }
+    }
+}
+
+impl Drop for LineChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Resident memory of process `pid` in KiB (`VmRSS` in `/proc/PID/status`; Linux only).

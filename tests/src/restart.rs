@@ -14,13 +14,13 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::{BufRead, BufReader, Write as _};
+use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::{bin_path, RendezvousProcess};
+use crate::{bin_path, LineChild, RendezvousProcess};
 
 /// Clients per helper process: 8,000 descriptors, well inside a 20,000 limit.
 pub const PER_PROCESS: usize = 4_000;
@@ -130,49 +130,23 @@ impl fmt::Display for Report {
 }
 
 /// A `restart_herd` process, killed on drop (closing its stdin also ends it).
-struct Herd {
-    child: Child,
-    _stdin: ChildStdin,
-}
-
-impl Drop for Herd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn spawn_herd(
     rv: &RendezvousProcess,
     first: usize,
     count: usize,
     layout: Layout,
     lines: mpsc::Sender<String>,
-) -> Herd {
-    let mut child = Command::new(bin_path("restart_herd"))
-        .arg(rv.addr().to_string())
-        .arg(rv.identity().to_string())
-        .args([first, count, layout.per_source, layout.sources_per_net].map(|n| n.to_string()))
-        .env("RUST_LOG", "error")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("starting restart_herd");
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let stdin = child.stdin.take().expect("stdin is piped");
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if lines.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    Herd {
-        child,
-        _stdin: stdin,
-    }
+) -> LineChild {
+    LineChild::spawn(
+        Command::new(bin_path("restart_herd"))
+            .arg(rv.addr().to_string())
+            .arg(rv.identity().to_string())
+            .args([first, count, layout.per_source, layout.sources_per_net].map(|n| n.to_string()))
+            .env("RUST_LOG", "error")
+            .stderr(Stdio::inherit()),
+        lines,
+        |line| line,
+    )
 }
 
 fn unix_micros() -> u128 {
@@ -228,7 +202,7 @@ fn peak_per_second(log: &str) -> usize {
 pub fn measure(layout: Layout, server_args: &[&str]) -> Report {
     let mut rv = RendezvousProcess::spawn(server_args);
     let (tx, rx) = mpsc::channel();
-    let herds: Vec<Herd> = (0..layout.clients)
+    let herds: Vec<LineChild> = (0..layout.clients)
         .step_by(PER_PROCESS)
         .map(|first| {
             let count = PER_PROCESS.min(layout.clients - first);

@@ -16,21 +16,21 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use punch::{Client, Config, PathKind};
 use punch_proto::Keypair;
-use punch_tests::{bin_path, metric, rss_kib, scrape, RendezvousProcess};
+use punch_tests::{bin_path, metric, rss_kib, scrape, LineChild, RendezvousProcess};
 
-/// What one herd run showed: `PARTS` processes, each registering its share of the peers.
+/// What one herd run showed: one or more `herd` processes, each registering its share of the
+/// peers.
 struct Herd {
     registered: usize,
     failed: usize,
     /// From the first connection until the last process had registered its share.
     took: Duration,
-    children: Vec<std::process::Child>,
+    children: Vec<LineChild>,
     lines: std::sync::mpsc::Receiver<(usize, String)>,
 }
 
@@ -42,27 +42,17 @@ impl Herd {
         let mut children = Vec::new();
         for (part, first) in (0..count).step_by(per_process.max(1)).enumerate() {
             let share = per_process.min(count - first);
-            let mut child = Command::new(bin_path("herd"))
-                .args([
+            let child = LineChild::spawn(
+                Command::new(bin_path("herd")).args([
                     rv.addr().to_string(),
                     rv.identity().to_string(),
                     first.to_string(),
                     share.to_string(),
                     count.to_string(),
-                ])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("starting a herd");
-            let out = child.stdout.take().expect("the herd's stdout");
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(out).lines().map_while(Result::ok) {
-                    if tx.send((part, line)).is_err() {
-                        return;
-                    }
-                }
-            });
+                ]),
+                tx.clone(),
+                move |line| (part, line),
+            );
             children.push(child);
         }
         let deadline = Instant::now() + wait;
@@ -97,15 +87,6 @@ impl Herd {
             }
         }
         by_part.iter().sum()
-    }
-}
-
-impl Drop for Herd {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use punch_tests::bin_path;
+use punch_tests::{bin_path, unique_temp_dir};
 
 /// The walkthrough takes about a second; this bounds a hang (a wait loop in the block is
 /// bounded too, at 10 s each).
@@ -120,9 +120,7 @@ struct Scratch(std::path::PathBuf);
 
 impl Scratch {
     fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("punch-walkthrough-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
+        Self(unique_temp_dir("punch-walkthrough"))
     }
 }
 
