@@ -15,7 +15,7 @@
 //! raised to the hard one, and a COUNT the hard limit cannot hold is refused (split the crowd
 //! over several processes).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use punch_proto::message::{ClientMsg, ServerMsg};
 use punch_proto::{Keypair, PeerId};
+use punch_tests::restart::client_ip;
 use punch_tests::{default_register, TestClient};
 use tokio::io::AsyncBufReadExt;
 use tokio::task::JoinSet;
@@ -38,15 +39,13 @@ const SOURCES_PER_NET: usize = 15;
 /// How long one registration may take before it counts as failed.
 const REGISTER_WAIT: Duration = Duration::from_secs(30);
 
-/// The loopback address of peer `i` of `count`: consecutive peers land in different /24s
-/// (`127.(20 + net / 256).(net % 256).(1 + source)`), so the handshakes in flight at any moment
-/// come from many networks, as they do in the wild.
+/// The loopback address of peer `i` of `count`: [`client_ip`]'s layout, with consecutive peers
+/// in different /24s, so the handshakes in flight at any moment come from many networks, as
+/// they do in the wild.
 fn herd_ip(i: usize, count: usize) -> IpAddr {
-    let nets = count.div_ceil(PER_SOURCE * SOURCES_PER_NET).max(1);
-    let (net, k) = (i % nets, i / nets);
-    let source = k / PER_SOURCE;
-    let b = u8::try_from(20 + net / 256).expect("fewer than 60,000 networks");
-    IpAddr::V4(Ipv4Addr::new(127, b, (net % 256) as u8, 1 + source as u8))
+    let per_net = PER_SOURCE * SOURCES_PER_NET;
+    let nets = count.div_ceil(per_net).max(1);
+    client_ip((i % nets) * per_net + i / nets, PER_SOURCE, SOURCES_PER_NET)
 }
 
 async fn register(server: SocketAddr, server_id: PeerId, ip: IpAddr) -> anyhow::Result<TestClient> {
