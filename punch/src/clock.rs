@@ -30,6 +30,8 @@ struct Sample {
 }
 
 /// Where the server's clock stands against ours; empty until a pong with the server's time.
+/// The control machine starts a new one with each registration: a new connection may be to a
+/// restarted server, whose clock has a new epoch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ServerClock {
     best: Option<Sample>,
@@ -64,11 +66,6 @@ impl ServerClock {
                 .unwrap_or(s.mid)
         };
         Some((at, s.rtt / 2))
-    }
-
-    /// Forgets every sample (a new connection may be to a restarted server, with a new epoch).
-    pub fn reset(&mut self) {
-        *self = ServerClock::default();
     }
 }
 
@@ -114,7 +111,5 @@ mod tests {
         let late = t0 + MAX_AGE + 300 * MS;
         c.on_pong(late, late + 10 * MS, 61_306_000);
         assert_eq!(c.local(61_306_000).unwrap(), (late + 5 * MS, 5 * MS));
-        c.reset();
-        assert!(c.local(1).is_none());
     }
 }
