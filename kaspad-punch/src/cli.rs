@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use clap::builder::BoolishValueParser;
 use clap::{Arg, ArgAction, ArgMatches, Command};
+use punch_ops::log::LogFormat;
 use std::time::Duration;
 
 use punch_node::link::{
@@ -15,22 +17,6 @@ use punch_node::link::{
 };
 use punch_node::peering::DEFAULT_TARGET;
 use punch_proto::PeerId;
-
-/// Punch flags: (long name, takes a value).
-const PUNCH_FLAGS: &[(&str, bool)] = &[
-    ("punch-rendezvous", true),
-    ("punch-rendezvous-key", true),
-    ("punch-key-file", true),
-    ("punch-peer", true),
-    ("punch-accept", false),
-    ("punch-no-accept", false),
-    ("punch-outpeers", true),
-    ("punch-max-inbound", true),
-    ("punch-max-inbound-per-ip", true),
-    ("punch-inbound-idle-secs", true),
-    ("punch-metrics", true),
-    ("punch-status-socket", true),
-];
 
 /// What the punch flags ask for.
 #[derive(Debug, Clone)]
@@ -58,14 +44,25 @@ impl PunchArgs {
     }
 }
 
-/// kaspad's command with the punch flags added (so `--help` lists both). Each punch flag can
-/// also come from the environment, `KASPAD_` and the flag in capitals (`KASPAD_PUNCH_RENDEZVOUS`);
-/// the command line wins. kaspad's own flags keep kaspad's ways (the command line,
-/// `--configfile`).
+/// kaspad's command with the punch flags added (so `--help` lists both). kaspad's own flags
+/// keep kaspad's ways (the command line, `--configfile`, which refuses keys kaspad does not
+/// know); the punch flags have their own layers, see [`parse_punch`].
 pub fn command() -> Command {
     kaspad_lib::args::cli()
         .name("kaspad-punch")
-        .about("kaspad with punch: private peers behind NATs connected directly by TCP hole punching")
+        .about(
+            "kaspad with punch: private peers behind NATs connected directly by TCP hole punching",
+        )
+        .args(punch_flags())
+}
+
+/// The id of the punch flags' configuration file flag.
+pub const CONFIG_FLAG: &str = "punch-config";
+
+/// The punch flags alone. Each can also come from the environment, `KASPAD_` and the flag in
+/// capitals (`KASPAD_PUNCH_RENDEZVOUS`), and from the TOML file of `--punch-config`.
+fn punch_flags() -> Vec<Arg> {
+    let flags = Command::new("punch-flags")
         .arg(
             Arg::new("punch-rendezvous")
                 .long("punch-rendezvous")
@@ -160,10 +157,77 @@ pub fn command() -> Command {
                 .value_name("PATH")
                 .help("Punch: the unix socket (mode 0600) `punch status` asks [default: beside --punch-key-file, <key-file>.status]"),
         )
+        .arg(
+            Arg::new("punch-log-format")
+                .long("punch-log-format")
+                .env("KASPAD_PUNCH_LOG_FORMAT")
+                .value_name("FORMAT")
+                .value_parser(clap::value_parser!(LogFormat))
+                .help("Punch: how punch's log lines on stderr are written: text, or json (one object per line) for log collectors; kaspad's own lines keep kaspad's format [default: text]"),
+        )
+        .arg(
+            Arg::new(CONFIG_FLAG)
+                .long(CONFIG_FLAG)
+                .env("KASPAD_PUNCH_CONFIG")
+                .value_name("FILE")
+                .value_parser(clap::value_parser!(PathBuf))
+                .help("Punch: TOML file of punch flag values, keys named as the flags (punch-rendezvous = \"203.0.113.7:7717\", punch-peer = [\"...\"]); kaspad's flags go in --configfile. Precedence: command line, then environment, then this file, then the default [default: none]"),
+        );
+    flags
+        .get_arguments()
+        .cloned()
+        .map(|arg| {
+            if matches!(arg.get_action(), ArgAction::SetTrue) {
+                // KASPAD_PUNCH_NO_ACCEPT=1 as well as =true.
+                arg.value_parser(BoolishValueParser::new())
+            } else {
+                arg
+            }
+        })
+        .collect()
+}
+
+/// Whether `--name` is a punch flag, and if so whether it takes a value.
+fn punch_flag(name: &str) -> Option<bool> {
+    punch_flags()
+        .iter()
+        .find(|a| a.get_long() == Some(name))
+        .map(|a| matches!(a.get_action(), ArgAction::Set | ArgAction::Append))
+}
+
+/// The punch flags from the command line, the environment and the `--punch-config` file (the
+/// file's keys must be punch flags), and how punch logs.
+#[derive(Debug)]
+pub struct Punch {
+    /// `None` without `--punch-rendezvous`: punch is off.
+    pub args: Option<PunchArgs>,
+    pub log_format: LogFormat,
+}
+
+/// Parses the punch flags of `argv` (the whole command line, kaspad's flags included) with
+/// their environment variables and `--punch-config` file. An invalid value, a key in the file
+/// that is no punch flag or a missing companion flag is an error naming the flag (and the
+/// file key).
+pub fn parse_punch(argv: impl IntoIterator<Item = OsString>) -> Result<Punch, clap::Error> {
+    let (_, punch) = split_argv(argv);
+    let cmd = Command::new("kaspad-punch")
+        .disable_help_flag(true)
+        .args(punch_flags());
+    let (m, _) = punch_ops::config::try_layered_from(cmd, CONFIG_FLAG, punch)?;
+    let args = punch_args(&m).map_err(|e| {
+        clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{e:#}\n"))
+    })?;
+    Ok(Punch {
+        args,
+        log_format: m
+            .get_one::<LogFormat>("punch-log-format")
+            .copied()
+            .unwrap_or_default(),
+    })
 }
 
 /// The punch flags, if punch is enabled (`--punch-rendezvous` given).
-pub fn punch_args(m: &ArgMatches) -> anyhow::Result<Option<PunchArgs>> {
+fn punch_args(m: &ArgMatches) -> anyhow::Result<Option<PunchArgs>> {
     let Some(rendezvous) = m.get_one::<String>("punch-rendezvous") else {
         return Ok(None);
     };
@@ -219,26 +283,39 @@ pub fn punch_args(m: &ArgMatches) -> anyhow::Result<Option<PunchArgs>> {
 
 /// The arguments without the punch flags, for kaspad's own parser.
 pub fn kaspad_argv(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
-    let mut out = Vec::new();
-    let mut skip_value = false;
-    for arg in args {
-        if skip_value {
-            skip_value = false;
+    split_argv(args).0
+}
+
+/// The arguments split into kaspad's and punch's, each list starting with the binary name.
+fn split_argv(args: impl IntoIterator<Item = OsString>) -> (Vec<OsString>, Vec<OsString>) {
+    let mut kaspad = Vec::new();
+    let mut punch = Vec::new();
+    let mut value_of_punch_flag = false;
+    for (i, arg) in args.into_iter().enumerate() {
+        if i == 0 {
+            kaspad.push(arg.clone());
+            punch.push(arg);
+            continue;
+        }
+        if value_of_punch_flag {
+            value_of_punch_flag = false;
+            punch.push(arg);
             continue;
         }
         let text = arg.to_string_lossy();
-        let flag = PUNCH_FLAGS.iter().find(|(name, _)| {
-            text.strip_prefix("--")
-                .is_some_and(|t| t == *name || t.starts_with(&format!("{name}=")))
+        let flag = text.strip_prefix("--").and_then(|t| {
+            let name = t.split('=').next().unwrap_or(t);
+            punch_flag(name).map(|takes_value| (takes_value, name.len() == t.len()))
         });
         match flag {
-            Some((name, takes_value)) => {
-                skip_value = *takes_value && text.as_ref() == format!("--{name}");
+            Some((takes_value, bare)) => {
+                value_of_punch_flag = takes_value && bare;
+                punch.push(arg);
             }
-            None => out.push(arg),
+            None => kaspad.push(arg),
         }
     }
-    out
+    (kaspad, punch)
 }
 
 #[cfg(test)]
@@ -266,13 +343,123 @@ mod tests {
             "--punch-metrics",
             "127.0.0.1:9719",
             "--punch-status-socket=/tmp/s",
+            "--punch-config",
+            "/tmp/punch.toml",
+            "--punch-log-format=json",
+            "--configfile",
+            "/tmp/kaspad.toml",
         ]
         .map(OsString::from);
-        let kept: Vec<String> = kaspad_argv(argv)
-            .into_iter()
-            .map(|s| s.to_string_lossy().into_owned())
-            .collect();
-        assert_eq!(kept, ["kaspad-punch", "--testnet", "--appdir", "/tmp/x"]);
+        let strings = |v: Vec<OsString>| -> Vec<String> {
+            v.into_iter()
+                .map(|s| s.to_string_lossy().into_owned())
+                .collect()
+        };
+        let (kaspad, punch) = split_argv(argv.clone());
+        assert_eq!(
+            strings(kaspad),
+            [
+                "kaspad-punch",
+                "--testnet",
+                "--appdir",
+                "/tmp/x",
+                "--configfile",
+                "/tmp/kaspad.toml"
+            ]
+        );
+        assert_eq!(punch.len(), argv.len() - 5);
+        assert_eq!(punch[0], "kaspad-punch");
+        assert!(strings(punch)
+            .iter()
+            .all(|a| a == "kaspad-punch" || !a.starts_with("--") || a.starts_with("--punch-")));
+    }
+
+    const KEY: &str = "finorsu4gcmotpfda2gbspxaskpnde2nrnzgwk64ek6ki2dq6qqa";
+
+    /// A `--punch-config` file written for one test.
+    fn config(test: &str, text: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("kaspad-punch-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{test}.toml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn parse(args: &[&str]) -> Result<Punch, clap::Error> {
+        parse_punch(
+            std::iter::once("kaspad-punch")
+                .chain(args.iter().copied())
+                .map(OsString::from),
+        )
+    }
+
+    #[test]
+    fn punch_flags_come_from_the_config_file_under_the_command_line() {
+        let file = config(
+            "layers",
+            &format!(
+                "punch-rendezvous = \"127.0.0.1:7717\"\npunch_rendezvous_key = \"{KEY}\"\n\
+                 punch-key-file = \"/tmp/k.key\"\npunch-peer = [\"{KEY}\"]\n\
+                 punch-outpeers = 2\npunch-max-inbound = 5\npunch-no-accept = true\n\
+                 punch-log-format = \"json\"\n"
+            ),
+        );
+        let path = file.to_str().unwrap();
+        let p = parse(&["--testnet", "--punch-config", path, "--punch-max-inbound=9"]).unwrap();
+        assert_eq!(p.log_format, LogFormat::Json);
+        let a = p.args.expect("punch on: the file names the rendezvous");
+        assert_eq!(a.rendezvous, "127.0.0.1:7717".parse().unwrap());
+        assert_eq!(a.key_file, std::path::PathBuf::from("/tmp/k.key"));
+        assert_eq!(a.peers.len(), 1);
+        assert_eq!(a.outpeers, 2);
+        assert!(!a.accept);
+        assert_eq!(a.max_inbound, 9, "the command line wins over the file");
+        assert_eq!(
+            a.max_inbound_per_ip, DEFAULT_MAX_INBOUND_PER_IP,
+            "neither: the default"
+        );
+        assert_eq!(
+            a.status_socket,
+            std::path::PathBuf::from("/tmp/k.key.status")
+        );
+    }
+
+    #[test]
+    fn a_config_file_key_that_is_no_punch_flag_is_refused_naming_it() {
+        // kaspad's own flags belong in --configfile: kaspad-punch does not pass them on.
+        let file = config("kaspad-key", "appdir = \"/tmp/x\"\n");
+        let e = parse(&["--punch-config", file.to_str().unwrap()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("key `appdir`") && e.contains("--punch-config"),
+            "{e}"
+        );
+
+        let file = config("bad-value", "punch-max-inbound-per-ip = 0\n");
+        let e = parse(&["--punch-config", file.to_str().unwrap()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("punch-max-inbound-per-ip") && e.contains("bad-value.toml"),
+            "{e}"
+        );
+
+        let e = parse(&["--punch-log-format", "xml"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("punch-log-format"), "{e}");
+    }
+
+    #[test]
+    fn punch_is_off_without_a_rendezvous_and_a_missing_key_is_named() {
+        let p = parse(&["--testnet", "--appdir", "/tmp/x"]).unwrap();
+        assert!(p.args.is_none());
+        assert_eq!(p.log_format, LogFormat::Text);
+        let e = parse(&["--punch-rendezvous", "127.0.0.1:7717"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--punch-rendezvous-key is required"), "{e}");
     }
 
     #[test]
@@ -288,6 +475,8 @@ mod tests {
             "--punch-max-inbound-per-ip",
             "--punch-metrics",
             "--punch-status-socket",
+            "--punch-config",
+            "--punch-log-format",
             "--appdir",
             "--connect",
             "--listen",

@@ -19,8 +19,12 @@ use kaspad_lib::daemon::{create_core, DESIRED_DAEMON_SOFT_FD_LIMIT};
 
 fn main() -> anyhow::Result<()> {
     kaspa_alloc::init_allocator_with_default_settings();
-    let matches = cli::command().get_matches();
-    let punch = cli::punch_args(&matches)?;
+    // The whole command line first, as kaspad's `--help` and errors expect; then the punch
+    // flags again with their `--punch-config` file (which that first parse does not read).
+    cli::command().get_matches();
+    let punch = cli::parse_punch(std::env::args_os()).unwrap_or_else(|e| e.exit());
+    let log_format = punch.log_format;
+    let punch = punch.args;
     let mut args =
         Args::parse(cli::kaspad_argv(std::env::args_os())).context("kaspad arguments")?;
 
@@ -31,15 +35,8 @@ fn main() -> anyhow::Result<()> {
     };
     // Logs of punch (tracing) go to stderr; kaspad keeps its own logger (the `log` crate's
     // global logger, which kaspad installs itself), so no `log` bridge is installed here.
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .finish();
-    tracing::subscriber::set_global_default(subscriber).context("installing the punch logger")?;
+    tracing::subscriber::set_global_default(punch_ops::log::subscriber(log_format, "info"))
+        .context("installing the punch logger")?;
 
     if let Err(e) = fd_budget::try_set_fd_limit(DESIRED_DAEMON_SOFT_FD_LIMIT) {
         eprintln!(

@@ -24,7 +24,7 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::builder::BoolishValueParser;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
@@ -104,22 +104,40 @@ where
     I: IntoIterator<Item = S>,
     S: Into<OsString>,
 {
-    let mut cmd = command::<T>(env_prefix);
+    let (matches, effective) = try_layered_from(command::<T>(env_prefix), CONFIG_FLAG, args)?;
+    let parsed =
+        T::from_arg_matches(&matches).map_err(|e| e.format(&mut effective.command.clone()))?;
+    Ok((parsed, effective))
+}
+
+/// The layers for a command built by hand: `cmd` already has its environment variables and a
+/// flag `--config_flag FILE` (a program whose flags live beside another's, as kaspad-punch's
+/// beside kaspad's, names it apart: `punch-config`). The file's keys are `cmd`'s long flags;
+/// precedence and errors as for [`parse`].
+pub fn try_layered_from<I, S>(
+    mut cmd: Command,
+    config_flag: &'static str,
+    args: I,
+) -> Result<(ArgMatches, Effective), clap::Error>
+where
+    I: IntoIterator<Item = S>,
+    S: Into<OsString>,
+{
     let argv: Vec<OsString> = args.into_iter().map(Into::into).collect();
     // A command line clap refuses even leniently (`--help`) gets no file: the real parse
     // below reports it.
     let (argv, file) = match lenient(&cmd).try_get_matches_from(argv.clone()) {
-        Ok(first) => add_file_values(&cmd, &first, argv)?,
+        Ok(first) => add_file_values(&cmd, config_flag, &first, argv)?,
         Err(_) => (argv, FileValues::default()),
     };
     let matches = cmd
         .try_get_matches_from_mut(&argv)
         .map_err(|e| explain(e, &cmd, &argv, &file))?;
-    let parsed = T::from_arg_matches(&matches).map_err(|e| e.format(&mut cmd))?;
     Ok((
-        parsed,
+        matches.clone(),
         Effective {
             command: cmd,
+            config_flag,
             matches,
             file,
         },
@@ -161,24 +179,33 @@ struct Entry<'a> {
 
 fn add_file_values(
     cmd: &Command,
+    config_flag: &'static str,
     first: &ArgMatches,
     mut argv: Vec<OsString>,
 ) -> Result<(Vec<OsString>, FileValues), clap::Error> {
     let sub = first.subcommand();
     let path = first
-        .get_one::<PathBuf>(CONFIG_FLAG)
-        .or_else(|| sub.and_then(|(_, m)| m.try_get_one::<PathBuf>(CONFIG_FLAG).ok().flatten()));
+        .try_get_one::<PathBuf>(config_flag)
+        .ok()
+        .flatten()
+        .or_else(|| sub.and_then(|(_, m)| m.try_get_one::<PathBuf>(config_flag).ok().flatten()));
     let Some(path) = path.cloned() else {
         return Ok((argv, FileValues::default()));
     };
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| error(ErrorKind::Io, format!("--config {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        error(
+            ErrorKind::Io,
+            format!("--{config_flag} {}: {e}", path.display()),
+        )
+    })?;
     let table: toml::Table = text.parse().map_err(|e| {
         error(
             ErrorKind::InvalidValue,
-            format!("--config {}: not TOML: {e}", path.display()),
+            format!("--{config_flag} {}: not TOML: {e}", path.display()),
         )
     })?;
+    let origin = format!("--{config_flag} {}", path.display());
+    let origin = origin.as_str();
     let leaf = sub.and_then(|(name, _)| cmd.find_subcommand(name));
     let mut root: BTreeMap<String, Entry> = BTreeMap::new();
     let mut flat: BTreeMap<String, Entry> = BTreeMap::new();
@@ -188,7 +215,7 @@ fn add_file_values(
         if let Some(sc) = cmd.get_subcommands().find(|s| s.get_name() == name) {
             let toml::Value::Table(inner) = value else {
                 return Err(file_error(
-                    &path,
+                    origin,
                     key,
                     &format!("`{name}` is a subcommand: expected a table [{name}]"),
                 ));
@@ -197,20 +224,23 @@ fn add_file_values(
             for (k, v) in inner {
                 let long = k.replace('_', "-");
                 let spelled = format!("[{name}] {k}");
-                let arg = find_long(sc, &long).ok_or_else(|| {
-                    file_error(&path, &spelled, &format!("`{name}` has no flag --{long}"))
+                let arg = find_long(sc, &long, config_flag).ok_or_else(|| {
+                    file_error(origin, &spelled, &format!("`{name}` has no flag --{long}"))
                 })?;
-                insert(&mut entries, &path, long, spelled, arg, v)?;
+                insert(&mut entries, origin, long, spelled, arg, v)?;
             }
             if leaf.is_some_and(|l| l.get_name() == sc.get_name()) {
                 table_of_leaf = entries;
             }
-        } else if let Some(arg) = find_long(cmd, &name) {
-            insert(&mut root, &path, name, key.clone(), arg, value)?;
-        } else if let Some(arg) = leaf.and_then(|l| find_long(l, &name)) {
-            insert(&mut flat, &path, name, key.clone(), arg, value)?;
-        } else if !cmd.get_subcommands().any(|s| find_long(s, &name).is_some()) {
-            return Err(file_error(&path, key, &format!("no flag --{name}")));
+        } else if let Some(arg) = find_long(cmd, &name, config_flag) {
+            insert(&mut root, origin, name, key.clone(), arg, value)?;
+        } else if let Some(arg) = leaf.and_then(|l| find_long(l, &name, config_flag)) {
+            insert(&mut flat, origin, name, key.clone(), arg, value)?;
+        } else if !cmd
+            .get_subcommands()
+            .any(|s| find_long(s, &name, config_flag).is_some())
+        {
+            return Err(file_error(origin, key, &format!("no flag --{name}")));
         }
         // Otherwise a flag of another subcommand: not for this run.
     }
@@ -227,7 +257,7 @@ fn add_file_values(
         let in_sub =
             entry.arg.is_global_set() && sub.is_some_and(|(_, m)| set_elsewhere(m, entry.arg));
         if !set_elsewhere(first, entry.arg) && !in_sub {
-            front.extend(tokens(&path, entry)?);
+            front.extend(tokens(origin, entry)?);
             file.keys.insert(long.clone(), entry.key.clone());
         }
     }
@@ -235,7 +265,7 @@ fn add_file_values(
     if let Some((_, m)) = sub {
         for (long, entry) in &flat {
             if !set_elsewhere(m, entry.arg) {
-                back.extend(tokens(&path, entry)?);
+                back.extend(tokens(origin, entry)?);
                 file.keys.insert(long.clone(), entry.key.clone());
             }
         }
@@ -249,7 +279,7 @@ fn add_file_values(
 
 fn insert<'a>(
     map: &mut BTreeMap<String, Entry<'a>>,
-    path: &Path,
+    origin: &str,
     long: String,
     key: String,
     arg: &'a Arg,
@@ -257,7 +287,7 @@ fn insert<'a>(
 ) -> Result<(), clap::Error> {
     if let Some(other) = map.get(&long) {
         return Err(file_error(
-            path,
+            origin,
             &key,
             &format!("--{long} is also set by key `{}`", other.key),
         ));
@@ -274,8 +304,8 @@ fn set_elsewhere(m: &ArgMatches, arg: &Arg) -> bool {
     )
 }
 
-fn find_long<'a>(cmd: &'a Command, long: &str) -> Option<&'a Arg> {
-    if NOT_LAYERED.contains(&long) {
+fn find_long<'a>(cmd: &'a Command, long: &str, config_flag: &str) -> Option<&'a Arg> {
+    if NOT_LAYERED.contains(&long) || long == config_flag {
         return None;
     }
     cmd.get_arguments().find(|a| a.get_long() == Some(long))
@@ -291,9 +321,9 @@ fn is_repeatable(arg: &Arg) -> bool {
 
 /// A file value as command-line arguments: `--flag=value`, once per array item for a
 /// repeatable flag, `--flag` for a switch set to its non-default.
-fn tokens(path: &Path, entry: &Entry) -> Result<Vec<OsString>, clap::Error> {
+fn tokens(origin: &str, entry: &Entry) -> Result<Vec<OsString>, clap::Error> {
     let long = entry.arg.get_long().unwrap_or_default();
-    let wrong = |what: &str| file_error(path, &entry.key, &format!("--{long} {what}"));
+    let wrong = |what: &str| file_error(origin, &entry.key, &format!("--{long} {what}"));
     if is_switch(entry.arg) {
         let toml::Value::Boolean(on) = entry.value else {
             return Err(wrong("is a switch: expected true or false"));
@@ -364,10 +394,11 @@ fn all_args(cmd: &Command) -> impl Iterator<Item = &Arg> {
         .chain(cmd.get_subcommands().flat_map(|s| s.get_arguments()))
 }
 
-fn file_error(path: &Path, key: &str, what: &str) -> clap::Error {
+/// `origin`: the flag and the file, `--config rendezvous.toml`.
+fn file_error(origin: &str, key: &str, what: &str) -> clap::Error {
     error(
         ErrorKind::ValueValidation,
-        format!("--config {}: key `{key}`: {what}", path.display()),
+        format!("{origin}: key `{key}`: {what}"),
     )
 }
 
@@ -379,6 +410,7 @@ fn error(kind: ErrorKind, message: String) -> clap::Error {
 #[derive(Debug)]
 pub struct Effective {
     command: Command,
+    config_flag: &'static str,
     matches: ArgMatches,
     file: FileValues,
 }
@@ -407,11 +439,11 @@ impl Effective {
     }
 
     fn find(&self, long: &str) -> Option<(&Arg, &ArgMatches)> {
-        if let Some(arg) = find_long(&self.command, long) {
+        if let Some(arg) = find_long(&self.command, long, self.config_flag) {
             return Some((arg, &self.matches));
         }
         let (name, m) = self.matches.subcommand()?;
-        let arg = find_long(self.command.find_subcommand(name)?, long)?;
+        let arg = find_long(self.command.find_subcommand(name)?, long, self.config_flag)?;
         Some((arg, m))
     }
 
@@ -433,7 +465,10 @@ impl Effective {
     fn write(&self, out: &mut String, cmd: &Command, m: &ArgMatches, nested: bool) {
         for arg in cmd.get_arguments() {
             let Some(long) = arg.get_long() else { continue };
-            if NOT_LAYERED.contains(&long) || (nested && arg.is_global_set()) {
+            if NOT_LAYERED.contains(&long)
+                || long == self.config_flag
+                || (nested && arg.is_global_set())
+            {
                 continue;
             }
             let id = arg.get_id().as_str();
