@@ -21,8 +21,8 @@ use kaspa_rpc_service::service::RpcCoreService;
 use kaspa_utils::networking::{ContextualNetAddress, NetAddress};
 use kaspad_lib::args::Args;
 use punch_node::bridge::{Bridge, BridgeConfig};
-use punch_node::link::{InboundLimits, LinkEvent, NodeView};
-use punch_node::peering::{Peering, PeeringConfig};
+use punch_node::link::{InboundLimits, InboundState, LinkEvent, NodeView};
+use punch_node::peering::{Cooling, Peering, PeeringConfig, PeeringWatch, PlanState};
 use punch_node::slots::{self, SlotPool};
 use punch_proto::{Keypair, PeerId};
 use tokio::sync::{broadcast, oneshot};
@@ -174,14 +174,133 @@ fn directions(connected: &Connected) -> (usize, usize) {
     (out, c.len() - out)
 }
 
+/// The peering's state as the status document's `peering` and `inbound` sections.
+fn peering_json(plan: &PlanState, inbound: &InboundState) -> serde_json::Value {
+    let by_cooling = |counts: &[u64; 4]| {
+        Cooling::ALL
+            .iter()
+            .map(|c| (c.label().to_owned(), serde_json::json!(counts[*c as usize])))
+            .collect::<serde_json::Map<_, _>>()
+    };
+    serde_json::json!({
+        "peering": {
+            "target": plan.target,
+            "pinned": plan.pinned,
+            "running": { "pinned": plan.running_pinned, "discovered": plan.running_discovered },
+            "candidates": plan.candidates,
+            "cooling": by_cooling(&plan.cooling.map(|n| n as u64)),
+            "discovering": plan.discovering,
+            "next_discovery_in_secs": plan.next_discover_in.map(|d| d.as_secs_f64()),
+            "discoveries": { "ok": plan.discoveries, "failed": plan.discoveries_failed },
+            "discovered_peers": plan.discovered_peers,
+            "rounds_ended": by_cooling(&plan.rounds_ended),
+        },
+        "inbound": {
+            "held": inbound.held,
+            "ips": inbound.ips,
+            "most_from_one_ip": inbound.most_from_one_ip,
+            "refused": {
+                "denied": inbound.refused_denied,
+                "full": inbound.refused_full,
+                "per_ip": inbound.refused_per_ip,
+                "not_bridged": inbound.not_bridged,
+            },
+        },
+    })
+}
+
+/// The peering's state as metrics (prefix `punch_`).
+fn peering_metrics(
+    e: &mut punch_ops::metrics::Emit<'_>,
+    plan: &PlanState,
+    inbound: &InboundState,
+) -> Result<(), std::fmt::Error> {
+    use punch_ops::metrics::gauge_value;
+    e.gauges(
+        "peering_rounds",
+        "Outbound punch rounds running now, with pinned and with discovered peers",
+        &[
+            (&[("peer", "pinned")], gauge_value(plan.running_pinned)),
+            (
+                &[("peer", "discovered")],
+                gauge_value(plan.running_discovered),
+            ),
+        ],
+    )?;
+    e.gauge(
+        "peering_candidates",
+        "Discovered peers waiting to be tried",
+        gauge_value(plan.candidates),
+    )?;
+    let cooling: Vec<_> = Cooling::ALL
+        .iter()
+        .map(|c| {
+            (
+                [("reason", c.label())],
+                gauge_value(plan.cooling[*c as usize]),
+            )
+        })
+        .collect();
+    let cooling: Vec<_> = cooling.iter().map(|(l, v)| (&l[..], *v)).collect();
+    e.gauges(
+        "peering_cooling",
+        "Peers waiting before their next punch, by how their last round ended",
+        &cooling,
+    )?;
+    let ended: Vec<_> = Cooling::ALL
+        .iter()
+        .map(|c| ([("outcome", c.label())], plan.rounds_ended[*c as usize]))
+        .collect();
+    let ended: Vec<_> = ended.iter().map(|(l, v)| (&l[..], *v)).collect();
+    e.counters(
+        "peering_rounds_ended",
+        "Outbound rounds ended, by outcome (failed punch, no slot dialed, refused by kaspad, ended)",
+        &ended,
+    )?;
+    e.counters(
+        "peering_discoveries",
+        "Discover requests to the rendezvous, by result",
+        &[
+            (&[("result", "ok")], plan.discoveries),
+            (&[("result", "failed")], plan.discoveries_failed),
+        ],
+    )?;
+    e.counter(
+        "peering_discovered_peers",
+        "Peers listed in discovery answers",
+        plan.discovered_peers,
+    )?;
+    e.gauge(
+        "inbound_most_from_one_ip",
+        "Inbound punched sessions from the busiest observed IP (against --punch-max-inbound-per-ip)",
+        gauge_value(inbound.most_from_one_ip),
+    )?;
+    e.counters(
+        "inbound_refused_by_cap",
+        "Inbound punched sessions refused by kaspad-punch, by reason",
+        &[
+            (&[("reason", "denied")], inbound.refused_denied),
+            (&[("reason", "full")], inbound.refused_full),
+            (&[("reason", "per_ip")], inbound.refused_per_ip),
+            (&[("reason", "not_bridged")], inbound.not_bridged),
+        ],
+    )
+}
+
 async fn start_ops(
     args: &PunchArgs,
     client: &punch::Client,
     slots: &SlotPool,
     deny: &punch::Denylist,
     connected: &Connected,
+    peering: PeeringWatch,
 ) -> anyhow::Result<punch::ops::Operated> {
-    let (s, d, c) = (slots.clone(), deny.clone(), connected.clone());
+    let (s, d, c, w) = (
+        slots.clone(),
+        deny.clone(),
+        connected.clone(),
+        peering.clone(),
+    );
     let gather: Box<dyn prometheus_client::collector::Collector> = Box::new(
         punch_ops::metrics::Gather(move |e: &mut punch_ops::metrics::Emit<'_>| {
             use punch_ops::metrics::gauge_value;
@@ -222,7 +341,9 @@ async fn start_ops(
                     (&[("kind", "peer")], gauge_value(peers)),
                     (&[("kind", "ip")], gauge_value(ips)),
                 ],
-            )
+            )?;
+            let (plan, inbound) = w.get();
+            peering_metrics(e, &plan, &inbound)
         }),
     );
     let (s, d, c) = (slots.clone(), deny.clone(), connected.clone());
@@ -237,12 +358,13 @@ async fn start_ops(
         let (outbound, inbound) = directions(&c);
         let st = s.stats();
         let (denied_peers, denied_ips) = d.len();
-        serde_json::json!({
+        let (plan, held) = peering.get();
+        let mut doc = serde_json::json!({
             "command": "kaspad-punch",
             "accept": caps.4,
             "caps": {
                 "inbound": { "used": inbound, "max": caps.0 },
-                "inbound_per_ip": { "max": caps.1 },
+                "inbound_per_ip": { "used": held.most_from_one_ip, "max": caps.1 },
                 "outbound": { "used": outbound, "max": caps.2 + caps.3 },
             },
             "slots": {
@@ -253,7 +375,13 @@ async fn start_ops(
                 "refused": st.refused,
             },
             "denied": { "peers": denied_peers, "ips": denied_ips },
-        })
+        });
+        if let (Some(doc), serde_json::Value::Object(more)) =
+            (doc.as_object_mut(), peering_json(&plan, &held))
+        {
+            doc.extend(more);
+        }
+        doc
     };
     punch::ops::operate(
         client,
@@ -294,9 +422,8 @@ async fn run(
     config.deny = deny.clone();
     let (client, incoming) = punch::Client::start(config).await?;
     let connected: Connected = Arc::default();
-    let _ops = start_ops(&args, &client, &slots, &deny, &connected).await?;
     let bridge = Bridge::new(BridgeConfig::new(node_p2p))?;
-    let mut peering = PeeringConfig::new(args.peers, args.outpeers);
+    let mut peering = PeeringConfig::new(args.peers.clone(), args.outpeers);
     peering.accept = args.accept;
     peering.inbound = InboundLimits {
         max_inbound: args.max_inbound,
@@ -304,14 +431,15 @@ async fn run(
         idle_timeout: args.inbound_idle_timeout,
     };
     let link = Peering::spawn(
-        client,
+        client.clone(),
         incoming,
         bridge,
-        slots,
+        slots.clone(),
         Arc::new(NodeRpc(rpc)),
-        deny,
+        deny.clone(),
         peering,
     );
+    let _ops = start_ops(&args, &client, &slots, &deny, &connected, link.watch()).await?;
     let mut events = link.subscribe();
     // The link logs each punched peer's path itself ("punched peer connected"); this adds
     // what kaspad did with it. A lagging receiver only loses log lines, never stops punch.

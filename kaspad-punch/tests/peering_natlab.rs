@@ -149,10 +149,23 @@ fn operator_view(lab: &Lab, dir: &Path, i: usize, others: usize) -> Result<(), S
     let caps = &doc["caps"];
     let bridged = caps["inbound"]["used"].as_u64().unwrap_or(0)
         + caps["outbound"]["used"].as_u64().unwrap_or(0);
+    // The peering found the others on the rendezvous and holds a round per outbound peer; the
+    // inbound side holds what kaspad has inbound, within the per-IP cap.
+    let peering = &doc["peering"];
+    let inbound = &doc["inbound"];
+    let outbound_used = caps["outbound"]["used"].as_u64().unwrap_or(0);
+    let rounds = peering["running"]["discovered"].as_u64().unwrap_or(0)
+        + peering["running"]["pinned"].as_u64().unwrap_or(0);
     if doc["command"] != "kaspad-punch"
         || doc["rendezvous"]["state"] != "registered"
         || direct < others
         || bridged != others as u64
+        || peering["target"] != 4
+        || peering["discoveries"]["ok"].as_u64().unwrap_or(0) < 1
+        || peering["discovered_peers"].as_u64().unwrap_or(0) < 1
+        || rounds < outbound_used
+        || inbound["held"] != caps["inbound"]["used"]
+        || caps["inbound_per_ip"]["used"].as_u64() > caps["inbound_per_ip"]["max"].as_u64()
     {
         return Err(format!("node {i} status: {doc:#}"));
     }
@@ -167,13 +180,22 @@ fn operator_view(lab: &Lab, dir: &Path, i: usize, others: usize) -> Result<(), S
     let timed = get("punch_time_to_session_seconds_count{path=\"direct\"}");
     let peers = get("punch_kaspa_peers{direction=\"outbound\"}")
         + get("punch_kaspa_peers{direction=\"inbound\"}");
-    if sessions_open < others as f64 || timed < 1.0 || peers != others as f64 {
+    let discoveries = get("punch_peering_discoveries_total{result=\"ok\"}");
+    let rounds_running = get("punch_peering_rounds{peer=\"discovered\"}")
+        + get("punch_peering_rounds{peer=\"pinned\"}");
+    if sessions_open < others as f64
+        || timed < 1.0
+        || peers != others as f64
+        || discoveries < 1.0
+        || rounds_running < outbound_used as f64
+        || punch_tests::metric(&m, "punch_peering_cooling{reason=\"refused\"}").is_none()
+    {
         return Err(format!("node {i} metrics:\n{m}"));
     }
     eprintln!(
         "node {i}: status lists {direct} direct sessions, {bridged} punched Kaspa peers; \
-         metrics: {sessions_open} sessions open, {timed} timed, nat {}",
-        doc["nat"]["summary"]
+         metrics: {sessions_open} sessions open, {timed} timed, nat {}; peering {}; inbound {}",
+        doc["nat"]["summary"], doc["peering"], doc["inbound"]
     );
     Ok(())
 }
@@ -292,8 +314,17 @@ fn run(lab: &Lab) -> Result<(), String> {
             );
         }
     }
+    // The status document reads several tasks' state, each updated by its own events: allow
+    // it a few seconds to agree with itself after the nodes list each other.
     for i in 0..KINDS.len() {
-        operator_view(lab, dir, i, KINDS.len() - 1)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Err(e) = operator_view(lab, dir, i, KINDS.len() - 1) {
+            if Instant::now() > deadline {
+                return Err(e);
+            }
+            eprintln!("node {i}, not yet:\n{e}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
     if took > ALL_CONNECTED_WITHIN {
         return Err(format!(

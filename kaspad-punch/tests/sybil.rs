@@ -188,6 +188,26 @@ fn sybils_from_one_ip_get_at_most_the_cap_and_an_honest_node_still_connects() {
         log.contains("inbound session refused") && log.contains("from 127.0.0.9 already"),
         "no per-IP refusal logged:\n{log}"
     );
+    // The operator sees the same in the victim's status: refusals by the per-IP cap, and
+    // never more than the cap held from one IP.
+    let out = Command::new(bin_path("punch"))
+        .args(["status", "--json", "--key-file"])
+        .arg(dir.join("victim.key"))
+        .output()
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "victim status: {e}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let inbound = &doc["inbound"];
+    assert!(
+        inbound["refused"]["per_ip"].as_u64().unwrap_or(0) >= 1
+            && inbound["most_from_one_ip"].as_u64().unwrap_or(99) <= PER_IP_CAP as u64
+            && doc["caps"]["inbound_per_ip"]["max"] == PER_IP_CAP,
+        "victim status: {doc:#}"
+    );
     // The ones that got in carry no Kaspa connection: closed after the idle timeout, and the
     // Sybils' `punch connect` ends with its session.
     wait(Duration::from_secs(IDLE_SECS * 2 + 10), || {

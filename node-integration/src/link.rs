@@ -24,7 +24,7 @@ use futures::future::BoxFuture;
 use punch::throttle::LogThrottle;
 use punch::{Client, Denylist, Incoming, PathKind};
 use punch_proto::PeerId;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinSet;
 use tracing::{info, info_span, warn, Instrument};
 
@@ -267,6 +267,7 @@ impl Link {
             Denylist::default(),
             Arc::new(Seen::default()),
             events.clone(),
+            watch::Sender::default(), // Link publishes no state
         ));
         Link {
             events,
@@ -387,9 +388,27 @@ pub struct InboundLimits {
 /// evade a ban of one alias with the next); 2 still lets two nodes behind one NAT in.
 pub const DEFAULT_MAX_INBOUND_PER_IP: usize = 2;
 
+/// The inbound side now and its refusals since start, for status and metrics (published by
+/// [`accept_loop`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InboundState {
+    /// Inbound punched sessions bridged now, the distinct IPs they come from, and the most from
+    /// one IP (against [`InboundLimits::max_per_ip`]).
+    pub held: usize,
+    pub ips: usize,
+    pub most_from_one_ip: usize,
+    /// Sessions refused since start: denied (a mirrored ban), the total cap, the per-IP cap,
+    /// and those the bridge could not take.
+    pub refused_denied: u64,
+    pub refused_full: u64,
+    pub refused_per_ip: u64,
+    pub not_bridged: u64,
+}
+
 /// Takes inbound punched sessions: refuses beyond the caps (total and per observed IP) and
 /// denied identities/addresses, bridges the rest, and closes those that carry no Kaspa
-/// connection for the idle timeout.
+/// connection for the idle timeout. Publishes what it holds and refused in `state`.
+#[allow(clippy::too_many_arguments)] // the peering's shared parts, each passed once at spawn
 pub(crate) async fn accept_loop(
     mut incoming: Incoming,
     bridge: Bridge,
@@ -398,7 +417,15 @@ pub(crate) async fn accept_loop(
     deny: Denylist,
     seen: Arc<Seen>,
     events: broadcast::Sender<LinkEvent>,
+    state: watch::Sender<InboundState>,
 ) {
+    let publish = |held: usize, per_ip: &HashMap<IpAddr, usize>| {
+        state.send_modify(|s| {
+            s.held = held;
+            s.ips = per_ip.len();
+            s.most_from_one_ip = per_ip.values().copied().max().unwrap_or(0);
+        });
+    };
     // Each held session's task returns its observed IP and the peer if closed for idling.
     let mut held: JoinSet<(IpAddr, Option<PeerId>)> = JoinSet::new();
     let mut per_ip: HashMap<IpAddr, usize> = HashMap::new();
@@ -413,10 +440,13 @@ pub(crate) async fn accept_loop(
                 let peer = info.peer;
                 let ip = info.observed.ip().to_canonical();
                 let refusal = if deny.is_denied(&peer, ip, tokio::time::Instant::now().into_std()) {
+                    state.send_modify(|s| s.refused_denied += 1);
                     Some("denied (banned)".to_string())
                 } else if held.len() >= limits.max_inbound {
+                    state.send_modify(|s| s.refused_full += 1);
                     Some(format!("{} inbound punched peers already", limits.max_inbound))
                 } else if per_ip.get(&ip).copied().unwrap_or(0) >= limits.max_per_ip {
+                    state.send_modify(|s| s.refused_per_ip += 1);
                     Some(format!("{} inbound punched peers from {ip} already", limits.max_per_ip))
                 } else {
                     None
@@ -444,8 +474,10 @@ pub(crate) async fn accept_loop(
                             let _ = events.send(LinkEvent::Ended { peer, outbound: false });
                             (ip, None)
                         });
+                        publish(held.len(), &per_ip);
                     }
                     Err(e) => {
+                        state.send_modify(|s| s.not_bridged += 1);
                         warn!(peer = %peer.short(), error = %e, "inbound session not bridged");
                         let _ = events.send(LinkEvent::Refused { peer, reason: e.to_string() });
                     }
@@ -459,6 +491,7 @@ pub(crate) async fn accept_loop(
                         per_ip.remove(&ip);
                     }
                 }
+                publish(held.len(), &per_ip);
                 if let Some(peer) = idled {
                     if let Some(held_back) = idle_log.hit(tokio::time::Instant::now().into_std()) {
                         info!(peer = %peer.short(), idle_s = idle_timeout.as_secs_f32(), held_back, total = idle_log.total(), "idle inbound punched session closed (no Kaspa connection)");

@@ -31,12 +31,14 @@ use punch::throttle::LogThrottle;
 use punch::{Client, Denylist, Incoming};
 use punch_proto::PeerId;
 use sha2::{Digest, Sha256};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinSet;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::bridge::Bridge;
-use crate::link::{self, InboundLimits, LinkError, LinkEvent, NodeView, Seen, EVENT_BUFFER};
+use crate::link::{
+    self, InboundLimits, InboundState, LinkError, LinkEvent, NodeView, Seen, EVENT_BUFFER,
+};
 use crate::slots::SlotPool;
 
 /// Discovered outbound punched peers kept by default, on top of the node's own `--outpeers`.
@@ -158,6 +160,73 @@ pub enum Outcome {
     Gone,
 }
 
+/// Why a peer waits before its next punch: how its last round ended (see [`Planner::ended`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cooling {
+    /// [`Outcome::Failed`].
+    Failed,
+    /// [`Outcome::NoSlot`].
+    NoSlot,
+    /// The node closed the Kaspa connection within [`SHORT_LIVED`]: it refused the peer.
+    Refused,
+    /// The Kaspa connection lasted, then ended (either side).
+    Ended,
+}
+
+impl Cooling {
+    pub const ALL: [Cooling; 4] = [
+        Cooling::Failed,
+        Cooling::NoSlot,
+        Cooling::Refused,
+        Cooling::Ended,
+    ];
+
+    fn of(outcome: Outcome) -> Self {
+        match outcome {
+            Outcome::Failed => Cooling::Failed,
+            Outcome::NoSlot => Cooling::NoSlot,
+            Outcome::Connected(lasted) if lasted < SHORT_LIVED => Cooling::Refused,
+            Outcome::Connected(_) | Outcome::Gone => Cooling::Ended,
+        }
+    }
+
+    /// The label in status and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Cooling::Failed => "failed",
+            Cooling::NoSlot => "no_slot",
+            Cooling::Refused => "refused",
+            Cooling::Ended => "ended",
+        }
+    }
+}
+
+/// What the planner is doing and has done, for status and metrics ([`Peering::state`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanState {
+    /// Discovered peers to keep, and pinned peers.
+    pub target: usize,
+    pub pinned: usize,
+    /// Rounds running now, with pinned and with discovered peers.
+    pub running_pinned: usize,
+    pub running_discovered: usize,
+    /// Discovered peers waiting to be tried.
+    pub candidates: usize,
+    /// Peers waiting out a cooldown now, by [`Cooling`] (in [`Cooling::ALL`]'s order).
+    pub cooling: [usize; 4],
+    /// A discovery is in flight.
+    pub discovering: bool,
+    /// Until the next discovery, when one will run (`None`: discovery is off, in flight, or
+    /// the target is reached).
+    pub next_discover_in: Option<Duration>,
+    /// Discoveries answered and failed, and the peers their answers listed, since start.
+    pub discoveries: u64,
+    pub discoveries_failed: u64,
+    pub discovered_peers: u64,
+    /// Rounds ended since start, by [`Cooling`] (in [`Cooling::ALL`]'s order).
+    pub rounds_ended: [u64; 4],
+}
+
 /// The pure outbound decisions: which peers to punch now, and when to ask for more.
 #[derive(Debug)]
 pub struct Planner {
@@ -169,8 +238,8 @@ pub struct Planner {
     retry_max: Duration,
     /// Peers with a round running, and whether pinned.
     running: HashMap<PeerId, bool>,
-    /// Peers not to try before the instant.
-    cooldown: HashMap<PeerId, Instant>,
+    /// Peers not to try before the instant, and why.
+    cooldown: HashMap<PeerId, (Instant, Cooling)>,
     /// Pinned peers' current backoff.
     backoff: HashMap<PeerId, Duration>,
     /// Discovered peers' failed punches in a row.
@@ -184,6 +253,11 @@ pub struct Planner {
     next_discover: Instant,
     discover_pause: Duration,
     discovering: bool,
+    /// Counts since start, for [`PlanState`].
+    discoveries: u64,
+    discoveries_failed: u64,
+    discovered_peers: u64,
+    rounds_ended: [u64; 4],
 }
 
 impl Planner {
@@ -205,6 +279,36 @@ impl Planner {
             next_discover: now,
             discover_pause: DISCOVER_MIN_PAUSE,
             discovering: false,
+            discoveries: 0,
+            discoveries_failed: 0,
+            discovered_peers: 0,
+            rounds_ended: [0; 4],
+        }
+    }
+
+    /// What the planner is doing now, and its counts since start.
+    pub fn state(&self, now: Instant) -> PlanState {
+        let mut cooling = [0; 4];
+        for (until, why) in self.cooldown.values() {
+            if *until > now {
+                cooling[*why as usize] += 1;
+            }
+        }
+        let discovered = self.discovered_running();
+        let wants = self.target > 0 && !self.discovering && discovered < self.target;
+        PlanState {
+            target: self.target,
+            pinned: self.pinned.len(),
+            running_pinned: self.running.len() - discovered,
+            running_discovered: discovered,
+            candidates: self.candidates.len(),
+            cooling,
+            discovering: self.discovering,
+            next_discover_in: wants.then(|| self.next_discover.saturating_duration_since(now)),
+            discoveries: self.discoveries,
+            discoveries_failed: self.discoveries_failed,
+            discovered_peers: self.discovered_peers,
+            rounds_ended: self.rounds_ended,
         }
     }
 
@@ -252,6 +356,13 @@ impl Planner {
         retry_after: Option<Duration>,
     ) {
         self.discovering = false;
+        match &peers {
+            Some(p) => {
+                self.discoveries += 1;
+                self.discovered_peers += p.len() as u64;
+            }
+            None => self.discoveries_failed += 1,
+        }
         let mut new = 0;
         if self.seen.len() > 16 * DISCOVER_SAMPLE {
             self.seen
@@ -292,7 +403,7 @@ impl Planner {
         busy: impl Fn(&PeerId) -> bool,
         denied: impl Fn(&PeerId) -> bool,
     ) -> Vec<(PeerId, bool)> {
-        self.cooldown.retain(|_, until| *until > now);
+        self.cooldown.retain(|_, (until, _)| *until > now);
         let mut out = Vec::new();
         for p in self.pinned.clone() {
             if !self.running.contains_key(&p)
@@ -373,7 +484,9 @@ impl Planner {
                 }
             }
         };
-        self.cooldown.insert(peer, now + pause);
+        let why = Cooling::of(outcome);
+        self.rounds_ended[why as usize] += 1;
+        self.cooldown.insert(peer, (now + pause, why));
         pause
     }
 }
@@ -383,7 +496,23 @@ impl Planner {
 pub struct Peering {
     events: broadcast::Sender<LinkEvent>,
     client: Client,
+    state: PeeringWatch,
     _tasks: JoinSet<()>,
+}
+
+/// Reads what a [`Peering`] publishes of itself; cheap to clone, valid after the peering stops
+/// (it then shows the last state).
+#[derive(Debug, Clone)]
+pub struct PeeringWatch {
+    plan: watch::Receiver<PlanState>,
+    inbound: watch::Receiver<InboundState>,
+}
+
+impl PeeringWatch {
+    /// The outbound planner's state and the inbound side's, now.
+    pub fn get(&self) -> (PlanState, InboundState) {
+        (self.plan.borrow().clone(), self.inbound.borrow().clone())
+    }
 }
 
 impl Peering {
@@ -399,6 +528,8 @@ impl Peering {
     ) -> Peering {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let seen = Arc::new(Seen::default());
+        let (inbound_state, inbound) = watch::channel(InboundState::default());
+        let (plan_state, plan) = watch::channel(PlanState::default());
         let mut tasks = JoinSet::new();
         tasks.spawn(link::accept_loop(
             incoming,
@@ -408,6 +539,7 @@ impl Peering {
             deny.clone(),
             seen.clone(),
             events.clone(),
+            inbound_state,
         ));
         tasks.spawn(
             mirror_bans(node, bridge.clone(), deny.clone(), seen.clone())
@@ -421,13 +553,20 @@ impl Peering {
             seen,
             events: events.clone(),
             config,
+            state: plan_state,
         };
         tasks.spawn(manager.run().instrument(info_span!("peering")));
         Peering {
             events,
             client,
+            state: PeeringWatch { plan, inbound },
             _tasks: tasks,
         }
+    }
+
+    /// What the peering is doing, for status and metrics.
+    pub fn watch(&self) -> PeeringWatch {
+        self.state.clone()
     }
 
     pub fn client(&self) -> &Client {
@@ -447,6 +586,7 @@ struct Manager {
     seen: Arc<Seen>,
     events: broadcast::Sender<LinkEvent>,
     config: PeeringConfig,
+    state: watch::Sender<PlanState>,
 }
 
 impl Manager {
@@ -512,6 +652,7 @@ impl Manager {
                     None => deny.is_peer_denied(p, now),
                 },
             );
+            self.state.send_replace(planner.state(now));
             for (peer, pinned) in picked {
                 let round = Round {
                     peer,
@@ -722,6 +863,70 @@ mod tests {
         }
         assert_eq!(pauses[0], DISCOVER_MIN_PAUSE, "{pauses:?}");
         assert!(pauses[1] > pauses[0] && pauses[2] > pauses[1], "{pauses:?}");
+    }
+
+    #[test]
+    fn the_state_counts_rounds_cooldowns_and_discoveries() {
+        let now = Instant::now();
+        let pinned = id();
+        let mut config = PeeringConfig::new(vec![pinned], 3);
+        config.accept = false;
+        let mut p = Planner::new(id(), &config, now);
+        let s = p.state(now);
+        assert_eq!((s.target, s.pinned), (3, 1));
+        assert_eq!(s.next_discover_in, Some(Duration::ZERO), "due at start");
+
+        p.discover_started(now);
+        assert!(p.state(now).discovering);
+        assert_eq!(p.state(now).next_discover_in, None, "in flight");
+        let peers: Vec<PeerId> = (0..5).map(|_| id()).collect();
+        p.discovered(now, Some(peers.clone()), None);
+        p.discover_started(now);
+        p.discovered(now, None, None);
+        let s = p.state(now);
+        assert_eq!(
+            (s.discoveries, s.discoveries_failed, s.discovered_peers),
+            (1, 1, 5)
+        );
+        assert_eq!(s.candidates, 5);
+
+        let picked = p.pick(now, |_| false, |_| false);
+        let s = p.state(now);
+        assert_eq!(
+            (s.running_pinned, s.running_discovered, s.candidates),
+            (1, 3, 2)
+        );
+        assert_eq!(s.next_discover_in, None, "the target is reached");
+
+        let discovered: Vec<PeerId> = picked
+            .iter()
+            .filter(|(_, pin)| !pin)
+            .map(|(x, _)| *x)
+            .collect();
+        p.ended(now, pinned, Outcome::Failed);
+        p.ended(
+            now,
+            discovered[0],
+            Outcome::Connected(Duration::from_secs(1)),
+        );
+        p.ended(now, discovered[1], Outcome::Gone);
+        let s = p.state(now);
+        assert_eq!(s.running_pinned + s.running_discovered, 1);
+        assert_eq!(
+            s.rounds_ended,
+            [1, 0, 1, 1],
+            "failed, no slot, refused, ended"
+        );
+        assert_eq!(s.cooling, [1, 0, 1, 1]);
+        assert!(
+            s.next_discover_in.is_some(),
+            "room again: a discovery is planned"
+        );
+        // Cooldowns run out; the counts since start stay.
+        let later = now + REFUSED_COOLDOWN + Duration::from_secs(1);
+        let s = p.state(later);
+        assert_eq!(s.cooling, [0; 4]);
+        assert_eq!(s.rounds_ended, [1, 0, 1, 1]);
     }
 
     #[test]
