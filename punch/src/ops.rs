@@ -461,8 +461,88 @@ pub fn status_text(doc: &Value) -> String {
             "sessions",
         ];
         for (k, v) in map.iter().filter(|(k, _)| !known.contains(&k.as_str())) {
-            let _ = writeln!(out, "{k:<11} {}", s(v));
+            let mut pairs = Vec::new();
+            flatten("", v, &mut pairs);
+            let line = match pairs.as_slice() {
+                [(name, value)] if name.is_empty() => value.clone(),
+                _ => pairs
+                    .iter()
+                    .map(|(name, value)| format!("{name}={value}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            };
+            let _ = writeln!(out, "{k:<11} {line}");
         }
     }
     out
+}
+
+/// A section of the status document as `name=value` pairs for one line of text, nested names
+/// joined with dots (`running.discovered=2`); an empty object gives no pair.
+fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
+    match v {
+        Value::Object(map) => {
+            for (k, inner) in map {
+                let name = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&name, inner, out);
+            }
+        }
+        Value::String(s) => out.push((prefix.to_owned(), s.clone())),
+        Value::Null => out.push((prefix.to_owned(), "-".to_owned())),
+        other => out.push((prefix.to_owned(), other.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_text_shows_known_sections_and_flattens_the_others() {
+        let doc = json!({
+            "identity": "abc",
+            "command": "kaspad-punch",
+            "rendezvous": { "addr": "127.0.0.1:7717", "state": "registered",
+                            "observed": "203.0.113.1:4000", "rtt_ms": 1.5 },
+            "caps": { "inbound": { "used": 1, "max": 8 }, "inbound_per_ip": { "max": 2 } },
+            "sessions": [{ "peer_short": "xyz", "path": "direct", "remote": "203.0.113.2:5000",
+                           "age_secs": 3, "bytes_sent": 10, "bytes_received": 20,
+                           "rtt_ms": null }],
+            "accept": true,
+            // Keys in sorted order: the map keeps either order, sorted or as inserted.
+            "peering": { "next_discovery_in_secs": null,
+                         "running": { "discovered": 2, "pinned": 0 }, "target": 4 },
+        });
+        let text = status_text(&doc);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines.contains(&"identity    abc"), "{text}");
+        assert!(lines.contains(&"running     kaspad-punch"), "{text}");
+        assert!(
+            lines.contains(
+                &"rendezvous  127.0.0.1:7717 registered (observed 203.0.113.1:4000, rtt 1.5 ms)"
+            ),
+            "{text}"
+        );
+        assert!(lines.contains(&"cap         inbound: 1 of 8"), "{text}");
+        assert!(
+            lines.contains(&"cap         inbound_per_ip: at most 2"),
+            "{text}"
+        );
+        assert!(lines.contains(&"sessions    1"), "{text}");
+        assert!(
+            lines.contains(
+                &"  xyz direct   remote 203.0.113.2:5000 age 3s sent 10 B received 20 B rtt -"
+            ),
+            "{text}"
+        );
+        assert!(lines.contains(&"accept      true"), "{text}");
+        assert!(
+            lines.contains(&"peering     next_discovery_in_secs=- running.discovered=2 running.pinned=0 target=4"),
+            "{text}"
+        );
+    }
 }
