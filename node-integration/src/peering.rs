@@ -201,7 +201,7 @@ impl Cooling {
     }
 }
 
-/// What the planner is doing and has done, for status and metrics ([`Peering::state`]).
+/// What the planner is doing and has done, for status and metrics ([`Peering::watch`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PlanState {
     /// Discovered peers to keep, and pinned peers.

@@ -192,20 +192,13 @@ fn add_file_values(
     let Some(path) = path.cloned() else {
         return Ok((argv, FileValues::default()));
     };
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        error(
-            ErrorKind::Io,
-            format!("--{config_flag} {}: {e}", path.display()),
-        )
-    })?;
-    let table: toml::Table = text.parse().map_err(|e| {
-        error(
-            ErrorKind::InvalidValue,
-            format!("--{config_flag} {}: not TOML: {e}", path.display()),
-        )
-    })?;
     let origin = format!("--{config_flag} {}", path.display());
     let origin = origin.as_str();
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| error(ErrorKind::Io, format!("{origin}: {e}")))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| error(ErrorKind::InvalidValue, format!("{origin}: not TOML: {e}")))?;
     let leaf = sub.and_then(|(name, _)| cmd.find_subcommand(name));
     let mut root: BTreeMap<String, Entry> = BTreeMap::new();
     let mut flat: BTreeMap<String, Entry> = BTreeMap::new();
