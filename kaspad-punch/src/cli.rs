@@ -5,6 +5,7 @@
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use anyhow::Context;
 use clap::builder::BoolishValueParser;
@@ -54,7 +55,17 @@ pub fn command() -> Command {
             "kaspad with punch: private peers behind NATs connected directly by TCP hole punching",
         )
         .args(punch_flags())
+        .arg(
+            Arg::new(PRINT_CONFIG_FLAG)
+                .long(PRINT_CONFIG_FLAG)
+                .action(ArgAction::SetTrue)
+                .help("Punch: print the punch flags' effective values (command line, KASPAD_PUNCH_* environment, --punch-config file or default, each with its source) as a file --punch-config accepts, and exit without starting kaspad"),
+        )
 }
+
+/// Prints the punch configuration and exits; not itself a punch flag (never read from the
+/// environment or the file, nor printed, so a printed file read back does not print again).
+pub const PRINT_CONFIG_FLAG: &str = "punch-print-config";
 
 /// The id of the punch flags' configuration file flag.
 pub const CONFIG_FLAG: &str = "punch-config";
@@ -62,6 +73,17 @@ pub const CONFIG_FLAG: &str = "punch-config";
 /// The punch flags alone. Each can also come from the environment, `KASPAD_` and the flag in
 /// capitals (`KASPAD_PUNCH_RENDEZVOUS`), and from the TOML file of `--punch-config`.
 fn punch_flags() -> Vec<Arg> {
+    static FLAGS: OnceLock<Vec<Arg>> = OnceLock::new();
+    FLAGS.get_or_init(build_punch_flags).clone()
+}
+
+/// A default value clap can hold (without its `string` feature an `Arg` takes only
+/// `&'static str`); built once, as [`punch_flags`] caches the flags.
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+fn build_punch_flags() -> Vec<Arg> {
     let flags = Command::new("punch-flags")
         .arg(
             Arg::new("punch-rendezvous")
@@ -113,7 +135,8 @@ fn punch_flags() -> Vec<Arg> {
                 .env("KASPAD_PUNCH_OUTPEERS")
                 .value_name("N")
                 .value_parser(clap::value_parser!(u8).range(0..=64))
-                .help(format!("Punch: punched outbound peers to keep, found on the rendezvous among private nodes of this node's network, in addition to --outpeers; 0 turns discovery off [default: {DEFAULT_TARGET}]")),
+                .default_value(leak(DEFAULT_TARGET.to_string()))
+                .help("Punch: punched outbound peers to keep, found on the rendezvous among private nodes of this node's network, in addition to --outpeers; 0 turns discovery off"),
         )
         .arg(
             Arg::new("punch-max-inbound")
@@ -121,7 +144,8 @@ fn punch_flags() -> Vec<Arg> {
                 .env("KASPAD_PUNCH_MAX_INBOUND")
                 .value_name("N")
                 .value_parser(clap::value_parser!(usize))
-                .help(format!("Punch: inbound punched peers at most [default: {DEFAULT_MAX_INBOUND}]")),
+                .default_value(leak(DEFAULT_MAX_INBOUND.to_string()))
+                .help("Punch: inbound punched peers at most"),
         )
         .arg(
             Arg::new("punch-max-inbound-per-ip")
@@ -129,7 +153,8 @@ fn punch_flags() -> Vec<Arg> {
                 .env("KASPAD_PUNCH_MAX_INBOUND_PER_IP")
                 .value_name("N")
                 .value_parser(clap::value_parser!(u32).range(1..))
-                .help(format!("Punch: inbound punched peers at most from one IP address, as the rendezvous observed it [default: {DEFAULT_MAX_INBOUND_PER_IP}]")),
+                .default_value(leak(DEFAULT_MAX_INBOUND_PER_IP.to_string()))
+                .help("Punch: inbound punched peers at most from one IP address, as the rendezvous observed it"),
         )
         .arg(
             Arg::new("punch-inbound-idle-secs")
@@ -137,10 +162,8 @@ fn punch_flags() -> Vec<Arg> {
                 .env("KASPAD_PUNCH_INBOUND_IDLE_SECS")
                 .value_name("SECS")
                 .value_parser(clap::value_parser!(u64).range(1..))
-                .help(format!(
-                    "Punch: close an inbound punched session that carries no Kaspa connection for this long, freeing its slot [default: {}]",
-                    DEFAULT_INBOUND_IDLE_TIMEOUT.as_secs()
-                )),
+                .default_value(leak(DEFAULT_INBOUND_IDLE_TIMEOUT.as_secs().to_string()))
+                .help("Punch: close an inbound punched session that carries no Kaspa connection for this long, in seconds, freeing its slot"),
         )
         .arg(
             Arg::new("punch-metrics")
@@ -163,7 +186,8 @@ fn punch_flags() -> Vec<Arg> {
                 .env("KASPAD_PUNCH_LOG_FORMAT")
                 .value_name("FORMAT")
                 .value_parser(clap::value_parser!(LogFormat))
-                .help("Punch: how punch's log lines on stderr are written: text, or json (one object per line) for log collectors; kaspad's own lines keep kaspad's format [default: text]"),
+                .default_value("text")
+                .help("Punch: how punch's log lines on stderr are written: text, or json (one object per line) for log collectors; kaspad's own lines keep kaspad's format"),
         )
         .arg(
             Arg::new(CONFIG_FLAG)
@@ -202,6 +226,8 @@ pub struct Punch {
     /// `None` without `--punch-rendezvous`: punch is off.
     pub args: Option<PunchArgs>,
     pub log_format: LogFormat,
+    /// Where each value came from, for `--punch-print-config`.
+    pub effective: punch_ops::config::Effective,
 }
 
 /// Parses the punch flags of `argv` (the whole command line, kaspad's flags included) with
@@ -213,11 +239,12 @@ pub fn parse_punch(argv: impl IntoIterator<Item = OsString>) -> Result<Punch, cl
     let cmd = Command::new("kaspad-punch")
         .disable_help_flag(true)
         .args(punch_flags());
-    let (m, _) = punch_ops::config::try_layered_from(cmd, CONFIG_FLAG, punch)?;
+    let (m, effective) = punch_ops::config::try_layered_from(cmd, CONFIG_FLAG, punch)?;
     let args = punch_args(&m).map_err(|e| {
         clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{e:#}\n"))
     })?;
     Ok(Punch {
+        effective,
         args,
         log_format: m
             .get_one::<LogFormat>("punch-log-format")
@@ -303,6 +330,9 @@ fn split_argv(args: impl IntoIterator<Item = OsString>) -> (Vec<OsString>, Vec<O
             continue;
         }
         let text = arg.to_string_lossy();
+        if text == format!("--{PRINT_CONFIG_FLAG}") {
+            continue; // neither kaspad's nor a layered punch flag: main reads it
+        }
         let flag = text.strip_prefix("--").and_then(|t| {
             let name = t.split('=').next().unwrap_or(t);
             punch_flag(name).map(|takes_value| (takes_value, name.len() == t.len()))

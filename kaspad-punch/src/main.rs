@@ -21,8 +21,12 @@ fn main() -> anyhow::Result<()> {
     kaspa_alloc::init_allocator_with_default_settings();
     // The whole command line first, as kaspad's `--help` and errors expect; then the punch
     // flags again with their `--punch-config` file (which that first parse does not read).
-    cli::command().get_matches();
+    let matches = cli::command().get_matches();
     let punch = cli::parse_punch(std::env::args_os()).unwrap_or_else(|e| e.exit());
+    if matches.get_flag(cli::PRINT_CONFIG_FLAG) {
+        print!("{}", punch.effective.to_toml());
+        return Ok(());
+    }
     let log_format = punch.log_format;
     let punch = punch.args;
     let mut args =

@@ -130,3 +130,82 @@ fn punch_flags_from_the_config_file_with_json_logs() {
         }
     }
 }
+
+#[test]
+fn print_config_shows_each_punch_value_with_its_source_and_reads_back() {
+    let dir = unique_temp_dir("kaspad-punch-config");
+    let file = config(&dir, "punch-outpeers = 3\n");
+    let print = |args: &[&std::ffi::OsStr]| {
+        let out = kaspad_punch(&dir)
+            .args(args)
+            .arg("--punch-print-config")
+            .env("KASPAD_PUNCH_LOG_FORMAT", "json")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let printed = print(&[
+        "--punch-config".as_ref(),
+        file.as_os_str(),
+        "--punch-max-inbound=5".as_ref(),
+    ]);
+    let kaspad_started = dir.join("app").exists();
+    let line = |text: &str, key: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{key} = ")) || l.starts_with(&format!("# {key} =")))
+            .unwrap_or_else(|| panic!("no {key} line in:\n{text}"))
+            .to_owned()
+    };
+    assert!(!kaspad_started, "kaspad started to print the configuration");
+    assert_eq!(
+        line(&printed, "punch-rendezvous"),
+        format!(
+            "punch-rendezvous = \"127.0.0.1:9\"  # file {}",
+            file.display()
+        )
+    );
+    assert_eq!(
+        line(&printed, "punch-outpeers"),
+        format!("punch-outpeers = 3  # file {}", file.display())
+    );
+    assert_eq!(
+        line(&printed, "punch-max-inbound"),
+        "punch-max-inbound = 5  # command line"
+    );
+    assert_eq!(
+        line(&printed, "punch-log-format"),
+        "punch-log-format = \"json\"  # environment KASPAD_PUNCH_LOG_FORMAT"
+    );
+    assert_eq!(line(&printed, "punch-peer"), "# punch-peer = (not set)");
+    assert_eq!(
+        line(&printed, "punch-max-inbound-per-ip"),
+        "punch-max-inbound-per-ip = 2  # default"
+    );
+    assert!(
+        printed
+            .lines()
+            .all(|l| !l.contains("punch-config =") && !l.contains("print-config =")),
+        "{printed}"
+    );
+
+    // The printed text is a file --punch-config takes: the same values, now all from it.
+    let again = dir.join("printed.toml");
+    std::fs::write(&again, &printed).unwrap();
+    let reprinted = print(&["--punch-config".as_ref(), again.as_os_str()]);
+    let _ = std::fs::remove_dir_all(&dir);
+    for key in [
+        "punch-rendezvous",
+        "punch-outpeers",
+        "punch-max-inbound",
+        "punch-key-file",
+    ] {
+        let (a, b) = (line(&printed, key), line(&reprinted, key));
+        assert_eq!(a.split("  #").next(), b.split("  #").next(), "{key}");
+        assert!(b.ends_with(&format!("# file {}", again.display())), "{b}");
+    }
+}
