@@ -123,11 +123,20 @@ impl RendezvousProcess {
     /// Starts the server again on the same address with the same key file (after
     /// [`Self::terminate`]), as a restart does; its log goes to `log_name` in the same
     /// directory.
+    ///
+    /// The NAT check listener moves to a port free now (clients learn it when they register
+    /// again): its old port, the main port + 1, was never reserved, and another socket may hold
+    /// it by now (seen in CI: the restart failed with "Address already in use").
     pub fn restart(&mut self, log_name: &str, extra_args: &[&str]) {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let listen = self.addr.to_string();
-        let mut old = Self::start(self.dir.clone(), &listen, log_name, extra_args);
+        let nat_check = format!("{}:0", self.addr.ip());
+        let mut args = extra_args.to_vec();
+        if !args.iter().any(|a| a.starts_with("--nat-check-listen")) {
+            args.extend(["--nat-check-listen", nat_check.as_str()]);
+        }
+        let mut old = Self::start(self.dir.clone(), &listen, log_name, &args);
         std::mem::swap(self, &mut old);
         // `old` holds the exited process; the directory belongs to the new one.
         old.dir = PathBuf::new();
