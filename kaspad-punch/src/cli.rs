@@ -72,9 +72,9 @@ pub const CONFIG_FLAG: &str = "punch-config";
 
 /// The punch flags alone. Each can also come from the environment, `KASPAD_` and the flag in
 /// capitals (`KASPAD_PUNCH_RENDEZVOUS`), and from the TOML file of `--punch-config`.
-fn punch_flags() -> Vec<Arg> {
+fn punch_flags() -> &'static [Arg] {
     static FLAGS: OnceLock<Vec<Arg>> = OnceLock::new();
-    FLAGS.get_or_init(build_punch_flags).clone()
+    FLAGS.get_or_init(build_punch_flags)
 }
 
 /// A default value clap can hold (without its `string` feature an `Arg` takes only

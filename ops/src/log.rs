@@ -20,8 +20,12 @@ pub enum LogFormat {
 /// The subscriber [`init`] installs, for a program that installs it itself: kaspad-punch, whose
 /// `log` crate logger is kaspad's own, so it must not route `log` into tracing as [`init`] does.
 pub fn subscriber(format: LogFormat, default_filter: &str) -> Box<dyn Subscriber + Send + Sync> {
+    build(format, filter(default_filter))
+}
+
+fn build(format: LogFormat, filter: EnvFilter) -> Box<dyn Subscriber + Send + Sync> {
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter(default_filter))
+        .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => Box::new(
@@ -48,10 +52,11 @@ pub fn subscriber(format: LogFormat, default_filter: &str) -> Box<dyn Subscriber
 pub fn init(format: LogFormat, default_filter: &str) {
     // `log` records above the filter's most verbose level are dropped at the macro, as
     // tracing-subscriber's own `try_init` does (tokio-yamux traces every frame).
-    let most = filter(default_filter)
+    let filter = filter(default_filter);
+    let most = filter
         .max_level_hint()
         .unwrap_or(tracing_subscriber::filter::LevelFilter::TRACE);
-    if tracing::subscriber::set_global_default(subscriber(format, default_filter)).is_ok() {
+    if tracing::subscriber::set_global_default(build(format, filter)).is_ok() {
         let _ = tracing_log::LogTracer::builder()
             .with_max_level(tracing_log::AsLog::as_log(&most))
             .init();

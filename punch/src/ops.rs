@@ -394,11 +394,7 @@ pub fn status_json(client: &Client) -> Value {
 pub fn status_text(doc: &Value) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    let s = |v: &Value| match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    };
+    let s = scalar;
     let ms = |v: &Value| v.as_f64().map_or("-".into(), |m| format!("{m:.1} ms"));
     let _ = writeln!(out, "identity    {}", s(&doc["identity"]));
     if let Some(cmd) = doc.get("command") {
@@ -491,9 +487,16 @@ fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
                 flatten(&name, inner, out);
             }
         }
-        Value::String(s) => out.push((prefix.to_owned(), s.clone())),
-        Value::Null => out.push((prefix.to_owned(), "-".to_owned())),
-        other => out.push((prefix.to_owned(), other.to_string())),
+        leaf => out.push((prefix.to_owned(), scalar(leaf))),
+    }
+}
+
+/// One value of the status document as text: a string bare, null as `-`, others as JSON.
+fn scalar(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
     }
 }
 
