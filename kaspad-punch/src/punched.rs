@@ -24,7 +24,7 @@ use punch_node::bridge::{Bridge, BridgeConfig};
 use punch_node::link::{InboundLimits, InboundState, LinkEvent, NodeView};
 use punch_node::peering::{Cooling, Peering, PeeringConfig, PeeringWatch, PlanState};
 use punch_node::slots::{self, SlotPool};
-use punch_proto::{Keypair, PeerId};
+use punch_proto::Keypair;
 use tokio::sync::{broadcast, oneshot};
 use tracing::{info, warn};
 
@@ -160,18 +160,11 @@ pub fn start(
     Ok(PunchThread { stop, thread })
 }
 
-/// Punched peers bridged to kaspad now, and whether we dialed them (from the link's events).
-type Connected = Arc<std::sync::Mutex<std::collections::HashMap<PeerId, bool>>>;
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// (outbound, inbound) punched peers bridged now.
-fn directions(connected: &Connected) -> (usize, usize) {
-    let c = lock(connected);
-    let out = c.values().filter(|o| **o).count();
-    (out, c.len() - out)
+/// (outbound, inbound) punched sessions bridged to kaspad now: the peering's own counts (a
+/// round holds each outbound one, the accept loop each inbound one), the same the caps are
+/// enforced against.
+fn directions(peering: &PeeringWatch) -> (usize, usize) {
+    (peering.outbound_held(), peering.get().1.held)
 }
 
 /// The peering's state as the status document's `peering` and `inbound` sections.
@@ -292,22 +285,16 @@ async fn start_ops(
     client: &punch::Client,
     slots: &SlotPool,
     deny: &punch::Denylist,
-    connected: &Connected,
     peering: PeeringWatch,
 ) -> anyhow::Result<punch::ops::Operated> {
-    let (s, d, c, w) = (
-        slots.clone(),
-        deny.clone(),
-        connected.clone(),
-        peering.clone(),
-    );
+    let (s, d, w) = (slots.clone(), deny.clone(), peering.clone());
     let gather: Box<dyn prometheus_client::collector::Collector> = Box::new(
         punch_ops::metrics::Gather(move |e: &mut punch_ops::metrics::Emit<'_>| {
             use punch_ops::metrics::gauge_value;
-            let (outbound, inbound) = directions(&c);
+            let (outbound, inbound) = directions(&w);
             e.gauges(
                 "kaspa_peers",
-                "Punched peers bridged to kaspad now, by who dialed",
+                "Punched sessions bridged to kaspad now, by who dialed",
                 &[
                     (&[("direction", "outbound")], gauge_value(outbound)),
                     (&[("direction", "inbound")], gauge_value(inbound)),
@@ -346,7 +333,7 @@ async fn start_ops(
             peering_metrics(e, &plan, &inbound)
         }),
     );
-    let (s, d, c) = (slots.clone(), deny.clone(), connected.clone());
+    let (s, d) = (slots.clone(), deny.clone());
     let caps = (
         args.max_inbound,
         args.max_inbound_per_ip,
@@ -355,7 +342,7 @@ async fn start_ops(
         args.accept,
     );
     let extra = move || {
-        let (outbound, inbound) = directions(&c);
+        let (outbound, inbound) = directions(&peering);
         let st = s.stats();
         let (denied_peers, denied_ips) = d.len();
         let (plan, held) = peering.get();
@@ -421,7 +408,6 @@ async fn run(
     config.network = Some(network);
     config.deny = deny.clone();
     let (client, incoming) = punch::Client::start(config).await?;
-    let connected: Connected = Arc::default();
     let bridge = Bridge::new(BridgeConfig::new(node_p2p))?;
     let mut peering = PeeringConfig::new(args.peers.clone(), args.outpeers);
     peering.accept = args.accept;
@@ -439,22 +425,15 @@ async fn run(
         deny.clone(),
         peering,
     );
-    let _ops = start_ops(&args, &client, &slots, &deny, &connected, link.watch()).await?;
+    let _ops = start_ops(&args, &client, &slots, &deny, link.watch()).await?;
     let mut events = link.subscribe();
     // The link logs each punched peer's path itself ("punched peer connected"); this adds
     // what kaspad did with it. A lagging receiver only loses log lines, never stops punch.
     let log = async {
         loop {
             match events.recv().await {
-                Ok(LinkEvent::Punched { peer, outbound, .. }) => {
-                    lock(&connected).insert(peer, outbound);
-                }
                 Ok(LinkEvent::Ended { peer, outbound }) => {
-                    lock(&connected).remove(&peer);
                     info!(peer = %peer.short(), outbound, "punched peer disconnected")
-                }
-                Ok(LinkEvent::IdleClosed { peer, .. }) => {
-                    lock(&connected).remove(&peer);
                 }
                 // IdleClosed is logged by the link itself, rate-limited (a Sybil flood).
                 Ok(_) => {}

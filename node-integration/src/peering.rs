@@ -506,12 +506,35 @@ pub struct Peering {
 pub struct PeeringWatch {
     plan: watch::Receiver<PlanState>,
     inbound: watch::Receiver<InboundState>,
+    outbound: watch::Receiver<usize>,
 }
 
 impl PeeringWatch {
     /// The outbound planner's state and the inbound side's, now.
     pub fn get(&self) -> (PlanState, InboundState) {
         (self.plan.borrow().clone(), self.inbound.borrow().clone())
+    }
+
+    /// Outbound punched sessions bridged now (a round holds each from its bridging to its
+    /// end): what `target` and the pinned peers cap, as [`InboundState::held`] is inbound.
+    pub fn outbound_held(&self) -> usize {
+        *self.outbound.borrow()
+    }
+}
+
+/// Counts one bridged outbound session in [`PeeringWatch::outbound_held`] while it lives.
+struct Held(Arc<watch::Sender<usize>>);
+
+impl Held {
+    fn new(count: &Arc<watch::Sender<usize>>) -> Self {
+        count.send_modify(|n| *n += 1);
+        Held(count.clone())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 
@@ -530,6 +553,7 @@ impl Peering {
         let seen = Arc::new(Seen::default());
         let (inbound_state, inbound) = watch::channel(InboundState::default());
         let (plan_state, plan) = watch::channel(PlanState::default());
+        let (outbound_held, outbound) = watch::channel(0);
         let mut tasks = JoinSet::new();
         tasks.spawn(link::accept_loop(
             incoming,
@@ -554,12 +578,17 @@ impl Peering {
             events: events.clone(),
             config,
             state: plan_state,
+            held: Arc::new(outbound_held),
         };
         tasks.spawn(manager.run().instrument(info_span!("peering")));
         Peering {
             events,
             client,
-            state: PeeringWatch { plan, inbound },
+            state: PeeringWatch {
+                plan,
+                inbound,
+                outbound,
+            },
             _tasks: tasks,
         }
     }
@@ -587,6 +616,8 @@ struct Manager {
     events: broadcast::Sender<LinkEvent>,
     config: PeeringConfig,
     state: watch::Sender<PlanState>,
+    /// Outbound sessions bridged now (see [`Held`]).
+    held: Arc<watch::Sender<usize>>,
 }
 
 impl Manager {
@@ -662,6 +693,7 @@ impl Manager {
                     seen: self.seen.clone(),
                     events: self.events.clone(),
                     ready_timeout: self.config.ready_timeout,
+                    held: self.held.clone(),
                 };
                 let span = info_span!("keep", peer = %peer.short(), pinned);
                 rounds.spawn(
@@ -703,6 +735,7 @@ struct Round {
     seen: Arc<Seen>,
     events: broadcast::Sender<LinkEvent>,
     ready_timeout: Duration,
+    held: Arc<watch::Sender<usize>>,
 }
 
 impl Round {
@@ -722,6 +755,7 @@ impl Round {
             .attach_for_slot(session)
             .await
             .map_err(|e| LinkError::Bridge(Arc::new(e)))?;
+        let held = Held::new(&self.held);
         let _ = self.events.send(link::punched(&bridged, true));
         let handoff = handoff.ok_or(LinkError::NotDialer)?;
         self.slots.offer(self.peer, handoff);
@@ -734,6 +768,7 @@ impl Round {
         }
         let connected = now();
         bridged.idle().await;
+        drop(held);
         let _ = self.events.send(LinkEvent::Ended {
             peer: self.peer,
             outbound: true,
