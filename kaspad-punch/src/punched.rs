@@ -13,6 +13,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use futures::future::BoxFuture;
@@ -382,6 +383,39 @@ async fn start_ops(
     .context("--punch-metrics / --punch-status-socket")
 }
 
+/// How often kaspad's P2P listener is tried before punch registers, and how often the wait
+/// is logged.
+const NODE_LISTEN_POLL: Duration = Duration::from_millis(200);
+const NODE_LISTEN_LOG: Duration = Duration::from_secs(10);
+
+/// Returns once kaspad's P2P listener takes connections. Punch registers (and so can be
+/// punched) only then: a peer's Kaspa connection delivered before it would be closed at once,
+/// which the peer takes for kaspad refusing it and does not retry for minutes
+/// (`punch_node::peering::REFUSED_COOLDOWN`). kaspad opens the listener after its start-up
+/// (database, consensus), seconds after punch's thread starts on a loaded machine.
+async fn node_listening(node_p2p: SocketAddr) {
+    let addr = match node_p2p.ip() {
+        ip if ip.is_unspecified() => SocketAddr::from(([127, 0, 0, 1], node_p2p.port())),
+        _ => node_p2p,
+    };
+    let started = tokio::time::Instant::now();
+    let mut logged = started;
+    loop {
+        let probe = tokio::time::timeout(NODE_LISTEN_POLL, tokio::net::TcpStream::connect(addr));
+        if let Ok(Ok(_)) = probe.await {
+            if started.elapsed() >= NODE_LISTEN_POLL {
+                info!(%addr, waited_ms = started.elapsed().as_millis() as u64, "kaspad's P2P listener is up; registering with the rendezvous");
+            }
+            return;
+        }
+        if logged.elapsed() >= NODE_LISTEN_LOG {
+            logged = tokio::time::Instant::now();
+            info!(%addr, waited_s = started.elapsed().as_secs(), "waiting for kaspad's P2P listener before registering with the rendezvous");
+        }
+        tokio::time::sleep(NODE_LISTEN_POLL).await;
+    }
+}
+
 async fn run(
     args: PunchArgs,
     keypair: Keypair,
@@ -389,8 +423,16 @@ async fn run(
     rpc: Arc<RpcCoreService>,
     node_p2p: SocketAddr,
     network: String,
-    stopped: oneshot::Receiver<()>,
+    mut stopped: oneshot::Receiver<()>,
 ) -> anyhow::Result<()> {
+    // The slots' start grace (held connections while the first punches run) counts from
+    // here, once kaspad is up.
+    if args.accept {
+        tokio::select! {
+            _ = node_listening(node_p2p) => {}
+            _ = &mut stopped => return Ok(()),
+        }
+    }
     let (slots, _slot_tasks) =
         SlotPool::start(slots.0, slots::DEFAULT_HOLD, slots::DEFAULT_START_GRACE)
             .context("punch slots")?;
@@ -450,4 +492,28 @@ async fn run(
     }
     drop(link);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Punch waits for kaspad's P2P listener: not done while nothing listens on the port, done
+    /// once something does (the unspecified address is tried on 127.0.0.1).
+    #[tokio::test]
+    async fn registration_waits_for_the_node_listener() {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = probe.local_addr().unwrap().port();
+        drop(probe); // the port is free now: nothing listens
+        let wait = tokio::spawn(node_listening(SocketAddr::from(([0, 0, 0, 0], port))));
+        tokio::time::sleep(4 * NODE_LISTEN_POLL).await;
+        assert!(!wait.is_finished(), "returned with no listener on {port}");
+        let _listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .expect("still waiting with a listener up")
+            .unwrap();
+    }
 }
