@@ -162,8 +162,8 @@ pub fn start(
 }
 
 /// (outbound, inbound) punched sessions bridged to kaspad now: the peering's own counts (a
-/// round holds each outbound one, the accept loop each inbound one), the same the caps are
-/// enforced against.
+/// round holds each outbound one, within the rounds the outbound cap allows; the accept loop
+/// each inbound one, the count its caps are checked against).
 fn directions(peering: &PeeringWatch) -> (usize, usize) {
     (peering.outbound_held(), peering.get().1.held)
 }
