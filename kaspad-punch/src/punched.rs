@@ -161,13 +161,6 @@ pub fn start(
     Ok(PunchThread { stop, thread })
 }
 
-/// (outbound, inbound) punched sessions bridged to kaspad now: the peering's own counts (a
-/// round holds each outbound one, within the rounds the outbound cap allows; the accept loop
-/// each inbound one, the count its caps are checked against).
-fn directions(peering: &PeeringWatch) -> (usize, usize) {
-    (peering.outbound_held(), peering.get().1.held)
-}
-
 /// The peering's state as the status document's `peering` and `inbound` sections.
 fn peering_json(plan: &PlanState, inbound: &InboundState) -> serde_json::Value {
     let by_cooling = |counts: &[u64; 4]| {
@@ -292,13 +285,16 @@ async fn start_ops(
     let gather: Box<dyn prometheus_client::collector::Collector> = Box::new(
         punch_ops::metrics::Gather(move |e: &mut punch_ops::metrics::Emit<'_>| {
             use punch_ops::metrics::gauge_value;
-            let (outbound, inbound) = directions(&w);
+            // The peering's own counts: a round holds each outbound session (within the rounds
+            // the outbound cap allows), the accept loop each inbound one (the count its caps
+            // are checked against).
+            let (plan, inbound) = w.get();
             e.gauges(
                 "kaspa_peers",
                 "Punched sessions bridged to kaspad now, by who dialed",
                 &[
-                    (&[("direction", "outbound")], gauge_value(outbound)),
-                    (&[("direction", "inbound")], gauge_value(inbound)),
+                    (&[("direction", "outbound")], gauge_value(w.outbound_held())),
+                    (&[("direction", "inbound")], gauge_value(inbound.held)),
                 ],
             )?;
             e.gauge(
@@ -330,7 +326,6 @@ async fn start_ops(
                     (&[("kind", "ip")], gauge_value(ips)),
                 ],
             )?;
-            let (plan, inbound) = w.get();
             peering_metrics(e, &plan, &inbound)
         }),
     );
@@ -343,7 +338,6 @@ async fn start_ops(
         args.accept,
     );
     let extra = move || {
-        let (outbound, inbound) = directions(&peering);
         let st = s.stats();
         let (denied_peers, denied_ips) = d.len();
         let (plan, held) = peering.get();
@@ -351,9 +345,9 @@ async fn start_ops(
             "command": "kaspad-punch",
             "accept": caps.4,
             "caps": {
-                "inbound": { "used": inbound, "max": caps.0 },
+                "inbound": { "used": held.held, "max": caps.0 },
                 "inbound_per_ip": { "used": held.most_from_one_ip, "max": caps.1 },
-                "outbound": { "used": outbound, "max": caps.2 + caps.3 },
+                "outbound": { "used": peering.outbound_held(), "max": caps.2 + caps.3 },
             },
             "slots": {
                 "count": s.addrs().len(),
@@ -388,16 +382,13 @@ async fn start_ops(
 const NODE_LISTEN_POLL: Duration = Duration::from_millis(200);
 const NODE_LISTEN_LOG: Duration = Duration::from_secs(10);
 
-/// Returns once kaspad's P2P listener takes connections. Punch registers (and so can be
-/// punched) only then: a peer's Kaspa connection delivered before it would be closed at once,
-/// which the peer takes for kaspad refusing it and does not retry for minutes
+/// Returns once kaspad's P2P listener takes connections at `addr` (where the bridge delivers
+/// peers' connections, [`Bridge::node`]). Punch registers (and so can be punched) only then: a
+/// peer's Kaspa connection delivered before it would be closed at once, which the peer takes
+/// for kaspad refusing it and does not retry for minutes
 /// (`punch_node::peering::REFUSED_COOLDOWN`). kaspad opens the listener after its start-up
 /// (database, consensus), seconds after punch's thread starts on a loaded machine.
-async fn node_listening(node_p2p: SocketAddr) {
-    let addr = match node_p2p.ip() {
-        ip if ip.is_unspecified() => SocketAddr::from(([127, 0, 0, 1], node_p2p.port())),
-        _ => node_p2p,
-    };
+async fn node_listening(addr: SocketAddr) {
     let started = tokio::time::Instant::now();
     let mut logged = started;
     loop {
@@ -425,11 +416,12 @@ async fn run(
     network: String,
     mut stopped: oneshot::Receiver<()>,
 ) -> anyhow::Result<()> {
+    let bridge = Bridge::new(BridgeConfig::new(node_p2p))?;
     // The slots' start grace (held connections while the first punches run) counts from
     // here, once kaspad is up.
     if args.accept {
         tokio::select! {
-            _ = node_listening(node_p2p) => {}
+            _ = node_listening(bridge.node()) => {}
             _ = &mut stopped => return Ok(()),
         }
     }
@@ -450,7 +442,6 @@ async fn run(
     config.network = Some(network);
     config.deny = deny.clone();
     let (client, incoming) = punch::Client::start(config).await?;
-    let bridge = Bridge::new(BridgeConfig::new(node_p2p))?;
     let mut peering = PeeringConfig::new(args.peers.clone(), args.outpeers);
     peering.accept = args.accept;
     peering.inbound = InboundLimits {
@@ -499,13 +490,16 @@ mod tests {
     use super::*;
 
     /// Punch waits for kaspad's P2P listener: not done while nothing listens on the port, done
-    /// once something does (the unspecified address is tried on 127.0.0.1).
+    /// once something does (at the address the bridge delivers to: an unspecified listen
+    /// address is taken as 127.0.0.1).
     #[tokio::test]
     async fn registration_waits_for_the_node_listener() {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = probe.local_addr().unwrap().port();
         drop(probe); // the port is free now: nothing listens
-        let wait = tokio::spawn(node_listening(SocketAddr::from(([0, 0, 0, 0], port))));
+        let bridge =
+            Bridge::new(BridgeConfig::new(SocketAddr::from(([0, 0, 0, 0], port)))).unwrap();
+        let wait = tokio::spawn(node_listening(bridge.node()));
         tokio::time::sleep(4 * NODE_LISTEN_POLL).await;
         assert!(!wait.is_finished(), "returned with no listener on {port}");
         let _listener = tokio::net::TcpListener::bind(("127.0.0.1", port))

@@ -153,6 +153,12 @@ impl Bridge {
         })
     }
 
+    /// The node's P2P address the bridge delivers peers' connections to (an unspecified
+    /// listen address taken as 127.0.0.1).
+    pub fn node(&self) -> SocketAddr {
+        self.node
+    }
+
     /// Whether a session with `peer` is bridged right now.
     pub fn is_live(&self, peer: &PeerId) -> bool {
         self.aliases.is_live(peer)
